@@ -1,0 +1,135 @@
+"""The ``cesar`` command. Every subcommand reports failures as one line and an exit code:
+0 success, 1 the operation failed, 2 bad usage or configuration. No tracebacks, unless
+``CESAR_DEBUG=1`` asks for them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import click
+import psycopg
+
+from cesar import __version__
+from cesar.config import load_settings
+from cesar.errors import CesarError
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"cesar: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cesar")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Operate the CESAR API: its databases, schema, sync and service."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def up(as_json: bool) -> None:
+    """Start the development stack (embedded PostgreSQL unless URLs are set) and seed it."""
+    from cesar import stack
+
+    settings = load_settings()
+    result = stack.up(settings)
+    if as_json:
+        emit_json({
+            "seconds": round(result.seconds, 3), "actions": result.actions,
+            "embedded": result.embedded,
+            "databases": {d.name: d.as_dict() for d in result.databases},
+        })
+        return
+    for action in result.actions:
+        click.echo(f"  {action}")
+    click.echo(f"development stack ready in {result.seconds:.2f} s")
+    for d in result.databases:
+        click.echo(f"  {d.name:<8} {d.engine:<11} agents={d.agents:<4} {stack.urls.mask(d.url)}")
+    click.echo("next: `uv run invoke status --json`, `uv run invoke test`")
+
+
+@cli.command()
+def down() -> None:
+    """Stop what `up` started. No data is lost."""
+    from cesar import stack
+
+    for line in stack.down(load_settings()):
+        click.echo(line)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status(as_json: bool) -> None:
+    """Show the environment, the database URLs (passwords masked) and what is reachable."""
+    from cesar import stack
+
+    info = stack.status(load_settings())
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"environment      {info['environment']} (target {info['database_target']}, "
+               f"serving {info['serving'] or '-'})")
+    if info["config_error"]:
+        click.echo(f"config error     {info['config_error']}")
+    emb = info["embedded"]
+    if emb:
+        state = f"running, pid {emb['pid']}" if emb["running"] else "stopped"
+        click.echo(f"embedded         {state}, {emb['host']}:{emb['port']}, {emb['data_dir']}")
+    for name, d in info["databases"].items():
+        if d["reachable"]:
+            detail = f"{d['engine']}, {d['latency_ms']} ms, agents={d['agents']}"
+        else:
+            detail = f"unreachable: {d['error']}"
+        click.echo(f"{name:<16} {d['url']}\n{'':<16} {detail}")
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point: the error boundary that turns exceptions into one line and an exit code."""
+    debug = os.environ.get("CESAR_DEBUG") == "1"
+    try:
+        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="cesar",
+                      standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # usage errors: exit 2
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            click.echo(exc.ctx.get_usage(), err=True)
+        fail(exc.format_message(), exc.exit_code)
+    except click.Abort:
+        fail("aborted", 1)
+    except CesarError as exc:
+        if debug:
+            raise
+        fail(str(exc), exc.exit_code)
+    except psycopg.Error as exc:
+        if debug:
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        fail(f"database error: {first} (SQLSTATE {exc.sqlstate or '?'})", 1)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except BrokenPipeError:
+        sys.exit(1)
+    except Exception as exc:  # the last line of defence: still one line, still an exit code
+        if debug:
+            raise
+        fail(f"internal error: {type(exc).__name__}: {exc} (rerun with CESAR_DEBUG=1 for the "
+             "traceback and report it)", 1)
+
+
+if __name__ == "__main__":
+    main()

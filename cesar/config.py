@@ -1,0 +1,84 @@
+"""Configuration, read once from the environment, ``.env`` and ``.env.cockroach``.
+
+Precedence, highest first: process environment, ``.env.cockroach``, ``.env``, defaults. The two
+files are gitignored; they are where URLs with passwords live on an operator's machine. On hosts
+the same variables come from the systemd ``EnvironmentFile`` written by Ansible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cesar.errors import ConfigError
+
+Environment = Literal["development", "staging", "production"]
+Target = Literal["local", "cluster"]
+
+ENV_FILES = (".env", ".env.cockroach")
+
+
+def _alias(name: str) -> AliasChoices:
+    return AliasChoices(name, name.lower())
+
+
+class Settings(BaseSettings):
+    """Every setting the runtime reads. The environment variable is named in each field."""
+
+    model_config = SettingsConfigDict(
+        env_file=ENV_FILES,
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    environment: Environment = Field("development", validation_alias=_alias("ENVIRONMENT"))
+    database_target: Target = Field("local", validation_alias=_alias("DATABASE_TARGET"))
+    local_db_url: str | None = Field(None, validation_alias=_alias("LOCAL_DB_URL"))
+    cockroach_db_url: str | None = Field(None, validation_alias=_alias("COCKROACH_DB_URL"))
+    cockroach_read_replica_url: str | None = Field(
+        None, validation_alias=_alias("COCKROACH_READ_REPLICA_URL")
+    )
+
+    # Where the embedded stack keeps its data, logs, pids and generated credentials.
+    state_dir: Path = Field(Path(".cesar"), validation_alias=_alias("CESAR_STATE_DIR"))
+    # PostgreSQL binaries for the embedded stack; default: those of the pgserver package.
+    # A build with SSL (e.g. Debian's /usr/lib/postgresql/16/bin) makes the cluster stand-in
+    # serve TLS, so its URL uses sslmode=verify-full like CockroachDB Cloud.
+    pg_bindir: Path | None = Field(None, validation_alias=_alias("CESAR_PG_BINDIR"))
+
+    # Connection pool (psycopg_pool) and session settings.
+    pool_min_size: int = Field(1, ge=0, validation_alias=_alias("CESAR_POOL_MIN_SIZE"))
+    pool_max_size: int = Field(10, ge=1, validation_alias=_alias("CESAR_POOL_MAX_SIZE"))
+    pool_timeout: float = Field(5.0, gt=0, validation_alias=_alias("CESAR_POOL_TIMEOUT"))
+    connect_timeout: int = Field(5, ge=1, validation_alias=_alias("CESAR_CONNECT_TIMEOUT"))
+    statement_timeout_ms: int = Field(
+        30_000, ge=0, validation_alias=_alias("CESAR_STATEMENT_TIMEOUT_MS")
+    )
+    application_name: str = Field("cesar", validation_alias=_alias("CESAR_APPLICATION_NAME"))
+
+    # Retry of SQLSTATE 40001 (serialization failures; routine on CockroachDB).
+    retry_max_attempts: int = Field(8, ge=1, validation_alias=_alias("CESAR_RETRY_MAX_ATTEMPTS"))
+    retry_base_delay: float = Field(0.02, gt=0, validation_alias=_alias("CESAR_RETRY_BASE_DELAY"))
+    retry_max_delay: float = Field(1.0, gt=0, validation_alias=_alias("CESAR_RETRY_MAX_DELAY"))
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = first.get("loc") or ("?",)
+    name = str(loc[0]).upper()
+    given = first.get("input")
+    message = first.get("msg", "invalid value")
+    return f"{name}={given!r} is not valid: {message}; fix it in the environment, .env or .env.cockroach"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; any bad value becomes a :class:`ConfigError` naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

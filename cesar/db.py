@@ -1,0 +1,324 @@
+"""The connection layer (successor of the seed's ``api/database_v2.py``).
+
+Routing, decided by :func:`route` from the settings alone (no I/O):
+
+=============  ===================  ===========================================================
+ENVIRONMENT    DATABASE_TARGET      what serves queries
+=============  ===================  ===========================================================
+development    local (default)      LOCAL_DB_URL, else the embedded ``cesar_local``
+development    cluster              COCKROACH_DB_URL (else the embedded ``cesar_cluster``);
+                                    if unreachable at open: the local database, with a warning
+staging        (ignored)            COCKROACH_DB_URL only, ``sslmode=verify-full``, no fallback
+production     (ignored)            COCKROACH_DB_URL only, ``sslmode=verify-full``, no fallback
+=============  ===================  ===========================================================
+
+``COCKROACH_READ_REPLICA_URL``, when set, serves read-only work whenever the cluster is the
+primary (it must also be ``verify-full`` outside development).
+
+The engine is detected from the server (``SELECT version()``), never from the URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from cesar import urls
+from cesar.config import Settings
+from cesar.errors import ConfigError, OperationFailed, RetryExhausted
+
+log = logging.getLogger(__name__)
+
+Engine = Literal["cockroachdb", "postgresql"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One database URL and where it came from (for messages that name the variable)."""
+
+    name: Literal["local", "cluster", "read-replica"]
+    url: str
+    variable: str
+
+    @property
+    def masked(self) -> str:
+        return urls.mask(self.url) or ""
+
+
+@dataclass(frozen=True)
+class Route:
+    environment: str
+    primary: Endpoint
+    fallback: Endpoint | None = None
+    read_replica: Endpoint | None = None
+
+
+def embedded_urls(settings: Settings) -> tuple[str | None, str | None]:
+    """The embedded stack's (local, cluster) URLs if ``invoke up`` has created it."""
+    from cesar.embedded import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(settings.state_dir)
+    state = pg.load_state()
+    if state is None:
+        return None, None
+    return pg.local_url(state), pg.cluster_url(state)
+
+
+def _require_verify_full(url: str, variable: str, environment: str) -> None:
+    params = urls.parse(url, variable)
+    mode = params.get("sslmode")
+    if mode != "verify-full":
+        got = f"sslmode={mode}" if mode else "no sslmode"
+        raise ConfigError(
+            f"{variable} has {got}; ENVIRONMENT={environment} requires sslmode=verify-full "
+            "(append ?sslmode=verify-full and, if the CA is not in the system store, &sslrootcert=PATH)"
+        )
+
+
+def route(settings: Settings) -> Route:
+    """Decide which URLs serve queries. Raises ConfigError for a missing or unsafe URL."""
+    env = settings.environment
+    if env in ("staging", "production"):
+        if not settings.cockroach_db_url:
+            raise ConfigError(
+                f"COCKROACH_DB_URL is not set; ENVIRONMENT={env} uses the CockroachDB cluster only "
+                "(set it in the environment or .env.cockroach: "
+                "postgresql://USER:PASSWORD@HOST:26257/DB?sslmode=verify-full)"
+            )
+        _require_verify_full(settings.cockroach_db_url, "COCKROACH_DB_URL", env)
+        replica = None
+        if settings.cockroach_read_replica_url:
+            _require_verify_full(
+                settings.cockroach_read_replica_url, "COCKROACH_READ_REPLICA_URL", env
+            )
+            replica = Endpoint(
+                "read-replica", settings.cockroach_read_replica_url, "COCKROACH_READ_REPLICA_URL"
+            )
+        return Route(env, Endpoint("cluster", settings.cockroach_db_url, "COCKROACH_DB_URL"),
+                     read_replica=replica)
+
+    local_url, cluster_url = settings.local_db_url, settings.cockroach_db_url
+    if local_url is None or cluster_url is None:
+        emb_local, emb_cluster = embedded_urls(settings)
+        local_url = local_url or emb_local
+        cluster_url = cluster_url or emb_cluster
+    for url, var in ((local_url, "LOCAL_DB_URL"), (cluster_url, "COCKROACH_DB_URL"),
+                     (settings.cockroach_read_replica_url, "COCKROACH_READ_REPLICA_URL")):
+        if url:
+            urls.parse(url, var)
+    local = Endpoint("local", local_url, "LOCAL_DB_URL") if local_url else None
+
+    if settings.database_target == "cluster":
+        if not cluster_url:
+            raise ConfigError(
+                "DATABASE_TARGET=cluster but COCKROACH_DB_URL is not set and there is no embedded "
+                "stack; set COCKROACH_DB_URL, run `invoke up`, or unset DATABASE_TARGET"
+            )
+        replica = None
+        if settings.cockroach_read_replica_url:
+            replica = Endpoint(
+                "read-replica", settings.cockroach_read_replica_url, "COCKROACH_READ_REPLICA_URL"
+            )
+        return Route(env, Endpoint("cluster", cluster_url, "COCKROACH_DB_URL"),
+                     fallback=local, read_replica=replica)
+
+    if local is None:
+        raise ConfigError(
+            "no local database: run `invoke up` to start the embedded PostgreSQL, "
+            "or set LOCAL_DB_URL"
+        )
+    return Route(env, local)
+
+
+def detect_engine(conn: psycopg.Connection) -> Engine:
+    """``cockroachdb`` or ``postgresql``, from what the server says it is."""
+    row = conn.execute("SELECT version()").fetchone()
+    version = str(row[0]) if row else ""
+    return "cockroachdb" if "cockroachdb" in version.lower() else "postgresql"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def connect_kwargs(settings: Settings) -> dict[str, object]:
+    """Session settings applied to every connection we open (pooled or not)."""
+    return {
+        "application_name": settings.application_name,
+        "connect_timeout": settings.connect_timeout,
+        # Both engines honour `options=-c name=value` at connection time: no extra round trip.
+        "options": f"-c statement_timeout={settings.statement_timeout_ms}",
+    }
+
+
+def connect(endpoint: Endpoint, settings: Settings, **kwargs: object) -> psycopg.Connection:
+    """One direct connection (no pool). Failures name the endpoint with its password masked."""
+    try:
+        return psycopg.connect(endpoint.url, **{**connect_kwargs(settings), **kwargs})
+    except psycopg.OperationalError as exc:
+        raise OperationFailed(
+            f"cannot connect to the {endpoint.name} database {endpoint.masked} "
+            f"({endpoint.variable}): {_first_line(exc)}"
+        ) from None
+
+
+def is_reachable(endpoint: Endpoint, settings: Settings) -> bool:
+    try:
+        connect(endpoint, settings).close()
+    except OperationFailed:
+        return False
+    return True
+
+
+class Database:
+    """The pooled connections the API and the commands use.
+
+    ``open(wait=True)`` fails fast with a clear error when the database is down (for commands);
+    ``open(wait=False)`` lets a service start anyway and recover by itself once the database is
+    back (each checkout is health-checked, so connections broken by a restart are replaced).
+    """
+
+    def __init__(self, settings: Settings, route_: Route | None = None) -> None:
+        self.settings = settings
+        self.route = route_ or route(settings)
+        self.endpoint = self.route.primary
+        self.fell_back = False
+        self.pool: ConnectionPool | None = None
+        self.read_pool: ConnectionPool | None = None
+        self._engine: Engine | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+    def open(self, *, wait: bool = True) -> Database:
+        fallback = self.route.fallback
+        if fallback is not None and not is_reachable(self.route.primary, self.settings):
+            log.warning(
+                "the cluster %s is unreachable; DATABASE_TARGET=cluster falls back to the local "
+                "database %s (development only)", self.route.primary.masked, fallback.masked,
+            )
+            self.endpoint, self.fell_back = fallback, True
+        self.pool = self._make_pool(self.endpoint)
+        if self.route.read_replica is not None and not self.fell_back:
+            self.read_pool = self._make_pool(self.route.read_replica)
+        for pool, endpoint in ((self.pool, self.endpoint), (self.read_pool, self.route.read_replica)):
+            if pool is None or endpoint is None:
+                continue
+            pool.open(wait=False)
+            if wait:
+                try:
+                    pool.wait(timeout=self.settings.pool_timeout + self.settings.connect_timeout)
+                except PoolTimeout:
+                    self.close()
+                    connect(endpoint, self.settings).close()  # raises with the real reason
+                    raise OperationFailed(
+                        f"the {endpoint.name} database {endpoint.masked} did not accept "
+                        "connections in time"
+                    ) from None
+        return self
+
+    def close(self) -> None:
+        for pool in (self.pool, self.read_pool):
+            if pool is not None:
+                pool.close()
+
+    def __enter__(self) -> Database:
+        return self if self.pool is not None else self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _make_pool(self, endpoint: Endpoint) -> ConnectionPool:
+        s = self.settings
+        return ConnectionPool(
+            endpoint.url,
+            min_size=min(s.pool_min_size, s.pool_max_size),
+            max_size=s.pool_max_size,
+            timeout=s.pool_timeout,
+            kwargs=connect_kwargs(s),
+            check=ConnectionPool.check_connection,  # health check on every checkout
+            name=f"cesar-{endpoint.name}",
+            open=False,
+        )
+
+    # ---------------------------------------------------------------- use
+    @contextmanager
+    def connection(self, *, read_only: bool = False) -> Iterator[psycopg.Connection]:
+        """A pooled connection; commits on success, rolls back on error."""
+        pool = self.read_pool if (read_only and self.read_pool is not None) else self.pool
+        if pool is None:
+            raise RuntimeError("Database.open() was not called")
+        try:
+            with pool.connection() as conn:
+                yield conn
+        except PoolTimeout:
+            raise OperationFailed(
+                f"no connection to the {self.endpoint.name} database {self.endpoint.masked} "
+                f"within {self.settings.pool_timeout:g} s (is it up? is the pool exhausted?)"
+            ) from None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            with self.connection() as conn:
+                self._engine = detect_engine(conn)
+        return self._engine
+
+    def transaction(self, fn: Callable[[psycopg.Connection], T], *, read_only: bool = False,
+                    serializable: bool = False) -> T:
+        """Run ``fn`` in a transaction on a pooled connection, retrying SQLSTATE 40001."""
+        with self.connection(read_only=read_only) as conn:
+            return run_transaction(
+                conn, fn, serializable=serializable,
+                max_attempts=self.settings.retry_max_attempts,
+                base_delay=self.settings.retry_base_delay,
+                max_delay=self.settings.retry_max_delay,
+            )
+
+
+def run_transaction(
+    conn: psycopg.Connection,
+    fn: Callable[[psycopg.Connection], T],
+    *,
+    max_attempts: int = 8,
+    base_delay: float = 0.02,
+    max_delay: float = 1.0,
+    serializable: bool = False,
+    on_retry: Callable[[int, float, BaseException], None] | None = None,
+) -> T:
+    """Run ``fn(conn)`` in one transaction; on SQLSTATE 40001 roll back and run it again.
+
+    The whole transaction is retried (CockroachDB's client-side retry protocol): ``fn`` must be
+    safe to re-run, i.e. do its work through ``conn`` only. Backoff is exponential with full
+    jitter, capped at ``max_delay``; after ``max_attempts`` attempts :class:`RetryExhausted`.
+    ``conn`` must not already be inside a transaction: a retry inside one would be meaningless.
+    """
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise RuntimeError("run_transaction needs a connection outside any transaction")
+    for attempt in range(1, max_attempts + 1):
+        try:
+            with conn.transaction():
+                if serializable:
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                return fn(conn)
+        except pgerrors.SerializationFailure as exc:
+            if attempt == max_attempts:
+                raise RetryExhausted(
+                    f"transaction still failed with SQLSTATE 40001 after {max_attempts} attempts "
+                    f"({_first_line(exc)}); reduce contention or raise CESAR_RETRY_MAX_ATTEMPTS"
+                ) from exc
+            delay = random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
+            log.info("40001 on attempt %d, retrying in %.3f s: %s", attempt, delay,
+                     _first_line(exc))
+            if on_retry is not None:
+                on_retry(attempt, delay, exc)
+            time.sleep(delay)
+    raise AssertionError("unreachable")

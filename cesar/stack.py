@@ -1,0 +1,179 @@
+"""The development stack behind ``invoke up`` / ``down`` / ``status``.
+
+``up`` starts the embedded PostgreSQL when a URL is missing (see ``cesar.embedded``), brings the
+schema of both databases (local and the cluster stand-in) up to date, and reports what it did.
+It is idempotent: a second run only checks. ``down`` stops what ``up`` started and keeps the data.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from cesar import db, urls
+from cesar.config import Settings
+from cesar.embedded import EmbeddedPostgres
+from cesar.errors import ConfigError, OperationFailed
+
+MIGRATIONS_DIR = Path("sql/migrations")
+
+
+@dataclass
+class DatabaseReport:
+    name: str
+    url: str | None
+    reachable: bool = False
+    engine: str | None = None
+    agents: int | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "url": urls.mask(self.url), "reachable": self.reachable, "engine": self.engine,
+            "agents": self.agents, "latency_ms": self.latency_ms, "error": self.error,
+        }
+
+
+@dataclass
+class UpResult:
+    seconds: float
+    actions: list[str] = field(default_factory=list)
+    databases: list[DatabaseReport] = field(default_factory=list)
+    embedded: dict[str, Any] | None = None
+
+
+def _uses_embedded(settings: Settings) -> bool:
+    return settings.environment == "development" and not (
+        settings.local_db_url and settings.cockroach_db_url
+    )
+
+
+def _endpoints(settings: Settings) -> list[db.Endpoint]:
+    local, cluster = settings.local_db_url, settings.cockroach_db_url
+    if local is None or cluster is None:
+        emb_local, emb_cluster = db.embedded_urls(settings)
+        local, cluster = local or emb_local, cluster or emb_cluster
+    out = []
+    if local:
+        out.append(db.Endpoint("local", local, "LOCAL_DB_URL"))
+    if cluster:
+        out.append(db.Endpoint("cluster", cluster, "COCKROACH_DB_URL"))
+    return out
+
+
+def apply_initial_schema(conn: psycopg.Connection, migrations_dir: Path = MIGRATIONS_DIR) -> bool:
+    """Create the agents table and its 24 seed rows if they are missing.
+
+    The simplest honest means until the migration runner exists: run ``001_agents.up.sql`` once,
+    in one transaction, when the table is absent. Returns True when it ran.
+    """
+    exists = conn.execute("SELECT to_regclass('agents') IS NOT NULL").fetchone()
+    if exists and exists[0]:
+        return False
+    path = migrations_dir / "001_agents.up.sql"
+    if not path.exists():
+        raise ConfigError(f"{path} is missing; run from the repository root")
+    with conn.transaction():
+        conn.execute(path.read_text())  # type: ignore[arg-type]
+    return True
+
+
+def up(settings: Settings) -> UpResult:
+    if settings.environment != "development":
+        raise ConfigError(
+            f"`invoke up` prepares the development stack, but ENVIRONMENT={settings.environment}; "
+            "use `invoke migrate` and `invoke deploy` for staging and production"
+        )
+    started = time.perf_counter()
+    result = UpResult(seconds=0.0)
+    if _uses_embedded(settings):
+        pg = EmbeddedPostgres(settings.state_dir, bindir=settings.pg_bindir)
+        _state, actions = pg.up()
+        result.actions.extend(actions)
+        result.embedded = embedded_status(settings)
+    for endpoint in _endpoints(settings):
+        report = DatabaseReport(endpoint.name, endpoint.url)
+        with db.connect(endpoint, settings, autocommit=True) as conn:
+            report.reachable = True
+            report.engine = db.detect_engine(conn)
+            if apply_initial_schema(conn):
+                result.actions.append(f"created the agents table in the {endpoint.name} database")
+            row = conn.execute("SELECT count(*) FROM agents").fetchone()
+            report.agents = int(row[0]) if row else 0
+        result.databases.append(report)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop what ``up`` started. Data stays in the state directory."""
+    pg = EmbeddedPostgres(settings.state_dir, bindir=settings.pg_bindir)
+    if not pg.is_initialised():
+        return ["nothing to stop: there is no embedded stack here"]
+    if pg.down():
+        return [f"stopped the embedded PostgreSQL (data kept in {pg.pgdata})"]
+    return ["the embedded PostgreSQL was not running"]
+
+
+def embedded_status(settings: Settings) -> dict[str, Any] | None:
+    pg = EmbeddedPostgres(settings.state_dir)
+    state = pg.load_state()
+    if state is None:
+        return None
+    pid = pg.pid()
+    return {
+        "running": pid is not None, "pid": pid, "host": "127.0.0.1", "port": state.port,
+        "data_dir": str(pg.pgdata), "log_file": str(pg.log_file),
+        "active_login": state.active_login,
+    }
+
+
+def probe(endpoint: db.Endpoint, settings: Settings) -> DatabaseReport:
+    report = DatabaseReport(endpoint.name, endpoint.url)
+    started = time.perf_counter()
+    try:
+        with db.connect(endpoint, settings, autocommit=True, connect_timeout=2) as conn:
+            report.reachable = True
+            report.engine = db.detect_engine(conn)
+            report.latency_ms = round((time.perf_counter() - started) * 1000, 1)
+            row = conn.execute(
+                "SELECT CASE WHEN to_regclass('agents') IS NULL THEN NULL "
+                "ELSE (SELECT count(*) FROM agents) END"
+            ).fetchone()
+            report.agents = None if not row or row[0] is None else int(row[0])
+    except OperationFailed as exc:
+        report.error = str(exc)
+    return report
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    """One JSON-able object: environment, URLs (masked), embedded server, reachability."""
+    local = cluster = None
+    for endpoint in _endpoints(settings) if settings.environment == "development" else []:
+        if endpoint.name == "local":
+            local = endpoint
+        else:
+            cluster = endpoint
+    if settings.environment != "development" and settings.cockroach_db_url:
+        cluster = db.Endpoint("cluster", settings.cockroach_db_url, "COCKROACH_DB_URL")
+    try:
+        primary = db.route(settings).primary.name
+        route_error = None
+    except ConfigError as exc:
+        primary, route_error = None, str(exc)
+    return {
+        "environment": settings.environment,
+        "database_target": settings.database_target,
+        "serving": primary,
+        "config_error": route_error,
+        "local_db_url": urls.mask(local.url) if local else None,
+        "cluster_db_url": urls.mask(cluster.url) if cluster else None,
+        "read_replica_url": urls.mask(settings.cockroach_read_replica_url),
+        "embedded": embedded_status(settings),
+        "databases": {e.name: probe(e, settings).as_dict() for e in (local, cluster) if e},
+    }

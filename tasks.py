@@ -1,0 +1,62 @@
+"""Operator tasks: `uv run invoke --list`. Thin wrappers over the `cesar` command (cesar/)."""
+
+from __future__ import annotations
+
+import sys
+
+from invoke import Collection, Exit, task
+
+
+def cesar(*args: str) -> None:
+    """Run a `cesar` subcommand in-process; a non-zero exit becomes invoke's exit code."""
+    from cesar.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code:
+            raise Exit(code=code) from None
+
+
+@task(help={"json": "Print one JSON object instead of the summary."})
+def up(c, json=False):
+    """Start the development stack (embedded PostgreSQL unless URLs are set) and seed it."""
+    cesar("up", *(["--json"] if json else []))
+
+
+@task
+def down(c):
+    """Stop what `invoke up` started; the data is kept."""
+    cesar("down")
+
+
+@task(help={"json": "Print one JSON object (environment, masked URLs, reachability)."})
+def status(c, json=False):
+    """Show the environment, the database URLs (passwords masked) and what is reachable."""
+    cesar("status", *(["--json"] if json else []))
+
+
+@task(
+    help={
+        "k": "Only tests matching this pytest -k expression.",
+        "marker": "Only tests with this pytest marker expression, e.g. 'not hosts'.",
+        "args": "Extra arguments passed to pytest verbatim.",
+    }
+)
+def test(c, k="", marker="", args=""):
+    """Run the whole test suite (every tier; CI runs exactly this)."""
+    cmd = [sys.executable, "-m", "pytest"]
+    if k:
+        cmd += ["-k", k]
+    if marker:
+        cmd += ["-m", repr(marker)]
+    if args:
+        cmd += args.split()
+    result = c.run(" ".join(cmd), warn=True, pty=False, env={"PYTHONUNBUFFERED": "1"})
+    if result.exited:
+        raise Exit(code=result.exited)
+
+
+ns = Collection(up, down, status, test)
+ns.configure({"run": {"echo": False}})

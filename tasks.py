@@ -58,5 +58,24 @@ def test(c, k="", marker="", args=""):
         raise Exit(code=result.exited)
 
 
-ns = Collection(up, down, status, test)
+@task(
+    help={
+        "suite": "Which benchmark: a module name under cesar/bench/ (e.g. migrate, api, sync).",
+        "args": "Extra arguments for the suite (see `--args=--help`).",
+    }
+)
+def bench(c, suite, args=""):
+    """Run a benchmark suite and print its figures (never part of the tests)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"cesar.bench.{suite}")
+    except ModuleNotFoundError:
+        raise Exit(f"invoke bench: no suite {suite!r} (cesar/bench/{suite}.py)", code=2) from None
+    code = module.main(args.split())
+    if code:
+        raise Exit(code=code)
+
+
+ns = Collection(up, down, status, test, bench)
 ns.configure({"run": {"echo": False}})

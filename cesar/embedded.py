@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import ipaddress
 import json
 import os
 import pwd
@@ -37,6 +38,7 @@ import socket
 import stat
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -84,11 +86,17 @@ class EmbeddedPostgres:
     """One embedded server rooted at ``state_dir``."""
 
     def __init__(
-        self, state_dir: Path, port: int | None = None, bindir: Path | None = None
+        self, state_dir: Path, port: int | None = None, bindir: Path | None = None,
+        *, extra_listen: Sequence[str] = (), allow_networks: Sequence[str] = (),
     ) -> None:
+        """``extra_listen`` adds addresses beyond 127.0.0.1 (e.g. the controller's end of the
+        test hosts' veth link) and ``allow_networks`` admits those CIDR networks in pg_hba.conf
+        with SCRAM passwords, the superuser refused. Both empty (the default): loopback only."""
         self.state_dir = Path(state_dir).absolute()
         self.requested_port = port
         self.bindir = bindir
+        self.extra_listen = tuple(str(ipaddress.ip_address(a)) for a in extra_listen)
+        self.allow_networks = tuple(str(ipaddress.ip_network(n)) for n in allow_networks)
         self.pgdata = self.state_dir / "pgdata"
         self.tls_dir = self.state_dir / "tls"
         self.log_file = self.state_dir / "log" / "postgres.log"
@@ -218,7 +226,7 @@ class EmbeddedPostgres:
         """Write our settings and pg_hba.conf; True when the running server must restart."""
         conf = (
             "# Written by cesar (cesar/embedded.py) on every `invoke up`; edits are overwritten.\n"
-            f"listen_addresses = '{HOST}'\n"
+            f"listen_addresses = '{', '.join((HOST, *self.extra_listen))}'\n"
             f"port = {state.port}\n"
             f"unix_socket_directories = '{state.socket_dir}'\n"
             "unix_socket_permissions = 0700\n"
@@ -240,6 +248,10 @@ class EmbeddedPostgres:
             "local   all  all       reject\n"
             f"host    all  {SUPERUSER}  {HOST}/32  reject\n"
             f"host    all  all       {HOST}/32  scram-sha-256\n"
+        ) + "".join(
+            f"host    all  {SUPERUSER}  {net}  reject\n"
+            f"host    all  all       {net}  scram-sha-256\n"
+            for net in self.allow_networks
         )
         include = "include_if_exists = 'cesar.conf'\n"
         main_conf = self.pgdata / "postgresql.conf"

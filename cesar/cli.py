@@ -73,17 +73,23 @@ def down() -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(as_json: bool) -> None:
-    """Show the environment, the database URLs (passwords masked) and what is reachable."""
+    """Show the environment, the database URLs (passwords masked) and what is reachable.
+
+    Exits 2 (after the report) when the configuration is invalid."""
     from cesar import stack
 
     info = stack.status(load_settings())
     if as_json:
         emit_json(info)
-        return
+    else:
+        _print_status(info)
+    if info["config_error"]:
+        fail(info["config_error"], 2)
+
+
+def _print_status(info: dict[str, Any]) -> None:
     click.echo(f"environment      {info['environment']} (target {info['database_target']}, "
                f"serving {info['serving'] or '-'})")
-    if info["config_error"]:
-        click.echo(f"config error     {info['config_error']}")
     emb = info["embedded"]
     if emb:
         state = f"running, pid {emb['pid']}" if emb["running"] else "stopped"

@@ -212,13 +212,20 @@ class Database:
         for pool, endpoint in ((self.pool, self.endpoint), (self.read_pool, self.route.read_replica)):
             if pool is None or endpoint is None:
                 continue
+            if wait:
+                # One direct attempt first: a dead or misconfigured database fails at once with
+                # the server's own reason instead of after the pool's reconnect attempts.
+                try:
+                    connect(endpoint, self.settings).close()
+                except OperationFailed:
+                    self.close()
+                    raise
             pool.open(wait=False)
             if wait:
                 try:
                     pool.wait(timeout=self.settings.pool_timeout + self.settings.connect_timeout)
                 except PoolTimeout:
                     self.close()
-                    connect(endpoint, self.settings).close()  # raises with the real reason
                     raise OperationFailed(
                         f"the {endpoint.name} database {endpoint.masked} did not accept "
                         "connections in time"

@@ -60,8 +60,10 @@ def _endpoints(settings: Settings) -> list[db.Endpoint]:
         local, cluster = local or emb_local, cluster or emb_cluster
     out = []
     if local:
+        urls.parse(local, "LOCAL_DB_URL")
         out.append(db.Endpoint("local", local, "LOCAL_DB_URL"))
     if cluster:
+        urls.parse(cluster, "COCKROACH_DB_URL")
         out.append(db.Endpoint("cluster", cluster, "COCKROACH_DB_URL"))
     return out
 
@@ -89,6 +91,10 @@ def up(settings: Settings) -> UpResult:
             f"`invoke up` prepares the development stack, but ENVIRONMENT={settings.environment}; "
             "use `invoke migrate` and `invoke deploy` for staging and production"
         )
+    for url, variable in ((settings.local_db_url, "LOCAL_DB_URL"),
+                          (settings.cockroach_db_url, "COCKROACH_DB_URL")):
+        if url:
+            urls.parse(url, variable)  # refuse a bad URL before starting anything
     started = time.perf_counter()
     result = UpResult(seconds=0.0)
     if _uses_embedded(settings):
@@ -154,25 +160,27 @@ def probe(endpoint: db.Endpoint, settings: Settings) -> DatabaseReport:
 def status(settings: Settings) -> dict[str, Any]:
     """One JSON-able object: environment, URLs (masked), embedded server, reachability."""
     local = cluster = None
-    for endpoint in _endpoints(settings) if settings.environment == "development" else []:
-        if endpoint.name == "local":
-            local = endpoint
-        else:
-            cluster = endpoint
-    if settings.environment != "development" and settings.cockroach_db_url:
-        cluster = db.Endpoint("cluster", settings.cockroach_db_url, "COCKROACH_DB_URL")
+    primary: str | None = None
+    route_error: str | None = None
     try:
         primary = db.route(settings).primary.name
-        route_error = None
+        if settings.environment == "development":
+            for endpoint in _endpoints(settings):
+                if endpoint.name == "local":
+                    local = endpoint
+                else:
+                    cluster = endpoint
+        elif settings.cockroach_db_url:
+            cluster = db.Endpoint("cluster", settings.cockroach_db_url, "COCKROACH_DB_URL")
     except ConfigError as exc:
-        primary, route_error = None, str(exc)
+        route_error = str(exc)
     return {
         "environment": settings.environment,
         "database_target": settings.database_target,
         "serving": primary,
         "config_error": route_error,
-        "local_db_url": urls.mask(local.url) if local else None,
-        "cluster_db_url": urls.mask(cluster.url) if cluster else None,
+        "local_db_url": urls.mask(local.url if local else settings.local_db_url),
+        "cluster_db_url": urls.mask(cluster.url if cluster else settings.cockroach_db_url),
         "read_replica_url": urls.mask(settings.cockroach_read_replica_url),
         "embedded": embedded_status(settings),
         "databases": {e.name: probe(e, settings).as_dict() for e in (local, cluster) if e},

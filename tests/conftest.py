@@ -112,6 +112,32 @@ def pg_stack() -> Iterator[PgStack]:
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
+def tls_bindir() -> Path | None:
+    """A PostgreSQL build with SSL (Debian's postgresql package), for verify-full tests."""
+    from cesar.embedded import ssl_supported
+
+    for bindir in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (bindir / "postgres").exists() and ssl_supported(bindir):
+            return bindir
+    return None
+
+
+@pytest.fixture(scope="session")
+def tls_stack() -> Iterator[PgStack]:
+    """A second embedded server built with SSL: its cluster stand-in URL is verify-full."""
+    bindir = tls_bindir()
+    require(bindir is not None,
+            "a PostgreSQL server built with SSL: apt-get install postgresql (Debian's package)")
+    state_dir = new_state_dir("tls")
+    pg = EmbeddedPostgres(state_dir, bindir=bindir)
+    state, _ = pg.up()
+    try:
+        yield PgStack(pg, state)
+    finally:
+        pg.down()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
 @pytest.fixture
 def fresh_db(pg_stack: PgStack) -> Iterator[str]:
     """A fresh, empty database for one test; yields the application login's URL."""

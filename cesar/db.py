@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, TypeVar
 
 import psycopg
@@ -172,6 +173,20 @@ def connect(endpoint: Endpoint, settings: Settings, **kwargs: object) -> psycopg
         ) from None
 
 
+def credential_files_stamp(settings: Settings) -> tuple[tuple[str, int], ...]:
+    """Modification times of every file credentials can come from (cheap: a few stat calls)."""
+    from cesar.config import ENV_FILES
+    from cesar.embedded import STATE_FILE
+
+    out = []
+    for path in (*map(Path, ENV_FILES), Path(settings.state_dir) / STATE_FILE):
+        try:
+            out.append((str(path), path.stat().st_mtime_ns))
+        except OSError:
+            out.append((str(path), 0))
+    return tuple(out)
+
+
 def is_reachable(endpoint: Endpoint, settings: Settings) -> bool:
     try:
         connect(endpoint, settings).close()
@@ -188,7 +203,9 @@ class Database:
     back (each checkout is health-checked, so connections broken by a restart are replaced).
     """
 
-    def __init__(self, settings: Settings, route_: Route | None = None) -> None:
+    def __init__(
+        self, settings: Settings, route_: Route | None = None, *, reloadable: bool = False
+    ) -> None:
         self.settings = settings
         self.route = route_ or route(settings)
         self.endpoint = self.route.primary
@@ -196,6 +213,11 @@ class Database:
         self.pool: ConnectionPool | None = None
         self.read_pool: ConnectionPool | None = None
         self._engine: Engine | None = None
+        # Long-running processes (the API) re-read their credentials when the files they came
+        # from change, so a password rotation reaches new connections without a restart while
+        # connections already open keep working.
+        self.reloadable = reloadable
+        self._stamp = credential_files_stamp(settings) if reloadable else ()
 
     # ---------------------------------------------------------------- lifecycle
     def open(self, *, wait: bool = True) -> Database:
@@ -243,10 +265,41 @@ class Database:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _current_url(self, name: str) -> str:
+        """The URL for endpoint ``name`` as of now (re-read if its files changed)."""
+        if self.reloadable:
+            stamp = credential_files_stamp(self.settings)
+            if stamp != self._stamp:
+                self._stamp = stamp
+                self._reload()
+        for endpoint in (self.route.primary, self.route.fallback, self.route.read_replica):
+            if endpoint is not None and endpoint.name == name:
+                return endpoint.url
+        raise RuntimeError(f"no {name} endpoint in the current route")
+
+    def _reload(self) -> None:
+        from cesar.config import load_settings
+
+        try:
+            fresh = route(load_settings())
+        except ConfigError as exc:
+            log.error("credentials changed but the new configuration is invalid (%s); "
+                      "new connections keep using the previous credentials", exc)
+            return
+        if fresh.primary.name != self.route.primary.name:
+            log.error("the configuration now routes to the %s database; restart to switch "
+                      "targets (only credentials are reloaded)", fresh.primary.name)
+            return
+        self.route = fresh
+        if self.endpoint.name == fresh.primary.name:
+            self.endpoint = fresh.primary
+        log.warning("credentials reloaded: new connections use %s", self.endpoint.masked)
+
     def _make_pool(self, endpoint: Endpoint) -> ConnectionPool:
         s = self.settings
+        name = endpoint.name
         return ConnectionPool(
-            endpoint.url,
+            (lambda: self._current_url(name)) if self.reloadable else endpoint.url,
             min_size=min(s.pool_min_size, s.pool_max_size),
             max_size=s.pool_max_size,
             timeout=s.pool_timeout,

@@ -102,6 +102,10 @@ def _print_status(info: dict[str, Any]) -> None:
         click.echo(f"{name:<16} {d['url']}\n{'':<16} {detail}")
 
 
+from cesar.migrate_cli import migrate_group as _migrate  # noqa: E402  (cesar migrate)
+cli.add_command(_migrate)
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point: the error boundary that turns exceptions into one line and an exit code."""
     debug = os.environ.get("CESAR_DEBUG") == "1"

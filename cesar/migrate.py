@@ -1,30 +1,90 @@
 """The migration runner (successor of the seed's ``apply_migrations_cockroach.sh``).
 
 Migrations are ``NNN_name.up.sql`` / ``NNN_name.down.sql`` pairs in a directory, applied in
-name order and tracked in the ``schema_migrations`` table (one row per migration).
+name order and tracked in ``schema_migrations`` (one row per migration; see
+``cesar.migrate_store``). One runner at a time holds the lease (``cesar.migrate_lease``);
+the others wait and then find nothing pending.
+
+Execution modes (``--mode``):
+
+``transactional`` (PostgreSQL's default)
+    A migration's statements, its tracking row and its event commit in one transaction: a
+    failure or a crash leaves nothing of it behind.
+``per-statement`` (CockroachDB's default)
+    CockroachDB runs schema changes reliably only in implicit transactions, one statement each.
+    So each DDL statement runs on its own, DML in an explicit transaction together with its
+    progress record (retried on SQLSTATE 40001), and progress is recorded after every statement.
+    A failed or interrupted migration resumes at the first statement not recorded, after
+    checking that the statements already run did not change. A statement interrupted between
+    running and being recorded runs again: migrations are written with ``IF [NOT] EXISTS``.
+
+A no-op run (nothing pending) reads the tracking table once and writes nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any, Literal, NoReturn
 
 import psycopg
 from psycopg import errors as pgerrors
 
-TRACKING_TABLE = "schema_migrations"
-EVENTS_TABLE = "schema_migration_events"
-LEASE_TABLE = "schema_migration_lease"
+from cesar import __version__, db, urls
+from cesar.config import Settings
+from cesar.errors import ConfigError, OperationFailed
+from cesar.migrate_lease import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_WAIT_SECONDS,
+    Lease,
+    LeaseInfo,
+    validate_seconds,
+)
+from cesar.migrate_lease import break_lease as _break_lease
+from cesar.migrate_lease import read as read_lease
+from cesar.migrate_sql import Statement, prefix_checksum, split
+from cesar.migrate_store import (
+    APPLIED_STATUSES,
+    EVENTS_TABLE,
+    LEASE_TABLE,
+    TRACKING_TABLE,
+    Identity,
+    Tracked,
+    ensure_tables,
+    insert_event,
+    read_tracked,
+)
+
+__all__ = [
+    "APPLIED_STATUSES", "EVENTS_TABLE", "LEASE_TABLE", "TRACKING_TABLE", "MigrationFailed",
+    "Runner", "connect", "load", "migration_names", "resolve_dir", "summary",
+]
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["auto", "transactional", "per-statement"]
+Direction = Literal["up", "down"]
+MODES: tuple[Mode, ...] = ("auto", "transactional", "per-statement")
 
 DEFAULT_DIR = Path("sql/migrations")
 PACKAGED_DIR = Path(__file__).parent / "_sql" / "migrations"
 
-#: Statuses that count as "applied" (the schema contains the migration's objects).
-APPLIED_STATUSES = frozenset({"succeeded", "baselined"})
-
 _UP_FILE = re.compile(r"^(?P<name>\d{3,}_[a-z0-9_]+)\.up\.sql$")
+_ANY_FILE = re.compile(r"^(?P<name>(?P<number>\d{3,})_[a-z0-9_]+)\.(?P<direction>up|down)\.sql$")
 
 
+class MigrationFailed(OperationFailed):
+    """A migration's statement failed; the failure is recorded in ``schema_migrations``."""
+
+
+# ==================================================================== files
 def resolve_dir(migrations_dir: Path | None = None) -> Path:
     """The migrations directory: the given one, else ``sql/migrations`` relative to the cwd,
     else the copy packaged in the wheel (``cesar/_sql/migrations``)."""
@@ -34,7 +94,8 @@ def resolve_dir(migrations_dir: Path | None = None) -> Path:
 
 
 def migration_names(migrations_dir: Path | None = None) -> list[str]:
-    """Names (``001_agents``) of the up files in the directory, in apply order."""
+    """Names (``001_agents``) of the up files in the directory, in apply order. Lenient (for
+    /health): a missing directory or a stray file is not an error here; :func:`load` is strict."""
     directory = resolve_dir(migrations_dir)
     if not directory.is_dir():
         return []
@@ -42,20 +103,93 @@ def migration_names(migrations_dir: Path | None = None) -> list[str]:
     return sorted(names)
 
 
-def summary(conn: psycopg.Connection, migrations_dir: Path | None = None) -> dict[str, int]:
-    """Counts for /health and /metrics: ``{"applied", "total", "failed", "pending"}``.
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
-    One query of the tracking table; never creates it (before the first run: nothing applied,
-    ``total`` from the files). ``total`` is the union of the files and the tracked names, so a
-    database ahead of this checkout still reads ``applied <= total``.
-    """
-    files = set(migration_names(migrations_dir))
-    rows = _tracked_statuses(conn)
+
+@dataclass(frozen=True)
+class Migration:
+    """One migration on disk. Statements are parsed only when needed."""
+
+    name: str
+    up_path: Path
+    down_path: Path | None
+
+    @cached_property
+    def checksum(self) -> str:
+        """SHA-256 of the up file: what drift detection compares."""
+        return sha256_file(self.up_path)
+
+    def path(self, direction: Direction) -> Path:
+        if direction == "up":
+            return self.up_path
+        if self.down_path is None:
+            raise OperationFailed(
+                f"{self.name} has no down file ({self.up_path.with_name(self.name + '.down.sql')})"
+                "; write one to roll it back"
+            )
+        return self.down_path
+
+    def file_checksum(self, direction: Direction) -> str:
+        return self.checksum if direction == "up" else sha256_file(self.path("down"))
+
+    def statements(self, direction: Direction) -> list[Statement]:
+        path = self.path(direction)
+        return split(path.read_text(encoding="utf-8"), str(path))
+
+
+def load(migrations_dir: Path | None = None) -> list[Migration]:
+    """The migrations of the directory, in order. Strict: a misnamed ``.sql`` file, a down file
+    without its up file, or two migrations with one number are configuration errors."""
+    directory = resolve_dir(migrations_dir)
+    if not directory.is_dir():
+        raise ConfigError(
+            f"the migrations directory {directory} does not exist; run from the repository root "
+            "or pass --migrations-dir DIR"
+        )
+    ups: dict[str, Path] = {}
+    downs: dict[str, Path] = {}
+    numbers: dict[str, str] = {}
+    for path in sorted(directory.iterdir()):
+        if not path.name.endswith(".sql"):
+            continue
+        m = _ANY_FILE.match(path.name)
+        if m is None:
+            raise ConfigError(
+                f"{path} is not named NNN_name.up.sql or NNN_name.down.sql (three or more "
+                "digits, then lower-case letters, digits and _); rename it"
+            )
+        name, number = m["name"], m["number"]
+        if numbers.setdefault(number, name) != name:
+            raise ConfigError(
+                f"{numbers[number]} and {name} in {directory} share the number {number}; "
+                "renumber the newer one after the last migration"
+            )
+        (ups if m["direction"] == "up" else downs)[name] = path
+    for name, path in downs.items():
+        if name not in ups:
+            raise ConfigError(f"{path} has no {name}.up.sql beside it; add it or remove the file")
+    return [Migration(n, ups[n], downs.get(n)) for n in sorted(ups)]
+
+
+# ==================================================================== counts (/health, /metrics)
+def _counts(files: set[str], rows: list[tuple[str, str]]) -> dict[str, int]:
     applied = {name for name, status in rows if status in APPLIED_STATUSES}
     failed = {name for name, status in rows if status == "failed"}
     total = len(files | applied)
     return {"applied": len(applied), "total": total, "failed": len(failed),
             "pending": total - len(applied)}
+
+
+def summary(conn: psycopg.Connection, migrations_dir: Path | None = None) -> dict[str, int]:
+    """Counts for /health and /metrics: ``{"applied", "total", "failed", "pending"}``.
+
+    One query of the tracking table; never creates it (before the first run: nothing applied,
+    ``total`` from the files). ``total`` is the union of the files and the applied names, so a
+    database ahead of this checkout still reads ``applied <= total``. ``pending`` includes
+    failed migrations (they are not applied).
+    """
+    return _counts(set(migration_names(migrations_dir)), _tracked_statuses(conn))
 
 
 def _tracked_statuses(conn: psycopg.Connection) -> list[tuple[str, str]]:
@@ -78,3 +212,813 @@ def _tracked_statuses(conn: psycopg.Connection) -> list[tuple[str, str]]:
     except pgerrors.UndefinedTable:
         return []
     return [(str(n), str(s)) for n, s in rows]
+
+
+# ==================================================================== plan
+@dataclass
+class Step:
+    """A migration the run will apply (or roll back), and where it starts."""
+
+    migration: Migration
+    direction: Direction
+    start: int = 0  # statements already done (per-statement progress kept from a failed run)
+    resume: str | None = None  # why it resumes: "failed", "interrupted"
+
+    @property
+    def name(self) -> str:
+        return self.migration.name
+
+
+@dataclass
+class Plan:
+    """What the database holds compared with the files; computed from one read."""
+
+    migrations: list[Migration]
+    tracked: dict[str, Tracked]
+    tables_exist: bool
+    pending: list[Step] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        rows = [(t.name, t.status) for t in self.tracked.values()]
+        return _counts({m.name for m in self.migrations}, rows)
+
+    def line(self) -> str:
+        c = self.counts
+        text = f"{c['applied']}/{c['total']} applied, {c['pending']} pending"
+        return text + (f", {c['failed']} failed" if c["failed"] else "")
+
+    def checksum_status(self, name: str) -> str:
+        """``ok``, ``drift``, ``missing-file`` for applied migrations; ``-`` otherwise."""
+        row = self.tracked.get(name)
+        if row is None or not row.applied:
+            return "-"
+        m = self.by_name.get(name)
+        if m is None:
+            return "missing-file"
+        return "ok" if m.checksum == row.checksum else "drift"
+
+    @cached_property
+    def by_name(self) -> dict[str, Migration]:
+        return {m.name: m for m in self.migrations}
+
+    def raise_problems(self) -> None:
+        if self.problems:
+            more = len(self.problems) - 1
+            suffix = f" (and {more} more problem{'s' if more > 1 else ''}: `cesar migrate status`)"
+            raise OperationFailed(self.problems[0] + (suffix if more else ""))
+
+
+def make_plan(migrations: list[Migration], tracked: dict[str, Tracked] | None) -> Plan:
+    """Compare files and rows: pending steps in order, and every reason to refuse to run."""
+    plan = Plan(migrations, tracked or {}, tracked is not None)
+    rows = plan.tracked
+    applied_names = sorted(n for n, t in rows.items() if t.applied)
+    last_applied = applied_names[-1] if applied_names else ""
+    for name in applied_names:
+        row = rows[name]
+        m = plan.by_name.get(name)
+        if m is None:
+            plan.problems.append(
+                f"{name} is applied ({row.status}) but has no file in the migrations directory: "
+                "this checkout is older than the database; update it, or pass --migrations-dir"
+            )
+        elif m.checksum != row.checksum:
+            plan.problems.append(
+                f"{m.up_path} changed after it was applied: applied sha256 {row.checksum}, "
+                f"file sha256 {m.checksum}; restore the file, or accept the change with "
+                f"`cesar migrate repair {name} --reason TEXT`"
+            )
+    for row in rows.values():
+        if row.interrupted_rollback:
+            plan.problems.append(
+                f"the rollback of {row.name} is {_state(row)}; finish it with "
+                "`cesar migrate down --steps 1` (it resumes where it stopped), then "
+                "`cesar migrate up` if you want it back"
+            )
+    for m in migrations:
+        row = rows.get(m.name)
+        if row is not None and row.applied:
+            continue
+        if row is not None and row.interrupted_rollback:
+            continue
+        if row is None and m.name < last_applied:
+            plan.problems.append(
+                f"{m.name} is new but sorts before the applied {last_applied}; migrations apply "
+                "in order, so renumber it after the last applied one"
+            )
+            continue
+        step = Step(m, "up")
+        if row is not None and row.status in ("failed", "running"):
+            step.resume = "failed" if row.status == "failed" else "interrupted"
+            if row.status == "failed" and row.attempt_checksum == m.checksum and not row.resumable:
+                plan.problems.append(_failed_message(row, m))
+                continue
+            if row.partial:
+                problem = _check_prefix(row, m, "up")
+                if problem:
+                    plan.problems.append(problem)
+                    continue
+                step.start = row.statements_done
+        plan.pending.append(step)
+    return plan
+
+
+def _state(row: Tracked) -> str:
+    if row.status == "running":
+        return f"interrupted after statement {row.statements_done}/{row.statements_total}"
+    return (f"failed at statement {row.error_statement} (line {row.error_line}, SQLSTATE "
+            f"{row.error_sqlstate}: {row.error_message})")
+
+
+def _failed_message(row: Tracked, m: Migration) -> str:
+    kept = (f"statements 1-{row.statements_done} stay applied, " if row.statements_done else "")
+    return (
+        f"{m.name} failed at statement {row.error_statement} (line {row.error_line}) with "
+        f"SQLSTATE {row.error_sqlstate}: {row.error_message}; {kept}"
+        f"fix {m.up_path} and run again (it resumes at statement "
+        f"{row.statements_done + 1}), or accept it as it is with "
+        f"`cesar migrate repair {m.name} --reason TEXT`"
+    )
+
+
+def _check_prefix(row: Tracked, m: Migration, direction: Direction) -> str | None:
+    """A message when the statements a partial run already executed are no longer the same."""
+    statements = m.statements(direction)
+    done = row.statements_done
+    if len(statements) < done or prefix_checksum(statements, done) != row.progress_checksum:
+        return (
+            f"statements 1-{done} of {m.path(direction)} already ran but the file changed them; "
+            f"restore those statements (change only statement {done + 1} and later), or accept "
+            f"the file as it is with `cesar migrate repair {m.name} --reason TEXT`"
+        )
+    return None
+
+
+# ==================================================================== connecting
+def connect(url: str, settings: Settings, source: str = "--url") -> psycopg.Connection:
+    """An autocommit connection for the runner, without the API's statement timeout (a schema
+    change may rightly take minutes). Failures name the URL with its password masked."""
+    urls.parse(url, source)
+    kwargs: dict[str, Any] = {**db.connect_kwargs(settings), "autocommit": True,
+                              "options": "-c statement_timeout=0"}
+    try:
+        return psycopg.connect(url, **kwargs)
+    except psycopg.OperationalError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise OperationFailed(f"cannot connect to {urls.mask(url)} ({source}): {first}") from None
+
+
+def target_url(settings: Settings) -> tuple[str, str]:
+    """The configured environment's target: (url, the variable it came from)."""
+    endpoint = db.route(settings).primary
+    return endpoint.url, endpoint.variable
+
+
+# ==================================================================== reports
+@dataclass
+class RunReport:
+    """What ``up`` or ``down`` did (or, with ``dry_run``, would do)."""
+
+    direction: Direction
+    dry_run: bool
+    mode: str
+    plan: Plan
+    done: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    lease: LeaseInfo | None = None
+    steps: list[Step] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        plan = self.plan
+        steps = []
+        for step in self.steps:
+            item: dict[str, Any] = {
+                "name": step.name, "direction": step.direction,
+                "checksum": step.migration.file_checksum(step.direction),
+                "resume": step.resume, "start_at_statement": step.start + 1,
+            }
+            if self.dry_run:
+                item["statements"] = [
+                    {"index": s.index, "line": s.line, "kind": s.kind, "sql": s.sql,
+                     "idempotent": s.idempotent}
+                    for s in step.migration.statements(step.direction)[step.start:]
+                ]
+            steps.append(item)
+        return {
+            "direction": self.direction, "dry_run": self.dry_run, "mode": self.mode,
+            **plan.counts,
+            "summary": plan.line(),
+            "steps": steps,
+            "done": self.done,
+            "applied_checksums": {
+                n: plan.checksum_status(n) for n, t in sorted(plan.tracked.items()) if t.applied
+            },
+            "problems": plan.problems,
+            "lease": self.lease.as_dict() if self.lease else None,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# ==================================================================== the runner
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+class Runner:
+    """Applies, rolls back and inspects migrations on one database.
+
+    ``conn`` is an autocommit connection; ``connect`` opens another one like it (the lease's
+    heartbeat runs on its own connection). ``progress`` receives one line per step.
+    """
+
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        *,
+        connect: Callable[[], psycopg.Connection],
+        migrations_dir: Path | None = None,
+        mode: Mode = "auto",
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        wait_seconds: float = DEFAULT_WAIT_SECONDS,
+        reason: str | None = None,
+        progress: Progress = _quiet,
+        identity: Identity | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
+        validate_seconds(lease_seconds, wait_seconds)
+        if not conn.autocommit:
+            raise RuntimeError("Runner needs an autocommit connection")
+        self.conn = conn
+        self.connect = connect
+        self.migrations_dir = resolve_dir(migrations_dir)
+        self.mode: Mode = mode
+        self.lease_seconds = lease_seconds
+        self.wait_seconds = wait_seconds
+        self.reason = reason
+        self.progress = progress
+        self.identity = identity or Identity()
+        self._held: Lease | None = None
+        s = settings or Settings(_env_file=None)  # type: ignore[call-arg]
+        self._retry = {"max_attempts": s.retry_max_attempts, "base_delay": s.retry_base_delay,
+                       "max_delay": s.retry_max_delay}
+
+    # ---------------------------------------------------------------- reading
+    def plan(self, migrations: list[Migration] | None = None) -> Plan:
+        """Files versus the tracking table: one query."""
+        return make_plan(migrations if migrations is not None else load(self.migrations_dir),
+                         read_tracked(self.conn))
+
+    def effective_mode(self) -> str:
+        if self.mode != "auto":
+            return self.mode
+        engine = db.detect_engine(self.conn)
+        return "per-statement" if engine == "cockroachdb" else "transactional"
+
+    def lease_info(self) -> LeaseInfo | None:
+        return read_lease(self.conn)
+
+    # ---------------------------------------------------------------- up
+    def up(self, *, dry_run: bool = False) -> RunReport:
+        started = time.perf_counter()
+        migrations = load(self.migrations_dir)
+        plan = make_plan(migrations, read_tracked(self.conn))
+        if dry_run:
+            report = RunReport("up", True, self.effective_mode(), plan, steps=plan.pending,
+                               lease=self.lease_info() if plan.tables_exist else None)
+            report.seconds = time.perf_counter() - started
+            return report
+        plan.raise_problems()
+        report = RunReport("up", False, self.mode, plan)
+        if not plan.pending:  # the no-op: one read, no lease, no write
+            report.seconds = time.perf_counter() - started
+            return report
+        ensure_tables(self.conn)
+        report.mode = self.effective_mode()
+        self._tune_session()
+        with self._lease():
+            plan = make_plan(migrations, read_tracked(self.conn))  # others may have run meanwhile
+            plan.raise_problems()
+            report.steps = plan.pending
+            for step in plan.pending:
+                if self._run_step(step, report.mode):
+                    report.done.append(step.name)
+            report.plan = make_plan(migrations, read_tracked(self.conn))
+        report.seconds = time.perf_counter() - started
+        return report
+
+    # ---------------------------------------------------------------- down
+    def down(self, *, steps: int | None = None, to: str | None = None,
+             dry_run: bool = False) -> RunReport:
+        """Roll back the last ``steps`` applied migrations (default 1), or all after ``to``."""
+        if steps is not None and to is not None:
+            raise ConfigError("pass either --steps N or --to NAME, not both")
+        if steps is not None and steps < 1:
+            raise ConfigError(f"--steps {steps} must be at least 1")
+        started = time.perf_counter()
+        migrations = load(self.migrations_dir)
+        plan = make_plan(migrations, read_tracked(self.conn))
+        targets = self._rollback_steps(plan, steps if to is None else None, to)
+        if dry_run:
+            report = RunReport("down", True, self.effective_mode(), plan, steps=targets,
+                               lease=self.lease_info() if plan.tables_exist else None)
+            report.seconds = time.perf_counter() - started
+            return report
+        report = RunReport("down", False, self.mode, plan)
+        if not targets:
+            report.seconds = time.perf_counter() - started
+            return report
+        report.mode = self.effective_mode()
+        self._tune_session()
+        with self._lease():
+            plan = make_plan(migrations, read_tracked(self.conn))
+            targets = self._rollback_steps(plan, steps if to is None else None, to)
+            report.steps = targets
+            for step in targets:
+                if self._run_step(step, report.mode):
+                    report.done.append(step.name)
+            report.plan = make_plan(migrations, read_tracked(self.conn))
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _rollback_steps(self, plan: Plan, steps: int | None, to: str | None) -> list[Step]:
+        """Newest first: interrupted rollbacks, then applied or partially applied migrations."""
+        rows = plan.tracked
+        if to is not None and to not in rows and to not in plan.by_name:
+            raise ConfigError(f"--to {to}: no such migration; see `cesar migrate status`")
+        candidates = sorted(
+            (t for t in rows.values()
+             if t.applied or t.interrupted_rollback or (t.partial and t.status == "failed")),
+            key=lambda t: t.name, reverse=True,
+        )
+        chosen = [t for t in candidates if t.name > to] if to is not None else \
+            candidates[: steps or 1]
+        out: list[Step] = []
+        for row in chosen:
+            m = plan.by_name.get(row.name)
+            if m is None:
+                raise OperationFailed(
+                    f"cannot roll back {row.name}: its files are not in {self.migrations_dir}"
+                )
+            if m.down_path is None:
+                raise OperationFailed(
+                    f"cannot roll back {row.name}: {m.up_path.with_name(row.name + '.down.sql')} "
+                    "is missing; write it (nothing was rolled back)"
+                )
+            if row.applied and m.checksum != row.checksum:
+                raise OperationFailed(
+                    f"cannot roll back {row.name}: {m.up_path} changed after it was applied "
+                    f"(applied sha256 {row.checksum}, file sha256 {m.checksum}), so its down file "
+                    "may not match what is in the database; restore the file, or accept it with "
+                    f"`cesar migrate repair {row.name} --reason TEXT` (nothing was rolled back)"
+                )
+            step = Step(m, "down")
+            if row.interrupted_rollback:
+                step.resume = "failed" if row.status == "failed" else "interrupted"
+                down_sum = m.file_checksum("down")
+                if (row.status == "failed" and row.attempt_checksum == down_sum
+                        and not row.resumable):
+                    raise OperationFailed(
+                        f"the rollback of {row.name} failed at statement {row.error_statement} "
+                        f"(line {row.error_line}) with SQLSTATE {row.error_sqlstate}: "
+                        f"{row.error_message}; fix {m.down_path} and run again (it resumes), or "
+                        f"`cesar migrate repair {row.name} --reason TEXT`"
+                    )
+                if row.statements_done:
+                    problem = _check_prefix(row, m, "down")
+                    if problem:
+                        raise OperationFailed(problem)
+                    step.start = row.statements_done
+            out.append(step)
+        return out
+
+    # ---------------------------------------------------------------- repair, mark-applied
+    def repair(self, name: str, reason: str) -> str:
+        """Accept the file as it is now: a drifted checksum, or a failure to retry."""
+        _require_reason(reason, "repair")
+        m = self._migration(name)
+        ensure_tables(self.conn)
+
+        def work(conn: psycopg.Connection) -> str:
+            row = read_tracked(conn) or {}
+            t = row.get(name)
+            if t is None or t.status == "rolled_back":
+                raise ConfigError(f"{name} is {'not applied' if t is None else 'rolled back'}; "
+                                  "there is nothing to repair (`cesar migrate up` applies it)")
+            if t.applied:
+                if t.checksum == m.checksum:
+                    return f"{name}: the file matches what was applied; nothing to repair"
+                conn.execute(f"UPDATE {TRACKING_TABLE} SET checksum = %s, updated_at = now() "
+                             "WHERE name = %s", [m.checksum, name])
+                insert_event(conn, self.identity, "repair", name, reason,
+                             {"old_checksum": t.checksum, "new_checksum": m.checksum})
+                return (f"{name}: accepted the changed file (sha256 {t.checksum[:12]}… -> "
+                        f"{m.checksum[:12]}…)")
+            direction: Direction = "down" if t.direction == "down" else "up"
+            statements = m.statements(direction)
+            done = min(t.statements_done, len(statements))
+            conn.execute(
+                f"UPDATE {TRACKING_TABLE} SET resumable = true, attempt_checksum = %s, "
+                "statements_done = %s, progress_checksum = %s, updated_at = now() WHERE name = %s",
+                [m.file_checksum(direction), done, prefix_checksum(statements, done), name],
+            )
+            insert_event(conn, self.identity, "repair", name, reason,
+                         {"status": t.status, "direction": direction, "statements_done": done,
+                          "error_sqlstate": t.error_sqlstate, "error_message": t.error_message})
+            verb = "`cesar migrate up`" if direction == "up" else "`cesar migrate down`"
+            return (f"{name}: the {t.status} {'rollback' if direction == 'down' else 'migration'}"
+                    f" will run again with {verb}, from statement {done + 1}")
+
+        with self._lease():
+            return db.run_transaction(self.conn, work, **self._retry)
+
+    def mark_applied(self, name: str, reason: str) -> str:
+        """Record a migration as applied without running it (its objects already exist)."""
+        _require_reason(reason, "mark-applied")
+        m = self._migration(name)
+        ensure_tables(self.conn)
+
+        def work(conn: psycopg.Connection) -> str:
+            t = (read_tracked(conn) or {}).get(name)
+            if t is not None and t.applied:
+                return f"{name} is already applied ({t.status}); nothing to do"
+            conn.execute(
+                f"INSERT INTO {TRACKING_TABLE} (name, checksum, status, direction, mode, "
+                "attempt_checksum, statements_total, statements_done, started_at, finished_at, "
+                "duration_ms, applied_by, applied_from, runner_version) "
+                "VALUES (%s, %s, 'baselined', 'up', NULL, %s, %s, %s, now(), now(), 0, "
+                "session_user, %s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, "
+                "status = 'baselined', direction = 'up', mode = NULL, "
+                "attempt_checksum = excluded.attempt_checksum, "
+                "statements_total = excluded.statements_total, "
+                "statements_done = excluded.statements_done, progress_checksum = NULL, "
+                "resumable = false, error_sqlstate = NULL, error_message = NULL, "
+                "error_statement = NULL, error_line = NULL, started_at = now(), "
+                "finished_at = now(), duration_ms = 0, applied_by = session_user, "
+                "applied_from = excluded.applied_from, runner_version = excluded.runner_version, "
+                "holder = NULL, updated_at = now()",
+                [name, m.checksum, m.checksum, len(m.statements("up")), len(m.statements("up")),
+                 self.identity.host, __version__],
+            )
+            insert_event(conn, self.identity, "mark-applied", name, reason,
+                         {"checksum": m.checksum, "previous_status": t.status if t else None})
+            return f"{name} marked as applied (baselined); its statements were not run"
+
+        with self._lease():
+            return db.run_transaction(self.conn, work, **self._retry)
+
+    def break_lease(self, *, force: bool, reason: str | None) -> LeaseInfo | None:
+        return _break_lease(self.conn, self.identity, force=force, reason=reason)
+
+    def _migration(self, name: str) -> Migration:
+        for m in load(self.migrations_dir):
+            if m.name == name:
+                return m
+        raise ConfigError(f"no migration named {name} in {self.migrations_dir}; "
+                          "see `cesar migrate status`")
+
+    # ---------------------------------------------------------------- executing
+    @contextmanager
+    def _lease(self) -> Iterator[Lease]:
+        def waiting(holder: LeaseInfo) -> None:
+            self.progress(f"waiting for the migration lease held by {holder.describe()}")
+
+        lease = Lease.acquire(self.conn, self.connect, self.identity, seconds=self.lease_seconds,
+                              wait_seconds=self.wait_seconds, on_wait=waiting)
+        self._held = lease
+        try:
+            yield lease
+        finally:
+            self._held = None
+            lease.release()
+
+    def _tune_session(self) -> None:
+        """On PostgreSQL 14+, have the server notice a dead runner within seconds (and abort its
+        transaction) instead of only when it next writes to the socket. CockroachDB has no such
+        setting and cancels a session's work when its connection closes."""
+        if db.detect_engine(self.conn) != "postgresql":
+            return
+        with suppress(psycopg.Error):  # absent before PostgreSQL 14
+            self.conn.execute("SET client_connection_check_interval = '2s'")
+
+    def _run_step(self, step: Step, mode: str) -> bool:
+        """Apply or roll back one migration. False when another runner already did it."""
+        m, direction = step.migration, step.direction
+        statements = m.statements(direction)
+        effective = "per-statement" if (mode == "per-statement" or step.start) else "transactional"
+        verb = "applying" if direction == "up" else "rolling back"
+        resume = (f", resuming at statement {step.start + 1} after a {step.resume} run"
+                  if step.start else (f", retrying after a {step.resume} run" if step.resume
+                                      else ""))
+        count = plural(len(statements), "statement")
+        self.progress(f"{verb} {m.name} ({effective}, {count}{resume})")
+        self._lease_held().renew(migration=m.name)  # `lock status` names what is being applied
+        started = time.perf_counter()
+        if effective == "transactional":
+            ran = self._transactional(step, statements, started)
+        else:
+            ran = self._per_statement(step, statements, started)
+        ms = (time.perf_counter() - started) * 1000
+        if ran:
+            self.progress(f"{'applied' if direction == 'up' else 'rolled back'} {m.name} "
+                          f"in {ms:.0f} ms")
+        else:
+            self.progress(f"{m.name}: already done by another runner")
+        return ran
+
+    # -- transactional: statements, tracking row and event in one transaction
+    def _transactional(self, step: Step, statements: list[Statement], started: float) -> bool:
+        lease = self._lease_held()
+
+        def work(conn: psycopg.Connection) -> bool:
+            lease.check(conn)
+            if not self._claim(conn, step, "transactional", statements):
+                return False
+            for st in statements:
+                _execute(conn, st)
+            self._finish(conn, step, "transactional", len(statements), started)
+            return True
+
+        try:
+            return db.run_transaction(self.conn, work, **self._retry)
+        except _StatementError as err:
+            self._statement_failed(step, "transactional", statements, err, done=0)
+            raise AssertionError("unreachable") from None
+
+    # -- per-statement: each statement on its own, progress recorded after each
+    def _per_statement(self, step: Step, statements: list[Statement], started: float) -> bool:
+        lease = self._lease_held()
+        start = step.start
+
+        def claim(conn: psycopg.Connection) -> bool:
+            lease.check(conn)
+            return self._claim(conn, step, "per-statement", statements)
+
+        if not db.run_transaction(self.conn, claim, **self._retry):
+            return False
+        if step.resume:
+            db.run_transaction(self.conn, lambda c: insert_event(
+                c, self.identity, "resume", step.name, self.reason,
+                {"direction": step.direction, "from_statement": start + 1,
+                 "previous": step.resume}), **self._retry)
+        for st in statements[start:]:
+            lease.check()
+            t0 = time.perf_counter()
+            try:
+                if st.kind == "ddl":
+                    lease.renew(migration=step.name)
+                    self._execute_implicit(st)
+                    db.run_transaction(self.conn, lambda c, st=st: self._record_progress(
+                        c, step, statements, st.index), **self._retry)
+                else:
+                    def dml(conn: psycopg.Connection, st: Statement = st) -> None:
+                        lease.check(conn)
+                        _execute(conn, st)
+                        self._record_progress(conn, step, statements, st.index)
+
+                    db.run_transaction(self.conn, dml, **self._retry)
+            except _StatementError as err:
+                self._statement_failed(step, "per-statement", statements, err,
+                                       done=st.index - 1)
+            self.progress(f"  [{st.index}/{len(statements)}] line {st.line}: {st.summary()} "
+                          f"({(time.perf_counter() - t0) * 1000:.0f} ms)")
+        db.run_transaction(self.conn, lambda c: self._finish(
+            c, step, "per-statement", len(statements), started), **self._retry)
+        return True
+
+    def _execute_implicit(self, st: Statement) -> None:
+        """One DDL statement in its own implicit transaction; 40001 retried like DML."""
+        attempts = int(self._retry["max_attempts"])
+        for attempt in range(1, attempts + 1):
+            try:
+                _execute(self.conn, st)
+                return
+            except pgerrors.SerializationFailure:
+                if attempt == attempts:
+                    raise
+                time.sleep(min(float(self._retry["max_delay"]),
+                               float(self._retry["base_delay"]) * 2 ** (attempt - 1)))
+
+    def _statement_failed(self, step: Step, mode: str, statements: list[Statement],
+                          err: _StatementError, *, done: int) -> NoReturn:
+        """Record a statement's failure (unless the connection is gone) and raise."""
+        st, exc = err.statement, err.error
+        if self.conn.closed or exc.sqlstate is None or exc.sqlstate.startswith("08"):
+            kept = (f"statements 1-{done} are recorded and the next run resumes at statement "
+                    f"{st.index}" if done else "the next run starts it again")
+            if mode == "transactional":
+                kept = "its transaction rolled back and the next run starts it again"
+            raise OperationFailed(
+                f"lost the connection to the database during {step.name} statement {st.index} "
+                f"({_first_line(exc)}); {kept}, once this runner's lease expires (at most "
+                f"{self.lease_seconds:g} s)"
+            ) from None
+        self._record_failure(step, mode, statements, st, exc, done=done)
+        raise self._failed(step, st, exc, kept=done) from None
+
+    def _lease_held(self) -> Lease:
+        if self._held is None:
+            raise RuntimeError("the migration lease is not held")
+        return self._held
+
+    # -- bookkeeping statements
+    def _claim(self, conn: psycopg.Connection, step: Step, mode: str,
+               statements: list[Statement]) -> bool:
+        """Mark the migration running (ours). False when it is no longer to be done."""
+        m, start = step.migration, step.start
+        values = {
+            "name": m.name, "checksum": m.checksum, "direction": step.direction, "mode": mode,
+            "attempt": m.file_checksum(step.direction), "total": len(statements),
+            "done": start, "progress": prefix_checksum(statements, start) if start else None,
+            "host": self.identity.host, "version": __version__, "holder": self.identity.holder,
+        }
+        if step.direction == "up":
+            row = conn.execute(
+                f"INSERT INTO {TRACKING_TABLE} AS t (name, checksum, status, direction, mode, "
+                "attempt_checksum, statements_total, statements_done, progress_checksum, "
+                "started_at, applied_by, applied_from, runner_version, holder) "
+                "VALUES (%(name)s, %(checksum)s, 'running', 'up', %(mode)s, %(attempt)s, "
+                "%(total)s, %(done)s, %(progress)s, now(), session_user, %(host)s, %(version)s, "
+                "%(holder)s) "
+                "ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, "
+                "status = 'running', direction = 'up', mode = excluded.mode, "
+                "attempt_checksum = excluded.attempt_checksum, "
+                "statements_total = excluded.statements_total, "
+                "statements_done = excluded.statements_done, "
+                "progress_checksum = excluded.progress_checksum, started_at = now(), "
+                "finished_at = NULL, duration_ms = NULL, applied_by = session_user, "
+                "applied_from = excluded.applied_from, runner_version = excluded.runner_version, "
+                "holder = excluded.holder, updated_at = now() "
+                "WHERE t.status NOT IN ('succeeded', 'baselined') RETURNING name",
+                values,
+            ).fetchone()
+        else:
+            row = conn.execute(
+                f"UPDATE {TRACKING_TABLE} SET status = 'running', direction = 'down', "
+                "mode = %(mode)s, attempt_checksum = %(attempt)s, statements_total = %(total)s, "
+                "statements_done = %(done)s, progress_checksum = %(progress)s, "
+                "started_at = now(), finished_at = NULL, duration_ms = NULL, "
+                "applied_by = session_user, applied_from = %(host)s, runner_version = %(version)s, "
+                "holder = %(holder)s, updated_at = now() "
+                "WHERE name = %(name)s AND status <> 'rolled_back' RETURNING name",
+                values,
+            ).fetchone()
+        return row is not None
+
+    def _record_progress(self, conn: psycopg.Connection, step: Step,
+                         statements: list[Statement], done: int) -> None:
+        row = conn.execute(
+            f"UPDATE {TRACKING_TABLE} SET statements_done = %s, progress_checksum = %s, "
+            "updated_at = now() WHERE name = %s AND holder = %s RETURNING name",
+            [done, prefix_checksum(statements, done), step.name, self.identity.holder],
+        ).fetchone()
+        if row is None:
+            self._held.check(conn)  # raises LeaseLost if that is why
+            raise OperationFailed(f"the tracking row of {step.name} changed under this runner")
+
+    def _finish(self, conn: psycopg.Connection, step: Step, mode: str, total: int,
+                started: float) -> None:
+        ms = int((time.perf_counter() - started) * 1000)
+        status = "succeeded" if step.direction == "up" else "rolled_back"
+        conn.execute(
+            f"UPDATE {TRACKING_TABLE} SET status = %s, statements_done = %s, "
+            "progress_checksum = NULL, resumable = false, error_sqlstate = NULL, "
+            "error_message = NULL, error_statement = NULL, error_line = NULL, "
+            "finished_at = clock_timestamp(), duration_ms = %s, holder = NULL, "
+            "updated_at = now() WHERE name = %s",
+            [status, total if step.direction == "up" else 0, ms, step.name],
+        )
+        insert_event(conn, self.identity, "apply" if step.direction == "up" else "rollback",
+                     step.name, self.reason,
+                     {"mode": mode, "statements": total, "duration_ms": ms,
+                      "checksum": step.migration.file_checksum(step.direction),
+                      "resumed_from_statement": step.start + 1 if step.start else None})
+
+    def _record_failure(self, step: Step, mode: str, statements: list[Statement],
+                        st: Statement, exc: psycopg.Error, *, done: int) -> None:
+        """Write the failure down (in its own transaction, the migration's having failed)."""
+        m = step.migration
+        message = _first_line(exc)
+        detail = {"direction": step.direction, "mode": mode, "sqlstate": exc.sqlstate,
+                  "message": message, "statement": st.index, "line": st.line,
+                  "file": str(m.path(step.direction)), "statements_done": done}
+
+        def work(conn: psycopg.Connection) -> None:
+            if step.direction == "down" and mode == "transactional":
+                # Nothing was rolled back: the migration stays applied; only the event says so.
+                conn.execute(f"UPDATE {TRACKING_TABLE} SET holder = NULL WHERE name = %s",
+                             [m.name])
+            else:
+                conn.execute(
+                    f"INSERT INTO {TRACKING_TABLE} AS t (name, checksum, status, direction, "
+                    "mode, attempt_checksum, statements_total, statements_done, "
+                    "progress_checksum, error_sqlstate, error_message, error_statement, "
+                    "error_line, started_at, finished_at, applied_by, applied_from, "
+                    "runner_version) VALUES (%(name)s, %(checksum)s, 'failed', %(direction)s, "
+                    "%(mode)s, %(attempt)s, %(total)s, %(done)s, %(progress)s, %(sqlstate)s, "
+                    "%(message)s, %(statement)s, %(line)s, now(), clock_timestamp(), "
+                    "session_user, %(host)s, %(version)s) "
+                    "ON CONFLICT (name) DO UPDATE SET status = 'failed', "
+                    "direction = excluded.direction, mode = excluded.mode, "
+                    "attempt_checksum = excluded.attempt_checksum, "
+                    "statements_total = excluded.statements_total, "
+                    "statements_done = excluded.statements_done, "
+                    "progress_checksum = excluded.progress_checksum, resumable = false, "
+                    "error_sqlstate = excluded.error_sqlstate, "
+                    "error_message = excluded.error_message, "
+                    "error_statement = excluded.error_statement, "
+                    "error_line = excluded.error_line, finished_at = clock_timestamp(), "
+                    "holder = NULL, updated_at = now()",
+                    {"name": m.name, "checksum": m.checksum, "direction": step.direction,
+                     "mode": mode, "attempt": m.file_checksum(step.direction),
+                     "total": len(statements), "done": done,
+                     "progress": prefix_checksum(statements, done), "sqlstate": exc.sqlstate,
+                     "message": message, "statement": st.index, "line": st.line,
+                     "host": self.identity.host, "version": __version__},
+                )
+            insert_event(conn, self.identity, "fail", m.name, self.reason, detail)
+
+        db.run_transaction(self.conn, work, **self._retry)
+
+    def _failed(self, step: Step, st: Statement, exc: psycopg.Error, *, kept: int
+                ) -> MigrationFailed:
+        m = step.migration
+        path = m.path(step.direction)
+        what = "migration" if step.direction == "up" else "rollback"
+        if kept:
+            state = (f"statements 1-{kept} stay done and the next run resumes at statement "
+                     f"{st.index}")
+        elif step.direction == "down":
+            state = "nothing was rolled back"
+        else:
+            state = "nothing of it was applied"
+        cmd = "up" if step.direction == "up" else "down"
+        return MigrationFailed(
+            f"{what} {m.name} failed at statement {st.index} ({path}:{st.line}) with SQLSTATE "
+            f"{exc.sqlstate}: {_first_line(exc)}; {state}; fix the file and run "
+            f"`cesar migrate {cmd}` again, or `cesar migrate repair {m.name} --reason TEXT`"
+        )
+
+
+class _StatementError(Exception):
+    """A migration's own statement failed (as opposed to the runner's bookkeeping)."""
+
+    def __init__(self, statement: Statement, error: psycopg.Error) -> None:
+        super().__init__(str(error))
+        self.statement = statement
+        self.error = error
+
+
+def _execute(conn: psycopg.Connection, st: Statement) -> None:
+    """Run one statement of a migration; its failure becomes a :class:`_StatementError`
+    (40001 stays as it is, for the retry around it)."""
+    try:
+        conn.execute(st.sql)  # type: ignore[arg-type]
+    except pgerrors.SerializationFailure:
+        raise
+    except psycopg.Error as exc:
+        raise _StatementError(st, exc) from exc
+
+
+def _require_reason(reason: str | None, command: str) -> None:
+    if not reason or not reason.strip():
+        raise ConfigError(f"`cesar migrate {command}` needs --reason TEXT (it is recorded in "
+                          f"{EVENTS_TABLE})")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# ==================================================================== one-call entry points
+def open_runner(url: str, settings: Settings, *, source: str = "--url",
+                **options: Any) -> tuple[psycopg.Connection, Runner]:
+    """A connection and a Runner on it (the caller closes the connection)."""
+    conn = connect(url, settings, source)
+    try:
+        runner = Runner(conn, connect=lambda: connect(url, settings, source), settings=settings,
+                        **options)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, runner
+
+
+def apply_all(url: str, settings: Settings, *, source: str = "--url",
+              migrations_dir: Path | None = None, progress: Progress = _quiet) -> RunReport:
+    """``cesar migrate up`` for one database, as ``invoke up`` uses it."""
+    conn, runner = open_runner(url, settings, source=source, migrations_dir=migrations_dir,
+                               progress=progress)
+    with conn:
+        return runner.up()
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"

@@ -2,10 +2,18 @@
 --
 -- Synced table (local <-> cluster): UUID primary key, no UNIQUE constraint that the two sides
 -- could violate independently. Agent names are unique by convention only; the seed rows below
--- carry fixed UUIDs so that both sides seed the *same* 24 rows and the sync sees no conflict.
+-- carry fixed UUIDs so that both sides seed the *same* 24 rows and the sync sees no conflict
+-- (a conflicting edit of one agent resolves by the later updated_at).
 -- Runs unchanged on PostgreSQL (13+) and CockroachDB (gen_random_uuid() exists on both).
+--
+-- Every statement is idempotent (IF NOT EXISTS, ON CONFLICT DO NOTHING): in per-statement mode
+-- a statement interrupted by a crash runs again on resume, and a database whose agents table
+-- predates the runner (the first `invoke up`) is adopted as it is.
+--
+-- updated_at is written by the application on every UPDATE: PostgreSQL would use a trigger and
+-- CockroachDB `ON UPDATE now()`, and neither runs on the other, so the API sets it explicitly.
 
-CREATE TABLE agents (
+CREATE TABLE IF NOT EXISTS agents (
     id          UUID        PRIMARY KEY DEFAULT gen_random_uuid(),
     name        TEXT        NOT NULL,
     mob_alias   TEXT        NOT NULL,
@@ -40,4 +48,8 @@ INSERT INTO agents (id, name, mob_alias, role) VALUES
     ('a9e5c0de-0015-4000-8000-000000000015', 'Sage',      'The Consigliere',  'advisory'),
     ('a9e5c0de-0016-4000-8000-000000000016', 'Bolt',      'Sparky',           'automation'),
     ('a9e5c0de-0017-4000-8000-000000000017', 'Argus',     'Hundred Eyes',     'audit'),
-    ('a9e5c0de-0018-4000-8000-000000000018', 'Onyx',      'The Cleaner',      'data-quality');
+    ('a9e5c0de-0018-4000-8000-000000000018', 'Onyx',      'The Cleaner',      'data-quality')
+ON CONFLICT (id) DO NOTHING;
+
+-- The sync reads what changed since its last run.
+CREATE INDEX IF NOT EXISTS agents_updated_at_idx ON agents (updated_at);

@@ -61,6 +61,15 @@ class Settings(BaseSettings):
     )
     application_name: str = Field("cesar", validation_alias=_alias("CESAR_APPLICATION_NAME"))
 
+    # Password rotation (cesar/rotate.py): a role allowed to ALTER ROLE the application logins,
+    # and the hosts' Ansible Vault file and the Pulumi stack that also hold the credential.
+    admin_db_url: str | None = Field(None, validation_alias=_alias("CESAR_ADMIN_DB_URL"))
+    vault_file: Path | None = Field(None, validation_alias=_alias("CESAR_VAULT_FILE"))
+    vault_password_file: Path | None = Field(
+        None, validation_alias=_alias("CESAR_VAULT_PASSWORD_FILE")
+    )
+    pulumi_stack: str | None = Field(None, validation_alias=_alias("CESAR_PULUMI_STACK"))
+
     # Retry of SQLSTATE 40001 (serialization failures; routine on CockroachDB).
     retry_max_attempts: int = Field(8, ge=1, validation_alias=_alias("CESAR_RETRY_MAX_ATTEMPTS"))
     retry_base_delay: float = Field(0.02, gt=0, validation_alias=_alias("CESAR_RETRY_BASE_DELAY"))

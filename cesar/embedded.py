@@ -66,6 +66,10 @@ class StackState:
     port: int
     passwords: dict[str, str]
     active_login: str = LOGINS[0]
+    # A rotation in progress keeps its new credential here, as *pending*, before the database
+    # is touched (see cesar/rotate.py); the active login keeps serving until it is switched.
+    pending_login: str | None = None
+    pending_password: str | None = None
     socket_dir: str = ""
     tls: bool = False  # True when the server's build has SSL (pgserver's does not)
     created_at: float = field(default_factory=time.time)

@@ -1,0 +1,436 @@
+"""Zero-downtime rotation of the application's database password.
+
+Two login roles (``cesar_app_a``, ``cesar_app_b``) are members of one role (``cesar_app``) that
+holds every grant. The application uses one of them, the *active* login; a rotation gives the
+other, *inactive*, login a new password, proves it works, switches the application to it and,
+only after a grace period, invalidates the previous login's password. At every moment the
+application holds at least one valid credential.
+
+Steps, each recorded before the next begins, so that a run interrupted anywhere (even by
+SIGKILL) is resumed by the next one:
+
+``preflight``  take the lock; the active credential, the admin connection and the cluster work;
+               the secondary stores are usable (tools present, vault decrypts)
+``create``     generate a strong password and persist it as *pending* in the primary store,
+               before the database is touched
+``set``        ``ALTER ROLE inactive WITH PASSWORD 'SCRAM-SHA-256$...'``: a verifier computed
+               here, so the plaintext never reaches the server, its logs or this tool's output
+``test``       fresh connections with the pending credential (``verify-full`` outside
+               development) to every database the application uses, with a write probe that is
+               rolled back
+``finish``     switch the primary store, then the secondary stores (Ansible Vault and a rolling
+               restart, Pulumi), to the new credential
+``retire``     after the grace period: ``ALTER ROLE previous WITH PASSWORD NULL``
+
+If ``test`` fails, nothing is switched: the inactive login is reset to its previous password
+verifier and the pending credential dropped; the next attempt uses a new password; after
+``max_attempts`` failures the run stops and says what a person must look at.
+
+Every step is appended to a JSON Lines audit log (who, when, which login, step, outcome);
+never a password or a verifier.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import json
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cesar import scram
+from cesar.db import detect_engine
+from cesar.embedded import LOGINS, new_password, write_private
+from cesar.errors import ConfigError, OperationFailed
+from cesar.secret_stores import Credential, PrimaryStore, SecondaryStore
+
+STEPS = ("preflight", "create", "set", "test", "finish", "retire")
+STATE_FILE = "rotation.json"
+AUDIT_FILE = "rotation-audit.jsonl"
+LOCK_FILE = "rotation.lock"
+FAULT_ENV = "CESAR_ROTATE_KILL_AFTER"  # test hook: SIGKILL this process right after a step
+
+
+@dataclass
+class RotationState:
+    """Progress of the current rotation (``rotation.json``, mode 0600), plus the last one."""
+
+    id: str | None = None
+    step: str | None = None  # the last step completed
+    from_login: str | None = None
+    to_login: str | None = None
+    attempt: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    retire_after: float | None = None
+    # The inactive login's verifier before `set`, to put it back if `test` fails. A hash, not
+    # a password, but still kept only here (0600) and never in the audit log.
+    previous_verifier: str | None = None
+    finished_stores: list[str] = field(default_factory=list)
+    last: dict[str, Any] | None = None
+
+    @property
+    def in_progress(self) -> bool:
+        return self.id is not None
+
+
+@dataclass
+class Report:
+    rotation_id: str | None
+    from_login: str | None
+    to_login: str | None
+    steps: list[str]
+    retired: bool
+    retire_after: float | None
+    attempts: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Audit:
+    """Append-only JSON Lines log; every line is fsynced before the step goes on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.who = f"{getpass.getuser()}@{socket.gethostname()}"
+
+    def __call__(self, rotation_id: str | None, step: str, outcome: str, *,
+                 login: str | None = None, **extra: Any) -> None:
+        record = {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "rotation": rotation_id, "step": step, "outcome": outcome, "login": login,
+                  "who": self.who, **extra}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class Rotator:
+    def __init__(
+        self,
+        primary: PrimaryStore,
+        secondaries: list[SecondaryStore],
+        *,
+        state_dir: Path,
+        environment: str = "development",
+        grace_seconds: float = 300.0,
+        max_attempts: int = 3,
+        audit_path: Path | None = None,
+        progress: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.primary = primary
+        self.secondaries = secondaries
+        self.state_dir = state_dir
+        self.environment = environment
+        self.grace_seconds = grace_seconds
+        self.max_attempts = max_attempts
+        self.audit = Audit(audit_path or state_dir / AUDIT_FILE)
+        self.progress = progress
+        self.state_path = state_dir / STATE_FILE
+
+    # ---------------------------------------------------------------- state
+    def load(self) -> RotationState:
+        if not self.state_path.exists():
+            return RotationState()
+        try:
+            return RotationState(**json.loads(self.state_path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{self.state_path} is unreadable ({exc}); "
+                              "inspect it, then move it aside to start over") from None
+
+    def save(self, st: RotationState) -> None:
+        write_private(self.state_path, json.dumps(asdict(st), indent=2) + "\n")
+
+    def _done(self, st: RotationState, step: str, *, login: str | None, **extra: Any) -> None:
+        st.step = step
+        self.save(st)
+        self.audit(st.id, step, "ok", login=login, **extra)
+        self.progress(f"{step}: ok" + (f" ({login})" if login else ""))
+        if os.environ.get(FAULT_ENV) == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OperationFailed(
+                    "another rotation is running (lock held on "
+                    f"{self.state_dir / LOCK_FILE}); wait for it to finish") from None
+            yield
+        finally:
+            os.close(fd)
+
+    # ---------------------------------------------------------------- public
+    def status(self) -> dict[str, Any]:
+        st = self.load()
+        active = self.primary.active().login
+        pending = None
+        if st.in_progress:
+            pending = {"id": st.id, "step": st.step, "from_login": st.from_login,
+                       "to_login": st.to_login, "attempt": st.attempt,
+                       "retire_after": st.retire_after}
+        return {"active_login": active, "store": self.primary.name,
+                "secondary_stores": [s.name for s in self.secondaries],
+                "last_rotation": st.last, "pending": pending,
+                "audit_log": str(self.audit.path)}
+
+    def plan(self) -> dict[str, Any]:
+        """What a run would do now (``--dry-run``): nothing is changed."""
+        st = self.load()
+        active = self.primary.active().login
+        if st.in_progress:
+            todo = STEPS[STEPS.index(st.step or "preflight") + 1:]
+            return {"resume": st.id, "from_login": st.from_login, "to_login": st.to_login,
+                    "steps": list(todo), "retire_after": st.retire_after}
+        return {"resume": None, "from_login": active, "to_login": _other(active),
+                "steps": list(STEPS), "grace_seconds": self.grace_seconds,
+                "stores": [self.primary.name, *(s.name for s in self.secondaries)]}
+
+    def run(self, *, wait: bool = True) -> Report:
+        with self._lock():
+            st = self.load()
+            steps: list[str] = []
+            if not st.in_progress:
+                st = self._preflight(st)
+                steps.append("preflight")
+            elif st.step in ("preflight", "create", "set", "test"):
+                self.audit(st.id, "resume", "ok", login=st.to_login, from_step=st.step)
+                self.progress(f"resuming rotation {st.id} after step {st.step}")
+                self._check_connections(st)
+            if st.step in ("preflight", "create", "set"):
+                steps += self._create_set_test(st)
+            if st.step == "test":
+                self._finish(st)
+                steps.append("finish")
+            report = Report(st.id, st.from_login, st.to_login, steps, False, st.retire_after,
+                            st.attempt)
+            if st.step == "finish" and self._retire(st, wait=wait):
+                report.retired = True
+                report.steps.append("retire")
+            return report
+
+    # ---------------------------------------------------------------- steps
+    def _check_connections(self, st: RotationState) -> None:
+        active = self.primary.active()
+        for url in self.primary.urls_for(active):
+            try:
+                psycopg.connect(url, connect_timeout=10).close()
+            except psycopg.OperationalError as exc:
+                raise OperationFailed(
+                    f"preflight: the active credential ({active.login}) does not connect: "
+                    f"{_first_line(exc)}; fix that before rotating") from None
+        with self.primary.admin() as admin:
+            if detect_engine(admin) == "cockroachdb" and not admin.pgconn.ssl_in_use:
+                raise ConfigError(
+                    "the CockroachDB cluster is insecure (no TLS): it has no passwords to "
+                    "rotate; rotation needs a secure cluster")
+
+    def _preflight(self, st: RotationState) -> RotationState:
+        for store in self.secondaries:
+            store.check()
+        self._check_connections(st)
+        active = self.primary.active().login
+        if active not in LOGINS:
+            raise ConfigError(f"the active login {active} is not one of {', '.join(LOGINS)}; "
+                              "rotation alternates between those two")
+        new = RotationState(id=uuid.uuid4().hex[:12], from_login=active, to_login=_other(active),
+                            started_at=time.time(), last=st.last)
+        stale = self.primary.pending()
+        if stale is not None:  # left by a create that died before it was recorded
+            self.primary.clear_pending()
+        self._done(new, "preflight", login=new.to_login, from_login=active)
+        return new
+
+    def _create_set_test(self, st: RotationState) -> list[str]:
+        steps: list[str] = []
+        assert st.to_login is not None
+        while True:
+            if st.step == "preflight":
+                st.attempt += 1
+                self.primary.put_pending(Credential(st.to_login, new_password()))
+                self._done(st, "create", login=st.to_login, attempt=st.attempt)
+                steps.append("create")
+            pending = self.primary.pending()
+            if pending is None:
+                raise OperationFailed(f"the pending credential disappeared from the "
+                                      f"{self.primary.name} store; run the rotation again")
+            try:
+                if st.step == "create":
+                    self._set(st, pending)
+                    steps.append("set")
+                self._test(pending)
+            except OperationFailed as exc:
+                self._undo(st, exc)
+                if st.attempt >= self.max_attempts:
+                    self._abandon(st, exc)
+                continue
+            self._done(st, "test", login=st.to_login)
+            steps.append("test")
+            return steps
+
+    def _set(self, st: RotationState, pending: Credential) -> None:
+        with self.primary.admin() as admin:
+            if st.previous_verifier is None:
+                st.previous_verifier = _read_verifier(admin, pending.login) or ""
+                self.save(st)
+            try:
+                admin.execute(sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
+                    sql.Identifier(pending.login), sql.Literal(scram.verifier(pending.password))))
+            except psycopg.Error as exc:
+                raise OperationFailed(f"set: the database refused the new password for "
+                                      f"{pending.login}: {_first_line(exc)}") from None
+        self._done(st, "set", login=pending.login)
+
+    def _test(self, pending: Credential) -> None:
+        for url in self.primary.urls_for(pending):
+            if self.environment != "development" and "sslmode=verify-full" not in url:
+                raise ConfigError(f"test: {self.environment} requires sslmode=verify-full in "
+                                  "the application's URL")
+            try:
+                with psycopg.connect(url, connect_timeout=10,
+                                     application_name="cesar-rotate-test") as conn:
+                    (user,) = conn.execute("SELECT session_user").fetchone()  # type: ignore[misc]
+                    if user != pending.login:
+                        raise OperationFailed(f"test: connected as {user}, not {pending.login}")
+                    with conn.transaction(force_rollback=True):
+                        _write_probe(conn)
+            except psycopg.Error as exc:
+                raise OperationFailed(f"test: {pending.login} cannot work with its new "
+                                      f"password: {_first_line(exc)}") from None
+
+    def _undo(self, st: RotationState, exc: OperationFailed) -> None:
+        """Put the inactive login back as it was and drop the pending credential."""
+        failed_step = "set" if st.step == "create" else "test"
+        self.audit(st.id, failed_step, "failed", login=st.to_login, attempt=st.attempt,
+                   error=str(exc))
+        self.progress(f"attempt {st.attempt} failed: {exc}")
+        with self.primary.admin() as admin:
+            restore = st.previous_verifier or None
+            admin.execute(sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
+                sql.Identifier(st.to_login or ""),
+                sql.Literal(restore) if restore else sql.SQL("NULL")))
+        self.primary.clear_pending()
+        st.step = "preflight"
+        self.save(st)
+        self.audit(st.id, "rollback", "ok", login=st.to_login, attempt=st.attempt)
+
+    def _abandon(self, st: RotationState, exc: OperationFailed) -> None:
+        self.audit(st.id, "abandon", "failed", login=st.to_login, attempts=st.attempt)
+        st.last = {"id": st.id, "from_login": st.from_login, "to_login": st.to_login,
+                   "outcome": "abandoned", "finished_at": time.time(), "error": str(exc)}
+        login = st.to_login
+        active = st.from_login
+        cleared = RotationState(last=st.last)
+        self.save(cleared)
+        raise OperationFailed(
+            f"rotation abandoned after {st.attempt} failed attempts; the application still uses "
+            f"{active}, nothing was switched. Look at: whether {login} exists, can LOGIN and is "
+            "a member of cesar_app; the cluster's allowlist / pg_hba for this host; the "
+            f"server's authentication log. Last error: {exc}")
+
+    def _finish(self, st: RotationState) -> None:
+        pending = self.primary.pending()
+        if pending is None:  # resumed after the primary store was already switched
+            pending = self.primary.active()
+            if pending.login != st.to_login:
+                raise OperationFailed("finish: the pending credential is gone from the "
+                                      f"{self.primary.name} store; run the rotation again")
+        if self.primary.name not in st.finished_stores:
+            self.primary.activate(pending)
+            st.finished_stores.append(self.primary.name)
+            self.save(st)
+            self.audit(st.id, "switch", "ok", login=pending.login, store=self.primary.name)
+        for store in self.secondaries:
+            if store.name in st.finished_stores:
+                continue
+            store.activate(pending)
+            st.finished_stores.append(store.name)
+            self.save(st)
+            self.audit(st.id, "switch", "ok", login=pending.login, store=store.name)
+        st.finished_at = time.time()
+        st.retire_after = st.finished_at + self.grace_seconds
+        self._done(st, "finish", login=pending.login, retire_after=st.retire_after)
+
+    def _retire(self, st: RotationState, *, wait: bool) -> bool:
+        assert st.retire_after is not None
+        delay = st.retire_after - time.time()
+        if delay > 0 and not wait:
+            self.progress(f"retire of {st.from_login} due in {delay:.0f} s: run again then "
+                          "(or `--retire-now`)")
+            return False
+        if delay > 0:
+            self.progress(f"grace period: {st.from_login} stays valid for {delay:.0f} s")
+            time.sleep(delay)
+        with self.primary.admin() as admin:
+            admin.execute(sql.SQL("ALTER ROLE {} WITH PASSWORD NULL").format(
+                sql.Identifier(st.from_login or "")))
+        st.last = {"id": st.id, "from_login": st.from_login, "to_login": st.to_login,
+                   "outcome": "completed", "finished_at": st.finished_at,
+                   "retired_at": time.time()}
+        self.audit(st.id, "retire", "ok", login=st.from_login)
+        self.progress(f"retire: ok ({st.from_login} can no longer log in)")
+        self.save(RotationState(last=st.last))
+        return True
+
+    def retire_now(self) -> None:
+        """Skip the rest of the grace period of a finished rotation."""
+        with self._lock():
+            st = self.load()
+            if st.step != "finish":
+                raise ConfigError("no finished rotation is waiting to retire its previous login")
+            st.retire_after = time.time()
+            self._retire(st, wait=False)
+
+
+def _other(login: str) -> str:
+    return LOGINS[1] if login == LOGINS[0] else LOGINS[0]
+
+
+def _read_verifier(admin: psycopg.Connection, login: str) -> str | None:
+    if detect_engine(admin) == "cockroachdb":
+        row = admin.execute('SELECT "hashedPassword" FROM system.users WHERE username = %s',
+                            [login]).fetchone()
+        value = row[0] if row else None
+        return value.decode() if isinstance(value, (bytes, memoryview)) and value else None
+    row = admin.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
+                        [login]).fetchone()
+    return row[0] if row else None
+
+
+def _write_probe(conn: psycopg.Connection) -> None:
+    """A write the application would make, inside a transaction that is rolled back."""
+    exists = conn.execute("SELECT to_regclass('agents') IS NOT NULL").fetchone()
+    if exists and exists[0]:
+        conn.execute("UPDATE agents SET updated_at = updated_at "
+                     "WHERE id = (SELECT id FROM agents ORDER BY id LIMIT 1)")
+    else:
+        conn.execute("CREATE TABLE cesar_rotation_probe (id INT PRIMARY KEY)")
+        conn.execute("INSERT INTO cesar_rotation_probe VALUES (1)")

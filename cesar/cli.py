@@ -51,6 +51,7 @@ def up(as_json: bool) -> None:
             "seconds": round(result.seconds, 3), "actions": result.actions,
             "embedded": result.embedded,
             "databases": {d.name: d.as_dict() for d in result.databases},
+            **(result.api or {}),
         })
         return
     for action in result.actions:
@@ -58,6 +59,9 @@ def up(as_json: bool) -> None:
     click.echo(f"development stack ready in {result.seconds:.2f} s")
     for d in result.databases:
         click.echo(f"  {d.name:<8} {d.engine:<11} agents={d.agents:<4} {stack.urls.mask(d.url)}")
+    if result.api:
+        click.echo(f"  api      {result.api['api']['database'] or '-':<11} "
+                   f"health={result.api['api']['health_status']}  {result.api['api_url']}")
     click.echo("next: `uv run invoke status --json`, `uv run invoke test`")
 
 
@@ -100,8 +104,16 @@ def _print_status(info: dict[str, Any]) -> None:
         else:
             detail = f"unreachable: {d['error']}"
         click.echo(f"{name:<16} {d['url']}\n{'':<16} {detail}")
+    api = info.get("api")
+    if api:
+        state = (f"answers, /health {api['health_status']}" if api["answers"]
+                 else "not answering")
+        pid = f", pid {api['pid']}" if api["pid"] else ""
+        click.echo(f"api              {info['api_url']}  {state}{pid}")
 
 
+from cesar.api.server import api as _api  # noqa: E402  (cesar api)
+cli.add_command(_api)
 from cesar.migrate_cli import migrate_group as _migrate  # noqa: E402  (cesar migrate)
 cli.add_command(_migrate)
 

@@ -45,6 +45,7 @@ class UpResult:
     actions: list[str] = field(default_factory=list)
     databases: list[DatabaseReport] = field(default_factory=list)
     embedded: dict[str, Any] | None = None
+    api: dict[str, Any] | None = None  # cesar.service.ApiService.status()
 
 
 def _uses_embedded(settings: Settings) -> bool:
@@ -112,12 +113,25 @@ def up(settings: Settings) -> UpResult:
             row = conn.execute("SELECT count(*) FROM agents").fetchone()
             report.agents = int(row[0]) if row else 0
         result.databases.append(report)
+    api = _api_service(settings)
+    result.actions.extend(api.start())
+    result.api = api.status()
     result.seconds = time.perf_counter() - started
     return result
 
 
+def _api_service(settings: Settings) -> Any:
+    from cesar.service import ApiService  # the API process of the stack (issue 4)
+
+    return ApiService.for_settings(settings)
+
+
 def down(settings: Settings) -> list[str]:
-    """Stop what ``up`` started. Data stays in the state directory."""
+    """Stop what ``up`` started (the API first). Data stays in the state directory."""
+    return _api_service(settings).stop() + _down_database(settings)
+
+
+def _down_database(settings: Settings) -> list[str]:
     pg = EmbeddedPostgres(settings.state_dir, bindir=settings.pg_bindir)
     if not pg.is_initialised():
         return ["nothing to stop: there is no embedded stack here"]
@@ -184,4 +198,5 @@ def status(settings: Settings) -> dict[str, Any]:
         "read_replica_url": urls.mask(settings.cockroach_read_replica_url),
         "embedded": embedded_status(settings),
         "databases": {e.name: probe(e, settings).as_dict() for e in (local, cluster) if e},
+        **_api_service(settings).status(),  # api_url, api
     }

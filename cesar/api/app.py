@@ -1,0 +1,177 @@
+"""The FastAPI application: routes, lifespan (database pool), error bodies, request metrics.
+
+``create_app()`` is the factory uvicorn calls (``cesar api``); tests pass their own settings.
+The database pool opens with ``wait=False``: the service starts while the database is down and
+recovers by itself (``/health`` says 503 meanwhile). No input yields a 500: a database that is
+down or not migrated is a 503 with a JSON body; only a bug is a 500 (logged with its traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import psycopg
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from psycopg import errors as pgerrors
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cesar import __version__, metrics
+from cesar.api import agents
+from cesar.api.health import HealthChecker
+from cesar.api.models import Error, Health, Liveness
+from cesar.config import Settings, load_settings
+from cesar.db import Database
+from cesar.errors import OperationFailed
+
+log = logging.getLogger("cesar.api")
+
+DESCRIPTION = """The CESAR agents and the health of the service that serves them.
+
+`/health` is the readiness probe (200, or 503 when the database is unreachable);
+`/health/live` the liveness probe (never touches the database); `/metrics` is for Prometheus.
+"""
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings or load_settings()
+    # Settings read from the environment and files are re-read when those files change, so a
+    # password rotation reaches new connections without a restart (cesar/rotate.py).
+    database = Database(settings, reloadable=app.state.settings is None).open(wait=False)
+    pools = [p for p in (database.pool, database.read_pool) if p is not None]
+    watcher = metrics.PoolWatcher(pools).start()
+    checker = HealthChecker(database, watcher)
+    app.state.database, app.state.health = database, checker
+    # Worker threads doing database work: no more than the pool has connections.
+    app.state.db_limiter = anyio.CapacityLimiter(settings.pool_max_size)
+    log.info("serving the %s database %s (%s)", database.endpoint.name,
+             database.endpoint.masked, settings.environment)
+    try:
+        yield
+    finally:
+        checker.close()
+        watcher.stop()
+        database.close()
+        metrics.mark_worker_dead()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The application; ``settings`` default to the environment (read at start-up)."""
+    app = FastAPI(title="CESAR API", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.settings = settings
+    app.include_router(agents.router)
+    app.add_api_route("/health", health, methods=["GET"], response_model=Health,
+                      tags=["operations"], summary="Readiness: the database and the schema",
+                      responses={503: {"model": Health,
+                                       "description": "The database is unreachable."}})
+    app.add_api_route("/health/live", live, methods=["GET"], response_model=Liveness,
+                      tags=["operations"], summary="Liveness: the process answers")
+    app.add_api_route("/metrics", prometheus_metrics, methods=["GET"],
+                      response_class=PlainTextResponse, tags=["operations"],
+                      summary="Prometheus metrics (text exposition format 0.0.4)")
+    app.add_exception_handler(OperationFailed, _unavailable)
+    app.add_exception_handler(psycopg.Error, _database_error)
+    app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(RequestMetrics)
+    return app
+
+
+# ----------------------------------------------------------------------------- routes
+async def health(request: Request, response: Response) -> Health:
+    checker: HealthChecker = request.app.state.health
+    report = await checker.check()
+    response.status_code = checker.http_status(report)
+    response.headers.update(_NO_STORE)
+    return report
+
+
+async def live() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+async def prometheus_metrics(request: Request) -> Response:
+    await request.app.state.health.check()  # fresh database, pool and migration gauges
+    body = await run_in_threadpool(metrics.render)
+    return Response(body, media_type=metrics.CONTENT_TYPE, headers=_NO_STORE)
+
+
+# ----------------------------------------------------------------------------- errors
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(Error(detail=detail).model_dump(), status_code=status, headers=headers)
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return _error(503, "the database is unavailable; see /health", {"Retry-After": "1"})
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, psycopg.OperationalError):
+        return await _unavailable(request, exc)
+    if isinstance(exc, pgerrors.UndefinedTable):
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        return _error(503, "the database schema is not migrated; see /health",
+                      {"Retry-After": "30"})
+    return await _internal_error(request, exc)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return _error(500, "internal error; the service log has the details")
+
+
+# ----------------------------------------------------------------------------- metrics
+class RequestMetrics:
+    """Observes ``cesar_http_request_duration_seconds`` for every HTTP request.
+
+    The ``route`` label is the route's template (``/agents/{agent_id}``), never the raw path,
+    and ``unmatched`` for paths no route serves, so the label set stays small whatever clients
+    send; unusual methods are ``other``. A pure ASGI middleware: no per-request task or copy.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            metrics.HTTP_REQUEST_DURATION.labels(method, _route_label(scope), str(status)) \
+                .observe(time.perf_counter() - started)
+
+
+def _route_label(scope: Scope) -> str:
+    route: Any = scope.get("route")
+    if route is not None:
+        return str(route.path_format)
+    app = scope.get("app")
+    for candidate in getattr(app, "routes", ()):  # plain Starlette routes: /openapi.json, /docs
+        match, _ = candidate.matches(scope)
+        if match is not Match.NONE:
+            return str(getattr(candidate, "path", "unmatched"))
+    return "unmatched"

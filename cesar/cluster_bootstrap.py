@@ -1,0 +1,120 @@
+"""The SQL that prepares a CockroachDB cluster for the application, idempotently.
+
+Run once after ``pulumi up`` creates a cluster, and again whenever its inputs change (a new
+allowlist, a password set by rotation, a region added): every statement converges, none fails
+on a second run. It makes
+
+- the database, owned by the group role ``cesar_app`` that holds every grant;
+- the two alternating logins ``cesar_app_a`` and ``cesar_app_b``, members of ``cesar_app``, each
+  with its password (rotation changes one while the other serves), and default privileges so
+  that what one login creates the other can use: privileges never drift apart;
+- on a self-hosted cluster, the host-based authentication setting built from the allowlist;
+- with several regions, the database's primary and other regions (the table-level
+  ``REGIONAL BY ROW`` step belongs to the migration runner, see docs/infra.md).
+
+CockroachDB syntax (``IF NOT EXISTS`` forms, cluster settings, regions): PostgreSQL does not
+accept this script, so the tests check its shape and quoting; see docs/infra.md for what was
+verified where. The embedded PostgreSQL stack creates the same roles in ``cesar.embedded``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cesar.embedded import APP_ROLE, LOGINS
+from cesar.errors import ConfigError
+
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+HBA_SETTING = "server.host_based_authentication.configuration"
+REDACTED = "<redacted>"
+
+
+def quote_ident(name: str) -> str:
+    """A double-quoted SQL identifier; only plain lowercase names are accepted."""
+    if not _IDENT.match(name):
+        raise ConfigError(f"{name!r} is not a plain SQL name; use lowercase letters, digits "
+                          "and '_' (starting with a letter)")
+    return f'"{name}"'
+
+
+def quote_literal(value: str) -> str:
+    """A standard SQL string literal (quotes doubled; backslashes are literal)."""
+    if "\x00" in value:
+        raise ConfigError("a SQL string cannot contain a NUL character")
+    return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """What the script sets up. ``passwords`` maps each login to its password."""
+
+    database: str
+    passwords: Mapping[str, str]
+    hba: str | None = None
+    regions: Sequence[str] = field(default_factory=tuple)
+    app_role: str = APP_ROLE
+    logins: Sequence[str] = LOGINS
+    #: False on an insecure (development-only) cluster, which refuses passwords.
+    set_passwords: bool = True
+
+    def __post_init__(self) -> None:
+        missing = [login for login in self.logins if not self.passwords.get(login)]
+        if self.set_passwords and missing:
+            raise ConfigError(f"no password for login(s) {', '.join(missing)}; set them as stack "
+                              "secrets or let the program generate them")
+        for region in self.regions:
+            if not _REGION.match(region):
+                raise ConfigError(f"region {region!r} is not a valid region name")
+        if len(set(self.regions)) != len(self.regions):
+            raise ConfigError(f"regions {list(self.regions)} list a region twice")
+
+
+def statements(spec: Bootstrap, *, redact: bool = False) -> list[str]:
+    """The script's statements, in order. ``redact`` replaces passwords (for printing)."""
+    db, role = quote_ident(spec.database), quote_ident(spec.app_role)
+    out: list[str] = []
+    if spec.hba is not None:
+        out.append(f"SET CLUSTER SETTING {HBA_SETTING} = {quote_literal(spec.hba)}")
+    out += [
+        f"CREATE DATABASE IF NOT EXISTS {db}",
+        f"CREATE ROLE IF NOT EXISTS {role}",  # CREATE ROLE implies NOLOGIN
+        f"ALTER ROLE {role} WITH NOLOGIN",
+        f"ALTER DATABASE {db} OWNER TO {role}",
+        f"GRANT ALL ON DATABASE {db} TO {role}",
+    ]
+    for login in spec.logins:
+        user = quote_ident(login)
+        out.append(f"CREATE USER IF NOT EXISTS {user}")
+        if spec.set_passwords:
+            password = REDACTED if redact else spec.passwords[login]
+            out.append(f"ALTER USER {user} WITH LOGIN PASSWORD {quote_literal(password)}")
+        out.append(f"GRANT {role} TO {user}")
+    out.append(f"USE {db}")
+    for login in spec.logins:
+        for kind in ("TABLES", "SEQUENCES", "TYPES", "SCHEMAS"):
+            out.append(f"ALTER DEFAULT PRIVILEGES FOR ROLE {quote_ident(login)} "
+                       f"GRANT ALL ON {kind} TO {role}")
+    if spec.regions:
+        primary, *others = spec.regions
+        out.append(f"ALTER DATABASE {db} SET PRIMARY REGION {quote_ident_region(primary)}")
+        for region in others:
+            out.append(f"ALTER DATABASE {db} ADD REGION IF NOT EXISTS {quote_ident_region(region)}")
+    return out
+
+
+def quote_ident_region(region: str) -> str:
+    """Region names contain '-', so they are always double-quoted."""
+    if not _REGION.match(region):
+        raise ConfigError(f"region {region!r} is not a valid region name")
+    return f'"{region}"'
+
+
+def script(spec: Bootstrap, *, redact: bool = False) -> str:
+    """The whole script for ``cockroach sql --file``: one statement per line, each ended."""
+    header = ("-- Generated by cesar.cluster_bootstrap: idempotent, run as an admin user.\n"
+              "-- Contains passwords: it lives only in Pulumi state (encrypted) and the "
+              "bootstrap container.\n")
+    return header + "".join(f"{stmt};\n" for stmt in statements(spec, redact=redact))

@@ -1,0 +1,244 @@
+"""Password rotation against the embedded stack with the API serving requests throughout.
+
+The API runs as `invoke up` starts it (a separate process reading its credentials from the
+stack's files) with a pool whose connections live one second, so it keeps opening new
+connections: if a rotation ever left it without a valid credential, requests would fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from cesar.embedded import LOGINS, EmbeddedPostgres, free_port
+from tests.conftest import REPO, new_state_dir, require
+
+
+def cesar(env: dict[str, str], *args: str, extra: dict[str, str] | None = None,
+          timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cesar.cli", *args], cwd=REPO,
+                          env={**env, **(extra or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@dataclass
+class Load:
+    """GET /agents in a loop (each request touches the database) until stopped."""
+
+    url: str
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while not self._stop.is_set():
+                try:
+                    r = client.get("/agents", params={"limit": 5})
+                    if r.status_code == 200:
+                        self.ok += 1
+                    else:
+                        self.failures.append(f"{r.status_code} {r.text[:200]}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                time.sleep(0.005)
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    state_dir: Path
+    pg: EmbeddedPostgres
+    api_url: str
+
+    def state(self):  # noqa: ANN201
+        state = self.pg.load_state()
+        assert state is not None
+        return state
+
+    def can_login(self, login: str, password: str) -> bool:
+        url = self.state().url("cesar_local", login).replace(
+            self.state().passwords[login] or "x", password)
+        try:
+            psycopg.connect(url, connect_timeout=5).close()
+        except psycopg.OperationalError:
+            return False
+        return True
+
+    def audit_text(self) -> str:
+        path = self.state_dir / "rotation-audit.jsonl"
+        return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    state_dir = new_state_dir("rotate")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ENVIRONMENT", "LOCAL_DB_URL", "COCKROACH_DB_URL", "DATABASE_TARGET")}
+    port = free_port()
+    env.update(CESAR_STATE_DIR=str(state_dir), CESAR_API_PORT=str(port),
+               CESAR_POOL_MAX_LIFETIME="1", CESAR_POOL_MIN_SIZE="2")
+    up = subprocess.run([sys.executable, "-m", "invoke", "up"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    pg = EmbeddedPostgres(state_dir)
+    # Log every statement the server runs: the proof that no password reaches its log.
+    with psycopg.connect(pg.superuser_conninfo(), autocommit=True) as su:
+        su.execute("ALTER SYSTEM SET log_statement = 'all'")
+        su.execute("SELECT pg_reload_conf()")
+    try:
+        yield Stack(env, state_dir, pg, f"http://127.0.0.1:{port}")
+    finally:
+        subprocess.run([sys.executable, "-m", "invoke", "down"], cwd=REPO, env=env,
+                       capture_output=True, timeout=120)
+        pg.down()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def test_rotations_in_a_row_fail_no_request(stack: Stack) -> None:
+    seen_passwords: list[str] = list(stack.state().passwords.values())
+    with Load(stack.api_url) as load:
+        time.sleep(1)
+        for _ in range(3):
+            before = stack.state()
+            old_login, old_password = before.active_login, before.passwords[before.active_login]
+            done = cesar(stack.env, "rotate-password", "--grace", "1.5", "--json")
+            assert done.returncode == 0, done.stdout + done.stderr
+            report = json.loads(done.stdout)
+            after = stack.state()
+            assert report["retired"] is True
+            assert after.active_login == report["to_login"] != old_login
+            seen_passwords.append(after.passwords[after.active_login])
+            # The previous password stops working once the grace period is over...
+            assert not stack.can_login(old_login, old_password)
+            # ...and the new one works.
+            assert stack.can_login(after.active_login, after.passwords[after.active_login])
+            time.sleep(1.5)  # let the API's one-second connections turn over
+    assert load.failures == [] and load.ok > 100, (load.ok, load.failures[:5])
+    logs = stack.audit_text() + stack.pg.log_file.read_text(errors="replace")
+    assert "ALTER ROLE" in logs  # the server did log the statements...
+    for password in seen_passwords:
+        assert password not in logs  # ...never a password
+
+
+def test_status_reports_the_last_rotation(stack: Stack) -> None:
+    assert cesar(stack.env, "rotate-password", "--grace", "0").returncode == 0
+    status = json.loads(cesar(stack.env, "rotate-password", "--status", "--json").stdout)
+    assert status["active_login"] == "cesar_app_b"
+    assert status["last_rotation"]["outcome"] == "completed"
+    assert status["pending"] is None
+
+
+def test_unwritable_secret_file_changes_nothing(stack: Stack) -> None:
+    require(shutil.which("chattr") is not None, "chattr (e2fsprogs) to make a file immutable")
+    store = stack.state_dir / "stack.json"
+    before = store.read_text()
+    locked = subprocess.run(["chattr", "+i", str(store)], capture_output=True)
+    require(locked.returncode == 0, "a filesystem with the immutable attribute (ext4, xfs)")
+    try:
+        with Load(stack.api_url) as load:
+            failed = cesar(stack.env, "rotate-password", "--grace", "0")
+            time.sleep(1.5)
+        assert failed.returncode == 1
+        lines = failed.stderr.strip().splitlines()
+        assert lines[-1].startswith("cesar: error: cannot write the embedded store")
+        assert "Traceback" not in failed.stderr
+        assert store.read_text() == before  # nothing switched, nothing pending
+        assert load.failures == [] and load.ok > 0
+    finally:
+        subprocess.run(["chattr", "-i", str(store)], check=True)
+    done = cesar(stack.env, "rotate-password", "--grace", "0")
+    assert done.returncode == 0, done.stderr
+    assert stack.state().active_login == "cesar_app_b"
+
+
+def test_database_refusing_the_new_password_is_rolled_back(stack: Stack) -> None:
+    inactive = "cesar_app_b"
+    with psycopg.connect(stack.pg.superuser_conninfo(), autocommit=True) as su:
+        (verifier_before,) = su.execute(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = %s", [inactive]).fetchone()
+        su.execute(f"ALTER ROLE {inactive} NOLOGIN")  # the server will refuse it
+    with Load(stack.api_url) as load:
+        failed = cesar(stack.env, "rotate-password", "--grace", "0", "--max-attempts", "2")
+        time.sleep(1.5)
+    assert failed.returncode == 1
+    message = failed.stderr.strip().splitlines()[-1]
+    assert "abandoned after 2 failed attempts" in message and "still uses cesar_app_a" in message
+    assert load.failures == [] and load.ok > 0
+    state = stack.state()
+    assert state.active_login == "cesar_app_a" and state.pending_password is None
+    with psycopg.connect(stack.pg.superuser_conninfo(), autocommit=True) as su:
+        (verifier_after,) = su.execute(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = %s", [inactive]).fetchone()
+        su.execute(f"ALTER ROLE {inactive} LOGIN")  # a person fixes it
+    assert verifier_after == verifier_before  # put back as it was
+    audit = [json.loads(line) for line in stack.audit_text().splitlines()]
+    creates = [r for r in audit if r["step"] == "create"]
+    assert len(creates) == 2 and [r["outcome"] for r in audit if r["step"] == "test"] == \
+        ["failed", "failed"]
+    done = cesar(stack.env, "rotate-password", "--grace", "0")
+    assert done.returncode == 0, done.stderr
+    assert stack.state().active_login == inactive
+
+
+@pytest.mark.parametrize("step", ["preflight", "create", "set", "test", "finish"])
+def test_a_run_killed_after_any_step_is_completed_by_the_next(stack: Stack, step: str) -> None:
+    with Load(stack.api_url) as load:
+        killed = cesar(stack.env, "rotate-password", "--grace", "0",
+                       extra={"CESAR_ROTATE_KILL_AFTER": step})
+        assert killed.returncode == -9  # SIGKILL, right after the step was recorded
+        time.sleep(1.5)
+        done = cesar(stack.env, "rotate-password", "--grace", "0", "--json")
+        time.sleep(1.5)
+    assert done.returncode == 0, done.stderr
+    assert load.failures == [] and load.ok > 0, load.failures[:3]
+    state = stack.state()
+    assert state.active_login == "cesar_app_b" and state.pending_password is None
+    assert stack.can_login("cesar_app_b", state.passwords["cesar_app_b"])
+    audit = [json.loads(line) for line in stack.audit_text().splitlines()]
+    ids = {r["rotation"] for r in audit}
+    assert len(ids) == 1  # the same rotation, resumed, not a second one
+    assert audit[-1]["step"] == "retire" and audit[-1]["login"] == "cesar_app_a"
+
+
+def test_concurrent_rotation_is_refused(stack: Stack) -> None:
+    slow = subprocess.Popen([sys.executable, "-m", "cesar.cli", "rotate-password", "--grace", "3"],
+                            cwd=REPO, env=stack.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while "finish" not in stack.audit_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = cesar(stack.env, "rotate-password", "--grace", "0")
+        assert second.returncode == 1 and "another rotation is running" in second.stderr
+    finally:
+        assert slow.wait(60) == 0
+
+
+def test_bad_usage_exits_2(stack: Stack) -> None:
+    proc = cesar(stack.env, "rotate-password", "--grace", "-5")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert LOGINS[0] in cesar(stack.env, "rotate-password", "--dry-run").stdout

@@ -77,5 +77,51 @@ def bench(c, suite, args=""):
         raise Exit(code=code)
 
 
+# ---------------------------------------------------------------- infra (Pulumi)
+# `invoke infra.up` / `infra.preview` run the real `pulumi` CLI on the stack chosen from
+# ENVIRONMENT (development -> dev, staging, production); `infra.plan` and `infra.render` run
+# the program under Pulumi's mocks and need neither the CLI nor Docker. See docs/infra.md.
+_STACK_HELP = "Pulumi stack (default: from ENVIRONMENT: dev, staging or production)."
+
+
+def _stack(stack):
+    return ["--stack", stack] if stack else []
+
+
+@task(name="up", help={"stack": _STACK_HELP, "yes": "Skip pulumi's confirmation prompt.",
+                       "diff": "Show a detailed diff of every change."})
+def infra_up(c, stack="", yes=False, diff=False):
+    """`pulumi up` for the environment's stack (clusters, allowlists, monitoring)."""
+    cesar("infra", "up", *_stack(stack), *(["--yes"] if yes else []), *(["--diff"] if diff else []))
+
+
+@task(name="preview", help={"stack": _STACK_HELP, "diff": "Show a detailed diff."})
+def infra_preview(c, stack="", diff=False):
+    """`pulumi preview` for the environment's stack: what `infra.up` would change."""
+    cesar("infra", "preview", *_stack(stack), *(["--diff"] if diff else []))
+
+
+@task(name="outputs", help={"stack": _STACK_HELP, "show_secrets": "Print secrets in clear."})
+def infra_outputs(c, stack="", show_secrets=False):
+    """The stack's outputs as JSON, for Ansible and the other tasks."""
+    cesar("infra", "outputs", *_stack(stack), *(["--show-secrets"] if show_secrets else []))
+
+
+@task(name="plan", help={"stack": _STACK_HELP, "json": "Print one JSON object."})
+def infra_plan(c, stack="", json=False):
+    """What `pulumi up` would create, from the program run under Pulumi's mocks."""
+    cesar("infra", "plan", *_stack(stack), *(["--json"] if json else []))
+
+
+@task(name="render", help={"stack": _STACK_HELP, "out": "Directory to write the files into."})
+def infra_render(c, out, stack=""):
+    """Write the stack's generated Prometheus, Alertmanager and Grafana files to a directory."""
+    cesar("infra", "render", *_stack(stack), "--out", out)
+
+
+infra = Collection("infra", infra_up, infra_preview, infra_outputs, infra_plan, infra_render)
+
+
 ns = Collection(up, down, status, test, bench)
+ns.add_collection(infra)
 ns.configure({"run": {"echo": False}})

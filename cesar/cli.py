@@ -116,6 +116,8 @@ from cesar.api.server import api as _api  # noqa: E402  (cesar api)
 cli.add_command(_api)
 from cesar.migrate_cli import migrate_group as _migrate  # noqa: E402  (cesar migrate)
 cli.add_command(_migrate)
+from cesar.provisioning import infra as _infra  # noqa: E402  (cesar infra)
+cli.add_command(_infra)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -45,7 +45,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from cesar import tls, urls
+from cesar import urls
 from cesar.errors import ConfigError, OperationFailed
 
 SUPERUSER = "postgres"
@@ -168,6 +168,10 @@ class EmbeddedPostgres:
             self._initdb(bindir, owner)
             done.append(f"initialised {self.pgdata}")
         if state.tls:
+            # Imported here: `cryptography` is a development dependency, and the hosts import
+            # this module (through the CLI) with the runtime dependencies only.
+            from cesar import tls
+
             tls.ensure_server_certificates(self.tls_dir, owner_uid=owner.pw_uid if owner else None)
         changed = self._write_config(state)
         running = self.pid() is not None

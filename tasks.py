@@ -77,6 +77,22 @@ def bench(c, suite, args=""):
         raise Exit(code=code)
 
 
+@task(
+    help={
+        "json": "Print one JSON object instead of the table.",
+        "api_url": "The API to check (default: CESAR_API_URL, else the one `invoke up` started).",
+        "expect_database": "cockroachdb or postgresql: the engine the cluster and /health must "
+                           "report (default: cockroachdb outside development).",
+        "budget_ms": "Latency budget in ms for the database round trip and the API's p95 "
+                     "(default 200).",
+    }
+)
+def smoke(c, json=False, api_url="", expect_database="", budget_ms=""):
+    """Check the cluster (DNS, TCP, TLS, auth, engine, latency, schema, agents) and the API."""
+    cesar("smoke", *(["--json"] if json else []), *(["--api-url", api_url] if api_url else []),
+          *(["--expect-database", expect_database] if expect_database else []),
+          *(["--budget-ms", str(budget_ms)] if budget_ms else []))
+
 # ---------------------------------------------------------------- infra (Pulumi)
 # `invoke infra.up` / `infra.preview` run the real `pulumi` CLI on the stack chosen from
 # ENVIRONMENT (development -> dev, staging, production); `infra.plan` and `infra.render` run
@@ -123,5 +139,6 @@ infra = Collection("infra", infra_up, infra_preview, infra_outputs, infra_plan, 
 
 
 ns = Collection(up, down, status, test, bench)
+ns.add_task(smoke)
 ns.add_collection(infra)
 ns.configure({"run": {"echo": False}})

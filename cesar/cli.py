@@ -114,6 +114,8 @@ def _print_status(info: dict[str, Any]) -> None:
 
 from cesar.api.server import api as _api  # noqa: E402  (cesar api)
 cli.add_command(_api)
+from cesar.smoke import smoke as _smoke  # noqa: E402  (cesar smoke)
+cli.add_command(_smoke)
 from cesar.migrate_cli import migrate_group as _migrate  # noqa: E402  (cesar migrate)
 cli.add_command(_migrate)
 from cesar.provisioning import infra as _infra  # noqa: E402  (cesar infra)

@@ -87,10 +87,15 @@ class MigrationFailed(OperationFailed):
 # ==================================================================== files
 def resolve_dir(migrations_dir: Path | None = None) -> Path:
     """The migrations directory: the given one, else ``sql/migrations`` relative to the cwd,
-    else the copy packaged in the wheel (``cesar/_sql/migrations``)."""
+    else the copy packaged in the wheel (``cesar/_sql/migrations``), else (a source checkout
+    run from elsewhere) the checkout's ``sql/migrations``."""
     if migrations_dir is not None:
         return migrations_dir
-    return DEFAULT_DIR if DEFAULT_DIR.is_dir() else PACKAGED_DIR
+    if DEFAULT_DIR.is_dir():
+        return DEFAULT_DIR
+    # A source checkout run from another directory has no packaged copy, but has its own.
+    checkout = Path(__file__).resolve().parent.parent / DEFAULT_DIR
+    return checkout if not PACKAGED_DIR.is_dir() and checkout.is_dir() else PACKAGED_DIR
 
 
 def migration_names(migrations_dir: Path | None = None) -> list[str]:
@@ -333,7 +338,7 @@ def _state(row: Tracked) -> str:
 
 
 def _failed_message(row: Tracked, m: Migration) -> str:
-    kept = (f"statements 1-{row.statements_done} stay applied, " if row.statements_done else "")
+    kept = f"{_first(row.statements_done)} stay applied, " if row.statements_done else ""
     return (
         f"{m.name} failed at statement {row.error_statement} (line {row.error_line}) with "
         f"SQLSTATE {row.error_sqlstate}: {row.error_message}; {kept}"
@@ -349,7 +354,7 @@ def _check_prefix(row: Tracked, m: Migration, direction: Direction) -> str | Non
     done = row.statements_done
     if len(statements) < done or prefix_checksum(statements, done) != row.progress_checksum:
         return (
-            f"statements 1-{done} of {m.path(direction)} already ran but the file changed them; "
+            f"{_first(done)} of {m.path(direction)} already ran but the file changed; "
             f"restore those statements (change only statement {done + 1} and later), or accept "
             f"the file as it is with `cesar migrate repair {m.name} --reason TEXT`"
         )
@@ -496,6 +501,8 @@ class Runner:
             return report
         plan.raise_problems()
         report = RunReport("up", False, self.mode, plan)
+        for step in plan.pending:  # a file that cannot be parsed stops the run before it starts
+            step.migration.statements("up")
         if not plan.pending:  # the no-op: one read, no lease, no write
             report.seconds = time.perf_counter() - started
             return report
@@ -531,6 +538,8 @@ class Runner:
             report.seconds = time.perf_counter() - started
             return report
         report = RunReport("down", False, self.mode, plan)
+        for step in targets:
+            step.migration.statements("down")
         if not targets:
             report.seconds = time.perf_counter() - started
             return report
@@ -714,9 +723,10 @@ class Runner:
         statements = m.statements(direction)
         effective = "per-statement" if (mode == "per-statement" or step.start) else "transactional"
         verb = "applying" if direction == "up" else "rolling back"
-        resume = (f", resuming at statement {step.start + 1} after a {step.resume} run"
-                  if step.start else (f", retrying after a {step.resume} run" if step.resume
-                                      else ""))
+        after = {"failed": "after a failed run", "interrupted": "after an interrupted run"}
+        resume = (f", resuming at statement {step.start + 1} {after[step.resume]}"
+                  if step.start and step.resume else
+                  (f", starting again {after[step.resume]}" if step.resume else ""))
         count = plural(len(statements), "statement")
         self.progress(f"{verb} {m.name} ({effective}, {count}{resume})")
         self._lease_held().renew(migration=m.name)  # `lock status` names what is being applied
@@ -768,13 +778,28 @@ class Runner:
                 c, self.identity, "resume", step.name, self.reason,
                 {"direction": step.direction, "from_statement": start + 1,
                  "previous": step.resume}), **self._retry)
+        in_doubt = step.resume == "interrupted"  # the first statement may have run already
         for st in statements[start:]:
             lease.check()
             t0 = time.perf_counter()
+            note = ""
             try:
                 if st.kind == "ddl":
                     lease.renew(migration=step.name)
-                    self._execute_implicit(st)
+                    skipped: psycopg.Error | None = None
+                    try:
+                        self._execute_implicit(st)
+                    except _StatementError as err:
+                        if not (in_doubt and _already_done(st, err.error)):
+                            raise
+                        skipped = err.error
+                    if skipped is not None:
+                        note = f", already done by the interrupted run: {skipped.sqlstate}"
+                        detail = {"statement": st.index, "in_doubt": True,
+                                  "sqlstate": skipped.sqlstate, "message": _first_line(skipped)}
+                        db.run_transaction(self.conn, lambda c, d=detail: insert_event(
+                            c, self.identity, "resume", step.name, self.reason, d),
+                            **self._retry)
                     db.run_transaction(self.conn, lambda c, st=st: self._record_progress(
                         c, step, statements, st.index), **self._retry)
                 else:
@@ -787,8 +812,9 @@ class Runner:
             except _StatementError as err:
                 self._statement_failed(step, "per-statement", statements, err,
                                        done=st.index - 1)
+            in_doubt = False
             self.progress(f"  [{st.index}/{len(statements)}] line {st.line}: {st.summary()} "
-                          f"({(time.perf_counter() - t0) * 1000:.0f} ms)")
+                          f"({(time.perf_counter() - t0) * 1000:.0f} ms{note})")
         db.run_transaction(self.conn, lambda c: self._finish(
             c, step, "per-statement", len(statements), started), **self._retry)
         return True
@@ -811,7 +837,7 @@ class Runner:
         """Record a statement's failure (unless the connection is gone) and raise."""
         st, exc = err.statement, err.error
         if self.conn.closed or exc.sqlstate is None or exc.sqlstate.startswith("08"):
-            kept = (f"statements 1-{done} are recorded and the next run resumes at statement "
+            kept = (f"{_first(done)} are recorded and the next run resumes at statement "
                     f"{st.index}" if done else "the next run starts it again")
             if mode == "transactional":
                 kept = "its transaction rolled back and the next run starts it again"
@@ -953,7 +979,7 @@ class Runner:
         path = m.path(step.direction)
         what = "migration" if step.direction == "up" else "rollback"
         if kept:
-            state = (f"statements 1-{kept} stay done and the next run resumes at statement "
+            state = (f"{_first(kept)} stay done and the next run resumes at statement "
                      f"{st.index}")
         elif step.direction == "down":
             state = "nothing was rolled back"
@@ -965,6 +991,27 @@ class Runner:
             f"{exc.sqlstate}: {_first_line(exc)}; {state}; fix the file and run "
             f"`cesar migrate {cmd}` again, or `cesar migrate repair {m.name} --reason TEXT`"
         )
+
+
+# What re-running a schema change that already took effect reports (PostgreSQL and CockroachDB
+# use the same SQLSTATEs): the object exists (for CREATE, ALTER ... ADD) or is gone (DROP,
+# ALTER ... DROP/RENAME).
+_DUPLICATE = frozenset({"42P07", "42710", "42701", "42P06", "42723", "42P04"})
+_UNDEFINED = frozenset({"42P01", "42704", "42703", "3F000", "42883"})
+
+
+def _already_done(st: Statement, exc: psycopg.Error) -> bool:
+    """Whether a DDL statement that may have run before a crash failed only because it did.
+
+    Used for exactly one statement: the first one a resumed *interrupted* run executes (the
+    crash happened after it was sent and before its progress was recorded). Statements with
+    ``IF [NOT] EXISTS`` never get here; this covers those that cannot have it (CREATE TRIGGER,
+    ADD CONSTRAINT, RENAME)."""
+    if st.kind != "ddl" or exc.sqlstate is None:
+        return False
+    if st.keyword in ("CREATE", "ALTER", "COMMENT", "GRANT") and exc.sqlstate in _DUPLICATE:
+        return True
+    return st.keyword in ("DROP", "ALTER") and exc.sqlstate in _UNDEFINED
 
 
 class _StatementError(Exception):
@@ -1018,6 +1065,11 @@ def apply_all(url: str, settings: Settings, *, source: str = "--url",
                                progress=progress)
     with conn:
         return runner.up()
+
+
+def _first(n: int) -> str:
+    """``statement 1`` or ``statements 1-n``: the statements a partial run has done."""
+    return "statement 1" if n == 1 else f"statements 1-{n}"
 
 
 def plural(n: int, word: str) -> str:

@@ -144,7 +144,8 @@ def full_dump(pg: PgStack, url: str) -> str:
 
 def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, autocommit=True) as conn:
-        return conn.execute(sql, params).fetchall()
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description is not None else []
 
 
 def events(url: str, event: str | None = None) -> list[tuple[Any, ...]]:

@@ -60,11 +60,12 @@ def stack_file_config(root: Path, stack: str) -> Mapping[str, Any]:
     return (yaml.safe_load(path.read_text()) or {}).get("config") or {}
 
 
-def preflight(stack: str, root: Path, *, which: Which = shutil.which,
-              environ: Mapping[str, str] = os.environ,
+def preflight(stack: str, root: Path, *, which: Which | None = None,
+              environ: Mapping[str, str] | None = None,
               docker_socket: Path = DOCKER_SOCKET) -> str:
     """Return the ``pulumi`` executable, or raise ConfigError naming what to install."""
-    pulumi = which("pulumi")
+    environ = os.environ if environ is None else environ
+    pulumi = (which or shutil.which)("pulumi")
     if pulumi is None:
         raise ConfigError("the Pulumi CLI is not installed (no `pulumi` on PATH): "
                           + INSTALL_PULUMI)

@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,9 @@ class Registered:
     name: str
     inputs: dict[str, Any]
     provider: str | None = None
+    urn: str = ""
+    protect: bool = False
+    dependencies: tuple[str, ...] = ()
 
     @property
     def plain_inputs(self) -> dict[str, Any]:
@@ -57,6 +60,8 @@ class OfflineRun:
     resources: list[Registered] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     secret_outputs: set[str] = field(default_factory=set)
+    #: Secret values in play: generated passwords and keys, and the secret config given.
+    secret_values: set[str] = field(default_factory=set)
 
     def of_type(self, token: str) -> list[Registered]:
         return [r for r in self.resources if r.type == token]
@@ -93,11 +98,27 @@ def _stand_in(name: str, n: int = 24) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:n]
 
 
+class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
+    """The SDK's mock monitor, also noting what the mocks do not see: URN, protect, depends_on."""
+
+    def __init__(self, mocks: RecordingMocks) -> None:
+        super().__init__(mocks)
+        self.options: dict[str, tuple[str, bool, tuple[str, ...]]] = {}
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - the gRPC method's name
+        response = super().RegisterResource(request)
+        self.options[request.name] = (response.urn, bool(request.protect),
+                                      tuple(request.dependencies))
+        return response
+
+
 class RecordingMocks(pulumi.runtime.Mocks):
     """Records every registration and answers with plausible provider outputs."""
 
     def __init__(self) -> None:
         self.registered: list[Registered] = []
+        #: Every secret value the mocks made up (generated passwords, private keys).
+        self.secret_values: set[str] = {FAKE_PEM["key"]}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
         self.registered.append(Registered(args.typ, args.name, dict(args.inputs), args.provider))
@@ -112,6 +133,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
             out["certRequestPem"] = FAKE_PEM["csr"]
         elif token == "random:index/randomPassword:RandomPassword":
             out["result"] = "Mk" + _stand_in(args.name, int(args.inputs.get("length", 24)) - 2)
+            self.secret_values.add(out["result"])
         elif token == "docker:index/remoteImage:RemoteImage":
             out["imageId"] = "sha256:" + _stand_in(str(args.inputs.get("name")), 64)
         elif token == "cockroach:index/cluster:Cluster":
@@ -226,10 +248,12 @@ def run(stack: str, *, root: Path = REPO, config: Mapping[str, str] | None = Non
     values.update(secret_values)
 
     mocks = RecordingMocks()
+    monitor = RecordingMonitor(mocks)
     result = OfflineRun(stack)
     with _environment(values, sorted(secret_values)):
         runtime_config.set_all_config({}, [])  # nothing left over from a previous run
-        pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview)
+        pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview,
+                                 monitor=monitor)
 
         @pulumi.runtime.test
         def program() -> pulumi.Output[Any]:
@@ -247,5 +271,8 @@ def run(stack: str, *, root: Path = REPO, config: Mapping[str, str] | None = Non
                                      pulumi.Output.from_input(secretness())).apply(keep)
 
         program()
-    result.resources = list(mocks.registered)
+    for r in mocks.registered:
+        urn, protect, deps = monitor.options.get(r.name, ("", False, ()))
+        result.resources.append(replace(r, urn=urn, protect=protect, dependencies=deps))
+    result.secret_values = mocks.secret_values | set(secret_values.values())
     return result

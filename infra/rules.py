@@ -109,15 +109,15 @@ def application_group() -> Group:
             "times in 5 minutes",
             f"More than {CONNECTION_ERRORS_IN_5M} connection errors in 5 minutes on "
             "{{ $labels.instance }}. Check the cluster's health, the allowlist and the "
-            "credentials (docs/runbook).",
+            "credentials (docs/infra.md, Alerts).",
         ),
         Alert(
             "MigrationFailed",
             "max by (instance) (cesar_migrations_failed{job=\"cesar-api\"}) > 0",
             "critical",
             "{{ $value }} migration(s) failed on the database behind {{ $labels.instance }}",
-            "schema_migrations records a failed migration. Run `invoke migrate --status`, fix "
-            "the cause and rerun it; the runner resumes at the failed statement.",
+            "schema_migrations records a failed migration. Run `cesar migrate status`, fix "
+            "the cause and apply again; the runner resumes at the failed statement.",
         ),
         Alert(
             "CesarDatabaseDown",
@@ -181,7 +181,7 @@ def cockroachdb_group(expected_nodes: int) -> Group:
             f"clock_offset_meannanos{{{job}}} > {CLOCK_OFFSET_WARN_NANOS}",
             "critical",
             "Clock of {{ $labels.instance }} is {{ $value | humanize }}ns off the cluster mean",
-            "A node stops itself at 80% of --max-offset (400 ms by default): fix NTP on "
+            "A node stops itself at 80% of --max-offset (400 ms by default); fix NTP on "
             "{{ $labels.instance }} now.",
             "5m",
         ),

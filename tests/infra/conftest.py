@@ -1,0 +1,82 @@
+"""Fixtures of the Pulumi program's tests: the program run under Pulumi's mocks for every stack
+file, the monitoring files each stack generates written to disk, and the real promtool/amtool.
+
+No Pulumi CLI, Docker engine or cloud is involved (none exists on these machines); promtool and
+amtool are Debian's (``prometheus``, ``prometheus-alertmanager``), required in CI.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cesar import tls
+from infra import monitoring_files, offline
+from infra import settings as stack_settings
+from tests.conftest import REPO, require
+
+STACKS = tuple(sorted(p.name[len("Pulumi."):-len(".yaml")] for p in REPO.glob("Pulumi.*.yaml")))
+PROMTOOL_TESTS = Path(__file__).parent / "promtool"
+
+
+def tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    require(path is not None, f"{name} (apt-get install {package})")
+    assert path is not None
+    return path
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Callable[..., subprocess.CompletedProcess[str]]:
+    exe = tool("promtool", "prometheus")
+
+    def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def amtool() -> Callable[..., subprocess.CompletedProcess[str]]:
+    exe = tool("amtool", "prometheus-alertmanager")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60)
+
+    return run
+
+
+def settings_of(stack: str) -> stack_settings.StackSettings:
+    values = {k.split(":", 1)[1]: offline.decode_value(v)
+              for k, v in offline.stack_config(stack).items() if k.startswith("cesar:")}
+    return stack_settings.from_values(values, stack=stack)
+
+
+@pytest.fixture(scope="session")
+def runs() -> dict[str, offline.OfflineRun]:
+    """The program run under mocks once per stack file (each run takes well under a second)."""
+    return {stack: offline.run(stack) for stack in STACKS}
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each stack's monitoring bundle written to disk, with a real CA certificate and stand-in
+    secret files where the containers would have them, so promtool can check the whole config."""
+    out = {}
+    for stack in STACKS:
+        spec = settings_of(stack)
+        targets = monitoring_files.placeholder_cloud_targets(spec) \
+            if spec.flavour == "cloud" else None
+        root = tmp_path_factory.mktemp(f"monitoring-{stack}")
+        monitoring_files.write(monitoring_files.build(spec, cloud_targets=targets), root)
+        certs = root / "prometheus" / "certs"
+        tls.ensure_server_certificates(certs)
+        secrets = root / "prometheus" / "secrets"
+        secrets.mkdir()
+        (secrets / "cockroach-cloud-api-key").write_text("stand-in\n")
+        out[stack] = root
+    return out

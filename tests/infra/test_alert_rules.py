@@ -1,0 +1,128 @@
+"""The generated alerting rules, checked by the real promtool.
+
+``promtool check rules --lint=all --lint-fatal`` on every stack's rules; ``promtool test rules``
+with the hand-written cases in ``promtool/`` (a firing and a non-firing case for every alert,
+enforced below); every query names only metrics that exist.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra import metrics, monitoring_files, rules
+from tests.infra.conftest import PROMTOOL_TESTS, STACKS, settings_of
+
+
+def rule_files(root: Path) -> list[Path]:
+    return sorted((root / "prometheus" / "rules").glob("*.rules.yml"))
+
+
+def loaded(path: Path) -> list[dict]:
+    return [rule for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_rules_pass_promtool_lint(rendered, promtool, stack: str) -> None:
+    files = rule_files(rendered[stack])
+    assert [f.name for f in files] == ["cesar.rules.yml", "cockroachdb.rules.yml"]
+    result = promtool("check", "rules", "--lint=all", "--lint-fatal", *map(str, files))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def run_unit_tests(promtool, rules_dir: Path) -> tuple[int, str]:
+    for test_file in PROMTOOL_TESTS.glob("*.test.yml"):
+        shutil.copy(test_file, rules_dir)
+    tests = sorted(p.name for p in rules_dir.glob("*.test.yml"))
+    result = promtool("test", "rules", *tests, cwd=rules_dir)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_promtool_unit_tests_pass_on_the_generated_rules(rendered, promtool, tmp_path) -> None:
+    work = tmp_path / "prometheus"
+    shutil.copytree(rendered["dev"] / "prometheus", work)
+    code, output = run_unit_tests(promtool, work)
+    assert code == 0, output
+    assert output.count("SUCCESS") == 2
+
+
+def test_the_unit_tests_catch_a_changed_threshold(promtool, tmp_path, monkeypatch) -> None:
+    """The promtool cases pin the thresholds: loosen two and the tests must fail on them."""
+    monkeypatch.setattr(rules, "SYNC_LAG_SECONDS", 900)
+    monkeypatch.setattr(rules, "CONNECTION_ERRORS_IN_5M", 20)
+    spec = settings_of("dev")
+    monitoring_files.write(monitoring_files.build(spec), tmp_path)
+    code, output = run_unit_tests(promtool, tmp_path / "prometheus")
+    assert code != 0
+    assert "alertname: DatabaseSyncLag" in output
+    assert "alertname: CockroachDBConnectionFailure" in output
+
+
+def test_every_alert_has_a_firing_and_a_non_firing_case() -> None:
+    cases: dict[str, list[bool]] = {}
+    for test_file in PROMTOOL_TESTS.glob("*.test.yml"):
+        for test in yaml.safe_load(test_file.read_text())["tests"]:
+            for case in test.get("alert_rule_test", []):
+                cases.setdefault(case["alertname"], []).append(bool(case["exp_alerts"]))
+    generated = {a.name for g in rules.groups(expected_nodes=3) for a in g.alerts()}
+    assert set(cases) == generated
+    missing = {name: seen for name, seen in cases.items() if set(seen) != {True, False}}
+    assert missing == {}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_alerts_carry_severity_summary_and_description(rendered, stack: str) -> None:
+    alerts = [r for f in rule_files(rendered[stack]) for r in loaded(f) if "alert" in r]
+    assert len(alerts) >= 14
+    for alert in alerts:
+        assert alert["labels"]["severity"] in ("critical", "warning"), alert["alert"]
+        assert alert["annotations"]["summary"].strip(), alert["alert"]
+        assert alert["annotations"]["description"].strip(), alert["alert"]
+
+
+def test_the_seed_alerts_keep_their_meaning(rendered) -> None:
+    alerts = {r["alert"]: r for f in rule_files(rendered["dev"]) for r in loaded(f)
+              if "alert" in r}
+    lag = alerts["DatabaseSyncLag"]
+    assert "cesar_sync_lag_seconds" in lag["expr"] and lag["expr"].endswith("> 600")
+    assert (lag["for"], lag["labels"]["severity"]) == ("10m", "warning")
+    errors = alerts["CockroachDBConnectionFailure"]
+    assert "increase(cesar_db_connection_errors_total" in errors["expr"]
+    assert errors["expr"].endswith("[5m]) > 5") and errors["labels"]["severity"] == "critical"
+    failed = alerts["MigrationFailed"]
+    assert "cesar_migrations_failed" in failed["expr"] and failed["expr"].endswith("> 0")
+    assert failed["labels"]["severity"] == "critical"
+    for essential in ("CockroachDBNodeNotLive", "CockroachDBClockOffsetNearMax",
+                      "CockroachDBUnavailableRanges", "CockroachDBUnderReplicatedRanges",
+                      "CockroachDBNodeCertificateExpiresSoon", "CockroachDBStoreDiskLow"):
+        assert essential in alerts
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_rule_queries_name_only_metrics_that_exist(rendered, stack: str) -> None:
+    all_rules = [r for f in rule_files(rendered[stack]) for r in loaded(f)]
+    recorded = {r["record"] for r in all_rules if "record" in r}
+    known = metrics.known_series() | recorded
+    unknown = {(r.get("alert") or r.get("record")): metrics.metric_names(r["expr"]) - known
+               for r in all_rules}
+    assert {k: v for k, v in unknown.items() if v} == {}
+
+
+def test_the_node_alert_follows_each_stack_s_node_count(rendered) -> None:
+    for stack in STACKS:
+        spec = settings_of(stack)
+        rules_ = {r.get("alert"): r for r in loaded(
+            rendered[stack] / "prometheus" / "rules" / "cockroachdb.rules.yml")}
+        assert rules_["CockroachDBNodeNotLive"]["expr"].endswith(f"< {spec.node_count}")
+    assert settings_of("production").node_count == 9  # 3 regions x 3 nodes
+    serverless = rules.cockroachdb_group(expected_nodes=0)
+    assert "CockroachDBNodeNotLive" not in {a.name for a in serverless.alerts()}
+
+
+def test_the_promql_scanner_finds_metric_names() -> None:
+    expr = ('histogram_quantile(0.95, sum by (le, route) (rate(x_bucket{job="a",le=~"0.1"}[5m])))'
+            ' / on(instance) group_left() up offset 5m and cluster:cap:ratio > 1e6 unless y')
+    assert metrics.metric_names(expr) == {"x_bucket", "up", "cluster:cap:ratio", "y"}

@@ -120,6 +120,8 @@ from cesar.migrate_cli import migrate_group as _migrate  # noqa: E402  (cesar mi
 cli.add_command(_migrate)
 from cesar.provisioning import infra as _infra  # noqa: E402  (cesar infra)
 cli.add_command(_infra)
+from cesar.sync.cli import sync_group as _sync  # noqa: E402  (cesar sync)
+cli.add_command(_sync)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -1,0 +1,364 @@
+"""The target side of a run: applying a batch of changes in one transaction.
+
+In that transaction, with ``cesar.sync_apply = on`` (so the capture trigger ignores these writes:
+no echo), the target's rows and version rows of the batch's keys are locked with ``FOR UPDATE
+SKIP LOCKED``; a key that an open transaction holds is *deferred* (the run never waits for an
+application). Each remaining key is decided by :func:`cesar.sync.rule.decide`; winners are
+written (rows from ``jsonb_populate_recordset``, tombstones as ``DELETE``) together with their
+version rows, which take the incoming ``(version, origin)`` and ``pending = false``; every lost
+version whose image differs is recorded in ``sync_conflicts``.
+
+A batch that fails (a unique or foreign-key violation, a lock wait past ``lock_timeout``) is
+split in halves, each in its own transaction, until the failing key is alone: that key is
+recorded as ``failed`` (or deferred, for a lock) and everything else is applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg import sql
+
+from cesar import db
+from cesar.errors import RetryExhausted
+from cesar.sync.capture import Change
+from cesar.sync.rule import Action, Existing, Version, compare, decide
+from cesar.sync.tables import TableSpec
+
+#: Errors that concern some rows of a batch, not the run: split the batch to find them.
+ROW_ERRORS: tuple[type[BaseException], ...] = (
+    pgerrors.IntegrityError, pgerrors.DataError, pgerrors.LockNotAvailable,
+    pgerrors.DeadlockDetected, pgerrors.QueryCanceled, RetryExhausted,
+)
+#: Of those, the ones that mean "busy", not "wrong": the key is retried next run.
+BUSY_ERRORS: tuple[type[BaseException], ...] = (
+    pgerrors.LockNotAvailable, pgerrors.DeadlockDetected, pgerrors.QueryCanceled, RetryExhausted,
+)
+
+
+@dataclass
+class Outcome:
+    """What happened to each change of a batch."""
+
+    applied: list[Change] = field(default_factory=list)    # written on the target
+    same: list[Change] = field(default_factory=list)       # the target already had it
+    discarded: list[Change] = field(default_factory=list)  # the target's version is newer
+    deferred: list[Change] = field(default_factory=list)   # busy on the target: next run
+    failed: list[Change] = field(default_factory=list)     # cannot be applied: recorded
+    conflicts: int = 0                                     # rows added to sync_conflicts
+
+    @property
+    def settled(self) -> list[Change]:
+        """The changes the source may stop sending (acknowledge)."""
+        return self.applied + self.same + self.discarded
+
+    def merge(self, other: Outcome) -> Outcome:
+        for name in ("applied", "same", "discarded", "deferred", "failed"):
+            getattr(self, name).extend(getattr(other, name))
+        self.conflicts += other.conflicts
+        return self
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how a batch is applied."""
+
+    conn: psycopg.Connection
+    direction: str                 # local_to_cluster or cluster_to_local
+    lock_timeout_ms: int
+    retry: dict[str, Any] = field(default_factory=dict)  # run_transaction's bounds
+    dry_run: bool = False
+    #: Dry run only: what the other direction would already have done to this target's keys
+    #: (written: the key now holds the other side's version; acknowledged: no longer pending),
+    #: so that a dry run reports what a real run would do, not each conflict twice.
+    simulated_written: frozenset[str] = frozenset()
+    simulated_acknowledged: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Conflict:
+    spec_name: str
+    pk: str
+    resolution: str  # incoming_won, existing_won, failed, repaired
+    incoming: Version | None
+    incoming_row: str | None
+    existing: Version | None
+    existing_row: str | None
+    reason: str | None = None
+    sqlstate: str | None = None
+
+    @property
+    def id(self) -> str:
+        """Derived from both versions: the same conflict found twice is recorded once."""
+        raw = "\x1f".join(str(x) for x in (self.spec_name, self.pk, self.resolution,
+                                             _vtext(self.incoming), _vtext(self.existing),
+                                             self.sqlstate or ""))
+        return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def _vtext(v: Version | None) -> str:
+    return "" if v is None else f"{v[0].isoformat()}@{v[1]}"
+
+
+# ------------------------------------------------------------------------- entry point
+def apply_changes(target: Target, spec: TableSpec, changes: Sequence[Change],
+                  expect: dict[str, Version | None] | None = None) -> Outcome:
+    """Apply ``changes`` (one table) to the target; never raises for a bad or busy row.
+
+    ``expect`` (the reconcile's repairs): the target version each key had when the reconcile
+    compared it; the change is applied over exactly that version (whatever the rule says, since
+    the reconcile has decided), and deferred if the key changed since."""
+    if not changes:
+        return Outcome()
+    try:
+        return db.run_transaction(
+            target.conn, lambda c: _apply(c, target, spec, changes, expect), **target.retry)
+    except ROW_ERRORS as exc:
+        if target.dry_run:
+            raise
+        if len(changes) > 1:
+            half = len(changes) // 2
+            first = apply_changes(target, spec, changes[:half], expect)
+            return first.merge(apply_changes(target, spec, changes[half:], expect))
+        if isinstance(exc, BUSY_ERRORS):
+            return Outcome(deferred=list(changes))
+        return Outcome(failed=list(changes),
+                       conflicts=_record_failure(target, spec, changes[0], exc))
+
+
+# ------------------------------------------------------------------------- one transaction
+def _apply(conn: psycopg.Connection, target: Target, spec: TableSpec,
+           changes: Sequence[Change], expect: dict[str, Version | None] | None) -> Outcome:
+    keys = [ch.pk for ch in changes]
+    existing, busy = _lock(conn, target, spec, keys)
+    out = Outcome()
+    to_apply: list[Change] = []
+    conflicts: list[tuple[Change, str]] = []  # (change, resolution) whose images may differ
+    for ch in changes:
+        if ch.pk in busy:
+            out.deferred.append(ch)
+            continue
+        if ch.pk in target.simulated_written:
+            continue  # the other direction wrote it: its version row is no longer pending here
+        ex = existing.get(ch.pk)
+        if ex is not None and ch.pk in target.simulated_acknowledged:
+            ex = Existing(ex.version, ex.deleted, pending=False, present=ex.present)
+        if expect is not None:
+            current = ex.version if ex is not None else None
+            if compare(current, expect.get(ch.pk)) != 0:
+                out.deferred.append(ch)  # changed since the reconcile looked: next run
+                continue
+            to_apply.append(ch)
+            if ex is not None and (ex.present or ex.version is not None):
+                conflicts.append((ch, "repaired"))
+            continue
+        decision = decide(ch.version, ch.deleted, ex)
+        if decision.action is Action.APPLY:
+            to_apply.append(ch)
+            if decision.conflict:
+                conflicts.append((ch, "incoming_won"))
+        elif decision.action is Action.SAME:
+            out.same.append(ch)
+        else:
+            out.discarded.append(ch)
+            if decision.conflict:
+                conflicts.append((ch, "existing_won"))
+    records = _conflict_records(conn, spec, conflicts, existing)
+    if target.dry_run:
+        out.applied.extend(to_apply)
+        out.conflicts = len(records)
+        return out
+    applied = _write(conn, spec, to_apply, existing)
+    out.applied.extend(ch for ch in to_apply if ch.pk in applied)
+    out.deferred.extend(ch for ch in to_apply if ch.pk not in applied)
+    out.conflicts = _insert_conflicts(conn, target.direction,
+                                      [r for r in records if r.pk in applied
+                                       or r.resolution == "existing_won"])
+    return out
+
+
+def _lock(conn: psycopg.Connection, target: Target, spec: TableSpec,
+          keys: list[str]) -> tuple[dict[str, Existing], set[str]]:
+    """Lock the keys' rows and version rows (rows first, like a writer); read their state.
+
+    Returns the target's state per key and the keys held by another transaction. A dry run
+    takes no locks and writes nothing."""
+    lock = "" if target.dry_run else " FOR UPDATE SKIP LOCKED"
+    if not target.dry_run:
+        conn.execute("SELECT set_config('cesar.sync_apply', 'on', true), "
+                     "set_config('lock_timeout', %s, true)", [f"{target.lock_timeout_ms}ms"])
+    by_key = sql.SQL("id = ANY(CAST(%s AS {}))").format(spec.pk_array_type)
+    rows_q = sql.SQL("SELECT CAST(id AS TEXT) FROM {} WHERE {}").format(spec.ident, by_key)
+    present = {k for (k,) in conn.execute(rows_q, [keys]).fetchall()}
+    locked = present if target.dry_run else {
+        k for (k,) in conn.execute(rows_q + sql.SQL(lock), [keys]).fetchall()}
+    meta_q = ("SELECT pk, version, origin, deleted, pending FROM sync_versions "
+              "WHERE table_name = %s AND pk = ANY(%s)")
+    meta_present = {r[0] for r in conn.execute(meta_q, [spec.name, keys]).fetchall()}
+    meta = {r[0]: r for r in conn.execute(meta_q + lock, [spec.name, keys]).fetchall()}
+    busy = (present - locked) | (meta_present - set(meta))
+    state: dict[str, Existing] = {}
+    for key in keys:
+        m = meta.get(key)
+        if m is None and key not in locked:
+            continue
+        state[key] = Existing(
+            version=(m[1], m[2]) if m is not None else None,
+            deleted=bool(m[3]) if m is not None else False,
+            pending=bool(m[4]) if m is not None else False,
+            present=key in locked,
+        )
+    return state, busy
+
+
+def _write(conn: psycopg.Connection, spec: TableSpec, changes: list[Change],
+           existing: dict[str, Existing]) -> set[str]:
+    """Write the winners and their version rows; returns the keys written.
+
+    A key with no version row on the target gets one with ``ON CONFLICT DO NOTHING``: if a
+    writer created it meanwhile, that key is left out (deferred) rather than overwritten."""
+    if not changes:
+        return set()
+    new, old = [], []
+    for ch in changes:
+        ex = existing.get(ch.pk)
+        (old if ex is not None and ex.version is not None else new).append(ch)
+    written = {ch.pk for ch in old}
+    # A change without a version (a repair of a row older than the capture) gets no version row.
+    written |= {ch.pk for ch in new if ch.written_at is None}
+    new = [ch for ch in new if ch.written_at is not None]
+    if new:
+        rows = conn.execute(
+            "INSERT INTO sync_versions (table_name, pk, version, origin, deleted, pending) "
+            "SELECT %s, u.pk, u.version, u.origin, u.deleted, false FROM ("
+            "  SELECT unnest(CAST(%s AS TEXT[])) AS pk, "
+            "         unnest(CAST(%s AS TIMESTAMPTZ[])) AS version, "
+            "         unnest(CAST(%s AS TEXT[])) AS origin, "
+            "         unnest(CAST(%s AS BOOLEAN[])) AS deleted) AS u "
+            "ON CONFLICT (table_name, pk) DO NOTHING RETURNING pk",
+            [spec.name, *_columns(new)],
+        ).fetchall()
+        written |= {pk for (pk,) in rows}
+    if old:
+        conn.execute(
+            "UPDATE sync_versions AS v SET version = u.version, origin = u.origin, "
+            "deleted = u.deleted, pending = false FROM ("
+            "  SELECT unnest(CAST(%s AS TEXT[])) AS pk, "
+            "         unnest(CAST(%s AS TIMESTAMPTZ[])) AS version, "
+            "         unnest(CAST(%s AS TEXT[])) AS origin, "
+            "         unnest(CAST(%s AS BOOLEAN[])) AS deleted) AS u "
+            "WHERE v.table_name = %s AND v.pk = u.pk",
+            [*_columns(old), spec.name],
+        )
+    live = [ch for ch in changes if ch.pk in written and not ch.deleted]
+    gone = [ch.pk for ch in changes if ch.pk in written and ch.deleted]
+    if live:
+        conn.execute(
+            sql.SQL("INSERT INTO {t} ({cols}) SELECT {cols} FROM "
+                    "jsonb_populate_recordset(CAST(NULL AS {t}), CAST(%s AS JSONB)) "
+                    "ON CONFLICT (id) DO UPDATE SET {updates}").format(
+                t=spec.ident, cols=spec.column_list, updates=spec.update_list),
+            ["[" + ",".join(ch.row or "null" for ch in live) + "]"],
+        )
+    if gone:
+        conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(CAST(%s AS {}))").format(
+            spec.ident, spec.pk_array_type), [gone])
+    return written
+
+
+def _columns(changes: list[Change]) -> list[list[Any]]:
+    return [[ch.pk for ch in changes], [ch.written_at for ch in changes],
+            [ch.origin for ch in changes], [ch.deleted for ch in changes]]
+
+
+# ------------------------------------------------------------------------- conflicts
+def _images(conn: psycopg.Connection, spec: TableSpec, keys: list[str],
+            incoming: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The target's current rows, and the incoming rows as the target would store them (so
+    that two images compare equal whenever the target would hold the same values)."""
+    current = dict(conn.execute(
+        sql.SQL("SELECT CAST(id AS TEXT), CAST(row_to_json(t.*) AS TEXT) FROM {} AS t "
+                "WHERE id = ANY(CAST(%s AS {}))").format(spec.ident, spec.pk_array_type),
+        [keys]).fetchall())
+    normalised: dict[str, str] = {}
+    if incoming:
+        normalised = dict(conn.execute(
+            sql.SQL("SELECT CAST(x.id AS TEXT), CAST(row_to_json(x.*) AS TEXT) FROM "
+                    "jsonb_populate_recordset(CAST(NULL AS {}), CAST(%s AS JSONB)) AS x").format(
+                spec.ident), ["[" + ",".join(incoming) + "]"]).fetchall())
+    return current, normalised
+
+
+def _conflict_records(conn: psycopg.Connection, spec: TableSpec,
+                      candidates: list[tuple[Change, str]],
+                      existing: dict[str, Existing]) -> list[Conflict]:
+    """The candidates whose two images really differ, as conflict records."""
+    if not candidates:
+        return []
+    current, normalised = _images(conn, spec, [ch.pk for ch, _ in candidates],
+                                  [ch.row for ch, _ in candidates if ch.row is not None])
+    records = []
+    for ch, resolution in candidates:
+        mine = normalised.get(ch.pk) if ch.row is not None else None
+        theirs = current.get(ch.pk)
+        if _same_image(mine, theirs):
+            continue
+        ex = existing.get(ch.pk)
+        records.append(Conflict(spec.name, ch.pk, resolution, ch.version, ch.row,
+                                ex.version if ex else None, theirs))
+    return records
+
+
+def _same_image(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return bool(json.loads(a) == json.loads(b))
+
+
+def _insert_conflicts(conn: psycopg.Connection, direction: str, records: list[Conflict]) -> int:
+    """Insert the records; returns how many were new (a conflict seen again is not counted)."""
+    new = 0
+    for r in records:
+        row = conn.execute(
+            "INSERT INTO sync_conflicts (id, table_name, pk, direction, resolution, "
+            "incoming_version, incoming_origin, incoming_row, existing_version, existing_origin, "
+            "existing_row, reason, sqlstate) VALUES (%s, %s, %s, %s, %s, %s, %s, "
+            "CAST(%s AS JSONB), %s, %s, CAST(%s AS JSONB), %s, %s) "
+            "ON CONFLICT (id) DO UPDATE SET attempts = sync_conflicts.attempts + 1, "
+            "last_seen_at = now(), reason = excluded.reason RETURNING attempts",
+            [r.id, r.spec_name, r.pk, direction, r.resolution,
+             *(_vparts(r.incoming)), r.incoming_row, *(_vparts(r.existing)), r.existing_row,
+             r.reason, r.sqlstate],
+        ).fetchone()
+        new += 1 if row is not None and row[0] == 1 else 0
+    return new
+
+
+def _vparts(v: Version | None) -> tuple[Any, Any]:
+    return (None, None) if v is None else (v[0], v[1])
+
+
+def _record_failure(target: Target, spec: TableSpec, ch: Change, exc: BaseException) -> int:
+    """Record a change that cannot be applied, with the reason, in its own transaction."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    sqlstate = getattr(exc, "sqlstate", None)
+
+    def work(c: psycopg.Connection) -> int:
+        current = c.execute(
+            sql.SQL("SELECT CAST(row_to_json(t.*) AS TEXT) FROM {} AS t "
+                    "WHERE id = CAST(%s AS {})").format(spec.ident, sql.SQL(spec.pk_type)),
+            [ch.pk]).fetchone()
+        meta = c.execute("SELECT version, origin FROM sync_versions "
+                         "WHERE table_name = %s AND pk = %s", [spec.name, ch.pk]).fetchone()
+        record = Conflict(spec.name, ch.pk, "failed", ch.version, ch.row,
+                          (meta[0], meta[1]) if meta else None,
+                          current[0] if current else None, reason=reason, sqlstate=sqlstate)
+        return _insert_conflicts(c, target.direction, [record])
+
+    return db.run_transaction(target.conn, work, **target.retry)

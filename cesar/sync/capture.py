@@ -1,0 +1,119 @@
+"""The source side of a run: what is pending, reading it, and acknowledging it.
+
+The capture itself is the ``sync_capture`` trigger (migration 011): every write on a synced
+table leaves its row's ``sync_versions`` entry with ``pending = true``. Here a run reads those
+entries in key order (joined to the rows they describe, as JSON) and, once the target has
+committed them, clears ``pending`` where the version is still the one that was read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from cesar import db
+from cesar.sync.rule import Version
+from cesar.sync.tables import TableSpec
+
+
+@dataclass(frozen=True)
+class Change:
+    """One row's state on the source: its version, and its image as JSON (None: deleted)."""
+
+    pk: str
+    written_at: datetime | None  # None only for a repair of a row older than the capture
+    origin: str
+    deleted: bool
+    row: str | None
+
+    @property
+    def version(self) -> Version | None:
+        return None if self.written_at is None else (self.written_at, self.origin)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """How much a side has to send for one table."""
+
+    rows: int = 0
+    deletes: int = 0
+    oldest: datetime | None = None
+
+    @property
+    def total(self) -> int:
+        return self.rows + self.deletes
+
+
+def pending_summary(conn: psycopg.Connection) -> dict[str, Pending]:
+    """Per table, the pending upserts and deletes and the oldest pending version.
+
+    One query over the partial index of pending rows: its cost is the number of changes."""
+    out: dict[str, Pending] = {}
+    for table, deleted, count, oldest in conn.execute(
+        "SELECT table_name, deleted, count(*), min(version) FROM sync_versions "
+        "WHERE pending GROUP BY table_name, deleted"
+    ).fetchall():
+        cur = out.get(table, Pending())
+        oldest = min(o for o in (oldest, cur.oldest) if o is not None)
+        if deleted:
+            out[table] = Pending(cur.rows, int(count), oldest)
+        else:
+            out[table] = Pending(int(count), cur.deletes, oldest)
+    return out
+
+
+def read_pending(conn: psycopg.Connection, spec: TableSpec, *, deleted: bool, after: str,
+                 limit: int) -> list[Change]:
+    """The next ``limit`` pending changes of one kind after key ``after``, in key order.
+
+    One statement, read committed, no locks: it sees what is committed now and never waits for
+    an open transaction (whose change stays pending and is read by a later batch or run)."""
+    query = sql.SQL(
+        "SELECT v.pk, v.version, v.origin, v.deleted, "
+        "CASE WHEN t.id IS NULL THEN NULL ELSE CAST(row_to_json(t.*) AS TEXT) END "
+        "FROM sync_versions AS v LEFT JOIN {table} AS t ON t.id = CAST(v.pk AS {pk_type}) "
+        "WHERE v.table_name = %s AND v.pending AND v.deleted = %s AND v.pk > %s "
+        "ORDER BY v.pk LIMIT %s"
+    ).format(table=spec.ident, pk_type=sql.SQL(spec.pk_type))
+    rows = conn.execute(query, [spec.name, deleted, after, limit]).fetchall()
+    # A version row that says "live" without its row means the row was deleted with the capture
+    # bypassed: what the source holds is "absent", so that is what travels.
+    return [Change(pk, written_at, origin, is_deleted or row is None, row)
+            for pk, written_at, origin, is_deleted, row in rows]
+
+
+def acknowledge(conn: psycopg.Connection, spec: TableSpec, changes: Sequence[Change],
+                **retry: float) -> int:
+    """Clear ``pending`` for the changes the target has committed; returns how many.
+
+    Only where the version row still holds the version that was read (a row written since keeps
+    ``pending`` and moves next run), and never waiting for a writer: rows locked by an open
+    transaction are skipped (``SKIP LOCKED``), they are about to get a newer version anyway."""
+    if not changes:
+        return 0
+
+    def work(c: psycopg.Connection) -> int:
+        locked = {pk for (pk,) in c.execute(
+            "SELECT pk FROM sync_versions WHERE table_name = %s AND pk = ANY(%s) AND pending "
+            "FOR UPDATE SKIP LOCKED", [spec.name, [ch.pk for ch in changes]],
+        ).fetchall()}
+        mine = [ch for ch in changes if ch.pk in locked]
+        if not mine:
+            return 0
+        cur = c.execute(
+            "UPDATE sync_versions AS v SET pending = false "
+            "FROM (SELECT unnest(CAST(%s AS TEXT[])) AS pk, "
+            "             unnest(CAST(%s AS TIMESTAMPTZ[])) AS version, "
+            "             unnest(CAST(%s AS TEXT[])) AS origin) AS a "
+            "WHERE v.table_name = %s AND v.pk = a.pk AND v.version = a.version "
+            "  AND v.origin = a.origin AND v.pending",
+            [[ch.pk for ch in mine], [ch.written_at for ch in mine], [ch.origin for ch in mine],
+             spec.name],
+        )
+        return cur.rowcount
+
+    return db.run_transaction(conn, work, **retry)  # type: ignore[arg-type]

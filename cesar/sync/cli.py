@@ -1,0 +1,162 @@
+"""``cesar sync run`` and ``cesar sync status`` (registered in ``cesar.cli``)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from cesar.config import load_settings
+from cesar.errors import ConfigError
+from cesar.sync.tables import load_sync_settings
+
+
+def _emit(obj: Any) -> None:
+    from cesar.cli import emit_json
+
+    emit_json(obj)
+
+
+def _url_options(fn: Any) -> Any:
+    fn = click.option("--remote-url", metavar="URL",
+                      help="The cluster (default: COCKROACH_DB_URL, or the embedded "
+                           "cesar_cluster in development).")(fn)
+    fn = click.option("--local-url", metavar="URL",
+                      help="The local PostgreSQL (default: LOCAL_DB_URL, or the embedded "
+                           "cesar_local in development).")(fn)
+    return fn
+
+
+@click.group("sync")
+def sync_group() -> None:
+    """Two-way sync of the synced tables between the local database and the cluster."""
+
+
+@sync_group.command("run")
+@_url_options
+@click.option("--full", is_flag=True,
+              help="Also compare every table by key and row hash and repair what differs.")
+@click.option("--dry-run", is_flag=True,
+              help="Report what would move and conflict; change nothing.")
+@click.option("--wait", "wait", type=float, default=0.0, show_default=True, metavar="SECONDS",
+              help="If another run holds the lease, wait up to this long (0: exit 0 at once).")
+@click.option("--tables", metavar="T1,T2",
+              help="Only these synced tables (default: CESAR_SYNC_TABLES, else all).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("-q", "--quiet", is_flag=True, help="Only the summary line (for cron).")
+def run_cmd(local_url: str | None, remote_url: str | None, full: bool, dry_run: bool,
+            wait: float, tables: str | None, as_json: bool, quiet: bool) -> None:
+    """One complete pass in both directions, then exit: 0 done, 1 failed, 2 bad usage.
+
+    Rows that cannot be applied are recorded in sync_conflicts and do not fail the run."""
+    from cesar.sync import run
+
+    if wait < 0:
+        raise ConfigError("--wait must be 0 or more seconds")
+    chosen = tuple(t.strip() for t in tables.split(",") if t.strip()) if tables else None
+
+    def progress(line: str) -> None:
+        if not as_json and not quiet:
+            click.echo(line, err=True)
+
+    report = run.run(load_settings(), load_sync_settings(),
+                     run.Options(local_url, remote_url, full, dry_run, wait, chosen), progress)
+    if as_json:
+        _emit(report.as_dict())
+        return
+    if report.in_progress is not None:
+        h = report.in_progress
+        click.echo(f"another sync run is in progress ({h['holder']}, since "
+                   f"{h['acquired_at']}); nothing done")
+        return
+    if not quiet:
+        _print_tables(report)
+    click.echo(_summary(report))
+
+
+def _print_tables(report: Any) -> None:
+    for t in report.tables:
+        if not (t.applied or t.unchanged or t.discarded or t.deferred or t.failed):
+            continue
+        click.echo(f"  {t.direction:<17} {t.table:<20} moved {t.applied:<7} "
+                   f"conflicts {t.conflicts:<4} deferred {t.deferred:<4} failed {t.failed}")
+    for r in report.reconcile:
+        if r.keys_differing:
+            click.echo(f"  reconcile         {r.table:<20} repaired "
+                       f"{r.repaired_local + r.repaired_cluster:<5} (local {r.repaired_local}, "
+                       f"cluster {r.repaired_cluster}) conflicts {r.conflicts} "
+                       f"in {r.ranges_differing}/{r.ranges} ranges")
+
+
+def _summary(report: Any) -> str:
+    verb = "would move" if report.dry_run else "moved"
+    parts = [f"{verb} {report.moved} row{'' if report.moved == 1 else 's'}",
+             f"{report.conflicts} conflict{'' if report.conflicts == 1 else 's'}"]
+    if report.deferred:
+        parts.append(f"{report.deferred} deferred (locked by an open transaction: next run)")
+    if report.failed:
+        parts.append(f"{report.failed} failed (see sync_conflicts; retried every run)")
+    what = "full sync" if report.full else "sync"
+    prefix = "dry run, nothing changed: " if report.dry_run else ""
+    return f"{prefix}{what} done in {report.seconds:.2f} s: {', '.join(parts)}"
+
+
+@sync_group.command("status")
+@_url_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status_cmd(local_url: str | None, remote_url: str | None, as_json: bool) -> None:
+    """The pair, the lease, and per table and direction: last sync, lag, pending, conflicts.
+
+    Exits 1 (after the report) when neither database could be read."""
+    from cesar.sync import status
+
+    info = status.collect(load_settings(), load_sync_settings(), local_url, remote_url)
+    if as_json:
+        _emit(info)
+    else:
+        _print_status(info)
+    if not (info["local"]["reachable"] or info["cluster"]["reachable"]):
+        click.echo("cesar: error: neither database could be read", err=True)
+        sys.exit(1)
+
+
+def _fmt_lag(lag: float | None) -> str:
+    if lag is None:
+        return "-"
+    return f"{lag:.0f} s" if lag < 120 else f"{lag / 60:.0f} min"
+
+
+def _print_status(info: dict[str, Any]) -> None:
+    for role in ("local", "cluster"):
+        s = info[role]
+        if s["error"] or not s["reachable"]:
+            click.echo(f"{role:<8} {s['url']}\n{'':<8} {s['error']}")
+        else:
+            click.echo(f"{role:<8} {s['url']} ({s['engine']}, origin {s['origin']})")
+    click.echo(f"pair     {'paired' if info['paired'] else 'not paired yet (the first run pairs)'}")
+    lease_ = info["lease"]
+    click.echo("lease    " + (f"held by {lease_['holder']} since {lease_['acquired_at']}"
+                              if lease_ else "free (no run in progress)"))
+    rows = info["tables"]
+    if not rows:
+        click.echo("no sync run recorded yet: `cesar sync run`")
+        return
+    click.echo(f"{'table':<20} {'direction':<17} {'last sync':<20} {'lag':>8} {'pending':>8} "
+               f"{'rows total':>11} {'conflicts':>9}")
+    for r in rows:
+        last = (r["last_sync_at"] or "never")[:19].replace("T", " ")
+        click.echo(f"{r['table_name']:<20} {r['direction']:<17} {last:<20} "
+                   f"{_fmt_lag(r['lag_seconds']):>8} {r['pending']:>8} {r['rows_total']:>11} "
+                   f"{r['conflicts_total']:>9}")
+    limit = info["lag_limit_seconds"]
+    worst = info["max_lag_seconds"]
+    if worst is not None and worst > limit:
+        click.echo(f"lag {worst:.0f} s is over the {limit:.0f} s limit: is the cron job running "
+                   "(`cesar sync run`)? rows held by a failed apply show in sync_conflicts")
+    for role in ("local", "cluster"):
+        counts = info[role]["conflicts"]
+        total = sum(sum(c.values()) for c in counts.values())
+        if total:
+            click.echo(f"{total} conflict{'' if total == 1 else 's'} recorded in the {role} "
+                       "database: SELECT * FROM sync_conflicts ORDER BY detected_at DESC")

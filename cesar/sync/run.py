@@ -1,0 +1,376 @@
+"""One complete sync pass: both directions, then (``--full``) the reconcile, then the state.
+
+Order of a run:
+
+1. connect to both databases; check the sync tables, the pairing, and every synced table
+   (:func:`cesar.sync.tables.validate`): a misconfiguration is one error before anything moves;
+2. take the lease (a run already in progress: report it and stop, exit 0);
+3. local -> cluster, then cluster -> local: per table, inserts and updates parents first,
+   deletes children first, in batches (read on the source, apply on the target, acknowledge on
+   the source);
+4. ``--full`` (and the first run of a pair): reconcile every table;
+5. write ``sync_state`` on both sides; release the lease.
+
+``dry_run`` does all the reading and deciding and writes nothing (no lease, no pairing, no
+state), so its report says what would move and what would conflict.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from cesar import db, urls
+from cesar.config import Settings
+from cesar.errors import ConfigError, OperationFailed
+from cesar.sync import capture, lease, reconcile, state
+from cesar.sync.apply import Outcome, Target, apply_changes
+from cesar.sync.capture import Pending
+from cesar.sync.tables import SyncSettings, TableSpec, validate
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+DIRECTIONS = (("local", "cluster", "local_to_cluster"), ("cluster", "local", "cluster_to_local"))
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class Side:
+    role: str        # local or cluster
+    url: str
+    source: str      # where the URL came from (an option or a variable), for messages
+    conn: psycopg.Connection
+    engine: str
+
+    @property
+    def masked(self) -> str:
+        return urls.mask(self.url) or ""
+
+
+@dataclass
+class TableReport:
+    """One table in one direction."""
+
+    table: str
+    direction: str
+    applied: int = 0
+    unchanged: int = 0
+    discarded: int = 0
+    deferred: int = 0
+    failed: int = 0
+    conflicts: int = 0
+    acknowledged: int = 0
+    position: datetime | None = None
+    pending_after: int = 0
+    oldest_pending_at: datetime | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+    def add(self, outcome: Outcome, acknowledged: int) -> None:
+        self.applied += len(outcome.applied)
+        self.unchanged += len(outcome.same)
+        self.discarded += len(outcome.discarded)
+        self.deferred += len(outcome.deferred)
+        self.failed += len(outcome.failed)
+        self.conflicts += outcome.conflicts
+        self.acknowledged += acknowledged
+        for ch in outcome.settled:
+            if ch.written_at is not None and (self.position is None
+                                              or ch.written_at > self.position):
+                self.position = ch.written_at
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("position", "oldest_pending_at"):
+            d[k] = d[k].isoformat() if d[k] else None
+        return d
+
+
+@dataclass
+class RunReport:
+    dry_run: bool
+    full: bool
+    first_pairing: bool = False
+    in_progress: dict[str, Any] | None = None  # the holder, when another run had the lease
+    tables: list[TableReport] = field(default_factory=list)
+    reconcile: list[reconcile.ReconcileReport] = field(default_factory=list)
+    seconds: float = 0.0
+    local: str = ""
+    cluster: str = ""
+
+    @property
+    def moved(self) -> int:
+        return sum(t.applied for t in self.tables) + sum(
+            r.repaired_local + r.repaired_cluster for r in self.reconcile)
+
+    @property
+    def conflicts(self) -> int:
+        return sum(t.conflicts for t in self.tables) + sum(r.conflicts for r in self.reconcile)
+
+    @property
+    def failed(self) -> int:
+        return sum(t.failed for t in self.tables) + sum(r.failed for r in self.reconcile)
+
+    @property
+    def deferred(self) -> int:
+        return sum(t.deferred for t in self.tables) + sum(r.deferred for r in self.reconcile)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run, "full": self.full, "first_pairing": self.first_pairing,
+            "in_progress": self.in_progress, "local": self.local, "cluster": self.cluster,
+            "moved": self.moved, "conflicts": self.conflicts, "failed": self.failed,
+            "deferred": self.deferred, "seconds": round(self.seconds, 3),
+            "tables": [t.as_dict() for t in self.tables],
+            "reconcile": [r.as_dict() for r in self.reconcile],
+        }
+
+
+# ------------------------------------------------------------------------- endpoints
+def resolve_urls(settings: Settings, local_url: str | None, remote_url: str | None
+                 ) -> tuple[tuple[str, str], tuple[str, str]]:
+    """``((local_url, source), (remote_url, source))`` from the options, else the environment.
+
+    The cluster URL goes through the connection layer's routing, so staging and production
+    require ``sslmode=verify-full`` exactly as the API does."""
+    if local_url:
+        urls.parse(local_url, "--local-url")
+        local = (local_url, "--local-url")
+    elif settings.local_db_url:
+        urls.parse(settings.local_db_url, "LOCAL_DB_URL")
+        local = (settings.local_db_url, "LOCAL_DB_URL")
+    else:
+        emb_local, _ = db.embedded_urls(settings)
+        if not emb_local:
+            raise ConfigError("no local database to sync: set LOCAL_DB_URL or pass --local-url "
+                              "(in development, `invoke up` provides one)")
+        local = (emb_local, "the embedded stack")
+    if remote_url:
+        urls.parse(remote_url, "--remote-url")
+        remote = (remote_url, "--remote-url")
+    elif settings.environment in ("staging", "production"):
+        endpoint = db.route(settings).primary  # verify-full is enforced there
+        remote = (endpoint.url, endpoint.variable)
+    elif settings.cockroach_db_url:
+        urls.parse(settings.cockroach_db_url, "COCKROACH_DB_URL")
+        remote = (settings.cockroach_db_url, "COCKROACH_DB_URL")
+    else:
+        _, emb_cluster = db.embedded_urls(settings)
+        if not emb_cluster:
+            raise ConfigError("no cluster to sync with: set COCKROACH_DB_URL or pass "
+                              "--remote-url (in development, `invoke up` provides one)")
+        remote = (emb_cluster, "the embedded stack")
+    return local, remote
+
+
+def connect(url: str, source: str, role: str, settings: Settings, sync: SyncSettings
+            ) -> psycopg.Connection:
+    """An autocommit connection set up the same way on both engines: UTC, read committed
+    (CockroachDB: a non-locking read then never waits for a writer), the sync's timeouts."""
+    kwargs: dict[str, Any] = {
+        **db.connect_kwargs(settings), "autocommit": True,
+        "application_name": "cesar-sync",
+        "options": f"-c statement_timeout={sync.statement_timeout_ms}",
+    }
+    try:
+        conn = psycopg.connect(url, **kwargs)
+    except psycopg.OperationalError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise OperationFailed(f"cannot connect to the {role} database {urls.mask(url)} "
+                              f"({source}): {first}") from None
+    conn.execute("SET TimeZone = 'UTC'")
+    conn.execute("SET default_transaction_isolation = 'read committed'")
+    return conn
+
+
+# ------------------------------------------------------------------------- the run
+@dataclass
+class Options:
+    local_url: str | None = None
+    remote_url: str | None = None
+    full: bool = False
+    dry_run: bool = False
+    wait: float = 0.0
+    tables: tuple[str, ...] | None = None
+
+
+class Run:
+    """One run; :meth:`execute` returns its report (raises CesarError for an operator)."""
+
+    def __init__(self, settings: Settings, sync: SyncSettings, options: Options,
+                 progress: Progress = _quiet) -> None:
+        self.settings = settings
+        self.sync = sync
+        self.options = options
+        self.progress = progress
+        self.retry = {"max_attempts": settings.retry_max_attempts,
+                      "base_delay": settings.retry_base_delay,
+                      "max_delay": settings.retry_max_delay}
+        self.sides: dict[str, Side] = {}
+        self.lease: lease.SyncLease | None = None
+        # Dry run: per table, the keys the first direction would write on its target and
+        # acknowledge on its source (the second direction's source and target).
+        self._simulated: dict[str, tuple[set[str], set[str]]] = {}
+
+    # ---------------------------------------------------------------- plumbing
+    def _open(self) -> None:
+        (lurl, lsrc), (rurl, rsrc) = resolve_urls(self.settings, self.options.local_url,
+                                                  self.options.remote_url)
+        for role, url, source in (("local", lurl, lsrc), ("cluster", rurl, rsrc)):
+            conn = connect(url, source, role, self.settings, self.sync)
+            self.sides[role] = Side(role, url, source, conn, db.detect_engine(conn))
+
+    def close(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+        for side in self.sides.values():
+            side.conn.close()
+
+    def _target(self, role: str, direction: str, table: str | None = None) -> Target:
+        written, acked = self._simulated.get(table or "", (set(), set()))
+        if direction == "local_to_cluster":
+            written, acked = set(), set()
+        return Target(self.sides[role].conn, direction, self.sync.lock_timeout_ms,
+                      self.retry, self.options.dry_run, frozenset(written), frozenset(acked))
+
+    def _check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
+
+    # ---------------------------------------------------------------- steps
+    def execute(self) -> RunReport:
+        started = time.perf_counter()
+        opts = self.options
+        report = RunReport(dry_run=opts.dry_run, full=opts.full)
+        try:
+            self._open()
+            local, cluster = self.sides["local"], self.sides["cluster"]
+            report.local, report.cluster = local.masked, cluster.masked
+            nodes = {r: state.read_node(s.conn, r, s.masked) for r, s in self.sides.items()}
+            first = state.check_pair(nodes["local"], nodes["cluster"], repair=opts.full)
+            specs = validate(local.conn, cluster.conn, opts.tables or self.sync.tables,
+                             engines=(local.engine, cluster.engine))
+            if not opts.dry_run:
+                taken, holder = lease.SyncLease.acquire(
+                    cluster.conn, lambda: connect(cluster.url, cluster.source, "cluster",
+                                                  self.settings, self.sync),
+                    seconds=self.sync.lease_seconds, wait=opts.wait)
+                if taken is None:
+                    assert holder is not None
+                    if opts.wait:
+                        raise OperationFailed(
+                            f"another sync run still holds the lease after {opts.wait:g} s: "
+                            f"{holder.describe()}")
+                    report.in_progress = holder.as_dict()
+                    self.progress(f"another sync run is in progress: {holder.describe()}; "
+                                  "nothing to do")
+                    return report
+                self.lease = taken
+                if first:
+                    state.pair({r: s.conn for r, s in self.sides.items()}, nodes)
+            report.first_pairing = first
+            if first:
+                self.progress("first run of this pair: every table is reconciled (--full)")
+            self._incremental(specs, report)
+            if opts.full or first:
+                report.full = True
+                self._reconcile(specs, report)
+            if not opts.dry_run:
+                self._save_state(specs, report)
+        finally:
+            report.seconds = time.perf_counter() - started
+            self.close()
+        return report
+
+    def _incremental(self, specs: list[TableSpec], report: RunReport) -> None:
+        for src, dst, direction in DIRECTIONS:
+            pending = capture.pending_summary(self.sides[src].conn)
+            reports = {s.name: TableReport(s.name, direction) for s in specs}
+            report.tables.extend(reports.values())
+            # Inserts and updates parents first, deletes children first.
+            phases = [(s, False) for s in specs] + [(s, True) for s in reversed(specs)]
+            for spec, deleted in phases:
+                p = pending.get(spec.name, Pending())
+                if (p.deletes if deleted else p.rows) == 0:
+                    continue
+                self._move(src, dst, spec, deleted, reports[spec.name])
+
+    def _move(self, src: str, dst: str, spec: TableSpec, deleted: bool,
+              tr: TableReport) -> None:
+        started = time.perf_counter()
+        source = self.sides[src].conn
+        target = self._target(dst, tr.direction, spec.name)
+        after = ""
+        while True:
+            self._check_lease()
+            changes = capture.read_pending(source, spec, deleted=deleted, after=after,
+                                           limit=self.sync.batch_size)
+            if not changes:
+                break
+            outcome = apply_changes(target, spec, changes)
+            acked = 0
+            if not self.options.dry_run:
+                acked = capture.acknowledge(source, spec, outcome.settled, **self.retry)
+            tr.add(outcome, acked)
+            if self.options.dry_run and tr.direction == "local_to_cluster":
+                written, settled = self._simulated.setdefault(spec.name, (set(), set()))
+                written.update(ch.pk for ch in outcome.applied)
+                settled.update(ch.pk for ch in outcome.settled)
+            after = changes[-1].pk
+            if len(changes) < self.sync.batch_size:
+                break
+            self.progress(f"  {tr.direction} {spec.name}: {tr.applied} rows so far")
+        tr.seconds += time.perf_counter() - started
+
+    def _reconcile(self, specs: list[TableSpec], report: RunReport) -> None:
+        local, cluster = self.sides["local"].conn, self.sides["cluster"].conn
+        for spec in specs:
+            def target(side: str) -> Target:
+                return self._target(side, "cluster_to_local" if side == "local"
+                                    else "local_to_cluster")
+
+            rr = reconcile.reconcile_table(
+                local, cluster, spec, range_size=self.sync.range_size, target=target,
+                batch_size=self.sync.batch_size, dry_run=self.options.dry_run,
+                check=self._check_lease)
+            report.reconcile.append(rr)
+            self.progress(f"  reconcile {spec.name}: {rr.ranges} ranges, "
+                          f"{rr.ranges_differing} differing, "
+                          f"{rr.repaired_local + rr.repaired_cluster} rows repaired")
+
+    def _save_state(self, specs: list[TableSpec], report: RunReport) -> None:
+        now = datetime.now(UTC)
+        after = {role: capture.pending_summary(s.conn) for role, s in self.sides.items()}
+        rows = []
+        for tr in report.tables:
+            src = "local" if tr.direction == "local_to_cluster" else "cluster"
+            p = after[src].get(tr.table, Pending())
+            tr.pending_after, tr.oldest_pending_at = p.total, p.oldest
+            # Repairs count in the direction they were written (the reconcile's conflicts are
+            # recorded on the side written, so they count there too).
+            repaired = [r for r in report.reconcile if r.table == tr.table]
+            moved = tr.applied + sum(r.repaired_cluster if src == "local" else r.repaired_local
+                                     for r in repaired)
+            conflicts = tr.conflicts + sum(r.conflicts_cluster if src == "local"
+                                           else r.conflicts_local for r in repaired)
+            rows.append(state.StateRow(tr.table, tr.direction, now, tr.error is None,
+                                       tr.position, moved, conflicts, p.total, p.oldest,
+                                       tr.error))
+        for side in self.sides.values():
+            state.write_state(side.conn, rows)
+
+
+def run(settings: Settings, sync: SyncSettings, options: Options,
+        progress: Progress = _quiet) -> RunReport:
+    return Run(settings, sync, options, progress).execute()

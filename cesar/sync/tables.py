@@ -1,0 +1,246 @@
+"""Which tables are synced (configured here, in one place) and what the sync knows of each.
+
+:data:`SYNCED_TABLES` lists them parents first (a row's foreign keys point to tables earlier in
+the list): inserts and updates are applied in this order, deletes in the reverse order.
+``CESAR_SYNC_TABLES`` (comma-separated) narrows or reorders the list; every run validates the
+list on both databases before anything moves (:func:`validate`) and refuses with one line naming
+the table and the fix when a table is missing, has no single-column primary key ``id``, differs
+between the two sides, lacks the capture trigger, or comes before a table it references.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import psycopg
+from psycopg import sql
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cesar.config import ENV_FILES
+from cesar.errors import ConfigError
+
+#: The synced tables, parents first. agent_workload (009) is a view: each side computes it.
+SYNCED_TABLES: tuple[str, ...] = (
+    "agents",
+    "agent_capabilities",
+    "tasks",
+    "task_assignments",
+    "agent_runs",
+    "agent_run_events",
+    "api_keys",
+    "audit_log",
+)
+
+#: The capture trigger's name on every synced table (migration 011).
+CAPTURE_TRIGGER = "sync_capture"
+#: Primary-key types whose order and text form agree on PostgreSQL and CockroachDB.
+PK_TYPES = frozenset({"uuid", "bigint", "integer", "smallint"})
+
+
+class SyncSettings(BaseSettings):
+    """``CESAR_SYNC_*``: read like the rest of the configuration (environment, then
+    ``.env.cockroach``, then ``.env``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CESAR_SYNC_", env_file=ENV_FILES,
+                                      env_file_encoding="utf-8", extra="ignore", frozen=True)
+
+    tables: tuple[str, ...] = Field(SYNCED_TABLES, description="CESAR_SYNC_TABLES: comma-separated")
+    batch_size: int = Field(5000, ge=1, le=100_000,
+                            description="CESAR_SYNC_BATCH_SIZE: keys per target transaction")
+    range_size: int = Field(10_000, ge=2, le=1_000_000,
+                            description="CESAR_SYNC_RANGE_SIZE: rows per reconcile range and side")
+    lock_timeout_ms: int = Field(2000, ge=1,
+                                 description="CESAR_SYNC_LOCK_TIMEOUT_MS: longest wait for a lock")
+    statement_timeout_ms: int = Field(300_000, ge=0,
+                                      description="CESAR_SYNC_STATEMENT_TIMEOUT_MS (0: none)")
+    lease_seconds: float = Field(30.0, ge=1, le=600,
+                                 description="CESAR_SYNC_LEASE_SECONDS: lease of a running sync")
+    lag_limit_seconds: float = Field(600.0, gt=0,
+                                     description="CESAR_SYNC_LAG_LIMIT_SECONDS: /health and smoke")
+
+    @field_validator("tables", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+
+def load_sync_settings(**overrides: object) -> SyncSettings:
+    try:
+        return SyncSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "CESAR_SYNC_" + str((first.get("loc") or ("?",))[0]).upper()
+        raise ConfigError(f"{name}={first.get('input')!r} is not valid: {first.get('msg')}; "
+                          "fix it in the environment, .env or .env.cockroach") from None
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    data_type: str  # information_schema.columns.data_type, e.g. "uuid", "jsonb", "ARRAY"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A validated synced table: its columns (same on both sides) and its key's type."""
+
+    name: str
+    columns: tuple[Column, ...]
+    pk_type: str
+
+    @cached_property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.name)
+
+    @cached_property
+    def pk_array_type(self) -> sql.SQL:
+        return sql.SQL(f"{self.pk_type}[]")
+
+    @cached_property
+    def column_list(self) -> sql.Composable:
+        return sql.SQL(", ").join(sql.Identifier(c.name) for c in self.columns)
+
+    @cached_property
+    def update_list(self) -> sql.Composable:
+        return sql.SQL(", ").join(
+            sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c.name))
+            for c in self.columns if c.name != "id"
+        )
+
+    def canonical_text(self, alias: str = "t") -> sql.Composable:
+        """The row as text whose digest is the same on PostgreSQL and CockroachDB wherever
+        their text forms agree: timestamps as epoch microseconds, booleans as t/f, NULL as \\N,
+        columns separated by U+001F. (JSONB text may still differ: the reconcile then compares
+        those rows one by one, so a difference in form costs time, never a wrong repair.)"""
+        parts = []
+        for c in self.columns:
+            col = sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c.name))
+            if c.data_type.startswith("timestamp"):
+                expr = sql.SQL("CAST(CAST(EXTRACT(EPOCH FROM {}) * 1000000 AS BIGINT) AS TEXT)"
+                               ).format(col)
+            elif c.data_type == "boolean":
+                expr = sql.SQL("CASE WHEN {} THEN 't' ELSE 'f' END").format(col)
+            else:
+                expr = sql.SQL("CAST({} AS TEXT)").format(col)
+            parts.append(sql.SQL("COALESCE({}, '\\N')").format(expr))
+        return sql.SQL(" || chr(31) || ").join(parts)
+
+
+# ------------------------------------------------------------------------- validation
+def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: str) -> dict[str, object]:
+    hidden = " AND is_hidden = 'NO'" if engine == "cockroachdb" else ""
+    cols: dict[str, list[Column]] = {}
+    for table, column, data_type in conn.execute(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns "
+        f"WHERE table_schema = current_schema() AND table_name = ANY(%s){hidden} "
+        "ORDER BY table_name, ordinal_position", [list(names)],
+    ).fetchall():
+        cols.setdefault(table, []).append(Column(column, data_type))
+    pks: dict[str, list[str]] = {}
+    for table, column in conn.execute(
+        "SELECT tc.table_name, kcu.column_name "
+        "FROM information_schema.table_constraints AS tc "
+        "JOIN information_schema.key_column_usage AS kcu "
+        "  ON kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema "
+        " AND kcu.table_name = tc.table_name "
+        "WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = current_schema() "
+        "  AND tc.table_name = ANY(%s)", [list(names)],
+    ).fetchall():
+        pks.setdefault(table, []).append(column)
+    triggers = {
+        table: enabled for table, enabled in conn.execute(
+            "SELECT c.relname, t.tgenabled FROM pg_catalog.pg_trigger AS t "
+            "JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid "
+            "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
+            "WHERE t.tgname = %s AND n.nspname = current_schema() AND c.relname = ANY(%s)",
+            [CAPTURE_TRIGGER, list(names)],
+        ).fetchall()
+    }
+    refs: dict[str, set[str]] = {}
+    for table, referenced in conn.execute(
+        "SELECT tc.table_name, ccu.table_name FROM information_schema.table_constraints AS tc "
+        "JOIN information_schema.constraint_column_usage AS ccu "
+        "  ON ccu.constraint_name = tc.constraint_name AND ccu.table_schema = tc.table_schema "
+        "WHERE tc.constraint_type = 'FOREIGN KEY' AND tc.table_schema = current_schema() "
+        "  AND tc.table_name = ANY(%s)", [list(names)],
+    ).fetchall():
+        refs.setdefault(table, set()).add(referenced)
+    return {"columns": cols, "pks": pks, "triggers": triggers, "refs": refs}
+
+
+def _check_side(side: str, names: Sequence[str], cat: dict[str, object]) -> None:
+    cols = cat["columns"]
+    pks = cat["pks"]
+    triggers = cat["triggers"]
+    assert isinstance(cols, dict) and isinstance(pks, dict) and isinstance(triggers, dict)
+    for name in names:
+        if name not in cols:
+            raise ConfigError(
+                f"synced table {name!r} does not exist in the {side} database; run "
+                "`cesar migrate up` there, or remove it from CESAR_SYNC_TABLES"
+            )
+        if pks.get(name) != ["id"]:
+            got = ", ".join(pks.get(name, [])) or "none"
+            raise ConfigError(
+                f"synced table {name!r} in the {side} database has primary key ({got}); the sync "
+                "needs a single-column primary key named id"
+            )
+        pk_type = next(c.data_type for c in cols[name] if c.name == "id")
+        if pk_type not in PK_TYPES:
+            raise ConfigError(
+                f"synced table {name!r}: primary key type {pk_type} is not supported (use one "
+                f"of {', '.join(sorted(PK_TYPES))}: they order the same way on both engines)"
+            )
+        enabled = triggers.get(name)
+        if enabled is None or enabled == "D":
+            state = "disabled" if enabled == "D" else "missing"
+            raise ConfigError(
+                f"the capture trigger on {name!r} is {state} in the {side} database, so its "
+                f"writes would not be synced; run `cesar migrate up` there (migration "
+                f"011_sync_capture), or for a new table add its {CAPTURE_TRIGGER} trigger "
+                "(docs/sync.md)"
+            )
+
+
+def validate(local: psycopg.Connection, remote: psycopg.Connection, names: Sequence[str],
+             *, engines: tuple[str, str] = ("postgresql", "postgresql")) -> list[TableSpec]:
+    """The specs of ``names`` after checking both databases; :class:`ConfigError` otherwise."""
+    if not names:
+        raise ConfigError("CESAR_SYNC_TABLES is empty: name at least one table")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"CESAR_SYNC_TABLES names a table twice: {', '.join(names)}")
+    cats = {"local": _catalog(local, names, engines[0]),
+            "cluster": _catalog(remote, names, engines[1])}
+    for side, cat in cats.items():
+        _check_side(side, names, cat)
+    local_cols, remote_cols = cats["local"]["columns"], cats["cluster"]["columns"]
+    assert isinstance(local_cols, dict) and isinstance(remote_cols, dict)
+    specs = []
+    for name in names:
+        mine = {c.name: c.data_type for c in local_cols[name]}
+        theirs = {c.name: c.data_type for c in remote_cols[name]}
+        if mine != theirs:
+            diff = sorted(set(mine.items()) ^ set(theirs.items()))
+            shown = ", ".join(f"{n} {t}" for n, t in diff[:4])
+            raise ConfigError(
+                f"synced table {name!r} differs between the local database and the cluster "
+                f"({shown}); bring both to the same migration (`cesar migrate status` on each)"
+            )
+        pk_type = mine["id"]
+        specs.append(TableSpec(name, tuple(local_cols[name]), pk_type))
+    refs = cats["local"]["refs"]
+    assert isinstance(refs, dict)
+    position = {n: i for i, n in enumerate(names)}
+    for name in names:
+        for parent in sorted(refs.get(name, set())):
+            if parent in position and position[parent] > position[name]:
+                raise ConfigError(
+                    f"CESAR_SYNC_TABLES lists {name!r} before {parent!r}, which it references; "
+                    "list parents first (inserts are applied in that order)"
+                )
+    return specs

@@ -1,0 +1,168 @@
+"""Fixtures of the sync's tests: two fresh databases per test, migrated, as the two sides.
+
+Both sides are real PostgreSQL databases on the session's embedded server, created from one
+migrated template (``CREATE DATABASE ... TEMPLATE``: a file copy, much faster than running the
+eleven migrations twice per test). A copy also copies ``sync_node.origin``, so each copy gets a
+new one, exactly as migration 010 would have drawn it.
+
+Besides the schema's synced tables the template has ``items`` (a plain synced table for the
+randomised test) and ``named_items`` (with a UNIQUE column that the two sides can violate apart).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from cesar import migrate
+from cesar.sync import run as sync_run
+from cesar.sync.run import Options, RunReport
+from cesar.sync.tables import SYNCED_TABLES, SyncSettings
+from tests.conftest import REPO, PgStack, make_settings
+
+TEST_TABLES = ("items", "named_items")
+TEST_DDL = """
+CREATE TABLE items (
+    id         UUID        PRIMARY KEY,
+    val        TEXT        NOT NULL,
+    n          INT         NOT NULL DEFAULT 0,
+    doc        JSONB       NOT NULL DEFAULT '{}',
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE named_items (
+    id    UUID PRIMARY KEY,
+    name  TEXT NOT NULL UNIQUE,
+    note  TEXT
+);
+"""
+CAPTURE = ("CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW "
+           "WHEN (current_setting('cesar.sync_apply', true) IS DISTINCT FROM 'on') "
+           "EXECUTE FUNCTION sync_capture()")
+NEW_ORIGIN = ("UPDATE sync_node SET origin = substr(replace(gen_random_uuid()::TEXT, '-', ''), "
+              "1, 16) WHERE singleton")
+
+
+def sync_settings(**overrides: Any) -> SyncSettings:
+    """SyncSettings from the given values only (no environment, no .env files)."""
+    overrides.setdefault("tables", SYNCED_TABLES + TEST_TABLES)
+    return SyncSettings(_env_file=None, **overrides)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def sync_template(pg_stack: PgStack) -> Iterator[str]:
+    """A database with every migration and the test tables, used only as a template."""
+    name = f"sync_tmpl_{uuid.uuid4().hex[:8]}"
+    url = pg_stack.create_database(name)
+    migrate.apply_all(url, make_settings(), migrations_dir=REPO / "sql" / "migrations")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(TEST_DDL)
+        for table in TEST_TABLES:
+            conn.execute(sql.SQL(CAPTURE).format(sql.Identifier(table)))
+    try:
+        yield name
+    finally:
+        pg_stack.drop_database(name)
+
+
+@dataclass
+class Pair:
+    """The two sides of one test, and ways to run the sync between them."""
+
+    pg: PgStack
+    local_url: str
+    cluster_url: str
+    settings: SyncSettings = field(default_factory=sync_settings)
+
+    def url(self, side: str) -> str:
+        return self.local_url if side == "local" else self.cluster_url
+
+    def connect(self, side: str, autocommit: bool = True) -> psycopg.Connection:
+        return psycopg.connect(self.url(side), autocommit=autocommit)
+
+    def options(self, **kw: Any) -> Options:
+        return Options(local_url=self.local_url, remote_url=self.cluster_url, **kw)
+
+    def sync(self, *, full: bool = False, dry_run: bool = False, **settings: Any) -> RunReport:
+        """One run in this process."""
+        s = sync_settings(**settings) if settings else self.settings
+        return sync_run.run(make_settings(), s, self.options(full=full, dry_run=dry_run))
+
+    def sql(self, side: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with self.connect(side) as conn:
+            cur = conn.execute(query, params)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description is not None else []
+
+    def rows(self, side: str, table: str) -> dict[str, dict[str, Any]]:
+        """Every row of ``table`` on one side, by id, as the database returns its values."""
+        with self.connect(side) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            got = cur.execute(sql.SQL("SELECT * FROM {} ORDER BY id").format(
+                sql.Identifier(table))).fetchall()
+        return {str(r["id"]): r for r in got}
+
+    def assert_identical(self, tables: tuple[str, ...] = SYNCED_TABLES + TEST_TABLES) -> None:
+        for table in tables:
+            local, cluster = self.rows("local", table), self.rows("cluster", table)
+            assert local == cluster, f"{table} differs between the two sides"
+
+    def pending(self, side: str) -> int:
+        return int(self.sql(side, "SELECT count(*) FROM sync_versions WHERE pending")[0][0])
+
+    def conflicts(self, side: str) -> list[dict[str, Any]]:
+        with self.connect(side) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            return cur.execute("SELECT * FROM sync_conflicts ORDER BY detected_at, id").fetchall()
+
+
+@pytest.fixture
+def make_pair(pg_stack: PgStack, sync_template: str) -> Iterator[Callable[[], Pair]]:
+    """Creates pairs of fresh databases (dropped at the end of the test)."""
+    names: list[str] = []
+
+    def make() -> Pair:
+        urls = []
+        for _ in range(2):
+            name = f"t_sync_{uuid.uuid4().hex[:10]}"
+            with pg_stack.superuser() as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER cesar_app").format(
+                    sql.Identifier(name), sql.Identifier(sync_template)))
+            names.append(name)
+            url = pg_stack.url(name)
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(NEW_ORIGIN)
+            urls.append(url)
+        return Pair(pg_stack, urls[0], urls[1])
+
+    yield make
+    for name in names:
+        pg_stack.drop_database(name)
+
+
+@pytest.fixture
+def pair(make_pair: Callable[[], Pair]) -> Pair:
+    """Two fresh databases, migrated, not yet paired."""
+    return make_pair()
+
+
+@pytest.fixture
+def synced(pair: Pair) -> Pair:
+    """Two fresh databases after their first run (paired; the seeded agents reconciled)."""
+    pair.sync()
+    return pair
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a sync subprocess: no operator configuration leaks in."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CESAR_", "PG")) and k not in (
+               "ENVIRONMENT", "DATABASE_TARGET", "LOCAL_DB_URL", "COCKROACH_DB_URL",
+               "COCKROACH_READ_REPLICA_URL")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = str(REPO)
+    env["CESAR_SYNC_TABLES"] = ",".join(SYNCED_TABLES + TEST_TABLES)
+    return env

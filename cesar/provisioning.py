@@ -189,15 +189,17 @@ def plan(stack: str | None, as_json: bool) -> None:
     project_root()
     name = _stack(stack)
     run = offline.run(name)
-    resources = [{"type": r.type, "name": r.name} for r in run.resources]
+    resources = sorted(({"type": r.type, "name": r.name} for r in run.resources),
+                       key=lambda r: (r["name"], r["type"]))
     if as_json:
         click.echo(json.dumps({"stack": name, "resources": resources,
                                "outputs": sorted(run.outputs),
                                "secret_outputs": sorted(run.secret_outputs)}, indent=2))
         return
     click.echo(f"stack {name}: {len(resources)} resources (Pulumi mocks; nothing was created)")
+    width = max(len(r["name"]) for r in resources)
     for r in resources:
-        click.echo(f"  {r['type']:<78} {r['name']}")
+        click.echo(f"  {r['name']:<{width}}  {r['type']}")
     shown = ", ".join(f"{k}{' (secret)' if k in run.secret_outputs else ''}"
                       for k in run.outputs)
     click.echo(f"outputs: {shown}")

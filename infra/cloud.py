@@ -20,6 +20,7 @@ import pulumiverse_cockroach as cockroach
 
 from cesar import allowlist, urls
 from infra.naming import SQL_PORT
+from infra.selfhosted import require_success
 from infra.settings import StackSettings
 
 CA_FILE = "/certs/ca.crt"
@@ -145,5 +146,8 @@ class CloudCluster(pulumi.ComponentResource):
                 parent=self, provider=docker_provider,
                 depends_on=[self.admin, self.database, *self.allow_list]),
         )
+        self.bootstrap_exit_code = self.bootstrap.exit_code.apply(
+            lambda code: require_success(names.bootstrap, code))
         self.register_outputs({"sql_endpoints": self.sql_endpoints,
-                               "console_url": self.console_url})
+                               "console_url": self.console_url,
+                               "bootstrap_exit_code": self.bootstrap_exit_code})

@@ -115,10 +115,12 @@ class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
 class RecordingMocks(pulumi.runtime.Mocks):
     """Records every registration and answers with plausible provider outputs."""
 
-    def __init__(self) -> None:
+    def __init__(self, exit_codes: Mapping[str, int] | None = None) -> None:
         self.registered: list[Registered] = []
         #: Every secret value the mocks made up (generated passwords, private keys).
         self.secret_values: set[str] = {FAKE_PEM["key"]}
+        #: Exit codes of one-shot containers, by name (default: none recorded, as in a preview).
+        self.exit_codes = dict(exit_codes or {})
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
         self.registered.append(Registered(args.typ, args.name, dict(args.inputs), args.provider))
@@ -134,6 +136,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
         elif token == "random:index/randomPassword:RandomPassword":
             out["result"] = "Mk" + _stand_in(args.name, int(args.inputs.get("length", 24)) - 2)
             self.secret_values.add(out["result"])
+        elif token == "docker:index/container:Container" and args.name in self.exit_codes:
+            out["exitCode"] = self.exit_codes[args.name]
         elif token == "docker:index/remoteImage:RemoteImage":
             out["imageId"] = "sha256:" + _stand_in(str(args.inputs.get("name")), 64)
         elif token == "cockroach:index/cluster:Cluster":
@@ -231,12 +235,14 @@ def _environment(config: Mapping[str, str], secret_keys: list[str]) -> Iterator[
 
 # --------------------------------------------------------------- running
 def run(stack: str, *, root: Path = REPO, config: Mapping[str, str] | None = None,
-        secrets: Mapping[str, str] | None = None, preview: bool = False) -> OfflineRun:
+        secrets: Mapping[str, str] | None = None, preview: bool = False,
+        exit_codes: Mapping[str, int] | None = None) -> OfflineRun:
     """Run the program for ``stack`` under mocks and return what it registered and exported.
 
     ``config`` replaces the stack file's values key by key (``cesar:...`` -> string, as the
     CLI passes them); ``secrets`` are secret config values (default: stand-ins for the
-    secrets the stack requires). Refusals raise :class:`cesar.errors.ConfigError`.
+    secrets the stack requires); ``exit_codes`` are the exit codes the one-shot containers
+    report. Refusals raise :class:`cesar.errors.ConfigError`.
     """
     from pulumi.runtime import config as runtime_config
 
@@ -247,7 +253,7 @@ def run(stack: str, *, root: Path = REPO, config: Mapping[str, str] | None = Non
     secret_values = dict(secrets) if secrets is not None else required_secret_stand_ins(stack, root)
     values.update(secret_values)
 
-    mocks = RecordingMocks()
+    mocks = RecordingMocks(exit_codes)
     monitor = RecordingMonitor(mocks)
     result = OfflineRun(stack)
     with _environment(values, sorted(secret_values)):

@@ -19,6 +19,7 @@ import pulumi
 import pulumi_docker as docker
 
 from cesar import allowlist
+from cesar.errors import OperationFailed
 from infra.certs import ClusterCertificates
 from infra.naming import HTTP_PORT, RPC_PORT, SQL_PORT, Names, docker_labels
 from infra.settings import SelfHosted, StackSettings
@@ -113,6 +114,25 @@ def hba(settings: StackSettings) -> str | None:
     return allowlist.hba_configuration(settings.allowlist, extra_sql_networks=extra)
 
 
+class OneShotFailed(OperationFailed, pulumi.RunError):
+    """A one-shot container failed. A ``RunError`` too, so that Pulumi prints the message
+    without a traceback."""
+
+
+def require_success(container: str, exit_code: int | None) -> int | None:
+    """Fail the update when a one-shot container (init, bootstrap) exited non-zero.
+
+    The Docker provider waits for it (``attach``) and records its exit code but does not treat a
+    failure as an error (``must_run`` is off for a container meant to exit), so the program
+    checks. ``None`` (a preview, or the mocks) is not a failure.
+    """
+    if exit_code not in (None, 0):
+        raise OneShotFailed(f"the one-shot container {container} exited with code {exit_code}; "
+                              f"see `docker logs {container}` on the stack's Docker host, fix the "
+                              "cause and run `pulumi up` again (it is safe to rerun)")
+    return exit_code
+
+
 def published_sql_endpoints(spec: SelfHosted) -> list[str]:
     host = f"[{spec.bind_address}]" if ":" in spec.bind_address else spec.bind_address
     return [f"{host}:{spec.sql_port + i}" for i in range(spec.nodes)]
@@ -189,6 +209,8 @@ class SelfHostedCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=self.nodes),
         )
 
+        self.init_exit_code = self.init.exit_code.apply(
+            lambda code: require_success(names.cluster_init, code))
         self.sql_endpoints = pulumi.Output.from_input(published_sql_endpoints(spec))
         self.sql_host = pulumi.Output.from_input(spec.bind_address)
         self.sql_port = pulumi.Output.from_input(spec.sql_port)
@@ -197,7 +219,8 @@ class SelfHostedCluster(pulumi.ComponentResource):
         self.console_url = pulumi.Output.from_input(f"{scheme}://{host}:{spec.http_port}")
         self.ca_cert_pem = self.certs.ca_cert_pem if self.certs else None
         self.register_outputs({"sql_endpoints": self.sql_endpoints,
-                               "console_url": self.console_url})
+                               "console_url": self.console_url,
+                               "init_exit_code": self.init_exit_code})
 
     def _node_uploads(self, host: str) -> list[docker.ContainerUploadArgs]:
         if self.certs is None:
@@ -230,4 +253,4 @@ class SelfHostedCluster(pulumi.ComponentResource):
 
 
 __all__ = ["SelfHostedCluster", "hba", "health_test", "init_script", "node_command",
-           "node_locality", "published_sql_endpoints"]
+           "node_locality", "published_sql_endpoints", "require_success", "OneShotFailed"]

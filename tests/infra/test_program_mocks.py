@@ -18,7 +18,7 @@ import pulumi
 import pytest
 
 from cesar.errors import ConfigError
-from infra import images, monitoring_files, offline, outputs, program
+from infra import images, monitoring_files, offline, outputs, program, selfhosted
 from infra import settings as stack_settings
 from tests.infra.conftest import STACKS, settings_of
 
@@ -377,3 +377,16 @@ def test_settings_keys_cover_every_stack_file_key() -> None:
     known = {f"cesar:{k}" for k in stack_settings.KEYS}
     for stack in STACKS:
         assert set(offline.stack_config(stack)) <= known, stack
+
+
+@pytest.mark.parametrize(("stack", "container"), [
+    ("dev", "cesar-dev-roach-init"), ("production", "cesar-production-sql-bootstrap")])
+def test_a_failed_bootstrap_fails_the_update_in_one_line(stack: str, container: str) -> None:
+    """The Docker provider records a one-shot container's exit code without failing; the
+    program does, as a RunError (no traceback) naming the container and the next step."""
+    assert offline.run(stack, exit_codes={container: 0}).outputs
+    with pytest.raises(selfhosted.OneShotFailed) as caught:
+        offline.run(stack, exit_codes={container: 1})
+    assert isinstance(caught.value, pulumi.RunError)
+    assert str(caught.value).startswith(f"the one-shot container {container} exited with code 1")
+    assert f"docker logs {container}" in str(caught.value)

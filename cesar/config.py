@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     pool_min_size: int = Field(1, ge=0, validation_alias=_alias("CESAR_POOL_MIN_SIZE"))
     pool_max_size: int = Field(10, ge=1, validation_alias=_alias("CESAR_POOL_MAX_SIZE"))
     pool_timeout: float = Field(5.0, gt=0, validation_alias=_alias("CESAR_POOL_TIMEOUT"))
+    # Connections older than this are replaced (after rotations, node drains, LB changes).
+    pool_max_lifetime: float = Field(
+        3600.0, ge=1, validation_alias=_alias("CESAR_POOL_MAX_LIFETIME")
+    )
     connect_timeout: int = Field(5, ge=1, validation_alias=_alias("CESAR_CONNECT_TIMEOUT"))
     statement_timeout_ms: int = Field(
         30_000, ge=0, validation_alias=_alias("CESAR_STATEMENT_TIMEOUT_MS")

@@ -303,6 +303,7 @@ class Database:
             min_size=min(s.pool_min_size, s.pool_max_size),
             max_size=s.pool_max_size,
             timeout=s.pool_timeout,
+            max_lifetime=s.pool_max_lifetime,
             kwargs=connect_kwargs(s),
             check=ConnectionPool.check_connection,  # health check on every checkout
             name=f"cesar-{endpoint.name}",

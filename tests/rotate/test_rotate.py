@@ -88,13 +88,24 @@ class Stack:
             return False
         return True
 
+    def active(self) -> str:
+        return self.state().active_login
+
+    def inactive(self) -> str:
+        return LOGINS[1] if self.active() == LOGINS[0] else LOGINS[0]
+
+    def audit_records(self, since: int = 0) -> list[dict]:
+        return [json.loads(line) for line in self.audit_text().splitlines()[since:]]
+
     def audit_text(self) -> str:
         path = self.state_dir / "rotation-audit.jsonl"
         return path.read_text() if path.exists() else ""
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
+    """One stack for the module (starting one costs seconds): every test works from whatever
+    login is active when it starts."""
     state_dir = new_state_dir("rotate")
     env = {k: v for k, v in os.environ.items()
            if k not in ("ENVIRONMENT", "LOCAL_DB_URL", "COCKROACH_DB_URL", "DATABASE_TARGET")}
@@ -145,9 +156,10 @@ def test_rotations_in_a_row_fail_no_request(stack: Stack) -> None:
 
 
 def test_status_reports_the_last_rotation(stack: Stack) -> None:
+    target = stack.inactive()
     assert cesar(stack.env, "rotate-password", "--grace", "0").returncode == 0
     status = json.loads(cesar(stack.env, "rotate-password", "--status", "--json").stdout)
-    assert status["active_login"] == "cesar_app_b"
+    assert status["active_login"] == target
     assert status["last_rotation"]["outcome"] == "completed"
     assert status["pending"] is None
 
@@ -155,7 +167,7 @@ def test_status_reports_the_last_rotation(stack: Stack) -> None:
 def test_unwritable_secret_file_changes_nothing(stack: Stack) -> None:
     require(shutil.which("chattr") is not None, "chattr (e2fsprogs) to make a file immutable")
     store = stack.state_dir / "stack.json"
-    before = store.read_text()
+    before, target = store.read_text(), stack.inactive()
     locked = subprocess.run(["chattr", "+i", str(store)], capture_output=True)
     require(locked.returncode == 0, "a filesystem with the immutable attribute (ext4, xfs)")
     try:
@@ -172,11 +184,12 @@ def test_unwritable_secret_file_changes_nothing(stack: Stack) -> None:
         subprocess.run(["chattr", "-i", str(store)], check=True)
     done = cesar(stack.env, "rotate-password", "--grace", "0")
     assert done.returncode == 0, done.stderr
-    assert stack.state().active_login == "cesar_app_b"
+    assert stack.active() == target
 
 
 def test_database_refusing_the_new_password_is_rolled_back(stack: Stack) -> None:
-    inactive = "cesar_app_b"
+    active, inactive = stack.active(), stack.inactive()
+    audit_from = len(stack.audit_records())
     with psycopg.connect(stack.pg.superuser_conninfo(), autocommit=True) as su:
         (verifier_before,) = su.execute(
             "SELECT rolpassword FROM pg_authid WHERE rolname = %s", [inactive]).fetchone()
@@ -186,16 +199,16 @@ def test_database_refusing_the_new_password_is_rolled_back(stack: Stack) -> None
         time.sleep(1.5)
     assert failed.returncode == 1
     message = failed.stderr.strip().splitlines()[-1]
-    assert "abandoned after 2 failed attempts" in message and "still uses cesar_app_a" in message
+    assert "abandoned after 2 failed attempts" in message and f"still uses {active}" in message
     assert load.failures == [] and load.ok > 0
     state = stack.state()
-    assert state.active_login == "cesar_app_a" and state.pending_password is None
+    assert state.active_login == active and state.pending_password is None
     with psycopg.connect(stack.pg.superuser_conninfo(), autocommit=True) as su:
         (verifier_after,) = su.execute(
             "SELECT rolpassword FROM pg_authid WHERE rolname = %s", [inactive]).fetchone()
         su.execute(f"ALTER ROLE {inactive} LOGIN")  # a person fixes it
     assert verifier_after == verifier_before  # put back as it was
-    audit = [json.loads(line) for line in stack.audit_text().splitlines()]
+    audit = stack.audit_records(audit_from)
     creates = [r for r in audit if r["step"] == "create"]
     assert len(creates) == 2 and [r["outcome"] for r in audit if r["step"] == "test"] == \
         ["failed", "failed"]
@@ -206,6 +219,8 @@ def test_database_refusing_the_new_password_is_rolled_back(stack: Stack) -> None
 
 @pytest.mark.parametrize("step", ["preflight", "create", "set", "test", "finish"])
 def test_a_run_killed_after_any_step_is_completed_by_the_next(stack: Stack, step: str) -> None:
+    active, target = stack.active(), stack.inactive()
+    audit_from = len(stack.audit_records())
     with Load(stack.api_url) as load:
         killed = cesar(stack.env, "rotate-password", "--grace", "0",
                        extra={"CESAR_ROTATE_KILL_AFTER": step})
@@ -216,12 +231,12 @@ def test_a_run_killed_after_any_step_is_completed_by_the_next(stack: Stack, step
     assert done.returncode == 0, done.stderr
     assert load.failures == [] and load.ok > 0, load.failures[:3]
     state = stack.state()
-    assert state.active_login == "cesar_app_b" and state.pending_password is None
-    assert stack.can_login("cesar_app_b", state.passwords["cesar_app_b"])
-    audit = [json.loads(line) for line in stack.audit_text().splitlines()]
+    assert state.active_login == target and state.pending_password is None
+    assert stack.can_login(target, state.passwords[target])
+    audit = stack.audit_records(audit_from)
     ids = {r["rotation"] for r in audit}
     assert len(ids) == 1  # the same rotation, resumed, not a second one
-    assert audit[-1]["step"] == "retire" and audit[-1]["login"] == "cesar_app_a"
+    assert audit[-1]["step"] == "retire" and audit[-1]["login"] == active
 
 
 def test_concurrent_rotation_is_refused(stack: Stack) -> None:
@@ -241,4 +256,5 @@ def test_concurrent_rotation_is_refused(stack: Stack) -> None:
 def test_bad_usage_exits_2(stack: Stack) -> None:
     proc = cesar(stack.env, "rotate-password", "--grace", "-5")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert LOGINS[0] in cesar(stack.env, "rotate-password", "--dry-run").stdout
+    plan = cesar(stack.env, "rotate-password", "--dry-run").stdout
+    assert f"{stack.active()} -> {stack.inactive()}" in plan

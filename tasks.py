@@ -39,6 +39,42 @@ def status(c, json=False):
 
 @task(
     help={
+        "dry_run": "Print the plan (pending migrations, statements, checksums, lease); change "
+                   "nothing.",
+        "url": "Database URL (default: the configured environment's target).",
+        "status": "List every migration with its state instead of applying.",
+        "json": "Print one JSON object (with --status or --dry-run).",
+        "mode": "auto, transactional or per-statement (default auto: from the engine).",
+    }
+)
+def migrate(c, dry_run=False, url="", status=False, json=False, mode=""):
+    """Apply pending schema migrations (`cesar migrate up`); idempotent."""
+    common = [*(["--url", url] if url else []), *(["--json"] if json else [])]
+    if status:
+        cesar("migrate", "status", *common)
+        return
+    cesar("migrate", "up", *common, *(["--dry-run"] if dry_run else []),
+          *(["--mode", mode] if mode else []))
+
+
+@task(
+    help={
+        "steps": "Roll back the last N applied migrations (default 1).",
+        "to": "Roll back every migration after NAME (NAME stays applied).",
+        "dry_run": "Print the plan; change nothing.",
+        "url": "Database URL (default: the configured environment's target).",
+        "json": "Print one JSON object.",
+    }
+)
+def rollback(c, steps=0, to="", dry_run=False, url="", json=False):
+    """Roll back migrations with their down files, newest first (`cesar migrate down`)."""
+    cesar("migrate", "down", *(["--steps", str(steps)] if steps else []),
+          *(["--to", to] if to else []), *(["--dry-run"] if dry_run else []),
+          *(["--url", url] if url else []), *(["--json"] if json else []))
+
+
+@task(
+    help={
         "k": "Only tests matching this pytest -k expression.",
         "marker": "Only tests with this pytest marker expression, e.g. 'not hosts'.",
         "args": "Extra arguments passed to pytest verbatim.",
@@ -135,10 +171,41 @@ def infra_render(c, out, stack=""):
     cesar("infra", "render", *_stack(stack), "--out", out)
 
 
+@task(
+    name="rotate-password",
+    help={
+        "grace": "Seconds the previous login stays valid after the switch (default 300).",
+        "no_wait": "Do not wait out the grace period; a later run (or --retire-now) retires.",
+        "retire_now": "End the grace period of a finished rotation now.",
+        "status": "Show the active login, the last rotation and any pending one.",
+        "dry_run": "Print what a run would do; change nothing.",
+        "skip_store": "Leave out a secondary store: ansible-vault or pulumi (staging/production).",
+        "json": "Print one JSON object.",
+    },
+    iterable=["skip_store"],
+)
+def rotate_password(c, grace=None, no_wait=False, retire_now=False, status=False,
+                    dry_run=False, skip_store=None, json=False):
+    """Rotate the application's database password with no downtime (see docs/rotation.md)."""
+    args = ["rotate-password"]
+    if grace is not None:
+        args += ["--grace", str(grace)]
+    for flag, on in (("--no-wait", no_wait), ("--retire-now", retire_now), ("--status", status),
+                     ("--dry-run", dry_run), ("--json", json)):
+        if on:
+            args.append(flag)
+    for store in skip_store or []:
+        args += ["--skip-store", store]
+    cesar(*args)
+
+
 infra = Collection("infra", infra_up, infra_preview, infra_outputs, infra_plan, infra_render)
 
 
 ns = Collection(up, down, status, test, bench)
 ns.add_task(smoke)
+ns.add_task(migrate)
+ns.add_task(rollback)
+ns.add_task(rotate_password)
 ns.add_collection(infra)
 ns.configure({"run": {"echo": False}})

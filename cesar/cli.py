@@ -58,7 +58,8 @@ def up(as_json: bool) -> None:
         click.echo(f"  {action}")
     click.echo(f"development stack ready in {result.seconds:.2f} s")
     for d in result.databases:
-        click.echo(f"  {d.name:<8} {d.engine:<11} agents={d.agents:<4} {stack.urls.mask(d.url)}")
+        click.echo(f"  {d.name:<8} {d.engine:<11} agents={d.agents:<4} "
+                   f"migrations={d.migrations_line:<6} {stack.urls.mask(d.url)}")
     if result.api:
         click.echo(f"  api      {result.api['api']['database'] or '-':<11} "
                    f"health={result.api['api']['health_status']}  {result.api['api_url']}")
@@ -100,7 +101,9 @@ def _print_status(info: dict[str, Any]) -> None:
         click.echo(f"embedded         {state}, {emb['host']}:{emb['port']}, {emb['data_dir']}")
     for name, d in info["databases"].items():
         if d["reachable"]:
-            detail = f"{d['engine']}, {d['latency_ms']} ms, agents={d['agents']}"
+            m = d.get("migrations")
+            done = f"{m['applied']}/{m['total']}" if m else "-"
+            detail = f"{d['engine']}, {d['latency_ms']} ms, agents={d['agents']}, migrations={done}"
         else:
             detail = f"unreachable: {d['error']}"
         click.echo(f"{name:<16} {d['url']}\n{'':<16} {detail}")

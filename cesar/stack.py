@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import psycopg
-
-from cesar import db, urls
+from cesar import db, migrate, urls
 from cesar.config import Settings
 from cesar.embedded import EmbeddedPostgres
 from cesar.errors import ConfigError, OperationFailed
-
-MIGRATIONS_DIR = Path("sql/migrations")
 
 
 @dataclass
@@ -31,11 +26,19 @@ class DatabaseReport:
     agents: int | None = None
     latency_ms: float | None = None
     error: str | None = None
+    migrations: dict[str, int] | None = None  # cesar.migrate.summary(): applied, total, ...
+
+    @property
+    def migrations_line(self) -> str:
+        """``11/11`` (applied/total), or ``-`` when unknown."""
+        m = self.migrations
+        return f"{m['applied']}/{m['total']}" if m else "-"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "url": urls.mask(self.url), "reachable": self.reachable, "engine": self.engine,
-            "agents": self.agents, "latency_ms": self.latency_ms, "error": self.error,
+            "agents": self.agents, "migrations": self.migrations, "latency_ms": self.latency_ms,
+            "error": self.error,
         }
 
 
@@ -69,23 +72,6 @@ def _endpoints(settings: Settings) -> list[db.Endpoint]:
     return out
 
 
-def apply_initial_schema(conn: psycopg.Connection, migrations_dir: Path = MIGRATIONS_DIR) -> bool:
-    """Create the agents table and its 24 seed rows if they are missing.
-
-    The simplest honest means until the migration runner exists: run ``001_agents.up.sql`` once,
-    in one transaction, when the table is absent. Returns True when it ran.
-    """
-    exists = conn.execute("SELECT to_regclass('agents') IS NOT NULL").fetchone()
-    if exists and exists[0]:
-        return False
-    path = migrations_dir / "001_agents.up.sql"
-    if not path.exists():
-        raise ConfigError(f"{path} is missing; run from the repository root")
-    with conn.transaction():
-        conn.execute(path.read_text())  # type: ignore[arg-type]
-    return True
-
-
 def up(settings: Settings) -> UpResult:
     if settings.environment != "development":
         raise ConfigError(
@@ -108,8 +94,11 @@ def up(settings: Settings) -> UpResult:
         with db.connect(endpoint, settings, autocommit=True) as conn:
             report.reachable = True
             report.engine = db.detect_engine(conn)
-            if apply_initial_schema(conn):
-                result.actions.append(f"created the agents table in the {endpoint.name} database")
+            run = migrate.apply_all(endpoint.url, settings, source=endpoint.variable)
+            if run.done:
+                result.actions.append(f"applied {migrate.plural(len(run.done), 'migration')} "
+                                      f"to the {endpoint.name} database")
+            report.migrations = run.plan.counts
             row = conn.execute("SELECT count(*) FROM agents").fetchone()
             report.agents = int(row[0]) if row else 0
         result.databases.append(report)
@@ -166,6 +155,7 @@ def probe(endpoint: db.Endpoint, settings: Settings) -> DatabaseReport:
                 "ELSE (SELECT count(*) FROM agents) END"
             ).fetchone()
             report.agents = None if not row or row[0] is None else int(row[0])
+            report.migrations = migrate.summary(conn)
     except OperationFailed as exc:
         report.error = str(exc)
     return report

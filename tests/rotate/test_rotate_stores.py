@@ -1,0 +1,122 @@
+"""The operator path: `.env.cockroach` with a verify-full URL, an admin that is not a superuser,
+and the Ansible Vault store re-encrypted for real."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+from psycopg import sql
+
+from cesar.rotate import Rotator
+from cesar.secret_stores import AnsibleVaultStore, EnvFileStore, url_credential
+from tests.conftest import REPO, PgStack, require
+
+ROTATOR = "cesar_rotator"
+
+
+@pytest.fixture
+def operator_dir(tls_stack: PgStack, tmp_path: Path) -> Path:
+    """A working directory holding .env.cockroach for ENVIRONMENT=staging, like an operator's."""
+    admin_password = "admin-" + os.urandom(8).hex()
+    with tls_stack.superuser() as su:
+        su.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ROTATOR)))
+        su.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE PASSWORD {}").format(
+            sql.Identifier(ROTATOR), sql.Literal(admin_password)))
+        for login in ("cesar_app_a", "cesar_app_b"):
+            su.execute(sql.SQL("GRANT {} TO {} WITH ADMIN OPTION").format(
+                sql.Identifier(login), sql.Identifier(ROTATOR)))
+            su.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(login), sql.Literal(tls_stack.state.passwords[login])))
+    admin_url = (tls_stack.cluster_url.replace("cesar_app_a", ROTATOR)
+                 .replace(tls_stack.state.passwords["cesar_app_a"], admin_password))
+    (tmp_path / ".env.cockroach").write_text(
+        "# operator's secrets\n"
+        "ENVIRONMENT=staging\n"
+        f"COCKROACH_DB_URL={tls_stack.cluster_url}\n"
+        f"CESAR_ADMIN_DB_URL={admin_url}\n")
+    (tmp_path / ".env.cockroach").chmod(0o600)
+    return tmp_path
+
+
+def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CESAR_", "COCKROACH_"))}
+    env.pop("ENVIRONMENT", None)
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run([sys.executable, "-m", "cesar.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_staging_rotation_rewrites_env_file(operator_dir: Path) -> None:
+    env_file = operator_dir / ".env.cockroach"
+    old = url_credential(
+        next(line.split("=", 1)[1] for line in env_file.read_text().splitlines()
+             if line.startswith("COCKROACH_DB_URL=")), "COCKROACH_DB_URL")
+    done = run(operator_dir, "rotate-password", "--grace", "0",
+               "--skip-store", "ansible-vault", "--skip-store", "pulumi")
+    assert done.returncode == 0, done.stderr
+    text = env_file.read_text()
+    assert text.startswith("# operator's secrets\nENVIRONMENT=staging\n")  # the rest is kept
+    assert (env_file.stat().st_mode & 0o777) == 0o600
+    url = next(line.split("=", 1)[1] for line in text.splitlines()
+               if line.startswith("COCKROACH_DB_URL="))
+    new = url_credential(url, "COCKROACH_DB_URL")
+    assert new.login == "cesar_app_b" and new.password != old.password
+    assert "sslmode=verify-full" in url
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT session_user").fetchone() == ("cesar_app_b",)
+        assert conn.pgconn.ssl_in_use
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(url.replace("cesar_app_b", "cesar_app_a").replace(
+            new.password, old.password))
+    assert "CESAR_PENDING_DB_URL" not in text
+
+
+def test_staging_needs_the_pulumi_cli_or_an_explicit_skip(operator_dir: Path) -> None:
+    proc = run(operator_dir, "rotate-password", "--skip-store", "ansible-vault")
+    if proc.returncode == 0:
+        pytest.fail("rotation ran although the Pulumi store cannot be written")
+    assert proc.returncode == 2
+    assert "needs the Pulumi CLI" in proc.stderr and "--skip-store pulumi" in proc.stderr
+    assert "CESAR_PENDING_DB_URL" not in (operator_dir / ".env.cockroach").read_text()
+
+
+def test_ansible_vault_store_is_re_encrypted(operator_dir: Path, tmp_path: Path) -> None:
+    require(Path(sys.executable).with_name("ansible-vault").exists(),
+            "ansible-vault (ansible-core, installed by `uv sync`)")
+    vault_bin = str(Path(sys.executable).with_name("ansible-vault"))
+    password_file = tmp_path / "vault-pass"
+    password_file.write_text(os.urandom(16).hex())
+    vault = tmp_path / "vault.yml"
+    vault.write_text(yaml.safe_dump({"vault_cesar_db_login": "cesar_app_a",
+                                     "vault_cesar_db_password": "old", "other": "kept"}))
+    subprocess.run([vault_bin, "encrypt", str(vault), "--vault-password-file",
+                    str(password_file)], check=True, capture_output=True)
+    os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    store = AnsibleVaultStore(vault, password_file, inventory=vault, playbook_dir=tmp_path,
+                              rollout=False)
+    primary = EnvFileStore(operator_dir / ".env.cockroach", _admin_url(operator_dir))
+    rotator = Rotator(primary, [store], state_dir=tmp_path / "state", environment="staging",
+                      grace_seconds=0)
+    report = rotator.run()
+    assert report.retired
+    assert vault.read_text().startswith("$ANSIBLE_VAULT;1.1;AES256")
+    plain = yaml.safe_load(subprocess.run(
+        [vault_bin, "view", str(vault), "--vault-password-file", str(password_file)],
+        check=True, capture_output=True, text=True).stdout)
+    assert plain["vault_cesar_db_login"] == "cesar_app_b"
+    assert plain["vault_cesar_db_password"] == primary.active().password
+    assert plain["other"] == "kept"
+    assert primary.active().password not in (tmp_path / "state" / "rotation-audit.jsonl").read_text()
+
+
+def _admin_url(operator_dir: Path) -> str:
+    for line in (operator_dir / ".env.cockroach").read_text().splitlines():
+        if line.startswith("CESAR_ADMIN_DB_URL="):
+            return line.split("=", 1)[1]
+    raise AssertionError("no admin URL")

@@ -159,6 +159,7 @@ class PoolWatcher:
             return figures
 
     def start(self) -> PoolWatcher:
+        self.refresh()  # every worker's gauges exist from its start, not from its first tick
         self._thread = threading.Thread(target=self._run, name="cesar-pool-watcher", daemon=True)
         self._thread.start()
         return self

@@ -150,19 +150,28 @@ class RequestMetrics:
             return
         started = time.perf_counter()
         status = 500
+        recorded = False
+
+        def record() -> None:
+            nonlocal recorded
+            recorded = True
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            metrics.HTTP_REQUEST_DURATION.labels(method, _route_label(scope), str(status)) \
+                .observe(time.perf_counter() - started)
 
         async def send_and_record(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                record()  # before the last byte leaves: a client's next scrape sees it
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            method = scope["method"] if scope["method"] in _METHODS else "other"
-            metrics.HTTP_REQUEST_DURATION.labels(method, _route_label(scope), str(status)) \
-                .observe(time.perf_counter() - started)
+            if not recorded:  # no complete response: the client went away, or a crash
+                record()
 
 
 def _route_label(scope: Scope) -> str:

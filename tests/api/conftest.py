@@ -1,0 +1,133 @@
+"""Fixtures of the API's tests: the real application served by uvicorn on a free port, on a
+real PostgreSQL database migrated by the real runner. Nothing is mocked.
+
+``serve(settings)`` runs uvicorn in a thread of the test process (so a test can also read the
+app's state); ``api`` is one such server for a whole module, on a migrated database that the
+module's tests must not change (tests that break something make their own database).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from cesar import migrate
+from cesar.api.app import create_app
+from cesar.config import Settings
+from cesar.embedded import free_port
+from tests.conftest import REPO, PgStack, make_settings
+
+
+@dataclass
+class ApiServer:
+    url: str
+    server: uvicorn.Server
+
+    def get(self, path: str, **kwargs: object) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", timeout=kwargs.pop("timeout", 5.0),  # type: ignore[arg-type]
+                         **kwargs)  # type: ignore[arg-type]
+
+
+def settings_for(url: str, tmp: Path, **overrides: object) -> Settings:
+    """Development settings serving ``url`` as the local database, and nothing embedded."""
+    return make_settings(local_db_url=url, state_dir=tmp / "no-embedded-stack", **overrides)
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[ApiServer]:
+    """The application under uvicorn (real HTTP) on a free port, for the block's duration."""
+    port = free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                            log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start (see the captured log)")
+        time.sleep(0.02)
+    try:
+        yield ApiServer(f"http://127.0.0.1:{port}", server)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def migrated_database(pg_stack: PgStack, settings: Settings | None = None) -> tuple[str, str]:
+    """A new database with every migration applied; returns (name, app URL)."""
+    name = f"t_api_{uuid.uuid4().hex[:10]}"
+    url = pg_stack.create_database(name)
+    migrate.apply_all(url, settings or make_settings(),
+                      migrations_dir=REPO / "sql" / "migrations")
+    return name, url
+
+
+@pytest.fixture(scope="module")
+def migrated_url(pg_stack: PgStack) -> Iterator[str]:
+    name, url = migrated_database(pg_stack)
+    try:
+        yield url
+    finally:
+        pg_stack.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def api(migrated_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    with serve(settings_for(migrated_url, tmp_path_factory.mktemp("api"))) as server:
+        yield server
+
+
+@pytest.fixture
+def migrated_db(pg_stack: PgStack) -> Iterator[str]:
+    """A migrated database for one test, which it may break."""
+    name, url = migrated_database(pg_stack)
+    try:
+        yield url
+    finally:
+        pg_stack.drop_database(name)
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sample(text: str, name: str, labels: str = "") -> float:
+    """The value of one sample in Prometheus text (``labels`` as written, e.g. ``route="/x"``),
+    summed over every series of that name whose labels contain it."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        match = re.match(rf"^{re.escape(name)}(\{{.*\}})? (\S+)$", line)
+        if match and labels in (match.group(1) or ""):
+            total += float(match.group(2))
+            found = True
+    if not found:
+        raise AssertionError(f"no sample {name}{{{labels}}} in the exposition")
+    return total
+
+
+def run_cesar(*args: str, env: dict[str, str] | None = None,
+              timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``cesar ARGS`` as a separate process, from the repository root."""
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("CESAR_", "PROMETHEUS_"))}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "cesar.cli", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

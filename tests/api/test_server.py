@@ -1,0 +1,117 @@
+"""``cesar api`` as an operator (or systemd) runs it: a separate process, real sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from cesar.embedded import free_port
+from tests.api.conftest import run_cesar, sample
+from tests.conftest import REPO
+
+
+@contextmanager
+def cesar_api(*args: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("CESAR_", "PROMETHEUS_"))}
+    full_env.update(env)
+    proc = subprocess.Popen([sys.executable, "-m", "cesar.cli", "api", *args], cwd=REPO,
+                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[str], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"cesar api exited: {proc.stdout.read() if proc.stdout else ''}"
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url}/health never answered 200")
+
+
+def base_env(url: str, tmp: Path) -> dict[str, str]:
+    return {"ENVIRONMENT": "development", "LOCAL_DB_URL": url,
+            "CESAR_STATE_DIR": str(tmp / "state")}
+
+
+def test_several_workers_share_one_view_of_the_metrics(migrated_url: str,
+                                                        tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    metrics_dir = tmp_path / "metrics"
+    env = {**base_env(migrated_url, tmp_path), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_999999.db").write_bytes(b"stale file of an earlier run")
+    with cesar_api("--port", str(port), "--workers", "2", "--no-access-log", env=env) as proc:
+        wait_healthy(url, proc)
+        workers = {p.name for p in metrics_dir.glob("*.db")}
+        assert "counter_999999.db" not in workers  # emptied before the workers started
+        n = 60
+        for _ in range(n):  # a new connection each: the kernel spreads them over the workers
+            assert httpx.get(f"{url}/health/live", headers={"Connection": "close"}).is_success
+        pids = {p.stem.rsplit("_", 1)[-1] for p in metrics_dir.glob("histogram_*.db")}
+        assert len(pids) == 2, f"expected both workers to have served requests, got {pids}"
+        for _ in range(6):  # whichever worker answers the scrape, it reports the sum
+            text = httpx.get(f"{url}/metrics", headers={"Connection": "close"}).text
+            assert sample(text, "cesar_http_request_duration_seconds_count",
+                          'route="/health/live",status="200"') == n
+            assert sample(text, "cesar_db_up") == 1
+            assert 'pid="' not in text  # gauges are aggregated, not one series per worker
+            assert sample(text, "cesar_db_pool_size") >= 2  # both workers' pools, summed
+    assert proc.returncode == 0
+
+
+def test_the_port_comes_from_cesar_api_port(migrated_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    r = run_cesar("api", "--check", env={**base_env(migrated_url, tmp_path),
+                                          "CESAR_API_PORT": str(port)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"would serve http://127.0.0.1:{port} with 1 worker(s)")
+    assert "***" in r.stdout and "cesar_app" in r.stdout  # the URL, password masked
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(migrated_url: str, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = run_cesar("api", "--port", str(port), env=base_env(migrated_url, tmp_path))
+    assert r.returncode == 1
+    assert r.stderr == (f"cesar: error: 127.0.0.1:{port} is already in use by another process "
+                        "(an API started by `invoke up`? see `invoke status`); stop it or choose "
+                        "another port with --port or CESAR_API_PORT\n")
+
+
+def test_bad_configuration_is_refused_before_serving(tmp_path: Path) -> None:
+    r = run_cesar("api", "--port", str(free_port()),
+                  env={"ENVIRONMENT": "production", "CESAR_STATE_DIR": str(tmp_path)})
+    assert r.returncode == 2
+    assert r.stderr.startswith("cesar: error: COCKROACH_DB_URL is not set; "
+                               "ENVIRONMENT=production")
+    assert "Traceback" not in r.stderr
+    bad_port = run_cesar("api", "--check", env={"CESAR_API_PORT": "eighty"})
+    assert bad_port.returncode == 2
+    assert bad_port.stderr.startswith("cesar: error: CESAR_API_PORT='eighty' is not valid")

@@ -144,12 +144,15 @@ def cockroachdb_group(expected_nodes: int) -> Group:
     """CockroachDB's essentials. ``expected_nodes`` is the cluster's node count (0: serverless,
     where liveness is not exported and the node alert is left out)."""
     job = 'job="cockroachdb"'
+    # Per-node labels: self-hosted targets have `instance`; the Cloud export adds `node` and
+    # `node_id` (and keeps `instance`), so cluster-wide sums drop all three.
+    per_node = "instance, node, node_id"
     rules: list[Alert | Record] = [
         Record("node:capacity", f"sum without (store) (capacity{{{job}}})"),
         Record("node:capacity_available", f"sum without (store) (capacity_available{{{job}}})"),
-        Record("cluster:capacity", f"sum without (instance) (node:capacity{{{job}}})"),
+        Record("cluster:capacity", f"sum without ({per_node}) (node:capacity{{{job}}})"),
         Record("cluster:capacity_available",
-               f"sum without (instance) (node:capacity_available{{{job}}})"),
+               f"sum without ({per_node}) (node:capacity_available{{{job}}})"),
         Record("capacity_available:ratio",
                f"capacity_available{{{job}}} / capacity{{{job}}}"),
         Record("cluster:capacity_available:ratio",

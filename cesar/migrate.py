@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -155,10 +156,9 @@ def load(migrations_dir: Path | None = None) -> list[Migration]:
     ups: dict[str, Path] = {}
     downs: dict[str, Path] = {}
     numbers: dict[str, str] = {}
-    for path in sorted(directory.iterdir()):
-        if not path.name.endswith(".sql"):
-            continue
-        m = _ANY_FILE.match(path.name)
+    for filename in sorted(e.name for e in os.scandir(directory) if e.name.endswith(".sql")):
+        path = directory / filename
+        m = _ANY_FILE.match(filename)
         if m is None:
             raise ConfigError(
                 f"{path} is not named NNN_name.up.sql or NNN_name.down.sql (three or more "

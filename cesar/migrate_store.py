@@ -149,6 +149,9 @@ class Tracked:
                 and self.statements_done > 0)
 
 
+_TRACKED_COLUMNS = ", ".join(Tracked.__dataclass_fields__)
+
+
 def tables_exist(conn: psycopg.Connection) -> bool:
     row = conn.execute(
         "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL "
@@ -179,14 +182,12 @@ def read_tracked(conn: psycopg.Connection) -> dict[str, Tracked] | None:
     without creating anything.
     """
     try:
-        with conn.cursor(row_factory=dict_row) as cur:
-            rows = cur.execute(f"SELECT * FROM {TRACKING_TABLE}").fetchall()
+        rows = conn.execute(f"SELECT {_TRACKED_COLUMNS} FROM {TRACKING_TABLE}").fetchall()
     except pgerrors.UndefinedTable:
         if not conn.autocommit:
             conn.rollback()
         return None
-    known = set(Tracked.__dataclass_fields__)
-    return {r["name"]: Tracked(**{k: v for k, v in r.items() if k in known}) for r in rows}
+    return {r[0]: Tracked(*r) for r in rows}
 
 
 def insert_event(

@@ -132,3 +132,28 @@ def test_summary_after_a_run_and_with_a_failure(fresh_db: str, migrations: Path,
     with psycopg.connect(fresh_db) as conn:
         assert migrate.summary(conn, migrations) == {
             "applied": n, "total": n + 1, "failed": 1, "pending": 1}
+
+
+@pytest.mark.parametrize("extra", [0, 60])
+def test_a_no_op_run_is_one_round_trip_whatever_the_number_of_migrations(
+    fresh_db: str, migrations: Path, runner_for, extra: int
+) -> None:
+    """Counted from libpq's protocol trace: the no-op reads the tracking table once."""
+    import tempfile
+
+    import psycopg
+
+    from cesar.bench.migrate import count_round_trips, synthetic_dir
+
+    directory = synthetic_dir(migrations.parent / "many", file_count() + extra)
+    runner = runner_for(fresh_db, migrations_dir=directory)
+    runner.up()
+    with tempfile.TemporaryFile("w+") as trace:
+        runner.conn.pgconn.trace(trace.fileno())
+        runner.conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        report = runner.up()
+        runner.conn.pgconn.untrace()
+        trace.seek(0)
+        text = trace.read()
+    assert report.done == [] and report.plan.counts["applied"] == file_count() + extra
+    assert count_round_trips(text) == 1, text

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,10 +121,11 @@ class HealthChecker:
         return await asyncio.shield(self._inflight)
 
     async def _check(self) -> models.Health:
-        primary = await self._bounded(self._probe_primary, self.database.endpoint.name)
-        replica = None
-        if self.database.read_pool is not None and self.database.route.read_replica is not None:
-            replica = await self._bounded(self._probe_replica, "read-replica")
+        probes = [self._bounded(self._probe_primary, self.database.endpoint.name)]
+        if self.database.read_pool is not None:
+            probes.append(self._bounded(self._probe_replica, "read-replica"))
+        primary, *rest = await asyncio.gather(*probes)  # side by side: one deadline for both
+        replica = rest[0] if rest else None
         pool = self.watcher.refresh()
         metrics.DB_UP.set(1 if primary.reachable else 0)
         return self._report(primary, replica, pool)
@@ -137,8 +139,7 @@ class HealthChecker:
 
     def _probe_primary(self) -> ConnectionProbe:
         assert self.database.pool is not None
-        probe = self._connect(self.database.pool, self.database.endpoint.name)
-        return probe
+        return self._connect(self.database.pool, self.database.endpoint.name)
 
     def _probe_replica(self) -> ConnectionProbe:
         assert self.database.read_pool is not None
@@ -160,7 +161,7 @@ class HealthChecker:
                             self.engine = db.detect_engine(conn)
                         self._read_components(conn, probe)
                 finally:
-                    if not conn.closed:
+                    with suppress(psycopg.Error):  # a broken connection is the pool's to drop
                         conn.autocommit = False
         except (PoolTimeout, psycopg.OperationalError) as exc:
             probe.reachable = False

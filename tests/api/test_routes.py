@@ -209,3 +209,24 @@ def test_openapi_describes_every_route_and_its_status_codes(api: ApiServer) -> N
     assert {"cockroachdb", "postgresql"} <= {e for alt in health["anyOf"]
                                              for e in alt.get("enum", [])}
 
+
+
+def test_the_read_replica_is_part_of_readiness(migrated_url: str, tmp_path: Path) -> None:
+    dead = f"postgresql://nobody:pw@127.0.0.1:{closed_port()}/none?sslmode=disable"
+    base = {"database_target": "cluster", "cockroach_db_url": migrated_url, "pool_timeout": 0.5}
+    with serve(settings_for(migrated_url, tmp_path, cockroach_read_replica_url=migrated_url,
+                            **base)) as server:
+        body = server.get("/health").json()
+        assert body["status"] == "ok"
+        assert body["components"]["connection"]["endpoint"] == "cluster"
+        assert body["components"]["read_replica"]["reachable"] is True
+        assert server.get("/agents").json()["total"] == 24
+    with serve(settings_for(migrated_url, tmp_path, cockroach_read_replica_url=dead,
+                            **base)) as server:
+        r = server.get("/health")
+        assert r.status_code == 503  # the reads cannot be served
+        body = r.json()
+        assert body["components"]["connection"]["reachable"] is True
+        assert body["components"]["read_replica"]["reachable"] is False
+        assert any(p.startswith("database (read-replica) unreachable") for p in body["problems"])
+        assert server.get("/agents").status_code == 503

@@ -986,10 +986,14 @@ class Runner:
         else:
             state = "nothing of it was applied"
         cmd = "up" if step.direction == "up" else "down"
+        baseline = (f"; if its objects already exist, `cesar migrate mark-applied {m.name} "
+                    "--reason TEXT`" if step.direction == "up" and not kept
+                    and exc.sqlstate in _DUPLICATE else "")
         return MigrationFailed(
             f"{what} {m.name} failed at statement {st.index} ({path}:{st.line}) with SQLSTATE "
             f"{exc.sqlstate}: {_first_line(exc)}; {state}; fix the file and run "
             f"`cesar migrate {cmd}` again, or `cesar migrate repair {m.name} --reason TEXT`"
+            f"{baseline}"
         )
 
 

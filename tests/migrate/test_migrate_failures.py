@@ -213,6 +213,7 @@ def test_mark_applied_baselines_a_migration_whose_objects_already_exist(
     _add(migrations, "900_existing", "CREATE TABLE existing_by_hand (id UUID PRIMARY KEY);\n")
     failed = cli("up", *args)
     assert failed.code == 1 and "SQLSTATE 42P07" in failed.err
+    assert "mark-applied 900_existing --reason TEXT" in failed.err
 
     result = cli("mark-applied", "900_existing", *args, "--reason", "created by the old script")
     assert result.code == 0, result.err

@@ -1,9 +1,15 @@
 """The migration runner (successor of the seed's ``apply_migrations_cockroach.sh``).
 
 Migrations are ``NNN_name.up.sql`` / ``NNN_name.down.sql`` pairs in a directory, applied in
-name order and tracked in ``schema_migrations`` (one row per migration; see
-``cesar.migrate_store``). One runner at a time holds the lease (``cesar.migrate_lease``);
-the others wait and then find nothing pending.
+name order and tracked in ``schema_migrations``. One runner at a time holds the lease; the
+others wait and then find nothing pending. This module executes; the rest is in its own:
+
+- ``cesar.migrate_files``: the directory and its files (names, checksums, statements)
+- ``cesar.migrate_sql``: splitting a file into statements
+- ``cesar.migrate_store``: the runner's tables (tracking rows, events, lease row)
+- ``cesar.migrate_plan``: files versus tracking rows: what is pending, what is refused
+- ``cesar.migrate_lease``: the lease and its heartbeat
+- ``cesar.migrate_cli``: ``cesar migrate ...``
 
 Execution modes (``--mode``):
 
@@ -16,22 +22,20 @@ Execution modes (``--mode``):
     progress record (retried on SQLSTATE 40001), and progress is recorded after every statement.
     A failed or interrupted migration resumes at the first statement not recorded, after
     checking that the statements already run did not change. A statement interrupted between
-    running and being recorded runs again: migrations are written with ``IF [NOT] EXISTS``.
+    running and being recorded runs again: migrations are written with ``IF [NOT] EXISTS``, and
+    for DDL that has no such form the first statement of a resumed interrupted run is accepted
+    as done when it fails only because its effect is already there.
 
 A no-op run (nothing pending) reads the tracking table once and writes nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -41,6 +45,16 @@ from psycopg import errors as pgerrors
 from cesar import __version__, db, urls
 from cesar.config import Settings
 from cesar.errors import ConfigError, OperationFailed
+from cesar.migrate_files import (
+    DEFAULT_DIR,
+    PACKAGED_DIR,
+    Direction,
+    Migration,
+    load,
+    migration_names,
+    resolve_dir,
+    sha256_file,
+)
 from cesar.migrate_lease import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_WAIT_SECONDS,
@@ -50,7 +64,8 @@ from cesar.migrate_lease import (
 )
 from cesar.migrate_lease import break_lease as _break_lease
 from cesar.migrate_lease import read as read_lease
-from cesar.migrate_sql import Statement, prefix_checksum, split
+from cesar.migrate_plan import Plan, Step, check_prefix, counts, first_statements, make_plan
+from cesar.migrate_sql import Statement, prefix_checksum
 from cesar.migrate_store import (
     APPLIED_STATUSES,
     EVENTS_TABLE,
@@ -64,128 +79,24 @@ from cesar.migrate_store import (
 )
 
 __all__ = [
-    "APPLIED_STATUSES", "EVENTS_TABLE", "LEASE_TABLE", "TRACKING_TABLE", "MigrationFailed",
-    "Runner", "connect", "load", "migration_names", "resolve_dir", "summary",
+    "APPLIED_STATUSES", "DEFAULT_DIR", "EVENTS_TABLE", "LEASE_TABLE", "MODES", "PACKAGED_DIR",
+    "TRACKING_TABLE", "Migration", "MigrationFailed", "Plan", "RunReport", "Runner", "Step",
+    "Tracked", "apply_all", "connect", "load", "make_plan", "migration_names", "open_runner",
+    "plural", "resolve_dir", "sha256_file", "summary",
 ]
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["auto", "transactional", "per-statement"]
-Direction = Literal["up", "down"]
 MODES: tuple[Mode, ...] = ("auto", "transactional", "per-statement")
-
-DEFAULT_DIR = Path("sql/migrations")
-PACKAGED_DIR = Path(__file__).parent / "_sql" / "migrations"
-
-_UP_FILE = re.compile(r"^(?P<name>\d{3,}_[a-z0-9_]+)\.up\.sql$")
-_ANY_FILE = re.compile(r"^(?P<name>(?P<number>\d{3,})_[a-z0-9_]+)\.(?P<direction>up|down)\.sql$")
 
 
 class MigrationFailed(OperationFailed):
     """A migration's statement failed; the failure is recorded in ``schema_migrations``."""
 
 
-# ==================================================================== files
-def resolve_dir(migrations_dir: Path | None = None) -> Path:
-    """The migrations directory: the given one, else ``sql/migrations`` relative to the cwd,
-    else the copy packaged in the wheel (``cesar/_sql/migrations``), else (a source checkout
-    run from elsewhere) the checkout's ``sql/migrations``."""
-    if migrations_dir is not None:
-        return migrations_dir
-    if DEFAULT_DIR.is_dir():
-        return DEFAULT_DIR
-    # A source checkout run from another directory has no packaged copy, but has its own.
-    checkout = Path(__file__).resolve().parent.parent / DEFAULT_DIR
-    return checkout if not PACKAGED_DIR.is_dir() and checkout.is_dir() else PACKAGED_DIR
-
-
-def migration_names(migrations_dir: Path | None = None) -> list[str]:
-    """Names (``001_agents``) of the up files in the directory, in apply order. Lenient (for
-    /health): a missing directory or a stray file is not an error here; :func:`load` is strict."""
-    directory = resolve_dir(migrations_dir)
-    if not directory.is_dir():
-        return []
-    names = (m["name"] for p in directory.iterdir() if (m := _UP_FILE.match(p.name)))
-    return sorted(names)
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Migration:
-    """One migration on disk. Statements are parsed only when needed."""
-
-    name: str
-    up_path: Path
-    down_path: Path | None
-
-    @cached_property
-    def checksum(self) -> str:
-        """SHA-256 of the up file: what drift detection compares."""
-        return sha256_file(self.up_path)
-
-    def path(self, direction: Direction) -> Path:
-        if direction == "up":
-            return self.up_path
-        if self.down_path is None:
-            raise OperationFailed(
-                f"{self.name} has no down file ({self.up_path.with_name(self.name + '.down.sql')})"
-                "; write one to roll it back"
-            )
-        return self.down_path
-
-    def file_checksum(self, direction: Direction) -> str:
-        return self.checksum if direction == "up" else sha256_file(self.path("down"))
-
-    def statements(self, direction: Direction) -> list[Statement]:
-        path = self.path(direction)
-        return split(path.read_text(encoding="utf-8"), str(path))
-
-
-def load(migrations_dir: Path | None = None) -> list[Migration]:
-    """The migrations of the directory, in order. Strict: a misnamed ``.sql`` file, a down file
-    without its up file, or two migrations with one number are configuration errors."""
-    directory = resolve_dir(migrations_dir)
-    if not directory.is_dir():
-        raise ConfigError(
-            f"the migrations directory {directory} does not exist; run from the repository root "
-            "or pass --migrations-dir DIR"
-        )
-    ups: dict[str, Path] = {}
-    downs: dict[str, Path] = {}
-    numbers: dict[str, str] = {}
-    for filename in sorted(e.name for e in os.scandir(directory) if e.name.endswith(".sql")):
-        path = directory / filename
-        m = _ANY_FILE.match(filename)
-        if m is None:
-            raise ConfigError(
-                f"{path} is not named NNN_name.up.sql or NNN_name.down.sql (three or more "
-                "digits, then lower-case letters, digits and _); rename it"
-            )
-        name, number = m["name"], m["number"]
-        if numbers.setdefault(number, name) != name:
-            raise ConfigError(
-                f"{numbers[number]} and {name} in {directory} share the number {number}; "
-                "renumber the newer one after the last migration"
-            )
-        (ups if m["direction"] == "up" else downs)[name] = path
-    for name, path in downs.items():
-        if name not in ups:
-            raise ConfigError(f"{path} has no {name}.up.sql beside it; add it or remove the file")
-    return [Migration(n, ups[n], downs.get(n)) for n in sorted(ups)]
-
 
 # ==================================================================== counts (/health, /metrics)
-def _counts(files: set[str], rows: list[tuple[str, str]]) -> dict[str, int]:
-    applied = {name for name, status in rows if status in APPLIED_STATUSES}
-    failed = {name for name, status in rows if status == "failed"}
-    total = len(files | applied)
-    return {"applied": len(applied), "total": total, "failed": len(failed),
-            "pending": total - len(applied)}
-
-
 def summary(conn: psycopg.Connection, migrations_dir: Path | None = None) -> dict[str, int]:
     """Counts for /health and /metrics: ``{"applied", "total", "failed", "pending"}``.
 
@@ -194,7 +105,7 @@ def summary(conn: psycopg.Connection, migrations_dir: Path | None = None) -> dic
     database ahead of this checkout still reads ``applied <= total``. ``pending`` includes
     failed migrations (they are not applied).
     """
-    return _counts(set(migration_names(migrations_dir)), _tracked_statuses(conn))
+    return counts(set(migration_names(migrations_dir)), _tracked_statuses(conn))
 
 
 def _tracked_statuses(conn: psycopg.Connection) -> list[tuple[str, str]]:
@@ -217,148 +128,6 @@ def _tracked_statuses(conn: psycopg.Connection) -> list[tuple[str, str]]:
     except pgerrors.UndefinedTable:
         return []
     return [(str(n), str(s)) for n, s in rows]
-
-
-# ==================================================================== plan
-@dataclass
-class Step:
-    """A migration the run will apply (or roll back), and where it starts."""
-
-    migration: Migration
-    direction: Direction
-    start: int = 0  # statements already done (per-statement progress kept from a failed run)
-    resume: str | None = None  # why it resumes: "failed", "interrupted"
-
-    @property
-    def name(self) -> str:
-        return self.migration.name
-
-
-@dataclass
-class Plan:
-    """What the database holds compared with the files; computed from one read."""
-
-    migrations: list[Migration]
-    tracked: dict[str, Tracked]
-    tables_exist: bool
-    pending: list[Step] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def counts(self) -> dict[str, int]:
-        rows = [(t.name, t.status) for t in self.tracked.values()]
-        return _counts({m.name for m in self.migrations}, rows)
-
-    def line(self) -> str:
-        c = self.counts
-        text = f"{c['applied']}/{c['total']} applied, {c['pending']} pending"
-        return text + (f", {c['failed']} failed" if c["failed"] else "")
-
-    def checksum_status(self, name: str) -> str:
-        """``ok``, ``drift``, ``missing-file`` for applied migrations; ``-`` otherwise."""
-        row = self.tracked.get(name)
-        if row is None or not row.applied:
-            return "-"
-        m = self.by_name.get(name)
-        if m is None:
-            return "missing-file"
-        return "ok" if m.checksum == row.checksum else "drift"
-
-    @cached_property
-    def by_name(self) -> dict[str, Migration]:
-        return {m.name: m for m in self.migrations}
-
-    def raise_problems(self) -> None:
-        if self.problems:
-            more = len(self.problems) - 1
-            suffix = f" (and {more} more problem{'s' if more > 1 else ''}: `cesar migrate status`)"
-            raise OperationFailed(self.problems[0] + (suffix if more else ""))
-
-
-def make_plan(migrations: list[Migration], tracked: dict[str, Tracked] | None) -> Plan:
-    """Compare files and rows: pending steps in order, and every reason to refuse to run."""
-    plan = Plan(migrations, tracked or {}, tracked is not None)
-    rows = plan.tracked
-    applied_names = sorted(n for n, t in rows.items() if t.applied)
-    last_applied = applied_names[-1] if applied_names else ""
-    for name in applied_names:
-        row = rows[name]
-        m = plan.by_name.get(name)
-        if m is None:
-            plan.problems.append(
-                f"{name} is applied ({row.status}) but has no file in the migrations directory: "
-                "this checkout is older than the database; update it, or pass --migrations-dir"
-            )
-        elif m.checksum != row.checksum:
-            plan.problems.append(
-                f"{m.up_path} changed after it was applied: applied sha256 {row.checksum}, "
-                f"file sha256 {m.checksum}; restore the file, or accept the change with "
-                f"`cesar migrate repair {name} --reason TEXT`"
-            )
-    for row in rows.values():
-        if row.interrupted_rollback:
-            plan.problems.append(
-                f"the rollback of {row.name} is {_state(row)}; finish it with "
-                "`cesar migrate down --steps 1` (it resumes where it stopped), then "
-                "`cesar migrate up` if you want it back"
-            )
-    for m in migrations:
-        row = rows.get(m.name)
-        if row is not None and row.applied:
-            continue
-        if row is not None and row.interrupted_rollback:
-            continue
-        if row is None and m.name < last_applied:
-            plan.problems.append(
-                f"{m.name} is new but sorts before the applied {last_applied}; migrations apply "
-                "in order, so renumber it after the last applied one"
-            )
-            continue
-        step = Step(m, "up")
-        if row is not None and row.status in ("failed", "running"):
-            step.resume = "failed" if row.status == "failed" else "interrupted"
-            if row.status == "failed" and row.attempt_checksum == m.checksum and not row.resumable:
-                plan.problems.append(_failed_message(row, m))
-                continue
-            if row.partial:
-                problem = _check_prefix(row, m, "up")
-                if problem:
-                    plan.problems.append(problem)
-                    continue
-                step.start = row.statements_done
-        plan.pending.append(step)
-    return plan
-
-
-def _state(row: Tracked) -> str:
-    if row.status == "running":
-        return f"interrupted after statement {row.statements_done}/{row.statements_total}"
-    return (f"failed at statement {row.error_statement} (line {row.error_line}, SQLSTATE "
-            f"{row.error_sqlstate}: {row.error_message})")
-
-
-def _failed_message(row: Tracked, m: Migration) -> str:
-    kept = f"{_first(row.statements_done)} stay applied, " if row.statements_done else ""
-    return (
-        f"{m.name} failed at statement {row.error_statement} (line {row.error_line}) with "
-        f"SQLSTATE {row.error_sqlstate}: {row.error_message}; {kept}"
-        f"fix {m.up_path} and run again (it resumes at statement "
-        f"{row.statements_done + 1}), or accept it as it is with "
-        f"`cesar migrate repair {m.name} --reason TEXT`"
-    )
-
-
-def _check_prefix(row: Tracked, m: Migration, direction: Direction) -> str | None:
-    """A message when the statements a partial run already executed are no longer the same."""
-    statements = m.statements(direction)
-    done = row.statements_done
-    if len(statements) < done or prefix_checksum(statements, done) != row.progress_checksum:
-        return (
-            f"{_first(done)} of {m.path(direction)} already ran but the file changed; "
-            f"restore those statements (change only statement {done + 1} and later), or accept "
-            f"the file as it is with `cesar migrate repair {m.name} --reason TEXT`"
-        )
-    return None
 
 
 # ==================================================================== connecting
@@ -470,6 +239,7 @@ class Runner:
         self.progress = progress
         self.identity = identity or Identity()
         self._held: Lease | None = None
+        self._engine: db.Engine | None = None
         s = settings or Settings(_env_file=None)  # type: ignore[call-arg]
         self._retry = {"max_attempts": s.retry_max_attempts, "base_delay": s.retry_base_delay,
                        "max_delay": s.retry_max_delay}
@@ -480,11 +250,15 @@ class Runner:
         return make_plan(migrations if migrations is not None else load(self.migrations_dir),
                          read_tracked(self.conn))
 
+    def engine(self) -> db.Engine:
+        if self._engine is None:
+            self._engine = db.detect_engine(self.conn)
+        return self._engine
+
     def effective_mode(self) -> str:
         if self.mode != "auto":
             return self.mode
-        engine = db.detect_engine(self.conn)
-        return "per-statement" if engine == "cockroachdb" else "transactional"
+        return "per-statement" if self.engine() == "cockroachdb" else "transactional"
 
     def lease_info(self) -> LeaseInfo | None:
         return read_lease(self.conn)
@@ -600,7 +374,7 @@ class Runner:
                         f"`cesar migrate repair {row.name} --reason TEXT`"
                     )
                 if row.statements_done:
-                    problem = _check_prefix(row, m, "down")
+                    problem = check_prefix(row, m, "down")
                     if problem:
                         raise OperationFailed(problem)
                     step.start = row.statements_done
@@ -712,7 +486,7 @@ class Runner:
         """On PostgreSQL 14+, have the server notice a dead runner within seconds (and abort its
         transaction) instead of only when it next writes to the socket. CockroachDB has no such
         setting and cancels a session's work when its connection closes."""
-        if db.detect_engine(self.conn) != "postgresql":
+        if self.engine() != "postgresql":
             return
         with suppress(psycopg.Error):  # absent before PostgreSQL 14
             self.conn.execute("SET client_connection_check_interval = '2s'")
@@ -837,7 +611,7 @@ class Runner:
         """Record a statement's failure (unless the connection is gone) and raise."""
         st, exc = err.statement, err.error
         if self.conn.closed or exc.sqlstate is None or exc.sqlstate.startswith("08"):
-            kept = (f"{_first(done)} are recorded and the next run resumes at statement "
+            kept = (f"{first_statements(done)} are recorded and the next run resumes at statement "
                     f"{st.index}" if done else "the next run starts it again")
             if mode == "transactional":
                 kept = "its transaction rolled back and the next run starts it again"
@@ -979,7 +753,7 @@ class Runner:
         path = m.path(step.direction)
         what = "migration" if step.direction == "up" else "rollback"
         if kept:
-            state = (f"{_first(kept)} stay done and the next run resumes at statement "
+            state = (f"{first_statements(kept)} stay done and the next run resumes at statement "
                      f"{st.index}")
         elif step.direction == "down":
             state = "nothing was rolled back"
@@ -1069,11 +843,6 @@ def apply_all(url: str, settings: Settings, *, source: str = "--url",
                                progress=progress)
     with conn:
         return runner.up()
-
-
-def _first(n: int) -> str:
-    """``statement 1`` or ``statements 1-n``: the statements a partial run has done."""
-    return "statement 1" if n == 1 else f"statements 1-{n}"
 
 
 def plural(n: int, word: str) -> str:

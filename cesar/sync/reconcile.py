@@ -7,12 +7,13 @@ rows the other lacks still yields small ranges. For each range both databases co
 whose digests differ is fetched (at most ``range_size`` rows from each side) and compared key by
 key. Memory stays bounded by the range size, and an equal range costs two small queries.
 
-Each differing key is settled by the conflict rule: the greater version wins; with no version
-on either side (rows older than the capture) or equal versions but different rows (a write that
-bypassed the capture) the cluster's copy wins. The winner is written to the other side through
-the same locked apply as the incremental pass, over exactly the version the comparison saw (a
-key written meanwhile is left to the next run), and the overwritten image is recorded as a
-``repaired`` conflict.
+Each differing key is settled by the conflict rule: the greater version wins (a tombstone is
+a version). With equal versions, or none on either side (rows older than the capture, writes
+that bypassed it), a row that exists on one side only is copied to the other (nothing says it
+was deleted: no row is dropped on a guess), and of two different rows the cluster's wins. The
+winner is written to the other side through the same locked apply as the incremental pass,
+over exactly the version the comparison saw (a key written meanwhile is left to the next run),
+and the overwritten image is recorded as a ``repaired`` conflict.
 """
 
 from __future__ import annotations
@@ -153,8 +154,7 @@ def _repair_range(sides: tuple[_Side, _Side], spec: TableSpec, lo: Any, hi: Any,
         "local": ([], {}), "cluster": ([], {})}
     for key in keys:
         lv, cv = versions["local"].get(key), versions["cluster"].get(key)
-        # Equal versions (or none on either side): the cluster's copy wins.
-        winner = "local" if compare(lv, cv) > 0 else "cluster"
+        winner = _winner(compare(lv, cv), key in local_rows, key in cluster_rows)
         loser = "cluster" if winner == "local" else "local"
         wv = lv if winner == "local" else cv
         image = rows[winner].get(key)
@@ -167,6 +167,20 @@ def _repair_range(sides: tuple[_Side, _Side], spec: TableSpec, lo: Any, hi: Any,
             outcome = apply_changes(target(side), spec, changes[start:start + batch_size],
                                     expect=expect)
             _count(report, side, outcome, dry_run)
+
+
+def _winner(order: int, in_local: bool, in_cluster: bool) -> str:
+    """The side whose state of a differing key wins.
+
+    The greater version wins (a tombstone is a version). With equal versions, or none on either
+    side, a row present on one side only wins: the other side has no tombstone, so nothing says
+    it was deleted there, and a row is never dropped on a guess. Two different images with equal
+    versions: the cluster's."""
+    if order:
+        return "local" if order > 0 else "cluster"
+    if in_local != in_cluster:
+        return "local" if in_local else "cluster"
+    return "cluster"
 
 
 def _differ(a: tuple[str, str] | None, b: tuple[str, str] | None) -> bool:

@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Annotated
 
 import psycopg
 from psycopg import sql
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cesar.config import ENV_FILES
 from cesar.errors import ConfigError
@@ -47,7 +48,8 @@ class SyncSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CESAR_SYNC_", env_file=ENV_FILES,
                                       env_file_encoding="utf-8", extra="ignore", frozen=True)
 
-    tables: tuple[str, ...] = Field(SYNCED_TABLES, description="CESAR_SYNC_TABLES: comma-separated")
+    tables: Annotated[tuple[str, ...], NoDecode] = Field(
+        SYNCED_TABLES, description="CESAR_SYNC_TABLES: comma-separated")
     batch_size: int = Field(5000, ge=1, le=100_000,
                             description="CESAR_SYNC_BATCH_SIZE: keys per target transaction")
     range_size: int = Field(10_000, ge=2, le=1_000_000,

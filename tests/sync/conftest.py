@@ -89,10 +89,14 @@ class Pair:
     def options(self, **kw: Any) -> Options:
         return Options(local_url=self.local_url, remote_url=self.cluster_url, **kw)
 
-    def sync(self, *, full: bool = False, dry_run: bool = False, **settings: Any) -> RunReport:
-        """One run in this process."""
+    def sync(self, *, full: bool = False, dry_run: bool = False, wait: float = 0.0,
+             **settings: Any) -> RunReport:
+        """One run in this process (``wait``: for the lease of a run that died)."""
         s = sync_settings(**settings) if settings else self.settings
-        return sync_run.run(make_settings(), s, self.options(full=full, dry_run=dry_run))
+        report = sync_run.run(make_settings(), s,
+                              self.options(full=full, dry_run=dry_run, wait=wait))
+        assert report.in_progress is None, f"the lease is held: {report.in_progress}"
+        return report
 
     def sql(self, side: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         with self.connect(side) as conn:
@@ -154,6 +158,35 @@ def synced(pair: Pair) -> Pair:
     """Two fresh databases after their first run (paired; the seeded agents reconciled)."""
     pair.sync()
     return pair
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+        ) -> Callable[..., CliResult]:
+    """``cesar ARGS`` in this process, with the test tables synced; code and both outputs."""
+    from cesar.cli import main
+
+    monkeypatch.setenv("CESAR_SYNC_TABLES", ",".join(SYNCED_TABLES + TEST_TABLES))
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        else:  # pragma: no cover - main always exits
+            code = 0
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
 
 
 def child_env() -> dict[str, str]:

@@ -202,10 +202,86 @@ def rotate_password(c, grace=None, no_wait=False, retire_now=False, status=False
 infra = Collection("infra", infra_up, infra_preview, infra_outputs, infra_plan, infra_render)
 
 
+# ---------------------------------------------------------------- deploy (Ansible) and test hosts
+# `invoke deploy` runs `ansible-playbook site.yml` (ansible/) for ENVIRONMENT's inventory after
+# building the wheelhouse the hosts install; `invoke testhosts.up` boots real Debian hosts under
+# systemd-nspawn (tests/hosts/testhosts.py) and prints an inventory for it. See docs/deploy.md.
+@task(
+    help={
+        "check": "Ask the hosts what would change (ansible --check --diff); change nothing.",
+        "diff": "Show the changes made to files.",
+        "limit": "Only these hosts or groups (ansible --limit).",
+        "tags": "Only the tasks with these tags.",
+        "inventory": "An inventory instead of ENVIRONMENT's (e.g. the file testhosts.up printed).",
+        "vault_password_file": "The vault password file (default: CESAR_VAULT_PASSWORD_FILE, "
+                               "else a prompt).",
+        "no_build": "Deploy dist/wheelhouse as it is instead of building it from this checkout.",
+        "dry_run": "Print the inventory, the release and the ansible-playbook command only.",
+    }
+)
+def deploy(c, check=False, diff=False, limit="", tags="", inventory="", vault_password_file="",
+           no_build=False, dry_run=False):
+    """Deploy the API and the sync with Ansible (`ansible-playbook site.yml`)."""
+    cesar("deploy", *(["--check"] if check else []), *(["--diff"] if diff else []),
+          *(["--limit", limit] if limit else []), *(["--tags", tags] if tags else []),
+          *(["--inventory", inventory] if inventory else []),
+          *(["--vault-password-file", vault_password_file] if vault_password_file else []),
+          *(["--no-build"] if no_build else []), *(["--dry-run"] if dry_run else []))
+
+
+def _testhosts():
+    from tests.hosts import testhosts as harness
+
+    return harness
+
+
+@task(name="up", help={"count": "How many hosts (default 2).",
+                       "sync_hosts": "How many of them run the sync (default 1)."})
+def testhosts_up(c, count=2, sync_hosts=1):
+    """Boot Debian test hosts (systemd-nspawn, root) and print their inventory's path."""
+    from cesar.errors import CesarError
+
+    harness = _testhosts()
+    try:
+        run = harness.up(int(count), owner="invoke", sync_hosts=int(sync_hosts),
+                         progress=lambda m: print(f"  {m}"))
+    except CesarError as exc:
+        raise Exit(f"cesar: error: {exc}", code=exc.exit_code) from None
+    print(f"next: cd ansible && ansible-playbook -i {run.inventory} site.yml")
+    print(run.inventory)
+
+
+@task(name="down", help={"run": "The run id or inventory path (default: every run testhosts.up "
+                                "started).",
+                         "all": "Every run, also those of test sessions still going."})
+def testhosts_down(c, run="", all=False):
+    """Stop test hosts, delete their namespaces and remove their inventory."""
+    from cesar.errors import CesarError
+
+    harness = _testhosts()
+    try:
+        if run:
+            targets = [harness.find(run)]
+        else:
+            targets = [r for r in harness.runs() if all or r.owner == "invoke"]
+        for target in targets:
+            print(f"run {target.id} ({target.inventory or 'no inventory'}):")
+            harness.down(target, progress=lambda m: print(f"  {m}"))
+    except CesarError as exc:
+        raise Exit(f"cesar: error: {exc}", code=exc.exit_code) from None
+    if not targets:
+        print("no test-host run to stop")
+
+
+testhosts = Collection("testhosts", testhosts_up, testhosts_down)
+
+
 ns = Collection(up, down, status, test, bench)
 ns.add_task(smoke)
 ns.add_task(migrate)
 ns.add_task(rollback)
 ns.add_task(rotate_password)
 ns.add_collection(infra)
+ns.add_task(deploy)
+ns.add_collection(testhosts)
 ns.configure({"run": {"echo": False}})

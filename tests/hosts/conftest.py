@@ -1,0 +1,32 @@
+"""The host tier: real Debian hosts (systemd-nspawn, one network namespace each) for Ansible and
+testinfra. Needs root, debootstrap and systemd-nspawn: in CI (CI=true) their absence fails the
+run with a message naming what to install; elsewhere the tier is skipped with that message.
+Everything a session starts is torn down at its end, failed or not (and, if the session itself
+was killed, by the next session)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import require
+from tests.hosts import testhosts
+
+HOSTS = 2
+
+
+def _say(message: str) -> None:
+    print(f"[testhosts] {message}", file=sys.stderr, flush=True)
+
+
+@pytest.fixture(scope="session")
+def host_run() -> Iterator[testhosts.Run]:
+    missing = testhosts.missing_requirements()
+    require(not missing, "the host tier needs " + ", ".join(missing))
+    run = testhosts.up(HOSTS, owner="pytest", progress=_say)
+    try:
+        yield run
+    finally:
+        testhosts.down(run, progress=_say)

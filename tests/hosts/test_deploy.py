@@ -1,0 +1,96 @@
+"""`ansible-playbook site.yml` over SSH against real hosts: converge, converge again with
+nothing to change, `--check --diff` with nothing to change, the testinfra suite in checks/, and a
+rolling deploy that stops at the first host whose /health fails."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from cesar import deploy
+from tests.conftest import REPO
+from tests.hosts import testhosts
+
+pytestmark = [pytest.mark.hosts, pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def playbook(run: testhosts.Run, *args: str, check: bool = False) -> tuple[int, str]:
+    """The deploy `invoke deploy --inventory RUN` runs (the harness built the wheelhouse)."""
+    plan = deploy.plan("development", inventory=run.inventory, check=check,
+                       extra_vars=args, ansible_dir=REPO / "ansible")
+    return deploy.run(plan)
+
+
+def _tail(output: str, lines: int = 60) -> str:
+    return "\n".join(output.splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+def first_deploy(host_run: testhosts.Run) -> tuple[int, str]:
+    return playbook(host_run)
+
+
+def test_first_deploy_converges_every_host(host_run, first_deploy) -> None:
+    rc, output = first_deploy
+    assert rc == 0, _tail(output)
+    counts = deploy.recap(output)
+    assert set(counts) == {h.name for h in host_run.hosts}
+    for host, c in counts.items():
+        assert c["failed"] == 0 and c["unreachable"] == 0, (host, c)
+        assert c["changed"] > 0, f"{host}: a first deploy changed nothing"
+
+
+def test_second_run_reports_no_change(first_deploy, host_run) -> None:
+    assert first_deploy[0] == 0, "the first deploy failed"
+    rc, output = playbook(host_run)
+    assert rc == 0, _tail(output)
+    changed = {h: c["changed"] for h, c in deploy.recap(output).items() if c["changed"]}
+    assert not changed, f"changed on a converged host: {deploy.changed_tasks(output)}"
+
+
+def test_check_diff_reports_no_change(first_deploy, host_run) -> None:
+    assert first_deploy[0] == 0, "the first deploy failed"
+    rc, output = playbook(host_run, check=True)
+    assert rc == 0, _tail(output)
+    assert "--check" in " ".join(deploy.plan("development", inventory=host_run.inventory,
+                                             check=True, ansible_dir=REPO / "ansible").argv)
+    changed = {h: c["changed"] for h, c in deploy.recap(output).items() if c["changed"]}
+    assert not changed, f"--check --diff would change: {deploy.changed_tasks(output)}"
+
+
+def test_testinfra_checks_pass(first_deploy, host_run) -> None:
+    assert first_deploy[0] == 0, "the first deploy failed"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "checks", "--hosts=ansible://all",
+         f"--ansible-inventory={host_run.inventory}", "-p", "no:cacheprovider", "-q", "-rfEsx"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, _tail(result.stdout + result.stderr, 80)
+    assert " passed" in result.stdout
+
+
+def test_unhealthy_release_stops_the_rollout_at_the_first_host(first_deploy, host_run) -> None:
+    """A configuration that passes validation but leaves /health at 503 (a wrong database
+    password) fails the first host after its retries; the second host is never touched. The
+    next good deploy restores the first host."""
+    assert first_deploy[0] == 0, "the first deploy failed"
+    first, second = host_run.hosts[0].name, host_run.hosts[1].name
+    wrong = "postgresql://cesar_app_a:wrong-password@{}:1/nowhere?sslmode=disable"
+    rc, output = playbook(
+        host_run,
+        f"cesar_api_cockroach_db_url={wrong.format(host_run.controller)}",
+        f"cesar_api_local_db_url={wrong.format(host_run.controller)}",
+        "cesar_api_health_retries=4", "cesar_api_health_delay=1",
+    )
+    assert rc != 0, _tail(output)
+    counts = deploy.recap(output)
+    assert counts[first]["failed"] == 1, counts
+    assert second not in counts or counts[second]["changed"] == 0, counts
+    assert "Wait for the health endpoint to answer 200" in output
+
+    rc, output = playbook(host_run)
+    assert rc == 0, _tail(output)
+    counts = deploy.recap(output)
+    assert counts[first]["changed"] > 0 and counts[second]["changed"] == 0, counts

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     retry_base_delay: float = Field(0.02, gt=0, validation_alias=_alias("CESAR_RETRY_BASE_DELAY"))
     retry_max_delay: float = Field(1.0, gt=0, validation_alias=_alias("CESAR_RETRY_MAX_DELAY"))
 
+    # `cesar migrate up` makes the synced tables REGIONAL BY ROW on a multi-region CockroachDB
+    # (cesar/migrate_regions.py); per environment, like --regional-by-row.
+    regional_by_row: bool = Field(False, validation_alias=_alias("CESAR_REGIONAL_BY_ROW"))
+
 
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]

@@ -9,6 +9,7 @@ others wait and then find nothing pending. This module executes; the rest is in 
 - ``cesar.migrate_store``: the runner's tables (tracking rows, events, lease row)
 - ``cesar.migrate_plan``: files versus tracking rows: what is pending, what is refused
 - ``cesar.migrate_lease``: the lease and its heartbeat
+- ``cesar.migrate_regions``: ``--regional-by-row``: which tables, which statements, refusals
 - ``cesar.migrate_cli``: ``cesar migrate ...``
 
 Execution modes (``--mode``):
@@ -42,7 +43,7 @@ from typing import Any, Literal, NoReturn
 import psycopg
 from psycopg import errors as pgerrors
 
-from cesar import __version__, db, urls
+from cesar import __version__, db, migrate_regions, urls
 from cesar.config import Settings
 from cesar.errors import ConfigError, OperationFailed
 from cesar.migrate_files import (
@@ -65,6 +66,7 @@ from cesar.migrate_lease import (
 from cesar.migrate_lease import break_lease as _break_lease
 from cesar.migrate_lease import read as read_lease
 from cesar.migrate_plan import Plan, Step, check_prefix, counts, first_statements, make_plan
+from cesar.migrate_regions import Catalog, LocalityPlan, TableChange
 from cesar.migrate_sql import Statement, prefix_checksum
 from cesar.migrate_store import (
     APPLIED_STATUSES,
@@ -76,10 +78,12 @@ from cesar.migrate_store import (
     ensure_tables,
     insert_event,
     read_tracked,
+    widen_events_check,
 )
 
 __all__ = [
     "APPLIED_STATUSES", "DEFAULT_DIR", "EVENTS_TABLE", "LEASE_TABLE", "MODES", "PACKAGED_DIR",
+    "LocalityPlan",
     "TRACKING_TABLE", "Migration", "MigrationFailed", "Plan", "RunReport", "Runner", "Step",
     "Tracked", "apply_all", "connect", "load", "make_plan", "migration_names", "open_runner",
     "plural", "resolve_dir", "sha256_file", "summary",
@@ -163,6 +167,7 @@ class RunReport:
     seconds: float = 0.0
     lease: LeaseInfo | None = None
     steps: list[Step] = field(default_factory=list)
+    locality: LocalityPlan | None = None  # with --regional-by-row
 
     def as_dict(self) -> dict[str, Any]:
         plan = self.plan
@@ -192,6 +197,7 @@ class RunReport:
             "problems": plan.problems,
             "lease": self.lease.as_dict() if self.lease else None,
             "seconds": round(self.seconds, 3),
+            "regional_by_row": self.locality.as_dict() if self.locality else None,
         }
 
 
@@ -264,7 +270,27 @@ class Runner:
         return read_lease(self.conn)
 
     # ---------------------------------------------------------------- up
-    def up(self, *, dry_run: bool = False) -> RunReport:
+    def up(self, *, dry_run: bool = False, regional_by_row: bool = False) -> RunReport:
+        """Apply the pending migrations; with ``regional_by_row``, then make the declared tables
+        REGIONAL BY ROW (``cesar.migrate_regions``). Its refusals (a bad table list, a
+        CockroachDB database without regions) come before any migration runs."""
+        if not regional_by_row:
+            return self._up(dry_run)
+        tables = migrate_regions.validate_tables(migrate_regions.REGIONAL_TABLES)
+        catalog = self._locality_catalog(tables)
+        migrate_regions.plan(catalog, tables, pending_migrations=True)  # refuses, or goes on
+        report = self._up(dry_run)
+        if report.done:  # the migrations may have created or changed tables
+            catalog = self._locality_catalog(tables)
+        locality = migrate_regions.plan(catalog, tables,
+                                        pending_migrations=dry_run and bool(report.steps),
+                                        statements=self._locality_statements)
+        if locality.changes and not dry_run:
+            locality = self._regional_by_row(tables)
+        report.locality = locality
+        return report
+
+    def _up(self, dry_run: bool) -> RunReport:
         started = time.perf_counter()
         migrations = load(self.migrations_dir)
         plan = make_plan(migrations, read_tracked(self.conn))
@@ -293,6 +319,81 @@ class Runner:
             report.plan = make_plan(migrations, read_tracked(self.conn))
         report.seconds = time.perf_counter() - started
         return report
+
+    # ---------------------------------------------------------------- regional by row
+    def _locality_catalog(self, tables: tuple[str, ...]) -> Catalog:
+        """What the engine says (the one engine-specific read; a test may stand in for it)."""
+        return migrate_regions.read_catalog(self.conn, self.engine(), tables)
+
+    def _locality_statements(self, table: str, primary_region: str) -> tuple[str, ...]:
+        return migrate_regions.statements_for(table, primary_region)
+
+    def _regional_by_row(self, tables: tuple[str, ...]) -> LocalityPlan:
+        """Convert what is left to convert, under the lease: another runner may have done it
+        meanwhile, so the catalog is read again once the lease is held."""
+        ensure_tables(self.conn)
+        with self._lease() as lease:
+            locality = migrate_regions.plan(self._locality_catalog(tables), tables,
+                                            statements=self._locality_statements)
+            for change in locality.changes:
+                self._set_locality(lease, locality, change)
+                locality.done.append(change.table)
+        if not locality.done:
+            self.progress("regional-by-row: already done by another runner")
+        return locality
+
+    def _set_locality(self, lease: Lease, locality: LocalityPlan, change: TableChange) -> None:
+        """One table: each statement in its own implicit transaction, then one event."""
+        total = len(change.statements)
+        self.progress(f"setting {change.table} {migrate_regions.REGIONAL_BY_ROW} "
+                      f"({plural(total, 'statement')}, was {change.before or 'no locality'})")
+        lease.renew(migration=f"regional-by-row {change.table}")
+        started = time.perf_counter()
+        for index, text in enumerate(change.statements, 1):
+            lease.check()
+            st = Statement(index, 0, text)
+            t0 = time.perf_counter()
+            try:
+                self._execute_implicit(st)
+            except _StatementError as err:
+                self._locality_failed(locality, change, st, err.error)
+            self.progress(f"  [{index}/{total}] {st.summary(90)} "
+                          f"({(time.perf_counter() - t0) * 1000:.0f} ms)")
+        ms = int((time.perf_counter() - started) * 1000)
+        self._locality_event("set-locality", {
+            "table": change.table, "locality": migrate_regions.REGIONAL_BY_ROW,
+            "previous": change.before, "statements": list(change.statements),
+            "duration_ms": ms, "primary_region": locality.primary_region,
+            "regions": list(locality.regions)})
+
+    def _locality_event(self, event: str, detail: dict[str, Any]) -> None:
+        def work(conn: psycopg.Connection) -> None:
+            self._lease_held().check(conn)
+            insert_event(conn, self.identity, event, None, self.reason, detail)
+
+        try:
+            db.run_transaction(self.conn, work, **self._retry)
+        except pgerrors.CheckViolation:  # an events table from before "set-locality" existed
+            widen_events_check(self.conn)
+            db.run_transaction(self.conn, work, **self._retry)
+
+    def _locality_failed(self, locality: LocalityPlan, change: TableChange, st: Statement,
+                         exc: psycopg.Error) -> NoReturn:
+        done = locality.done
+        kept = (f"{', '.join(done)} {'is' if len(done) == 1 else 'are'} REGIONAL BY ROW and "
+                if done else "")
+        connected = not self.conn.closed and exc.sqlstate is not None \
+            and not exc.sqlstate.startswith("08")
+        if connected:
+            self._locality_event("fail", {
+                "table": change.table, "statement": st.index, "sql": st.sql,
+                "sqlstate": exc.sqlstate, "message": _first_line(exc)})
+        raise OperationFailed(
+            f"setting {change.table} REGIONAL BY ROW failed at statement {st.index}/"
+            f"{len(change.statements)} ({st.summary(70)}) with SQLSTATE {exc.sqlstate}: "
+            f"{_first_line(exc)}; {kept}the next `cesar migrate up --regional-by-row` "
+            "continues with the tables not yet converted (each statement is idempotent)"
+        ) from None
 
     # ---------------------------------------------------------------- down
     def down(self, *, steps: int | None = None, to: str | None = None,
@@ -838,11 +939,12 @@ def open_runner(url: str, settings: Settings, *, source: str = "--url",
 
 def apply_all(url: str, settings: Settings, *, source: str = "--url",
               migrations_dir: Path | None = None, progress: Progress = _quiet) -> RunReport:
-    """``cesar migrate up`` for one database, as ``invoke up`` uses it."""
+    """``cesar migrate up`` for one database, as ``invoke up`` uses it (``--regional-by-row``
+    when ``CESAR_REGIONAL_BY_ROW`` is set)."""
     conn, runner = open_runner(url, settings, source=source, migrations_dir=migrations_dir,
                                progress=progress)
     with conn:
-        return runner.up()
+        return runner.up(regional_by_row=settings.regional_by_row)
 
 
 def plural(n: int, word: str) -> str:

@@ -93,12 +93,18 @@ def migrate_group() -> None:
 @_mode_option
 @_lease_options
 @click.option("--reason", default=None, help="Recorded with each migration's event.")
+@click.option("--regional-by-row/--no-regional-by-row", default=None,
+              help="Then make the synced tables REGIONAL BY ROW (CockroachDB with regions only; "
+                   "nothing on PostgreSQL). Default: CESAR_REGIONAL_BY_ROW, else off.")
 def up_cmd(url: str | None, migrations_dir: Path | None, dry_run: bool, as_json: bool,
-           mode: str, lease_seconds: float, wait_seconds: float, reason: str | None) -> int:
+           mode: str, lease_seconds: float, wait_seconds: float, reason: str | None,
+           regional_by_row: bool | None) -> int:
     """Apply every pending migration, in order."""
+    if regional_by_row is None:
+        regional_by_row = load_settings().regional_by_row
     with _runner(url, migrations_dir, "up", as_json, mode=mode, lease_seconds=lease_seconds,
                  wait_seconds=wait_seconds, reason=reason) as runner:
-        report = runner.up(dry_run=dry_run)
+        report = runner.up(dry_run=dry_run, regional_by_row=regional_by_row)
     return _finish_run(report, as_json)
 
 
@@ -133,7 +139,22 @@ def _finish_run(report: migrate.RunReport, as_json: bool) -> int:
     elif not report.done and report.direction == "down":
         click.echo("nothing to roll back")
     click.echo(report.plan.line())
+    if report.locality is not None:
+        _print_locality(report.locality, report.dry_run)
     return code
+
+
+def _print_locality(locality: migrate.LocalityPlan, dry_run: bool) -> None:
+    if dry_run and locality.changes:
+        count = migrate.plural(len(locality.changes), "table")
+        click.echo(f"regional-by-row: would convert {count} (regions {locality.regions_text()}):")
+        for change in locality.changes:
+            was = ((change.before or "no locality") if change.exists
+                   else "created by a pending migration")
+            click.echo(f"  {change.table} ({was}):")
+            for index, text in enumerate(change.statements, 1):
+                click.echo(f"    [{index}] {text}")
+    click.echo(locality.line())
 
 
 def _print_plan(report: migrate.RunReport) -> None:

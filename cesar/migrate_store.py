@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pgerrors
+from psycopg import sql
 from psycopg.rows import dict_row
 
 TRACKING_TABLE = "schema_migrations"
@@ -30,7 +31,7 @@ STATUSES = ("running", "succeeded", "failed", "rolled_back", "baselined")
 #: Statuses that count as "applied" (the schema contains the migration's objects).
 APPLIED_STATUSES = frozenset({"succeeded", "baselined"})
 EVENTS = ("apply", "fail", "rollback", "repair", "mark-applied", "lock-broken", "lease-takeover",
-          "resume")
+          "resume", "set-locality")
 
 _DDL = (
     f"""CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} (
@@ -199,6 +200,24 @@ def insert_event(
         "VALUES (%s, %s, session_user, %s, %s, %s)",
         [migration, event, identity.host, reason, json.dumps(detail or {}, default=str)],
     )
+
+
+def widen_events_check(conn: psycopg.Connection) -> None:
+    """Let the events table accept every event of :data:`EVENTS`.
+
+    An events table created by an older runner has a CHECK listing the events of its day, and
+    ``CREATE TABLE IF NOT EXISTS`` never changes it; the first new event then fails with 23514.
+    The runner calls this and inserts again. One ALTER TABLE (autocommit connection), so the
+    check is replaced atomically; its old name differs by engine (PostgreSQL
+    ``schema_migration_events_event_check``, CockroachDB ``check_event``), hence the lookup.
+    """
+    names = [r[0] for r in conn.execute(
+        "SELECT conname FROM pg_catalog.pg_constraint "
+        "WHERE conrelid = CAST(%s AS REGCLASS) AND contype = 'c' "
+        "AND pg_get_constraintdef(oid) LIKE '%%event%%'", [EVENTS_TABLE]).fetchall()]
+    drops = "".join(f"DROP CONSTRAINT {sql.Identifier(n).as_string(conn)}, " for n in names)
+    conn.execute(f"ALTER TABLE {EVENTS_TABLE} {drops}ADD CONSTRAINT {EVENTS_TABLE}_event_check "
+                 f"CHECK (event IN {EVENTS!r})")  # type: ignore[arg-type]
 
 
 def read_events(conn: psycopg.Connection, migration: str | None = None) -> list[dict[str, Any]]:

@@ -45,16 +45,19 @@ def status(c, json=False):
         "status": "List every migration with its state instead of applying.",
         "json": "Print one JSON object (with --status or --dry-run).",
         "mode": "auto, transactional or per-statement (default auto: from the engine).",
+        "regional_by_row": "Then make the synced tables REGIONAL BY ROW (CockroachDB with "
+                           "regions; default: CESAR_REGIONAL_BY_ROW).",
     }
 )
-def migrate(c, dry_run=False, url="", status=False, json=False, mode=""):
+def migrate(c, dry_run=False, url="", status=False, json=False, mode="", regional_by_row=False):
     """Apply pending schema migrations (`cesar migrate up`); idempotent."""
     common = [*(["--url", url] if url else []), *(["--json"] if json else [])]
     if status:
         cesar("migrate", "status", *common)
         return
     cesar("migrate", "up", *common, *(["--dry-run"] if dry_run else []),
-          *(["--mode", mode] if mode else []))
+          *(["--mode", mode] if mode else []),
+          *(["--regional-by-row"] if regional_by_row else []))
 
 
 @task(

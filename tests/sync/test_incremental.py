@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
+from cesar.sync import capture
 from tests.migrate.conftest import full_dump
 from tests.sync.conftest import Pair
 
@@ -133,6 +135,26 @@ def test_a_row_locked_on_the_target_is_deferred_not_waited_for(synced: Pair) -> 
     assert conflict["resolution"] == "incoming_won"
     assert conflict["existing_row"]["val"] == "cluster, written first"
     assert conflict["incoming_row"]["val"] == "local, written last"
+    synced.assert_identical()
+
+
+def test_a_write_committed_between_the_read_and_the_acknowledgement_stays_pending(
+        synced: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    k = key()
+    put(synced, "local", k, "v1")
+    real = capture.acknowledge
+
+    def racing(*args: Any, **kwargs: Any) -> int:
+        monkeypatch.setattr(capture, "acknowledge", real)
+        put(synced, "local", k, "v2, committed while the run was applying v1")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(capture, "acknowledge", racing)
+    synced.sync()
+    assert val(synced, "cluster", k) == "v1"  # what the run read
+    assert synced.pending("local") == 1  # the newer write was not acknowledged with it
+    synced.sync()
+    assert val(synced, "cluster", k) == "v2, committed while the run was applying v1"
     synced.assert_identical()
 
 

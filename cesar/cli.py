@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -28,7 +29,21 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group whose subcommands in ``SUBCOMMANDS`` are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *SUBCOMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in SUBCOMMANDS:
+            module, _, attribute = SUBCOMMANDS[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cesar")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def cli(verbose: int) -> None:
@@ -115,24 +130,19 @@ def _print_status(info: dict[str, Any]) -> None:
         click.echo(f"api              {info['api_url']}  {state}{pid}")
 
 
-from cesar.api.server import api as _api  # noqa: E402  (cesar api)
-cli.add_command(_api)
-from cesar.smoke import smoke as _smoke  # noqa: E402  (cesar smoke)
-cli.add_command(_smoke)
-from cesar.migrate_cli import migrate_group as _migrate  # noqa: E402  (cesar migrate)
-cli.add_command(_migrate)
-from cesar.configcheck import config_group as _config  # noqa: E402  (cesar config)
-cli.add_command(_config)
-from cesar.deploy import deploy_command as _deploy  # noqa: E402  (cesar deploy)
-cli.add_command(_deploy)
-from cesar.wheelhouse import wheelhouse_group as _wheelhouse  # noqa: E402  (cesar wheelhouse)
-cli.add_command(_wheelhouse)
-from cesar.rotate_cli import rotate_password as _rotate  # noqa: E402  (cesar rotate-password)
-cli.add_command(_rotate)
-from cesar.provisioning import infra as _infra  # noqa: E402  (cesar infra)
-cli.add_command(_infra)
-from cesar.sync.cli import sync_group as _sync  # noqa: E402  (cesar sync)
-cli.add_command(_sync)
+# Subcommands are imported only when used, so `cesar sync run` (cron, every 5 minutes) does not
+# pay for FastAPI, Pulumi or Ansible imports. Add a command here: "name": "module:attribute".
+SUBCOMMANDS: dict[str, str] = {
+    "api": "cesar.api.server:api",
+    "smoke": "cesar.smoke:smoke",
+    "migrate": "cesar.migrate_cli:migrate_group",
+    "config": "cesar.configcheck:config_group",
+    "deploy": "cesar.deploy:deploy_command",
+    "wheelhouse": "cesar.wheelhouse:wheelhouse_group",
+    "rotate-password": "cesar.rotate_cli:rotate_password",
+    "infra": "cesar.provisioning:infra",
+    "sync": "cesar.sync.cli:sync_group",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -7,7 +7,7 @@ fails the deploy on the first host instead of stopping the service. It checks, r
 only (never the process environment):
 
 - the syntax (``KEY='value'`` lines, comments, blank lines);
-- every key is a variable cesar reads (a setting, or an option's environment variable);
+- every key is a variable cesar reads (a field of one of its settings classes);
 - the values pass the settings' validation (``ENVIRONMENT``, numbers, ...);
 - the routing accepts the URLs (staging and production: ``COCKROACH_DB_URL`` set, with
   ``sslmode=verify-full``), as ``cesar api`` would at start;
@@ -19,6 +19,7 @@ database is reachable.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,26 +27,17 @@ from typing import Literal
 import click
 from dotenv import dotenv_values
 from pydantic import AliasChoices, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource
 
 from cesar import db
 from cesar.config import Settings
 from cesar.errors import ConfigError
 
 Purpose = Literal["api", "sync"]
+# Where the settings classes live: every variable cesar reads is a field of one of them.
+SETTINGS_MODULES = ("cesar.config", "cesar.api.settings", "cesar.sync.tables")
 # Read by libraries the service runs, not by cesar's settings.
 _RUNTIME_VARIABLES = frozenset({"PROMETHEUS_MULTIPROC_DIR"})
-
-
-class _FileOnlySettings(Settings):
-    """Settings from the given values alone: no process environment, no .env file."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        *_others: PydanticBaseSettingsSource, **_kw: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
 
 
 @dataclass(frozen=True)
@@ -60,33 +52,64 @@ class Report:
                 f"{len(self.keys)} variables ({', '.join(self.keys)})")
 
 
-def known_variables() -> frozenset[str]:
-    """Every variable name cesar reads: the settings' names and the CLI options' envvars."""
-    names = set(_RUNTIME_VARIABLES)
-    for field in Settings.model_fields.values():
+def settings_classes() -> list[type[BaseSettings]]:
+    """The settings classes of :data:`SETTINGS_MODULES` (a module not installed is skipped)."""
+    found: list[type[BaseSettings]] = []
+    for name in SETTINGS_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        found += [obj for obj in vars(module).values()
+                  if isinstance(obj, type) and issubclass(obj, BaseSettings)
+                  and obj.__module__ == name]
+    return found
+
+
+def variable_names(cls: type[BaseSettings]) -> set[str]:
+    """The environment variables a settings class reads (aliases, else prefix + field name)."""
+    prefix = str(cls.model_config.get("env_prefix") or "")
+    names: set[str] = set()
+    for field_name, field in cls.model_fields.items():
         alias = field.validation_alias
         if isinstance(alias, AliasChoices):
-            names.update(str(c) for c in alias.choices if str(c).isupper())
+            names.update(str(c).upper() for c in alias.choices if isinstance(c, str))
         elif isinstance(alias, str):
-            names.add(alias)
-    from cesar.cli import cli
+            names.add(alias.upper())
+        else:
+            names.add(f"{prefix}{field_name}".upper())
+    return names
 
-    names.update(_option_envvars(cli))
+
+def known_variables() -> frozenset[str]:
+    """Every variable name cesar reads."""
+    names = set(_RUNTIME_VARIABLES)
+    for cls in settings_classes():
+        names |= variable_names(cls)
     return frozenset(names)
 
 
-def _option_envvars(command: click.Command) -> set[str]:
-    found: set[str] = set()
-    for param in command.params:
-        envvar = getattr(param, "envvar", None)
-        if isinstance(envvar, str):
-            found.add(envvar)
-        elif isinstance(envvar, (list, tuple)):
-            found.update(envvar)
-    if isinstance(command, click.Group):
-        for sub in command.commands.values():
-            found |= _option_envvars(sub)
-    return found
+def _from_file(cls: type[BaseSettings], path: Path) -> BaseSettings:
+    """``cls`` read from ``path`` alone: no process environment, no ./.env."""
+
+    class FromFile(cls):  # type: ignore[valid-type, misc]
+        @classmethod
+        def settings_customise_sources(
+            cls_, settings_cls: type[BaseSettings], *_sources: PydanticBaseSettingsSource,
+            **_kw: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (DotEnvSettingsSource(settings_cls, env_file=path),)
+
+    prefix = str(cls.model_config.get("env_prefix") or "")
+    try:
+        return FromFile()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = str((first.get("loc") or ("?",))[0])
+        name = loc.upper() if loc.upper() in variable_names(cls) else f"{prefix}{loc}".upper()
+        raise ConfigError(
+            f"{path}: {name}={first.get('input')!r} is not valid: {first.get('msg')}"
+        ) from None
 
 
 def read(path: Path) -> dict[str, str]:
@@ -116,14 +139,11 @@ def check(path: Path, purpose: Purpose = "api") -> Report:
             f"{path}: {unknown[0]} is not a variable cesar reads (a typo?); "
             "see docs/configuration.md for the list"
         )
-    try:
-        settings = _FileOnlySettings(**values)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        name = str((first.get("loc") or ("?",))[0]).upper()
-        raise ConfigError(
-            f"{path}: {name}={first.get('input')!r} is not valid: {first.get('msg')}"
-        ) from None
+    settings = _from_file(Settings, path)
+    for cls in settings_classes():
+        if cls is not Settings:
+            _from_file(cls, path)
+    assert isinstance(settings, Settings)
     try:
         route = db.route(settings)
     except ConfigError as exc:

@@ -83,8 +83,8 @@ from cesar.migrate_store import (
 
 __all__ = [
     "APPLIED_STATUSES", "DEFAULT_DIR", "EVENTS_TABLE", "LEASE_TABLE", "MODES", "PACKAGED_DIR",
-    "LocalityPlan",
-    "TRACKING_TABLE", "Migration", "MigrationFailed", "Plan", "RunReport", "Runner", "Step",
+    "TRACKING_TABLE", "LocalityPlan", "Migration", "MigrationFailed", "Plan", "RunReport",
+    "Runner", "Step",
     "Tracked", "apply_all", "connect", "load", "make_plan", "migration_names", "open_runner",
     "plural", "resolve_dir", "sha256_file", "summary",
 ]

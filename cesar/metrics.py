@@ -93,10 +93,23 @@ MIGRATIONS_FAILED = Gauge(
 )
 SYNC_LAG = Gauge(
     "cesar_sync_lag_seconds",
-    "Seconds since the last successful sync of a table in a direction.",
+    "Age of the oldest change of a table not yet synced in a direction, or the time since its "
+    "last successful sync when none is pending (from sync_state).",
     ("table", "direction"),
     multiprocess_mode="livemostrecent",
 )
+# --- the sync (issue 5, cesar/sync/health.py): the lag above, this gauge, and the counters
+# cesar_sync_rows_total / cesar_sync_conflicts_total, which are totals kept in sync_state and so
+# are exposed by a collector (EXTRA_COLLECTORS) rather than a prometheus_client Counter.
+SYNC_LAST_SUCCESS = Gauge(
+    "cesar_sync_last_success_timestamp_seconds",
+    "Unix time of the last successful sync of a table in a direction (from sync_state).",
+    ("table", "direction"),
+    multiprocess_mode="livemostrecent",
+)
+#: Collectors rendered beside the samples of all workers in multiprocess mode (each is also
+#: registered in the default registry by whoever appends it).
+EXTRA_COLLECTORS: list[Any] = []
 
 
 def multiprocess_dir() -> Path | None:
@@ -116,6 +129,8 @@ def render() -> bytes:
         return generate_latest(REGISTRY)
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
+    for collector in EXTRA_COLLECTORS:
+        registry.register(collector)
     return generate_latest(registry)
 
 

@@ -324,6 +324,21 @@ def check_agents(ctx: Context) -> Outcome:
     return "pass", f"{count} agents"
 
 
+def check_sync_lag(ctx: Context) -> Outcome:
+    """Issue 5: every table and direction synced within CESAR_SYNC_LAG_LIMIT_SECONDS (600)."""
+    from cesar.sync import health as sync_health
+
+    assert ctx.conn is not None
+    value = sync_health.probe(ctx.conn)
+    if not value["tables"]:
+        return "warn", "no sync run recorded in this database yet (`cesar sync run`)"
+    problems = sync_health.problems(value)
+    if problems:
+        return "fail", f"{problems[0]} ({len(problems)} over the limit)"
+    return "pass", (f"max lag {value['max_lag_seconds']:.0f} s over {len(value['tables'])} "
+                    f"tables and directions (limit {value['lag_limit_seconds']:.0f} s)")
+
+
 def _get(url: str, timeout: float) -> Any:
     import httpx
 
@@ -400,6 +415,7 @@ CHECKS: list[Check] = [
     Check("latency", check_latency, needs=("auth",)),
     Check("migrations", check_migrations, needs=("auth",)),
     Check("agents", check_agents, needs=("auth",)),
+    Check("sync-lag", check_sync_lag, needs=("auth",)),
     Check("api-health", check_api_health),
     Check("api-latency", check_api_latency),
 ]

@@ -27,6 +27,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cesar import __version__, db, metrics
 from cesar.api import models
+from cesar.sync import health as sync_health
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,11 @@ def _migration_problems(counts: dict[str, Any]) -> list[str]:
 
 
 MIGRATIONS = Component("migrations", _migrations, _migration_problems, metrics.set_migrations)
+# Issue 5: the sync lag per table and direction, from sync_state (cesar/sync/health.py).
+SYNC = Component("sync", sync_health.probe, sync_health.problems, sync_health.export)
 
 #: Read in this order on every probe.
-COMPONENTS: tuple[Component, ...] = (MIGRATIONS,)
+COMPONENTS: tuple[Component, ...] = (MIGRATIONS, SYNC)
 
 
 @dataclass

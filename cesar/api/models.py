@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from cesar.sync.health import SyncHealth  # issue 5: components.sync
+
 Engine = Literal["cockroachdb", "postgresql"]
 
 
@@ -80,6 +82,10 @@ class Components(BaseModel):
     pool: Pool
     migrations: Migrations | None = Field(
         description="From schema_migrations; null when the database could not be read."
+    )
+    sync: SyncHealth | None = Field(
+        None, description="From sync_state (cesar/sync/health.py): lag per table and direction; "
+        "null when the database could not be read."
     )
 
 

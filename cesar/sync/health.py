@@ -1,0 +1,128 @@
+"""The sync as ``/health`` and ``/metrics`` see it: lag per table and direction, from
+``sync_state`` in the database the API serves (every run writes it to both sides).
+
+- ``/health``: :data:`COMPONENT` adds ``components.sync`` and a problem (status ``degraded``)
+  for each table and direction whose lag is over ``CESAR_SYNC_LAG_LIMIT_SECONDS`` (600);
+- ``/metrics``: the gauges ``cesar_sync_lag_seconds{table,direction}`` and
+  ``cesar_sync_last_success_timestamp_seconds{table,direction}`` are set on every probe; the
+  counters ``cesar_sync_rows_total{table,direction}`` and ``cesar_sync_conflicts_total{table}``
+  are the totals ``sync_state`` keeps, exposed by :class:`SyncCounters` (a collector: a total
+  kept in the database cannot be a ``prometheus_client.Counter``, and in multiprocess mode
+  workers' counters would be summed).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+from psycopg import errors as pgerrors
+from pydantic import BaseModel, Field
+
+from cesar import metrics
+from cesar.sync import state
+from cesar.sync.tables import load_sync_settings
+
+
+class SyncLag(BaseModel):
+    table: str
+    direction: str
+    lag_seconds: float | None = Field(
+        description="Age of the oldest change not yet moved, or time since the last successful "
+        "run when none is pending; null when no run ever succeeded.")
+    last_sync_at: str | None
+    pending: int
+    rows_total: int
+    conflicts_total: int
+
+
+class SyncHealth(BaseModel):
+    tables: list[SyncLag] = Field(description="One entry per table and direction; empty before "
+                                  "the first `cesar sync run`.")
+    max_lag_seconds: float | None
+    lag_limit_seconds: float
+
+
+def probe(conn: psycopg.Connection) -> dict[str, Any]:
+    """Read on the API's pooled (autocommit) connection; ``tables`` empty before any run or
+    before migration 010 (a database that does not sync has nothing to report)."""
+    limit = load_sync_settings().lag_limit_seconds
+    try:
+        rows = state.read_state(conn)
+    except pgerrors.UndefinedTable:
+        rows = []
+    tables = [{
+        "table": r["table_name"], "direction": r["direction"], "lag_seconds": r["lag_seconds"],
+        "last_sync_at": r["last_sync_at"].isoformat() if r["last_sync_at"] else None,
+        "pending": int(r["pending"]), "rows_total": int(r["rows_total"]),
+        "conflicts_total": int(r["conflicts_total"]),
+        "_last_sync_epoch": r["last_sync_at"].timestamp() if r["last_sync_at"] else None,
+    } for r in rows]
+    lags = [t["lag_seconds"] for t in tables if t["lag_seconds"] is not None]
+    return {"tables": tables, "max_lag_seconds": max(lags) if lags else None,
+            "lag_limit_seconds": limit}
+
+
+def problems(value: dict[str, Any]) -> list[str]:
+    limit = value["lag_limit_seconds"]
+    out = []
+    for t in value["tables"]:
+        lag = t["lag_seconds"]
+        if lag is None:
+            out.append(f"sync: {t['table']} {t['direction']} has never synced successfully "
+                       "(see `cesar sync status`)")
+        elif lag > limit:
+            out.append(f"sync: {t['table']} {t['direction']} lag {lag:.0f} s is over the "
+                       f"{limit:.0f} s limit (is the `cesar sync run` cron job running? "
+                       "see `cesar sync status`)")
+    return out
+
+
+def export(value: dict[str, Any]) -> None:
+    for t in value["tables"]:
+        labels = {"table": t["table"], "direction": t["direction"]}
+        if t["lag_seconds"] is not None:
+            metrics.SYNC_LAG.labels(**labels).set(t["lag_seconds"])
+        if t["_last_sync_epoch"] is not None:
+            metrics.SYNC_LAST_SUCCESS.labels(**labels).set(t["_last_sync_epoch"])
+    COUNTERS.update(value["tables"])
+
+
+class SyncCounters(Collector):
+    """``cesar_sync_rows_total`` and ``cesar_sync_conflicts_total`` from the last probe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: dict[tuple[str, str], int] = {}
+        self._conflicts: dict[str, int] = {}
+
+    def update(self, tables: list[dict[str, Any]]) -> None:
+        rows = {(t["table"], t["direction"]): t["rows_total"] for t in tables}
+        conflicts: dict[str, int] = {}
+        for t in tables:
+            conflicts[t["table"]] = conflicts.get(t["table"], 0) + t["conflicts_total"]
+        with self._lock:
+            self._rows, self._conflicts = rows, conflicts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        with self._lock:
+            rows, conflicts = dict(self._rows), dict(self._conflicts)
+        moved = CounterMetricFamily("cesar_sync_rows", "Rows the sync has written, by table and "
+                                    "direction (from sync_state).", labels=("table", "direction"))
+        for (table, direction), n in sorted(rows.items()):
+            moved.add_metric([table, direction], n)
+        yield moved
+        lost = CounterMetricFamily("cesar_sync_conflicts", "Conflicts the sync has recorded in "
+                                   "sync_conflicts, by table (from sync_state).", labels=("table",))
+        for table, n in sorted(conflicts.items()):
+            lost.add_metric([table], n)
+        yield lost
+
+
+COUNTERS = SyncCounters()
+metrics.REGISTRY.register(COUNTERS)
+metrics.EXTRA_COLLECTORS.append(COUNTERS)

@@ -99,6 +99,19 @@ def test(c, k="", marker="", args=""):
 
 @task(
     help={
+        "full": "Also compare every table by key and row hash and repair what differs.",
+        "dry_run": "Report what would move and conflict; change nothing.",
+        "json": "Print one JSON object.",
+    }
+)
+def sync(c, full=False, dry_run=False, json=False):
+    """One two-way sync pass between the local database and the cluster (`cesar sync run`)."""
+    cesar("sync", "run", *(["--full"] if full else []), *(["--dry-run"] if dry_run else []),
+          *(["--json"] if json else []))
+
+
+@task(
+    help={
         "suite": "Which benchmark: a module name under cesar/bench/ (e.g. migrate, api, sync).",
         "args": "Extra arguments for the suite (see `--args=--help`).",
     }
@@ -283,6 +296,7 @@ ns = Collection(up, down, status, test, bench)
 ns.add_task(smoke)
 ns.add_task(migrate)
 ns.add_task(rollback)
+ns.add_task(sync)
 ns.add_task(rotate_password)
 ns.add_collection(infra)
 ns.add_task(deploy)

@@ -66,6 +66,7 @@ def up(as_json: bool) -> None:
             "seconds": round(result.seconds, 3), "actions": result.actions,
             "embedded": result.embedded,
             "databases": {d.name: d.as_dict() for d in result.databases},
+            "sync": result.sync,
             **(result.api or {}),
         })
         return
@@ -75,6 +76,8 @@ def up(as_json: bool) -> None:
     for d in result.databases:
         click.echo(f"  {d.name:<8} {d.engine:<11} agents={d.agents:<4} "
                    f"migrations={d.migrations_line:<6} {stack.urls.mask(d.url)}")
+    if result.sync:
+        click.echo(f"  sync     {result.sync['summary']}")
     if result.api:
         click.echo(f"  api      {result.api['api']['database'] or '-':<11} "
                    f"health={result.api['api']['health_status']}  {result.api['api_url']}")

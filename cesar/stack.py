@@ -49,6 +49,7 @@ class UpResult:
     databases: list[DatabaseReport] = field(default_factory=list)
     embedded: dict[str, Any] | None = None
     api: dict[str, Any] | None = None  # cesar.service.ApiService.status()
+    sync: dict[str, Any] | None = None  # the sync pass after migrating (cesar.sync.run)
 
 
 def _uses_embedded(settings: Settings) -> bool:
@@ -102,11 +103,24 @@ def up(settings: Settings) -> UpResult:
             row = conn.execute("SELECT count(*) FROM agents").fetchone()
             report.agents = int(row[0]) if row else 0
         result.databases.append(report)
+    result.sync = _sync_pass(settings)
     api = _api_service(settings)
     result.actions.extend(api.start())
     result.api = api.status()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _sync_pass(settings: Settings) -> dict[str, Any] | None:
+    """One sync run between the two databases (issue 5); None without both of them."""
+    from cesar.sync import run  # its errors are the operator's: one line, exit 1 or 2
+
+    endpoints = {e.name: e.url for e in _endpoints(settings)}
+    if len(endpoints) < 2:
+        return None
+    report = run.run_once(settings, endpoints["local"], endpoints["cluster"])
+    return {"summary": report.summary(), "moved": report.moved, "conflicts": report.conflicts,
+            "first_pairing": report.first_pairing, "seconds": round(report.seconds, 3)}
 
 
 def _api_service(settings: Settings) -> Any:

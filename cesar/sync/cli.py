@@ -72,7 +72,7 @@ def run_cmd(local_url: str | None, remote_url: str | None, full: bool, dry_run: 
         return
     if not quiet:
         _print_tables(report)
-    click.echo(_summary(report))
+    click.echo(report.summary())
 
 
 def _print_tables(report: Any) -> None:
@@ -87,19 +87,6 @@ def _print_tables(report: Any) -> None:
                        f"{r.repaired_local + r.repaired_cluster:<5} (local {r.repaired_local}, "
                        f"cluster {r.repaired_cluster}) conflicts {r.conflicts} "
                        f"in {r.ranges_differing}/{r.ranges} ranges")
-
-
-def _summary(report: Any) -> str:
-    verb = "would move" if report.dry_run else "moved"
-    parts = [f"{verb} {report.moved} row{'' if report.moved == 1 else 's'}",
-             f"{report.conflicts} conflict{'' if report.conflicts == 1 else 's'}"]
-    if report.deferred:
-        parts.append(f"{report.deferred} deferred (locked by an open transaction: next run)")
-    if report.failed:
-        parts.append(f"{report.failed} failed (see sync_conflicts; retried every run)")
-    what = "full sync" if report.full else "sync"
-    prefix = "dry run, nothing changed: " if report.dry_run else ""
-    return f"{prefix}{what} done in {report.seconds:.2f} s: {', '.join(parts)}"
 
 
 @sync_group.command("status")

@@ -125,9 +125,23 @@ class RunReport:
     def deferred(self) -> int:
         return sum(t.deferred for t in self.tables) + sum(r.deferred for r in self.reconcile)
 
+    def summary(self) -> str:
+        """One line: what the run did (what cron logs, what `invoke up` shows)."""
+        verb = "would move" if self.dry_run else "moved"
+        parts = [f"{verb} {self.moved} row{'' if self.moved == 1 else 's'}",
+                 f"{self.conflicts} conflict{'' if self.conflicts == 1 else 's'}"]
+        if self.deferred:
+            parts.append(f"{self.deferred} deferred (locked by an open transaction: next run)")
+        if self.failed:
+            parts.append(f"{self.failed} failed (see sync_conflicts; retried every run)")
+        what = "full sync" if self.full else "sync"
+        prefix = "dry run, nothing changed: " if self.dry_run else ""
+        return f"{prefix}{what} done in {self.seconds:.2f} s: {', '.join(parts)}"
+
     def as_dict(self) -> dict[str, Any]:
         return {
-            "dry_run": self.dry_run, "full": self.full, "first_pairing": self.first_pairing,
+            "summary": self.summary(), "dry_run": self.dry_run, "full": self.full,
+            "first_pairing": self.first_pairing,
             "in_progress": self.in_progress, "local": self.local, "cluster": self.cluster,
             "moved": self.moved, "conflicts": self.conflicts, "failed": self.failed,
             "deferred": self.deferred, "seconds": round(self.seconds, 3),
@@ -374,3 +388,10 @@ class Run:
 def run(settings: Settings, sync: SyncSettings, options: Options,
         progress: Progress = _quiet) -> RunReport:
     return Run(settings, sync, options, progress).execute()
+
+
+def run_once(settings: Settings, local_url: str, cluster_url: str) -> RunReport:
+    """One run with the environment's sync settings (``invoke up``'s pass after migrating)."""
+    from cesar.sync.tables import load_sync_settings
+
+    return run(settings, load_sync_settings(), Options(local_url, cluster_url))

@@ -172,7 +172,8 @@ class EmbeddedPostgres:
             # this module (through the CLI) with the runtime dependencies only.
             from cesar import tls
 
-            tls.ensure_server_certificates(self.tls_dir, owner_uid=owner.pw_uid if owner else None)
+            tls.ensure_server_certificates(self.tls_dir, owner_uid=owner.pw_uid if owner else None,
+                                           extra_ips=self.extra_listen)
         changed = self._write_config(state)
         running = self.pid() is not None
         if running and changed:

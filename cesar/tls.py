@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -23,11 +24,14 @@ def _name(common_name: str) -> x509.Name:
     ])
 
 
-def ensure_server_certificates(directory: Path, owner_uid: int | None = None) -> bool:
+def ensure_server_certificates(
+    directory: Path, owner_uid: int | None = None, *, extra_ips: Sequence[str] = ()
+) -> bool:
     """Create ca.crt, server.crt and server.key in ``directory`` unless present.
 
-    The CA's private key is not kept: nothing else is ever signed with it. Returns True when
-    new files were written.
+    The CA's private key is not kept: nothing else is ever signed with it. The server
+    certificate is valid for localhost, 127.0.0.1 and ``extra_ips`` (e.g. the address the test
+    hosts reach the server at). Returns True when new files were written.
     """
     ca_crt, crt, key = directory / "ca.crt", directory / "server.crt", directory / "server.key"
     if ca_crt.exists() and crt.exists() and key.exists():
@@ -63,6 +67,7 @@ def ensure_server_certificates(directory: Path, owner_uid: int | None = None) ->
         .add_extension(x509.SubjectAlternativeName([
             x509.DNSName("localhost"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
         ]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())

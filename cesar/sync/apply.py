@@ -29,7 +29,7 @@ from cesar import db
 from cesar.errors import RetryExhausted
 from cesar.sync.capture import Change
 from cesar.sync.rule import Action, Existing, Version, compare, decide
-from cesar.sync.tables import TableSpec
+from cesar.sync.tables import TableSpec, key_filter, key_range
 
 #: Errors that concern some rows of a batch, not the run: split the batch to find them.
 ROW_ERRORS: tuple[type[BaseException], ...] = (
@@ -187,22 +187,54 @@ def _lock(conn: psycopg.Connection, target: Target, spec: TableSpec,
           keys: list[str]) -> tuple[dict[str, Existing], set[str]]:
     """Lock the keys' rows and version rows (rows first, like a writer); read their state.
 
-    Returns the target's state per key and the keys held by another transaction. A dry run
-    takes no locks and writes nothing."""
-    lock = "" if target.dry_run else " FOR UPDATE SKIP LOCKED"
-    if not target.dry_run:
-        conn.execute("SELECT set_config('cesar.sync_apply', 'on', true), "
-                     "set_config('lock_timeout', %s, true)", [f"{target.lock_timeout_ms}ms"])
-    by_key = sql.SQL("id = ANY(CAST(%s AS {}))").format(spec.pk_array_type)
-    rows_q = sql.SQL("SELECT CAST(id AS TEXT) FROM {} WHERE {}").format(spec.ident, by_key)
-    present = {k for (k,) in conn.execute(rows_q, [keys]).fetchall()}
-    locked = present if target.dry_run else {
-        k for (k,) in conn.execute(rows_q + sql.SQL(lock), [keys]).fetchall()}
-    meta_q = ("SELECT pk, version, origin, deleted, pending FROM sync_versions "
-              "WHERE table_name = %s AND pk = ANY(%s)")
-    meta_present = {r[0] for r in conn.execute(meta_q, [spec.name, keys]).fetchall()}
-    meta = {r[0]: r for r in conn.execute(meta_q + lock, [spec.name, keys]).fetchall()}
-    busy = (present - locked) | (meta_present - set(meta))
+    Returns the target's state per key and the keys held by another transaction. Three ways,
+    cheapest first: a key range the target has never seen (a table's first copy) needs no lock
+    and no lookup; otherwise one ``FOR UPDATE NOWAIT`` read of each kind succeeds when nobody
+    holds those rows (the usual case); if someone does, ``SKIP LOCKED`` reads tell which keys
+    are busy. A dry run takes no locks and writes nothing."""
+    params = {"table": spec.name, "keys": keys}
+    rows_q = sql.SQL("SELECT CAST(id AS TEXT) FROM {} WHERE {}").format(
+        spec.ident, key_filter("id", f"{spec.pk_type}[]"))
+    meta_q = sql.SQL("SELECT pk, version, origin, deleted, pending FROM sync_versions "
+                     "WHERE table_name = %(table)s AND {}").format(key_filter("pk", "TEXT[]"))
+    if target.dry_run:
+        present = {k for (k,) in conn.execute(rows_q, params).fetchall()}
+        return _state(keys, present, {r[0]: r for r in conn.execute(meta_q, params)}), set()
+    conn.execute("SELECT set_config('cesar.sync_apply', 'on', true), "
+                 "set_config('lock_timeout', %s, true)", [f"{target.lock_timeout_ms}ms"])
+    if _range_is_new(conn, spec, params):
+        return {}, set()
+    try:
+        with conn.transaction():  # a savepoint: NOWAIT fails at once on a held row
+            locked = {k for (k,) in conn.execute(rows_q + sql.SQL(" FOR UPDATE NOWAIT"),
+                                                 params).fetchall()}
+            meta = {r[0]: r for r in conn.execute(meta_q + sql.SQL(" FOR UPDATE NOWAIT"),
+                                                  params).fetchall()}
+        return _state(keys, locked, meta), set()
+    except pgerrors.LockNotAvailable:
+        pass
+    present = {k for (k,) in conn.execute(rows_q, params).fetchall()}
+    locked = {k for (k,) in conn.execute(rows_q + sql.SQL(" FOR UPDATE SKIP LOCKED"),
+                                         params).fetchall()}
+    meta_present = {r[0] for r in conn.execute(meta_q, params).fetchall()}
+    meta = {r[0]: r for r in conn.execute(meta_q + sql.SQL(" FOR UPDATE SKIP LOCKED"),
+                                          params).fetchall()}
+    return _state(keys, locked, meta), (present - locked) | (meta_present - set(meta))
+
+
+def _range_is_new(conn: psycopg.Connection, spec: TableSpec, params: dict[str, Any]) -> bool:
+    """Whether the target has no row and no version row anywhere in the keys' range: two
+    index probes instead of one lookup per key. (A writer inserting into that range meanwhile
+    is still safe: new version rows are inserted with ON CONFLICT DO NOTHING, see _write.)"""
+    row = conn.execute(
+        sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {t} WHERE {r}) AND NOT EXISTS "
+                "(SELECT 1 FROM sync_versions WHERE table_name = %(table)s AND {m})").format(
+            t=spec.ident, r=key_range("id", f"{spec.pk_type}[]"),
+            m=key_range("pk", "TEXT[]")), params).fetchone()
+    return bool(row and row[0])
+
+
+def _state(keys: list[str], locked: set[str], meta: dict[str, Any]) -> dict[str, Existing]:
     state: dict[str, Existing] = {}
     for key in keys:
         m = meta.get(key)
@@ -214,7 +246,7 @@ def _lock(conn: psycopg.Connection, target: Target, spec: TableSpec,
             pending=bool(m[4]) if m is not None else False,
             present=key in locked,
         )
-    return state, busy
+    return state
 
 
 def _write(conn: psycopg.Connection, spec: TableSpec, changes: list[Change],
@@ -237,24 +269,25 @@ def _write(conn: psycopg.Connection, spec: TableSpec, changes: list[Change],
         rows = conn.execute(
             "INSERT INTO sync_versions (table_name, pk, version, origin, deleted, pending) "
             "SELECT %s, u.pk, u.version, u.origin, u.deleted, false FROM ("
-            "  SELECT unnest(CAST(%s AS TEXT[])) AS pk, "
-            "         unnest(CAST(%s AS TIMESTAMPTZ[])) AS version, "
-            "         unnest(CAST(%s AS TEXT[])) AS origin, "
-            "         unnest(CAST(%s AS BOOLEAN[])) AS deleted) AS u "
+            "  SELECT unnest(CAST(%b AS TEXT[])) AS pk, "
+            "         unnest(CAST(%b AS TIMESTAMPTZ[])) AS version, "
+            "         unnest(CAST(%b AS TEXT[])) AS origin, "
+            "         unnest(CAST(%b AS BOOLEAN[])) AS deleted) AS u "
             "ON CONFLICT (table_name, pk) DO NOTHING RETURNING pk",
             [spec.name, *_columns(new)],
         ).fetchall()
         written |= {pk for (pk,) in rows}
-    if old:
+    if old:  # their version rows are locked by this transaction (_lock)
         conn.execute(
-            "UPDATE sync_versions AS v SET version = u.version, origin = u.origin, "
-            "deleted = u.deleted, pending = false FROM ("
-            "  SELECT unnest(CAST(%s AS TEXT[])) AS pk, "
-            "         unnest(CAST(%s AS TIMESTAMPTZ[])) AS version, "
-            "         unnest(CAST(%s AS TEXT[])) AS origin, "
-            "         unnest(CAST(%s AS BOOLEAN[])) AS deleted) AS u "
-            "WHERE v.table_name = %s AND v.pk = u.pk",
-            [*_columns(old), spec.name],
+            "INSERT INTO sync_versions (table_name, pk, version, origin, deleted, pending) "
+            "SELECT %s, u.pk, u.version, u.origin, u.deleted, false FROM ("
+            "  SELECT unnest(CAST(%b AS TEXT[])) AS pk, "
+            "         unnest(CAST(%b AS TIMESTAMPTZ[])) AS version, "
+            "         unnest(CAST(%b AS TEXT[])) AS origin, "
+            "         unnest(CAST(%b AS BOOLEAN[])) AS deleted) AS u "
+            "ON CONFLICT (table_name, pk) DO UPDATE SET version = excluded.version, "
+            "origin = excluded.origin, deleted = excluded.deleted, pending = false",
+            [spec.name, *_columns(old)],
         )
     live = [ch for ch in changes if ch.pk in written and not ch.deleted]
     gone = [ch.pk for ch in changes if ch.pk in written and ch.deleted]
@@ -267,8 +300,8 @@ def _write(conn: psycopg.Connection, spec: TableSpec, changes: list[Change],
             ["[" + ",".join(ch.row or "null" for ch in live) + "]"],
         )
     if gone:
-        conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(CAST(%s AS {}))").format(
-            spec.ident, spec.pk_array_type), [gone])
+        conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(
+            spec.ident, key_filter("id", f"{spec.pk_type}[]")), {"keys": gone})
     return written
 
 
@@ -284,7 +317,7 @@ def _images(conn: psycopg.Connection, spec: TableSpec, keys: list[str],
     that two images compare equal whenever the target would hold the same values)."""
     current = dict(conn.execute(
         sql.SQL("SELECT CAST(id AS TEXT), CAST(row_to_json(t.*) AS TEXT) FROM {} AS t "
-                "WHERE id = ANY(CAST(%s AS {}))").format(spec.ident, spec.pk_array_type),
+                "WHERE id = ANY(CAST(%b AS {}))").format(spec.ident, spec.pk_array_type),
         [keys]).fetchall())
     normalised: dict[str, str] = {}
     if incoming:

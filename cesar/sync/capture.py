@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
+from psycopg import errors as pgerrors
 from psycopg import sql
 
 from cesar import db
 from cesar.sync.rule import Version
-from cesar.sync.tables import TableSpec
+from cesar.sync.tables import TableSpec, key_filter
 
 
 @dataclass(frozen=True)
@@ -96,24 +97,45 @@ def acknowledge(conn: psycopg.Connection, spec: TableSpec, changes: Sequence[Cha
     if not changes:
         return 0
 
-    def work(c: psycopg.Connection) -> int:
-        locked = {pk for (pk,) in c.execute(
-            "SELECT pk FROM sync_versions WHERE table_name = %s AND pk = ANY(%s) AND pending "
-            "FOR UPDATE SKIP LOCKED", [spec.name, [ch.pk for ch in changes]],
-        ).fetchall()}
-        mine = [ch for ch in changes if ch.pk in locked]
-        if not mine:
-            return 0
-        cur = c.execute(
-            "UPDATE sync_versions AS v SET pending = false "
-            "FROM (SELECT unnest(CAST(%s AS TEXT[])) AS pk, "
-            "             unnest(CAST(%s AS TIMESTAMPTZ[])) AS version, "
-            "             unnest(CAST(%s AS TEXT[])) AS origin) AS a "
-            "WHERE v.table_name = %s AND v.pk = a.pk AND v.version = a.version "
-            "  AND v.origin = a.origin AND v.pending",
-            [[ch.pk for ch in mine], [ch.written_at for ch in mine], [ch.origin for ch in mine],
-             spec.name],
-        )
-        return cur.rowcount
+    sent = {ch.pk: (ch.written_at, ch.origin) for ch in changes}
 
-    return db.run_transaction(conn, work, **retry)  # type: ignore[arg-type]
+    def at_once(c: psycopg.Connection) -> int:
+        # The usual case, in one statement: clear them all and read back the versions they
+        # held; the few written again since the read (another version) are set back at once,
+        # in the same transaction, so no one ever sees them cleared. A row that a writer holds
+        # makes the statement give up after a moment (lock_timeout): then the careful way.
+        c.execute("SELECT set_config('lock_timeout', '200ms', true)")
+        rows = c.execute(
+            sql.SQL("UPDATE sync_versions SET pending = false WHERE table_name = %(table)s "
+                    "AND {} AND pending RETURNING pk, version, origin").format(
+                key_filter("pk", "TEXT[]")),
+            {"table": spec.name, "keys": list(sent)},
+        ).fetchall()
+        newer = [pk for pk, version, origin in rows if sent[pk] != (version, origin)]
+        if newer:
+            c.execute(sql.SQL("UPDATE sync_versions SET pending = true "
+                              "WHERE table_name = %(table)s AND {}").format(
+                key_filter("pk", "TEXT[]")), {"table": spec.name, "keys": newer})
+        return len(rows) - len(newer)
+
+    def careful(c: psycopg.Connection) -> int:
+        # Lock the rows (skipping those a writer holds) and keep those still at the version
+        # that was sent; then clear them.
+        held = c.execute(
+            sql.SQL("SELECT pk, version, origin FROM sync_versions WHERE table_name = %(table)s "
+                    "AND {} AND pending FOR UPDATE SKIP LOCKED").format(
+                key_filter("pk", "TEXT[]")),
+            {"table": spec.name, "keys": list(sent)},
+        ).fetchall()
+        done = [pk for pk, version, origin in held if sent[pk] == (version, origin)]
+        if not done:
+            return 0
+        c.execute(sql.SQL("UPDATE sync_versions SET pending = false "
+                          "WHERE table_name = %(table)s AND {}").format(key_filter("pk", "TEXT[]")),
+                  {"table": spec.name, "keys": done})
+        return len(done)
+
+    try:
+        return db.run_transaction(conn, at_once, **retry)  # type: ignore[arg-type]
+    except (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected):
+        return db.run_transaction(conn, careful, **retry)  # type: ignore[arg-type]

@@ -106,7 +106,8 @@ def _rows(conn: psycopg.Connection, spec: TableSpec, lo: Any, hi: Any
 def _versions(conn: psycopg.Connection, spec: TableSpec, keys: list[str]
               ) -> dict[str, Version]:
     return {pk: (v, o) for pk, v, o in conn.execute(
-        "SELECT pk, version, origin FROM sync_versions WHERE table_name = %s AND pk = ANY(%s)",
+        "SELECT pk, version, origin FROM sync_versions "
+        "WHERE table_name = %s AND pk = ANY(CAST(%b AS TEXT[]))",
         [spec.name, keys]).fetchall()}
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -204,6 +205,9 @@ def connect(url: str, source: str, role: str, settings: Settings, sync: SyncSett
                               f"({source}): {first}") from None
     conn.execute("SET TimeZone = 'UTC'")
     conn.execute("SET default_transaction_isolation = 'read committed'")
+    if db.detect_engine(conn) == "postgresql":
+        # Batches are small: parallel workers would cost more to start than they save.
+        conn.execute("SET max_parallel_workers_per_gather = 0")
     return conn
 
 
@@ -235,6 +239,7 @@ class Run:
         # Dry run: per table, the keys the first direction would write on its target and
         # acknowledge on its source (the second direction's source and target).
         self._simulated: dict[str, tuple[set[str], set[str]]] = {}
+        self._ack_conns: dict[str, psycopg.Connection] = {}
 
     # ---------------------------------------------------------------- plumbing
     def _open(self) -> None:
@@ -250,6 +255,8 @@ class Run:
             self.lease = None
         for side in self.sides.values():
             side.conn.close()
+        for conn in self._ack_conns.values():
+            conn.close()
 
     def _target(self, role: str, direction: str, table: str | None = None) -> Target:
         written, acked = self._simulated.get(table or "", (set(), set()))
@@ -322,30 +329,71 @@ class Run:
 
     def _move(self, src: str, dst: str, spec: TableSpec, deleted: bool,
               tr: TableReport) -> None:
+        """Move one kind of pending change of one table, batch by batch, as a pipeline: while
+        the target applies batch N, the source reads batch N+1 and acknowledges batch N-1 (on a
+        second connection). Each acknowledgement still starts only after its batch's target
+        transaction has committed."""
         started = time.perf_counter()
         source = self.sides[src].conn
         target = self._target(dst, tr.direction, spec.name)
-        after = ""
-        while True:
-            self._check_lease()
-            changes = capture.read_pending(source, spec, deleted=deleted, after=after,
-                                           limit=self.sync.batch_size)
-            if not changes:
-                break
-            outcome = apply_changes(target, spec, changes)
-            acked = 0
-            if not self.options.dry_run:
-                acked = capture.acknowledge(source, spec, outcome.settled, **self.retry)
-            tr.add(outcome, acked)
-            if self.options.dry_run and tr.direction == "local_to_cluster":
-                written, settled = self._simulated.setdefault(spec.name, (set(), set()))
-                written.update(ch.pk for ch in outcome.applied)
-                settled.update(ch.pk for ch in outcome.settled)
-            after = changes[-1].pk
-            if len(changes) < self.sync.batch_size:
-                break
-            self.progress(f"  {tr.direction} {spec.name}: {tr.applied} rows so far")
+        size = self.sync.batch_size
+
+        def read(after: str) -> list[capture.Change]:
+            return capture.read_pending(source, spec, deleted=deleted, after=after, limit=size)
+
+        def ack(settled: list[capture.Change]) -> int:
+            return capture.acknowledge(self._ack_conn(src), spec, settled, **self.retry)
+
+        last_note = started
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cesar-sync") as pool:
+            pending_read: Future[list[capture.Change]] | None = pool.submit(read, "")
+            pending_ack: tuple[Future[int], Outcome] | None = None
+            try:
+                while pending_read is not None:
+                    self._check_lease()
+                    changes = pending_read.result()
+                    pending_read = None
+                    if len(changes) == size:
+                        pending_read = pool.submit(read, changes[-1].pk)
+                    if not changes:
+                        break
+                    outcome = apply_changes(target, spec, changes)
+                    if pending_ack is not None:
+                        tr.add(pending_ack[1], pending_ack[0].result())
+                        pending_ack = None
+                    if self.options.dry_run:
+                        tr.add(outcome, 0)
+                        self._simulate(tr, spec, outcome)
+                    else:
+                        pending_ack = (pool.submit(ack, outcome.settled), outcome)
+                    if time.perf_counter() - last_note > 2:
+                        last_note = time.perf_counter()
+                        self.progress(f"  {tr.direction} {spec.name}: "
+                                      f"{tr.applied + len(outcome.applied)} rows so far")
+                if pending_ack is not None:
+                    tr.add(pending_ack[1], pending_ack[0].result())
+                    pending_ack = None
+            finally:
+                for future in (pending_read, pending_ack[0] if pending_ack else None):
+                    if future is not None:
+                        future.cancel()
         tr.seconds += time.perf_counter() - started
+
+    def _simulate(self, tr: TableReport, spec: TableSpec, outcome: Outcome) -> None:
+        """Dry run: remember what the first direction would have done (see Target)."""
+        if tr.direction == "local_to_cluster":
+            written, settled = self._simulated.setdefault(spec.name, (set(), set()))
+            written.update(ch.pk for ch in outcome.applied)
+            settled.update(ch.pk for ch in outcome.settled)
+
+    def _ack_conn(self, role: str) -> psycopg.Connection:
+        """A second connection to a side, for acknowledgements running beside the reads."""
+        conn = self._ack_conns.get(role)
+        if conn is None or conn.closed:
+            side = self.sides[role]
+            conn = connect(side.url, side.source, role, self.settings, self.sync)
+            self._ack_conns[role] = conn
+        return conn
 
     def _reconcile(self, specs: list[TableSpec], report: RunReport) -> None:
         local, cluster = self.sides["local"].conn, self.sides["cluster"].conn

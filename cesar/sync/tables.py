@@ -17,6 +17,7 @@ from typing import Annotated
 
 import psycopg
 from psycopg import sql
+from psycopg.adapt import PyFormat
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -131,6 +132,33 @@ class TableSpec:
                 expr = sql.SQL("CAST({} AS TEXT)").format(col)
             parts.append(sql.SQL("COALESCE({}, '\\N')").format(expr))
         return sql.SQL(" || chr(31) || ").join(parts)
+
+
+def key_range(column: str, array_type: str, param: str = "keys") -> sql.Composable:
+    """``column BETWEEN`` the smallest and the largest of the keys ``%(keys)b``.
+
+    The bounds are computed by the database, in its own collation, so they never exclude one
+    of the keys. (``ORDER BY ... LIMIT 1``, not ``min()``: PostgreSQL before 18 has no
+    ``min(uuid)``.)"""
+    keys = _keys(array_type, param)
+    return sql.SQL("{c} BETWEEN (SELECT x FROM unnest({k}) AS x ORDER BY x LIMIT 1) "
+                   "AND (SELECT x FROM unnest({k}) AS x ORDER BY x DESC LIMIT 1)").format(
+        c=sql.SQL(column), k=keys)
+
+
+def key_filter(column: str, array_type: str, param: str = "keys") -> sql.Composable:
+    """``column = ANY(%(keys)b)`` within :func:`key_range`.
+
+    A batch's keys are contiguous in key order, so the range lets the planner walk the index
+    over it instead of scanning the table (which it may prefer for thousands of keys, or on
+    statistics older than the table's growth: a cost that grows with the table, per batch)."""
+    return sql.SQL("{c} = ANY({k}) AND {r}").format(
+        c=sql.SQL(column), k=_keys(array_type, param), r=key_range(column, array_type, param))
+
+
+def _keys(array_type: str, param: str) -> sql.Composable:
+    return sql.SQL("CAST({} AS {})").format(sql.Placeholder(param, PyFormat.BINARY),
+                                            sql.SQL(array_type))
 
 
 # ------------------------------------------------------------------------- validation

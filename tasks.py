@@ -263,6 +263,8 @@ def testhosts_up(c, count=2, sync_hosts=1):
                          progress=lambda m: print(f"  {m}"))
     except CesarError as exc:
         raise Exit(f"cesar: error: {exc}", code=exc.exit_code) from None
+    except Exception as exc:  # the harness cleaned up; still one line for the operator
+        raise Exit(f"cesar: error: internal error: {type(exc).__name__}: {exc}", code=1) from None
     print(f"next: cd ansible && ansible-playbook -i {run.inventory} site.yml")
     print(run.inventory)
 

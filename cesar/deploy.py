@@ -25,6 +25,7 @@ from cesar.errors import ConfigError, OperationFailed
 ANSIBLE_DIR = Path("ansible")
 PLAYBOOK = "site.yml"
 VAULT_HEADER = "$ANSIBLE_VAULT;"
+_PASSWORD_IN_URL = re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)[^@\s]+@")
 _RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+(?P<counts>(?:\w+=\d+\s*)+)$")
 
 
@@ -39,7 +40,8 @@ class Plan:
     env: dict[str, str] = field(default_factory=dict)
 
     def display(self) -> str:
-        return " ".join(self.argv)
+        """The command line, any password in a URL among the -e values masked."""
+        return " ".join(_PASSWORD_IN_URL.sub(r"\1***@", arg) for arg in self.argv)
 
 
 def inventory_for(environment: str, inventory: str | Path | None = None,
@@ -225,7 +227,8 @@ def deploy_command(check: bool, diff: bool, limit: str | None, tags: str | None,
     the_plan = plan(settings.environment, inventory=inventory, check=check, diff=diff,
                     limit=limit, tags=tags, vault_password_file=password_file,
                     wheelhouse=wheelhouse_dir, extra_vars=extra_vars)
-    click.echo(f"environment {settings.environment}, inventory {the_plan.inventory}")
+    source = "--inventory" if inventory else f"ENVIRONMENT={settings.environment}"
+    click.echo(f"inventory {the_plan.inventory} ({source})")
     if dry_run:
         built = wheelhouse.load(wheelhouse_dir).id if (wheelhouse_dir / "release.json").exists() \
             else "(not built yet)"

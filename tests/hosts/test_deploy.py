@@ -73,15 +73,14 @@ def test_testinfra_checks_pass(first_deploy, host_run) -> None:
 
 def test_unhealthy_release_stops_the_rollout_at_the_first_host(first_deploy, host_run) -> None:
     """A configuration that passes validation but leaves /health at 503 (a wrong database
-    password) fails the first host after its retries; the second host is never touched. The
-    next good deploy restores the first host."""
+    password, sslmode=verify-full as staging requires) fails the first host after its retries;
+    the second host is never touched. The next good deploy restores the first host."""
     assert first_deploy[0] == 0, "the first deploy failed"
     first, second = host_run.hosts[0].name, host_run.hosts[1].name
-    wrong = "postgresql://cesar_app_a:wrong-password@{}:1/nowhere?sslmode=disable"
+    wrong = (f"postgresql://cesar_app_a:wrong-password@{host_run.controller}:1/nowhere"
+             f"?sslmode=verify-full&sslrootcert={testhosts.HOST_CA_FILE}")
     rc, output = playbook(
-        host_run,
-        f"cesar_api_cockroach_db_url={wrong.format(host_run.controller)}",
-        f"cesar_api_local_db_url={wrong.format(host_run.controller)}",
+        host_run, f"cesar_api_cockroach_db_url={wrong}",
         "cesar_api_health_retries=4", "cesar_api_health_delay=1",
     )
     assert rc != 0, _tail(output)

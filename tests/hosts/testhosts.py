@@ -66,6 +66,8 @@ TOOLS = {
     "ssh-keygen": "openssh-client",
 }
 SUBNETS = ipaddress.ip_network("10.77.0.0/16")
+# Where the roles install the database CA on the hosts (cesar_api_db_ca_file's default).
+HOST_CA_FILE = "/etc/cesar/db-ca.crt"
 BOOT_TIMEOUT = 90.0
 
 Progress = Callable[[str], None]
@@ -125,7 +127,19 @@ def missing_requirements() -> list[str]:
     for tool, package in TOOLS.items():
         if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
             missing.append(f"{tool} (apt-get install {package})")
+    if tls_bindir() is None:
+        missing.append("a PostgreSQL built with SSL (apt-get install postgresql)")
     return missing
+
+
+def tls_bindir() -> Path | None:
+    """A PostgreSQL build with SSL (Debian's package): the hosts use it with verify-full."""
+    from cesar.embedded import ssl_supported
+
+    for bindir in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (bindir / "postgres").exists() and ssl_supported(bindir):
+            return bindir
+    return None
 
 
 def _require() -> None:
@@ -317,38 +331,33 @@ def _boot(run: Run, host: Host) -> None:
 
 
 def _database(run: Run, progress: Progress) -> dict[str, str]:
-    """An embedded PostgreSQL of the run's own, listening on the bridge; schema applied."""
+    """A PostgreSQL of the run's own (Debian's build, with TLS), listening on the bridge with a
+    certificate valid for the bridge address; schema applied. Returns the hosts' URLs
+    (verify-full against the CA the roles install at HOST_CA_FILE), and the CA."""
     run.pg_dir = str(run.path / "pg")
     run.save()
-    pg = EmbeddedPostgres(Path(run.pg_dir), extra_listen=[run.controller],
+    pg = EmbeddedPostgres(Path(run.pg_dir), bindir=tls_bindir(), extra_listen=[run.controller],
                           allow_networks=[run.subnet])
     state, _ = pg.up()
-    progress(f"database: PostgreSQL on {run.controller}:{state.port} (and 127.0.0.1)")
+    if not state.tls:
+        raise OperationFailed(f"the PostgreSQL in {tls_bindir()} did not start with TLS")
+    progress(f"database: PostgreSQL with TLS on {run.controller}:{state.port} (and 127.0.0.1)")
     login = state.active_login
-    result = {}
+    result = {"ca_cert": pg.ca_file.read_text()}
     for name, dbname in (("local", LOCAL_DB), ("cluster", CLUSTER_DB)):
-        for host, key in ((run.controller, name), ("127.0.0.1", f"{name}_controller")):
-            result[key] = urls.build(user=login, password=state.passwords[login], host=host,
-                                     port=state.port, dbname=dbname, sslmode="disable")
-        _apply_schema(result[f"{name}_controller"])
+        common = {"user": login, "password": state.passwords[login], "port": state.port,
+                  "dbname": dbname}
+        result[name] = urls.build(host=run.controller, sslmode="verify-full",
+                                  sslrootcert=HOST_CA_FILE, **common)
+        _apply_schema(urls.build(host="127.0.0.1", sslmode="verify-full",
+                                 sslrootcert=str(pg.ca_file), **common))
     return result
 
 
 def _apply_schema(url: str) -> None:
-    """The schema, applied from the controller before any deploy: the migration runner when it
-    exists (`cesar migrate up`), else the initial schema."""
-    from cesar.cli import cli
-
-    if "migrate" in cli.commands:
-        _run([sys.executable, "-m", "cesar.cli", "migrate", "up", "--url", url],
-             "cesar migrate up", cwd=REPO, timeout=300)
-        return
-    import psycopg
-
-    from cesar.stack import apply_initial_schema
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        apply_initial_schema(conn, REPO / "sql" / "migrations")
+    """The schema, applied from the controller before any deploy, by the migration runner."""
+    _run([sys.executable, "-m", "cesar.cli", "migrate", "up", "--url", url],
+         "cesar migrate up", cwd=REPO, timeout=300)
 
 
 def ssh_command(run: Run, host: Host, keys: Keys | None = None) -> list[str]:
@@ -394,8 +403,8 @@ def _wait_ready(run: Run, host: Host, keys: Keys) -> None:
 def _write_inventory(run: Run, keys: Keys, db: dict[str, str], sync_hosts: int) -> Path:
     """A complete inventory: `ansible-playbook -i THIS site.yml` from ansible/ needs nothing else.
 
-    The hosts run ENVIRONMENT=development with DATABASE_TARGET=cluster: the controller's
-    PostgreSQL (pgserver's build) has no TLS, and staging/production require verify-full."""
+    The hosts run as staging does: ENVIRONMENT=staging, the "cluster" reached with
+    sslmode=verify-full through the CA the roles install. The engine is PostgreSQL."""
     hosts = {h.name: {"ansible_host": h.address} for h in run.hosts}
     ssh_args = " ".join(ssh_options(keys.private, keys.known_hosts)[2:])
     inventory = {
@@ -406,14 +415,14 @@ def _write_inventory(run: Run, keys: Keys, db: dict[str, str], sync_hosts: int) 
                 "ansible_ssh_common_args": ssh_args,
                 "ansible_python_interpreter": "/usr/bin/python3",
                 "cesar_release_wheelhouse": str(run.path / "wheelhouse"),
-                "cesar_api_environment": "development",
-                "cesar_api_database_target": "cluster",
+                "cesar_api_environment": "staging",
                 "cesar_api_cockroach_db_url": db["cluster"],
-                "cesar_api_local_db_url": db["local"],
+                "cesar_api_db_ca_cert": db["ca_cert"],
                 "cesar_api_expected_engine": "postgresql",
-                "cesar_sync_environment": "development",
+                "cesar_sync_environment": "staging",
                 "cesar_sync_cockroach_db_url": db["cluster"],
                 "cesar_sync_local_db_url": db["local"],
+                "cesar_sync_db_ca_cert": db["ca_cert"],
             },
             "children": {
                 "cesar_api": {"hosts": {name: {} for name in hosts}},
@@ -427,7 +436,7 @@ def _write_inventory(run: Run, keys: Keys, db: dict[str, str], sync_hosts: int) 
     with os.fdopen(fd, "w") as fh:
         fh.write(f"# cesar test hosts, run {run.id}: written by tests/hosts/testhosts.py; "
                  "`invoke testhosts.down` removes it.\n")
-        yaml.safe_dump(inventory, fh, sort_keys=False)
+        yaml.safe_dump(inventory, fh, sort_keys=False, width=1000)
     return path
 
 

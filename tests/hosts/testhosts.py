@@ -125,7 +125,7 @@ def missing_requirements() -> list[str]:
     if os.geteuid() != 0:
         missing.append("root (systemd-nspawn and network namespaces need it)")
     for tool, package in TOOLS.items():
-        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
+        if not _have(tool):
             missing.append(f"{tool} (apt-get install {package})")
     if tls_bindir() is None:
         missing.append("a PostgreSQL built with SSL (apt-get install postgresql)")
@@ -140,6 +140,10 @@ def tls_bindir() -> Path | None:
         if (bindir / "postgres").exists() and ssl_supported(bindir):
             return bindir
     return None
+
+
+def _have(tool: str) -> bool:
+    return shutil.which(tool) is not None or Path("/usr/sbin", tool).exists()
 
 
 def _require() -> None:

@@ -135,10 +135,15 @@ def run(plan_: Plan, echo: Callable[[str], None] | None = None) -> tuple[int, st
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=sys.stdin if echo else None,
     )
     assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        if echo:
-            echo(line.rstrip("\n"))
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if echo:
+                echo(line.rstrip("\n"))
+    except BaseException:  # interrupted: do not leave ansible-playbook running on its own
+        proc.terminate()
+        proc.wait(timeout=30)
+        raise
     return proc.wait(), "".join(lines)
 
 

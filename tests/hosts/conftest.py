@@ -6,6 +6,7 @@ was killed, by the next session)."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterator
 
@@ -25,8 +26,18 @@ def _say(message: str) -> None:
 def host_run() -> Iterator[testhosts.Run]:
     missing = testhosts.missing_requirements()
     require(not missing, "the host tier needs " + ", ".join(missing))
-    run = testhosts.up(HOSTS, owner="pytest", progress=_say)
+    # A CI job cancelled with SIGTERM still tears the hosts down (pytest unwinds on
+    # KeyboardInterrupt); SIGKILL cannot be caught: the next session reaps that run.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        yield run
+        run = testhosts.up(HOSTS, owner="pytest", progress=_say)
+        try:
+            yield run
+        finally:
+            testhosts.down(run, progress=_say)
     finally:
-        testhosts.down(run, progress=_say)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

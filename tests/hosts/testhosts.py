@@ -172,8 +172,9 @@ def ensure_rootfs(cache: Path = CACHE, progress: Progress = _quiet) -> Path:
         if rootfs_is_current(cache):
             progress(f"root filesystem: cached at {cache}")
             return cache
+        for stale in cache.parent.glob(f"{cache.name}.build-*"):  # a build that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         building = cache.with_name(f"{cache.name}.build-{os.getpid()}")
-        shutil.rmtree(building, ignore_errors=True)
         progress(f"root filesystem: debootstrap {SUITE} into {cache} (about a minute, once)")
         started = time.monotonic()
         _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",

@@ -4,7 +4,7 @@ In that transaction, with ``cesar.sync_apply = on`` (so the capture trigger igno
 no echo), the target's rows and version rows of the batch's keys are locked with ``FOR UPDATE
 SKIP LOCKED``; a key that an open transaction holds is *deferred* (the run never waits for an
 application). Each remaining key is decided by :func:`cesar.sync.rule.decide`; winners are
-written (rows from ``jsonb_populate_recordset``, tombstones as ``DELETE``) together with their
+written (rows from ``json_populate_recordset``, tombstones as ``DELETE``) together with their
 version rows, which take the incoming ``(version, origin)`` and ``pending = false``; every lost
 version whose image differs is recorded in ``sync_conflicts``.
 
@@ -140,7 +140,10 @@ def _apply(conn: psycopg.Connection, target: Target, spec: TableSpec,
     out = Outcome()
     to_apply: list[Change] = []
     conflicts: list[tuple[Change, str]] = []  # (change, resolution) whose images may differ
-    for ch in changes:
+    plain = not existing and not busy and expect is None and not target.simulated_written
+    if plain:  # the target has none of these keys: each is applied (rule.decide, no version)
+        to_apply = list(changes)
+    for ch in () if plain else changes:
         if ch.pk in busy:
             out.deferred.append(ch)
             continue
@@ -266,35 +269,19 @@ def _write(conn: psycopg.Connection, spec: TableSpec, changes: list[Change],
     written |= {ch.pk for ch in new if ch.written_at is None}
     new = [ch for ch in new if ch.written_at is not None]
     if new:
-        rows = conn.execute(
-            "INSERT INTO sync_versions (table_name, pk, version, origin, deleted, pending) "
-            "SELECT %s, u.pk, u.version, u.origin, u.deleted, false FROM ("
-            "  SELECT unnest(CAST(%b AS TEXT[])) AS pk, "
-            "         unnest(CAST(%b AS TIMESTAMPTZ[])) AS version, "
-            "         unnest(CAST(%b AS TEXT[])) AS origin, "
-            "         unnest(CAST(%b AS BOOLEAN[])) AS deleted) AS u "
-            "ON CONFLICT (table_name, pk) DO NOTHING RETURNING pk",
-            [spec.name, *_columns(new)],
-        ).fetchall()
+        rows = conn.execute(VERSIONS_UPSERT + "DO NOTHING RETURNING pk",
+                            [spec.name, _versions_json(new)]).fetchall()
         written |= {pk for (pk,) in rows}
     if old:  # their version rows are locked by this transaction (_lock)
-        conn.execute(
-            "INSERT INTO sync_versions (table_name, pk, version, origin, deleted, pending) "
-            "SELECT %s, u.pk, u.version, u.origin, u.deleted, false FROM ("
-            "  SELECT unnest(CAST(%b AS TEXT[])) AS pk, "
-            "         unnest(CAST(%b AS TIMESTAMPTZ[])) AS version, "
-            "         unnest(CAST(%b AS TEXT[])) AS origin, "
-            "         unnest(CAST(%b AS BOOLEAN[])) AS deleted) AS u "
-            "ON CONFLICT (table_name, pk) DO UPDATE SET version = excluded.version, "
-            "origin = excluded.origin, deleted = excluded.deleted, pending = false",
-            [spec.name, *_columns(old)],
-        )
+        conn.execute(VERSIONS_UPSERT + "DO UPDATE SET version = excluded.version, "
+                     "origin = excluded.origin, deleted = excluded.deleted, pending = false",
+                     [spec.name, _versions_json(old)])
     live = [ch for ch in changes if ch.pk in written and not ch.deleted]
     gone = [ch.pk for ch in changes if ch.pk in written and ch.deleted]
     if live:
         conn.execute(
             sql.SQL("INSERT INTO {t} ({cols}) SELECT {cols} FROM "
-                    "jsonb_populate_recordset(CAST(NULL AS {t}), CAST(%s AS JSONB)) "
+                    "json_populate_recordset(CAST(NULL AS {t}), CAST(%s AS JSON)) "
                     "ON CONFLICT (id) DO UPDATE SET {updates}").format(
                 t=spec.ident, cols=spec.column_list, updates=spec.update_list),
             ["[" + ",".join(ch.row or "null" for ch in live) + "]"],
@@ -305,9 +292,19 @@ def _write(conn: psycopg.Connection, spec: TableSpec, changes: list[Change],
     return written
 
 
-def _columns(changes: list[Change]) -> list[list[Any]]:
-    return [[ch.pk for ch in changes], [ch.written_at for ch in changes],
-            [ch.origin for ch in changes], [ch.deleted for ch in changes]]
+#: The target's version rows of a batch, from one JSON array ([pk, version, origin, deleted]
+#: per change): cheaper to build than four typed arrays, and the same on both engines. (JSON,
+#: not JSONB, for everything that is only parsed once: PostgreSQL parses it faster.)
+VERSIONS_UPSERT = (
+    "INSERT INTO sync_versions (table_name, pk, version, origin, deleted, pending) "
+    "SELECT %s, e->>0, CAST(e->>1 AS TIMESTAMPTZ), e->>2, CAST(e->>3 AS BOOLEAN), false "
+    "FROM json_array_elements(CAST(%s AS JSON)) AS e ON CONFLICT (table_name, pk) "
+)
+
+
+def _versions_json(changes: list[Change]) -> str:
+    return json.dumps([[ch.pk, ch.written_at.isoformat() if ch.written_at else None, ch.origin,
+                        ch.deleted] for ch in changes])
 
 
 # ------------------------------------------------------------------------- conflicts
@@ -323,7 +320,7 @@ def _images(conn: psycopg.Connection, spec: TableSpec, keys: list[str],
     if incoming:
         normalised = dict(conn.execute(
             sql.SQL("SELECT CAST(x.id AS TEXT), CAST(row_to_json(x.*) AS TEXT) FROM "
-                    "jsonb_populate_recordset(CAST(NULL AS {}), CAST(%s AS JSONB)) AS x").format(
+                    "json_populate_recordset(CAST(NULL AS {}), CAST(%s AS JSON)) AS x").format(
                 spec.ident), ["[" + ",".join(incoming) + "]"]).fetchall())
     return current, normalised
 

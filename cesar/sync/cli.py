@@ -76,10 +76,11 @@ def run_cmd(local_url: str | None, remote_url: str | None, full: bool, dry_run: 
 
 
 def _print_tables(report: Any) -> None:
+    verb = "would move" if report.dry_run else "moved"
     for t in report.tables:
         if not (t.applied or t.unchanged or t.discarded or t.deferred or t.failed):
             continue
-        click.echo(f"  {t.direction:<17} {t.table:<20} moved {t.applied:<7} "
+        click.echo(f"  {t.direction:<17} {t.table:<20} {verb} {t.applied:<7} "
                    f"conflicts {t.conflicts:<4} deferred {t.deferred:<4} failed {t.failed}")
     for r in report.reconcile:
         if r.keys_differing:

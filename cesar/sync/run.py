@@ -300,8 +300,6 @@ class Run:
                             f"another sync run still holds the lease after {opts.wait:g} s: "
                             f"{holder.describe()}")
                     report.in_progress = holder.as_dict()
-                    self.progress(f"another sync run is in progress: {holder.describe()}; "
-                                  "nothing to do")
                     return report
                 self.lease = taken
                 if first:
@@ -413,9 +411,10 @@ class Run:
                 batch_size=self.sync.batch_size, dry_run=self.options.dry_run,
                 check=self._check_lease)
             report.reconcile.append(rr)
-            self.progress(f"  reconcile {spec.name}: {rr.ranges} ranges, "
-                          f"{rr.ranges_differing} differing, "
-                          f"{rr.repaired_local + rr.repaired_cluster} rows repaired")
+            if rr.ranges_differing:
+                self.progress(f"  reconcile {spec.name}: {rr.ranges_differing} of {rr.ranges} "
+                              f"ranges differ, {rr.repaired_local + rr.repaired_cluster} rows "
+                              "repaired")
 
     def _save_state(self, specs: list[TableSpec], report: RunReport) -> None:
         now = datetime.now(UTC)

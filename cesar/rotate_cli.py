@@ -47,7 +47,7 @@ def build(settings: Settings, *, skip: set[str], grace: float, max_attempts: int
             secondaries.append(AnsibleVaultStore(
                 vault.absolute(), settings.vault_password_file.absolute(),
                 inventory=(REPO_ANSIBLE / "inventories" / env / "hosts.yml").absolute(),
-                playbook_dir=REPO_ANSIBLE.absolute()))
+                environment=env))
         if "pulumi" not in skip:
             secondaries.append(PulumiStore(settings.pulumi_stack or env, Path.cwd()))
     return rotate.Rotator(primary, secondaries, state_dir=settings.state_dir,

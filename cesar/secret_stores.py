@@ -247,28 +247,33 @@ class EnvFileStore:
 
 # ------------------------------------------------------------------ Ansible Vault
 class AnsibleVaultStore:
-    """The hosts' credential in an Ansible Vault file, then a rolling restart by the playbook."""
+    """The hosts' credential in an Ansible Vault file, then a rolling restart by the playbook
+    (``cesar.deploy``: one host at a time, each waiting for ``/health`` before the next)."""
 
     name = "ansible-vault"
 
     def __init__(self, vault_file: Path, vault_password_file: Path, *, inventory: Path,
-                 playbook_dir: Path, login_var: str = "vault_cesar_db_login",
-                 password_var: str = "vault_cesar_db_password", rollout: bool = True) -> None:
+                 environment: str, ansible_dir: Path | None = None,
+                 login_var: str = "vault_cesar_db_login",
+                 password_var: str = "vault_cesar_db_password", rollout: bool = True,
+                 extra_vars: tuple[str, ...] = ()) -> None:
         self.vault_file = vault_file
         self.vault_password_file = vault_password_file
         self.inventory = inventory
-        self.playbook_dir = playbook_dir
+        self.environment = environment
+        self.ansible_dir = ansible_dir
         self.login_var, self.password_var = login_var, password_var
         self.rollout = rollout
+        self.extra_vars = extra_vars
 
-    def _tool(self, name: str) -> str:
-        path = shutil.which(name)
+    def _vault(self) -> str:
+        path = shutil.which("ansible-vault")
         if path is None:
-            raise ConfigError(f"the ansible-vault store needs `{name}`: run `uv sync`")
+            raise ConfigError("the ansible-vault store needs `ansible-vault`: run `uv sync`")
         return path
 
     def check(self) -> None:
-        self._tool("ansible-vault")
+        self._vault()
         for path, what in ((self.vault_file, "vault file"),
                            (self.vault_password_file, "vault password file"),
                            (self.inventory, "inventory")):
@@ -276,35 +281,37 @@ class AnsibleVaultStore:
                 raise ConfigError(f"the ansible-vault store's {what} {path} does not exist")
         self._view()  # decrypts, so a wrong vault password fails before anything changes
 
-    def _run(self, args: list[str], stdin: str | None = None) -> str:
-        proc = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=1800,
-                              cwd=self.playbook_dir)
+    def _vault_run(self, args: list[str], stdin: str | None = None) -> str:
+        proc = subprocess.run([self._vault(), *args, "--vault-password-file",
+                               str(self.vault_password_file)], input=stdin,
+                              capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
-            raise OperationFailed(f"{Path(args[0]).name} failed: {tail[0]}")
+            raise OperationFailed(f"ansible-vault {args[0]} {self.vault_file} failed: {tail[0]}")
         return proc.stdout
 
     def _view(self) -> str:
-        return self._run([self._tool("ansible-vault"), "view", str(self.vault_file),
-                          "--vault-password-file", str(self.vault_password_file)])
+        return self._vault_run(["view", str(self.vault_file)])
 
     def activate(self, cred: Credential) -> None:
         import yaml
 
+        from cesar import deploy
+
         data = yaml.safe_load(self._view()) or {}
         data[self.login_var], data[self.password_var] = cred.login, cred.password
-        encrypted = self._run(
-            [self._tool("ansible-vault"), "encrypt", "--vault-password-file",
-             str(self.vault_password_file), "--output", "-", "-"],
-            stdin=yaml.safe_dump(data, default_flow_style=False),
-        )
+        encrypted = self._vault_run(["encrypt", "--output", "-", "-"],
+                                    stdin=yaml.safe_dump(data, default_flow_style=False))
         try:
             write_private(self.vault_file, encrypted)
         except OSError as exc:
             raise _store_error(self.name, self.vault_file, exc) from None
         if self.rollout:
-            self._run([self._tool("ansible-playbook"), "-i", str(self.inventory), "site.yml",
-                       "--vault-password-file", str(self.vault_password_file)])
+            kwargs = {"ansible_dir": self.ansible_dir} if self.ansible_dir else {}
+            plan = deploy.plan(self.environment, inventory=self.inventory,
+                               vault_password_file=str(self.vault_password_file),
+                               extra_vars=self.extra_vars, **kwargs)
+            deploy.require_success(*deploy.run(plan))
 
 
 # ------------------------------------------------------------------ Pulumi

@@ -98,7 +98,7 @@ def test_ansible_vault_store_is_re_encrypted(operator_dir: Path, tmp_path: Path)
     subprocess.run([vault_bin, "encrypt", str(vault), "--vault-password-file",
                     str(password_file)], check=True, capture_output=True)
     os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
-    store = AnsibleVaultStore(vault, password_file, inventory=vault, playbook_dir=tmp_path,
+    store = AnsibleVaultStore(vault, password_file, inventory=vault, environment="staging",
                               rollout=False)
     primary = EnvFileStore(operator_dir / ".env.cockroach", _admin_url(operator_dir))
     rotator = Rotator(primary, [store], state_dir=tmp_path / "state", environment="staging",

@@ -90,7 +90,8 @@ def _describe(error: ValidationError) -> str:
     name = str(loc[0]).upper()
     given = first.get("input")
     message = first.get("msg", "invalid value")
-    return f"{name}={given!r} is not valid: {message}; fix it in the environment, .env or .env.cockroach"
+    return (f"{name}={given!r} is not valid: {message}; "
+            "fix it in the environment, .env or .env.cockroach")
 
 
 def load_settings(**overrides: object) -> Settings:

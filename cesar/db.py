@@ -82,7 +82,8 @@ def _require_verify_full(url: str, variable: str, environment: str) -> None:
         got = f"sslmode={mode}" if mode else "no sslmode"
         raise ConfigError(
             f"{variable} has {got}; ENVIRONMENT={environment} requires sslmode=verify-full "
-            "(append ?sslmode=verify-full and, if the CA is not in the system store, &sslrootcert=PATH)"
+            "(append ?sslmode=verify-full and, if the CA is not in the system store, "
+            "&sslrootcert=PATH)"
         )
 
 
@@ -231,7 +232,8 @@ class Database:
         self.pool = self._make_pool(self.endpoint)
         if self.route.read_replica is not None and not self.fell_back:
             self.read_pool = self._make_pool(self.route.read_replica)
-        for pool, endpoint in ((self.pool, self.endpoint), (self.read_pool, self.route.read_replica)):
+        pairs = ((self.pool, self.endpoint), (self.read_pool, self.route.read_replica))
+        for pool, endpoint in pairs:
             if pool is None or endpoint is None:
                 continue
             if wait:

@@ -4,8 +4,9 @@ It runs the PostgreSQL binaries shipped by the ``pgserver`` package (or those in
 ``CESAR_PG_BINDIR``), configured the way the application meets a real server: TCP on 127.0.0.1
 only, SCRAM-SHA-256 password authentication, and the application logging in with its own roles,
 never the superuser. When the build has SSL (pgserver's does not; Debian's does) the server also
-serves TLS with a CA generated here, and the cluster stand-in's URL uses ``sslmode=verify-full``. The superuser is reachable only
-through the unix socket in a directory that only the server's owner (and root) can enter.
+serves TLS with a CA generated here, and the cluster stand-in's URL uses ``sslmode=verify-full``.
+The superuser is reachable only through the unix socket in a directory that only the server's
+owner (and root) can enter.
 
 Layout under the state directory (``.cesar/`` by default, gitignored)::
 

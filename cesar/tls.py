@@ -37,7 +37,7 @@ def ensure_server_certificates(
     if ca_crt.exists() and crt.exists() and key.exists():
         return False
     directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (

@@ -19,7 +19,9 @@ def parse(url: str, variable: str) -> dict[str, str]:
     try:
         return psycopg.conninfo.conninfo_to_dict(url)  # type: ignore[return-value]
     except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"{variable} cannot be parsed ({_first_line(exc)}); check its syntax") from None
+        raise ConfigError(
+            f"{variable} cannot be parsed ({_first_line(exc)}); check its syntax"
+        ) from None
 
 
 def build(

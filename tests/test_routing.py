@@ -15,10 +15,10 @@ from tests.conftest import PgStack, make_settings
 
 
 def serving(settings, *, read_only: bool = False) -> str:
-    with db.Database(settings).open() as database:
-        with database.connection(read_only=read_only) as conn:
-            row = conn.execute("SELECT current_database()").fetchone()
-            return str(row[0])
+    with db.Database(settings).open() as database, \
+            database.connection(read_only=read_only) as conn:
+        row = conn.execute("SELECT current_database()").fetchone()
+        return str(row[0])
 
 
 def dead_url(pg_stack: PgStack, dbname: str = CLUSTER_DB, tls: bool = False) -> str:

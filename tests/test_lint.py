@@ -1,0 +1,17 @@
+"""The code base stays lint-clean (ruff, configured in pyproject.toml)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_ruff_finds_nothing() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--output-format", "concise",
+         "cesar", "infra", "tests", "checks", "tasks.py"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -47,10 +48,16 @@ class SyncHealth(BaseModel):
     lag_limit_seconds: float
 
 
+@functools.cache
+def _lag_limit() -> float:
+    """CESAR_SYNC_LAG_LIMIT_SECONDS, read once per process (not on every probe)."""
+    return load_sync_settings().lag_limit_seconds
+
+
 def probe(conn: psycopg.Connection) -> dict[str, Any]:
     """Read on the API's pooled (autocommit) connection; ``tables`` empty before any run or
     before migration 010 (a database that does not sync has nothing to report)."""
-    limit = load_sync_settings().lag_limit_seconds
+    limit = _lag_limit()
     try:
         rows = state.read_state(conn)
     except pgerrors.UndefinedTable:

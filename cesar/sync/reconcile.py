@@ -113,7 +113,7 @@ def _versions(conn: psycopg.Connection, spec: TableSpec, keys: list[str]
 
 def reconcile_table(local: psycopg.Connection, cluster: psycopg.Connection, spec: TableSpec, *,
                     range_size: int, target: Callable[[str], Target], batch_size: int,
-                    dry_run: bool, check: Callable[[], None] = lambda: None) -> ReconcileReport:
+                    check: Callable[[], None] = lambda: None) -> ReconcileReport:
     """Compare and repair one table; ``target(side)`` gives the apply settings for that side."""
     import time
 
@@ -129,7 +129,7 @@ def reconcile_table(local: psycopg.Connection, cluster: psycopg.Connection, spec
         report.ranges += 1
         if digest(local, spec, lo, hi) != digest(cluster, spec, lo, hi):
             report.ranges_differing += 1
-            _repair_range(sides, spec, lo, hi, report, target, batch_size, dry_run)
+            _repair_range(sides, spec, lo, hi, report, target, batch_size)
         if hi is None:
             break
         lo = hi
@@ -139,7 +139,7 @@ def reconcile_table(local: psycopg.Connection, cluster: psycopg.Connection, spec
 
 def _repair_range(sides: tuple[_Side, _Side], spec: TableSpec, lo: Any, hi: Any,
                   report: ReconcileReport, target: Callable[[str], Target], batch_size: int,
-                  dry_run: bool) -> None:
+                  ) -> None:
     local_rows = _rows(sides[0].conn, spec, lo, hi)
     cluster_rows = _rows(sides[1].conn, spec, lo, hi)
     report.rows_compared += len(local_rows) + len(cluster_rows)
@@ -167,7 +167,7 @@ def _repair_range(sides: tuple[_Side, _Side], spec: TableSpec, lo: Any, hi: Any,
         for start in range(0, len(changes), batch_size):
             outcome = apply_changes(target(side), spec, changes[start:start + batch_size],
                                     expect=expect)
-            _count(report, side, outcome, dry_run)
+            _count(report, side, outcome)
 
 
 def _winner(order: int, in_local: bool, in_cluster: bool) -> str:
@@ -193,7 +193,7 @@ def _differ(a: tuple[str, str] | None, b: tuple[str, str] | None) -> bool:
     return bool(json.loads(a[1]) != json.loads(b[1]))
 
 
-def _count(report: ReconcileReport, side: str, outcome: Outcome, dry_run: bool) -> None:
+def _count(report: ReconcileReport, side: str, outcome: Outcome) -> None:
     if side == "local":
         report.repaired_local += len(outcome.applied)
         report.conflicts_local += outcome.conflicts

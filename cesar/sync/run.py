@@ -313,6 +313,13 @@ class Run:
                 self._reconcile(specs, report)
             if not opts.dry_run:
                 self._save_state(specs, report)
+            failed = [t for t in report.tables if t.error]
+            if failed:
+                raise OperationFailed(
+                    f"the sync of {failed[0].table} ({failed[0].direction}) failed: "
+                    f"{failed[0].error}" + (f" (and {len(failed) - 1} more)" if len(failed) > 1
+                                            else "") + "; the other tables were synced; see "
+                    "`cesar sync status` (last_error) and rerun with -v")
         finally:
             report.seconds = time.perf_counter() - started
             self.close()
@@ -327,9 +334,18 @@ class Run:
             phases = [(s, False) for s in specs] + [(s, True) for s in reversed(specs)]
             for spec, deleted in phases:
                 p = pending.get(spec.name, Pending())
-                if (p.deletes if deleted else p.rows) == 0:
+                tr = reports[spec.name]
+                if (p.deletes if deleted else p.rows) == 0 or tr.error:
                     continue
-                self._move(src, dst, spec, deleted, reports[spec.name])
+                try:
+                    self._move(src, dst, spec, deleted, tr)
+                except psycopg.OperationalError:
+                    raise  # a database is gone: nothing else can move either
+                except psycopg.Error as exc:
+                    # One table's failure (its SQL, not a row: rows are split out and recorded)
+                    # must not hold back the others: record it, go on, fail the run at the end.
+                    tr.error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    log.error("sync of %s %s failed: %s", spec.name, direction, tr.error)
 
     def _move(self, src: str, dst: str, spec: TableSpec, deleted: bool,
               tr: TableReport) -> None:
@@ -408,8 +424,7 @@ class Run:
 
             rr = reconcile.reconcile_table(
                 local, cluster, spec, range_size=self.sync.range_size, target=target,
-                batch_size=self.sync.batch_size, dry_run=self.options.dry_run,
-                check=self._check_lease)
+                batch_size=self.sync.batch_size, check=self._check_lease)
             report.reconcile.append(rr)
             if rr.ranges_differing:
                 self.progress(f"  reconcile {spec.name}: {rr.ranges_differing} of {rr.ranges} "

@@ -127,6 +127,26 @@ def test_a_misconfigured_table_stops_the_run_before_anything_moves(
     assert synced.pending("local") == 1  # nothing moved, not even the healthy agents table
 
 
+def test_a_table_that_fails_does_not_hold_back_the_others(
+        synced: Pair, cli: Callable[..., CliResult]) -> None:
+    synced.sql("cluster", "CREATE FUNCTION refuse() RETURNS TRIGGER AS $$ BEGIN "
+                          "RAISE EXCEPTION 'items are read-only here'; END; $$ LANGUAGE plpgsql")
+    synced.sql("cluster", "CREATE TRIGGER refuse BEFORE INSERT ON items FOR EACH ROW "
+                          "EXECUTE FUNCTION refuse()")
+    synced.sql("local", "INSERT INTO items (id, val) VALUES (gen_random_uuid(), 'refused')")
+    synced.sql("local", "UPDATE agents SET status = 'paused' WHERE name = 'CESAR'")
+    r = sync_run(cli, synced)
+    assert r.code == 1
+    assert r.err.startswith("cesar: error: the sync of items (local_to_cluster) failed: "
+                            "items are read-only here; the other tables were synced")
+    assert synced.sql("cluster", "SELECT status FROM agents WHERE name = 'CESAR'") == [
+        ("paused",)]
+    assert synced.sql("cluster", "SELECT last_error FROM sync_state WHERE table_name = 'items' "
+                                 "AND direction = 'local_to_cluster'") == [
+        ("items are read-only here",)]
+    assert synced.pending("local") == 1  # kept for the next run
+
+
 def test_parents_must_come_first(synced: Pair, cli: Callable[..., CliResult]) -> None:
     r = sync_run(cli, synced, "--tables", "task_assignments,tasks,agents")
     assert r.code == 2

@@ -137,6 +137,10 @@ def _print_status(info: dict[str, Any]) -> None:
         click.echo(f"{r['table_name']:<20} {r['direction']:<17} {last:<20} "
                    f"{_fmt_lag(r['lag_seconds']):>8} {r['pending']:>8} {r['rows_total']:>11} "
                    f"{r['conflicts_total']:>9}")
+    for r in rows:
+        if r["last_error"]:
+            click.echo(f"last run failed for {r['table_name']} {r['direction']}: "
+                       f"{r['last_error']}")
     limit = info["lag_limit_seconds"]
     worst = info["max_lag_seconds"]
     if worst is not None and worst > limit:

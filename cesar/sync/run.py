@@ -306,8 +306,6 @@ class Run:
                     report.in_progress = holder.as_dict()
                     return report
                 self.lease = taken
-                if first:
-                    state.pair({r: s.conn for r, s in self.sides.items()}, nodes)
             report.first_pairing = first
             if first:
                 self.progress("first run of this pair: every table is reconciled (--full)")
@@ -315,6 +313,10 @@ class Run:
             if opts.full or first:
                 report.full = True
                 self._reconcile(specs, report)
+            if first and not opts.dry_run:
+                # Only now: a first run that dies before its reconcile has finished leaves the
+                # pair unrecorded, so the next run is a first run again and reconciles.
+                state.pair({r: s.conn for r, s in self.sides.items()}, nodes)
             if not opts.dry_run:
                 self._refresh_statistics(report)
                 self._save_state(specs, report)

@@ -30,6 +30,9 @@ elif point == "before-target-commit":   # the target's transaction has written, 
         real_write(*args, **kwargs)
         die()
     apply._write = write_then_die
+elif point == "during-first-reconcile":
+    from cesar.sync import reconcile
+    reconcile.reconcile_table = die
 elif point == "slow-acknowledge":       # hold the lease for a while
     real_ack = capture.acknowledge
     def slow(*args, **kwargs):
@@ -110,6 +113,23 @@ def test_killed_before_the_target_committed_leaves_everything_to_the_next_run(
     report = synced.sync(wait=5)
     assert report.moved == 5 and report.conflicts == 1
     synced.assert_identical()
+
+
+def test_a_first_run_killed_before_its_reconcile_finished_reconciles_again(pair: Pair) -> None:
+    # Rows older than the capture (no version): only the first run's reconcile moves them.
+    with pair.connect("local") as conn:
+        conn.execute("SELECT set_config('cesar.sync_apply', 'on', false)")
+        conn.execute("INSERT INTO items (id, val) SELECT gen_random_uuid(), 'old' "
+                     "FROM generate_series(1, 20)")
+    proc = spawn(pair, "during-first-reconcile", CESAR_SYNC_LEASE_SECONDS="1")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err
+    assert pair.sql("local", "SELECT peer FROM sync_node") == [(None,)]  # not paired yet
+
+    report = pair.sync(wait=5)
+
+    assert report.first_pairing and report.full
+    pair.assert_identical()
 
 
 # ------------------------------------------------------------------------- overlapping runs

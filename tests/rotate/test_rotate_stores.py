@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -20,8 +21,16 @@ from tests.conftest import REPO, PgStack, require
 ROTATOR = "cesar_rotator"
 
 
+def _reset_logins(tls_stack: PgStack) -> None:
+    """Give both logins back the passwords the session's stack knows (other tests use them)."""
+    with tls_stack.superuser() as su:
+        for login in ("cesar_app_a", "cesar_app_b"):
+            su.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(login), sql.Literal(tls_stack.state.passwords[login])))
+
+
 @pytest.fixture
-def operator_dir(tls_stack: PgStack, tmp_path: Path) -> Path:
+def operator_dir(tls_stack: PgStack, tmp_path: Path) -> Iterator[Path]:
     """A working directory holding .env.cockroach for ENVIRONMENT=staging, like an operator's."""
     admin_password = "admin-" + os.urandom(8).hex()
     with tls_stack.superuser() as su:
@@ -31,8 +40,7 @@ def operator_dir(tls_stack: PgStack, tmp_path: Path) -> Path:
         for login in ("cesar_app_a", "cesar_app_b"):
             su.execute(sql.SQL("GRANT {} TO {} WITH ADMIN OPTION").format(
                 sql.Identifier(login), sql.Identifier(ROTATOR)))
-            su.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                sql.Identifier(login), sql.Literal(tls_stack.state.passwords[login])))
+    _reset_logins(tls_stack)
     admin_url = (tls_stack.cluster_url.replace("cesar_app_a", ROTATOR)
                  .replace(tls_stack.state.passwords["cesar_app_a"], admin_password))
     (tmp_path / ".env.cockroach").write_text(
@@ -41,7 +49,10 @@ def operator_dir(tls_stack: PgStack, tmp_path: Path) -> Path:
         f"COCKROACH_DB_URL={tls_stack.cluster_url}\n"
         f"CESAR_ADMIN_DB_URL={admin_url}\n")
     (tmp_path / ".env.cockroach").chmod(0o600)
-    return tmp_path
+    try:
+        yield tmp_path
+    finally:
+        _reset_logins(tls_stack)
 
 
 def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -2,8 +2,9 @@
 --
 -- Synced table (local <-> cluster): UUID primary key, no UNIQUE constraint that the two sides
 -- could violate independently. Agent names are unique by convention only; the seed rows below
--- carry fixed UUIDs so that both sides seed the *same* 24 rows and the sync sees no conflict
--- (a conflicting edit of one agent resolves by the later updated_at).
+-- carry fixed UUIDs and fixed timestamps so that both sides seed the *same* 24 rows, byte for
+-- byte, and the sync's first reconcile finds nothing to repair. A conflicting edit of one agent
+-- resolves by the sync's captured version (docs/sync.md), never by comparing updated_at.
 -- Runs unchanged on PostgreSQL (13+) and CockroachDB (gen_random_uuid() exists on both).
 --
 -- Every statement is idempotent (IF NOT EXISTS, ON CONFLICT DO NOTHING): in per-statement mode
@@ -24,7 +25,10 @@ CREATE TABLE IF NOT EXISTS agents (
     updated_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
-INSERT INTO agents (id, name, mob_alias, role) VALUES
+INSERT INTO agents (id, name, mob_alias, role, created_at, updated_at)
+SELECT v.id::UUID, v.name, v.mob_alias, v.role,
+       TIMESTAMPTZ '2025-11-21 00:00:00+00', TIMESTAMPTZ '2025-11-21 00:00:00+00'
+FROM (VALUES
     ('a9e5c0de-0001-4000-8000-000000000001', 'CESAR',     'The Don',          'orchestrator'),
     ('a9e5c0de-0002-4000-8000-000000000002', 'Atlas',     'The Architect',    'infrastructure'),
     ('a9e5c0de-0003-4000-8000-000000000003', 'Vega',      'Lucky Vega',       'market-analysis'),
@@ -49,6 +53,7 @@ INSERT INTO agents (id, name, mob_alias, role) VALUES
     ('a9e5c0de-0016-4000-8000-000000000016', 'Bolt',      'Sparky',           'automation'),
     ('a9e5c0de-0017-4000-8000-000000000017', 'Argus',     'Hundred Eyes',     'audit'),
     ('a9e5c0de-0018-4000-8000-000000000018', 'Onyx',      'The Cleaner',      'data-quality')
+) AS v (id, name, mob_alias, role)
 ON CONFLICT (id) DO NOTHING;
 
 -- The sync reads what changed since its last run.

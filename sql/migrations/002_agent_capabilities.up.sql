@@ -4,7 +4,8 @@
 -- database and the cluster could each insert it while apart, and the sync would then fail on
 -- the second copy. Instead the API derives the row's id from the pair (UUID v5 of
 -- "<agent_id>:<capability>" in the namespace a9e5c0de-0000-4000-8000-000000000000), so both
--- sides write the *same* row and a conflict resolves by the later updated_at.
+-- sides write the *same* row and a conflict resolves by the later captured version (the
+-- sync's, docs/sync.md).
 -- Runs unchanged on PostgreSQL and CockroachDB.
 
 CREATE TABLE IF NOT EXISTS agent_capabilities (

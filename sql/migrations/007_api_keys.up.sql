@@ -4,8 +4,8 @@
 -- Synced table (a key created on one side must work on the other). key_hash is NOT declared
 -- UNIQUE: keys are 256-bit random values, so two sides cannot produce the same hash, and a
 -- UNIQUE index would only add a way for the sync to fail. A key edited on both sides resolves
--- by the later updated_at; revoking sets updated_at, so a revocation made after the other
--- side's edit wins.
+-- by the later captured version (docs/sync.md): a revocation made after the other side's edit
+-- wins.
 -- TEXT[] is STRING[] on CockroachDB: same semantics.
 
 CREATE TABLE IF NOT EXISTS api_keys (

@@ -125,6 +125,14 @@ def _print_status(info: dict[str, Any]) -> None:
         else:
             detail = f"unreachable: {d['error']}"
         click.echo(f"{name:<16} {d['url']}\n{'':<16} {detail}")
+    sync = info.get("sync")
+    if sync and sync.get("tables"):
+        lag = sync.get("max_lag_seconds")
+        shown = "-" if lag is None else f"{lag:.0f} s"
+        click.echo(f"sync             max lag {shown} over {len(sync['tables'])} tables and "
+                   f"directions (limit {sync['lag_limit_seconds']:.0f} s)")
+    elif sync and sync.get("error"):
+        click.echo(f"sync             unknown: {sync['error']}")
     api = info.get("api")
     if api:
         state = (f"answers, /health {api['health_status']}" if api["answers"]

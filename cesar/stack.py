@@ -175,8 +175,24 @@ def probe(endpoint: db.Endpoint, settings: Settings) -> DatabaseReport:
     return report
 
 
+def sync_status(endpoint: db.Endpoint, settings: Settings) -> dict[str, Any] | None:
+    """Lag per table and direction, as ``/health`` reports it (``sync_state`` is written to both
+    sides by every run; this reads the cluster's copy)."""
+    from cesar.sync import health as sync_health
+
+    try:
+        with db.connect(endpoint, settings, autocommit=True, connect_timeout=2) as conn:
+            value = sync_health.probe(conn)
+    except OperationFailed as exc:
+        return {"error": str(exc)}
+    value["tables"] = [{k: v for k, v in row.items() if not k.startswith("_")}
+                       for row in value.get("tables", [])]
+    return value
+
+
 def status(settings: Settings) -> dict[str, Any]:
-    """One JSON-able object: environment, URLs (masked), embedded server, reachability."""
+    """One JSON-able object: environment, URLs (masked), embedded server, reachability, the
+    API and the sync's lag."""
     local = cluster = None
     primary: str | None = None
     route_error: str | None = None
@@ -202,5 +218,6 @@ def status(settings: Settings) -> dict[str, Any]:
         "read_replica_url": urls.mask(settings.cockroach_read_replica_url),
         "embedded": embedded_status(settings),
         "databases": {e.name: probe(e, settings).as_dict() for e in (local, cluster) if e},
+        "sync": sync_status(cluster or local, settings) if (cluster or local) else None,
         **_api_service(settings).status(),  # api_url, api
     }

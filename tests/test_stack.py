@@ -53,6 +53,10 @@ def test_up_down_up_keeps_data(stack_env: dict[str, str]) -> None:
     assert info["databases"]["cluster"]["agents"] == 24
     for key in ("local_db_url", "cluster_db_url"):
         assert ":***@127.0.0.1:" in info[key]
+    assert info["api_url"] == f"http://127.0.0.1:{stack_env['CESAR_API_PORT']}"
+    lags = {(t["table"], t["direction"]): t["lag_seconds"] for t in info["sync"]["tables"]}
+    assert ("agents", "local_to_cluster") in lags and ("agents", "cluster_to_local") in lags
+    assert all(lag is not None and lag < 600 for lag in lags.values())
 
     state = EmbeddedPostgres(Path(stack_env["CESAR_STATE_DIR"])).load_state()
     assert state is not None
@@ -67,6 +71,7 @@ def test_up_down_up_keeps_data(stack_env: dict[str, str]) -> None:
     stopped = status(stack_env)
     assert stopped["embedded"]["running"] is False
     assert stopped["databases"]["local"]["reachable"] is False
+    assert "error" in stopped["sync"]
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(local_url, connect_timeout=2)
 

@@ -37,6 +37,15 @@ def require(condition: bool, message: str) -> None:
     pytest.skip(message)
 
 
+def child_env() -> dict[str, str]:
+    """The environment for a `cesar`/`invoke` subprocess: no operator configuration leaks in."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CESAR_", "PG")) and k not in _CONFIG_VARS}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
 def make_settings(**overrides: object) -> Settings:
     """Settings from the given values only: no .env files, no process environment."""
     return Settings(_env_file=None, **overrides)  # type: ignore[call-arg]

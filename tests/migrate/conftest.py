@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import pytest
 from cesar import migrate
 from cesar.embedded import pg_bindir
 from tests.conftest import REPO, PgStack, make_settings
+from tests.conftest import child_env as base_child_env
 
 REPO_MIGRATIONS = REPO / "sql" / "migrations"
 
@@ -66,13 +66,7 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
 
 def child_env() -> dict[str, str]:
     """The environment of a runner subprocess: no operator configuration leaks in."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CESAR_", "PG")) and k not in (
-               "ENVIRONMENT", "DATABASE_TARGET", "LOCAL_DB_URL", "COCKROACH_DB_URL",
-               "COCKROACH_READ_REPLICA_URL")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = str(REPO)
-    return env
+    return base_child_env()
 
 
 @pytest.fixture

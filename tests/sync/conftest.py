@@ -11,7 +11,6 @@ randomised test) and ``named_items`` (with a UNIQUE column that the two sides ca
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from cesar.sync import run as sync_run
 from cesar.sync.run import Options, RunReport
 from cesar.sync.tables import SYNCED_TABLES, SyncSettings
 from tests.conftest import REPO, PgStack, make_settings
+from tests.conftest import child_env as base_child_env
 
 TEST_TABLES = ("items", "named_items")
 TEST_DDL = """
@@ -191,11 +191,6 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 
 def child_env() -> dict[str, str]:
     """The environment of a sync subprocess: no operator configuration leaks in."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CESAR_", "PG")) and k not in (
-               "ENVIRONMENT", "DATABASE_TARGET", "LOCAL_DB_URL", "COCKROACH_DB_URL",
-               "COCKROACH_READ_REPLICA_URL")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = str(REPO)
+    env = base_child_env()
     env["CESAR_SYNC_TABLES"] = ",".join(SYNCED_TABLES + TEST_TABLES)
     return env

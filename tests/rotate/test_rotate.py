@@ -240,12 +240,16 @@ def test_a_run_killed_after_any_step_is_completed_by_the_next(stack: Stack, step
 
 
 def test_concurrent_rotation_is_refused(stack: Stack) -> None:
+    audit_from = len(stack.audit_records())
     slow = subprocess.Popen([sys.executable, "-m", "cesar.cli", "rotate-password", "--grace", "3"],
                             cwd=REPO, env=stack.env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
+        # Wait until the first run is in its grace period, holding the lock (this module's stack
+        # has earlier rotations in its audit log: only this run's records count).
         deadline = time.monotonic() + 30
-        while "finish" not in stack.audit_text() and time.monotonic() < deadline:
+        while not any(r["step"] == "finish" for r in stack.audit_records(audit_from)):
+            assert time.monotonic() < deadline, "the first rotation never reached finish"
             time.sleep(0.1)
         second = cesar(stack.env, "rotate-password", "--grace", "0")
         assert second.returncode == 1 and "another rotation is running" in second.stderr

@@ -57,6 +57,9 @@ SUITE = "bookworm"
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-venv",
     "python3-apt", "iproute2", "cron", "logrotate", "ca-certificates", "sudo", "procps",
+    # the host firewall, failed-login metrics from logs, the local database and its backups,
+    # and the dashboard's web server
+    "nftables", "mtail", "postgresql", "nginx",
 )
 TOOLS = {
     "debootstrap": "debootstrap",

@@ -191,9 +191,11 @@ def route(settings: Settings) -> Route:
 
 def detect_engine(conn: psycopg.Connection) -> Engine:
     """``cockroachdb`` or ``postgresql``, from what the server says it is."""
+    from cesar.cockroach import parse_server_version
+
     row = conn.execute("SELECT version()").fetchone()
-    version = str(row[0]) if row else ""
-    return "cockroachdb" if "cockroachdb" in version.lower() else "postgresql"
+    engine = parse_server_version(str(row[0]) if row else "").engine
+    return "cockroachdb" if engine == "cockroachdb" else "postgresql"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -78,6 +78,15 @@ class ServerVersion:
     text: str
 
     @property
+    def version_text(self) -> str | None:
+        """``v25.4.10`` on CockroachDB, ``16.2`` on PostgreSQL."""
+        if self.version is None:
+            return None
+        if self.engine == "cockroachdb":
+            return str(self.version)
+        return f"{self.version.major}.{self.version.minor}"
+
+    @property
     def short(self) -> str:
         if self.engine == "cockroachdb":
             return f"CockroachDB {self.version}" if self.version else "CockroachDB (unknown)"

@@ -156,3 +156,17 @@ def test_route_checks_local_db_url_outside_development() -> None:
                         local_db_url="postgresql://app:pw@10.0.0.5/cesar_local?sslmode=disable")
     with pytest.raises(ConfigError, match="^LOCAL_DB_URL has sslmode=disable"):
         db.route(bad)
+
+
+@pytest.mark.parametrize("environment", ["staging", "production"])
+def test_the_rotation_admin_url_obeys_the_same_rule(
+        environment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cesar import rotate_cli
+
+    monkeypatch.chdir(tmp_path)
+    settings = make_settings(
+        environment=environment, cockroach_db_url=SAFE_REMOTE, state_dir=tmp_path,
+        admin_db_url="postgresql://root:pw@db.cesar.invalid:26257/cesar?sslmode=require")
+    with pytest.raises(ConfigError, match=f"^CESAR_ADMIN_DB_URL has sslmode=require; "
+                                          f"ENVIRONMENT={environment} requires"):
+        rotate_cli.build(settings, skip=set(), grace=0, max_attempts=1)

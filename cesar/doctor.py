@@ -79,7 +79,7 @@ class Result:
     def refusal(self) -> str:
         c = self.capability
         return (f"capability {c.name} is missing: {self.detail}; it needs CockroachDB "
-                f"{c.minimum.series} or later ({c.source}); {c.used_by} relies on it")
+                f"{c.minimum.series} or later (source: {c.source}); {c.used_by} relies on it")
 
 
 @dataclass
@@ -240,26 +240,26 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("server-release", "everything (the pinned release; why: cesar/cockroach.py)",
                cockroach.MINIMUM, cockroach.SUPPORT_SOURCE, probe_release),
     Capability("plpgsql-trigger-function", "the sync's capture (migration 011)", _v("24.3"),
-               "https://www.cockroachlabs.com/docs/releases/v24.3 (triggers; Preview until "
-               "v26.2, cockroachdb/docs#23209)", probe_plpgsql_trigger_function),
+               "https://www.cockroachlabs.com/docs/releases/v24.3, triggers; Preview until "
+               "v26.2, cockroachdb/docs#23209", probe_plpgsql_trigger_function),
     Capability("trigger-catalog", "the sync's start-up check (cesar/sync/tables.py)", _v("25.3"),
-               "https://github.com/cockroachdb/cockroach/pull/147248 (pg_trigger populated)",
+               "https://github.com/cockroachdb/cockroach/pull/147248, pg_trigger populated",
                probe_trigger_catalog),
     Capability("set-config", "the sync's apply marker and lock_timeout (cesar/sync/apply.py)",
-               _v("21.2"), "https://www.cockroachlabs.com/docs/v21.2/set-vars (custom dotted "
-               "session variables)", probe_set_config),
+               _v("21.2"), "https://www.cockroachlabs.com/docs/v21.2/set-vars, custom dotted "
+               "session variables", probe_set_config),
     Capability("for-update-nowait", "the sync's locked apply (cesar/sync/apply.py)", _v("20.2"),
-               "https://github.com/cockroachdb/cockroach/issues/40476 (NOWAIT in v20.2)",
+               "https://github.com/cockroachdb/cockroach/issues/40476, NOWAIT in v20.2",
                probe_nowait),
     Capability("for-update-skip-locked", "the sync's apply and capture under READ COMMITTED",
-               _v("24.1"), "https://github.com/cockroachdb/cockroach/pull/85720 (SKIP LOCKED, "
-               "v23.1) and cockroachdb/cockroach#115057 (with READ COMMITTED)",
+               _v("24.1"), "https://github.com/cockroachdb/cockroach/pull/85720, SKIP LOCKED in "
+               "v23.1; with READ COMMITTED from v24.1, cockroachdb/cockroach#115057",
                probe_skip_locked),
     Capability("json-populate-recordset", "the sync's row transport (cesar/sync/apply.py)",
                _v("21.2"), "https://github.com/cockroachdb/cockroach/pull/70115",
                probe_json_populate_recordset),
     Capability("read-committed", "the sync's sessions (cesar/sync/run.py)", _v("24.1"),
-               "https://www.cockroachlabs.com/docs/v24.1/read-committed (GA in v24.1)",
+               "https://www.cockroachlabs.com/docs/v24.1/read-committed, GA in v24.1",
                probe_read_committed),
     Capability("scram-sha-256", "password rotation's pre-hashed verifiers (cesar/scram.py)",
                _v("22.2"), "https://www.cockroachlabs.com/docs/v22.2/security-reference/scram-"

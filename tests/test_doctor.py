@@ -109,8 +109,8 @@ def test_json_lists_each_capability_with_its_minimum_and_source(
 @pytest.mark.parametrize(("breakage", "expected"), [
     ("DROP TRIGGER sync_capture ON agents",
      "capability trigger-catalog is missing: pg_catalog.pg_trigger lists no sync_capture trigger "
-     "on agents; it needs CockroachDB v25.3 or later (https://github.com/cockroachdb/cockroach/"
-     "pull/147248"),
+     "on agents; it needs CockroachDB v25.3 or later (source: https://github.com/"
+     "cockroachdb/cockroach/pull/147248"),
     ("ALTER TABLE audit_log DISABLE TRIGGER sync_capture",
      "capability trigger-catalog is missing: the sync_capture trigger is disabled on audit_log; "
      "it needs CockroachDB v25.3"),

@@ -22,13 +22,19 @@ from tests.conftest import REPO, PgStack
 V26_1 = "CockroachDB CCL v26.1.2 (x86_64-pc-linux-gnu, built 2026/03/10 11:02:03, go1.23.12)"
 
 
-@pytest.fixture
-def crdb_session(pg_stack: PgStack, fresh_db: str) -> psycopg.Connection:
-    dbname = fresh_db.rsplit("/", 1)[1].split("?")[0]
+def answer_as(pg_stack: PgStack, url: str, version_text: str) -> psycopg.Connection:
+    """A session on ``url`` whose ``SELECT version()`` answers ``version_text``."""
+    dbname = url.rsplit("/", 1)[1].split("?")[0]
+    body = f"SELECT {sql.Literal(version_text).as_string()}"
     with pg_stack.superuser(dbname) as su:
         su.execute(sql.SQL("CREATE FUNCTION public.version() RETURNS text LANGUAGE sql "
-                           "AS {}").format(sql.Literal(f"SELECT {sql.Literal(V26_1).as_string()}")))
-    conn = psycopg.connect(fresh_db, autocommit=True, options="-c search_path=public,pg_catalog")
+                           "AS {}").format(sql.Literal(body)))
+    return psycopg.connect(url, autocommit=True, options="-c search_path=public,pg_catalog")
+
+
+@pytest.fixture
+def crdb_session(pg_stack: PgStack, fresh_db: str) -> psycopg.Connection:
+    conn = answer_as(pg_stack, fresh_db, V26_1)
     yield conn
     conn.close()
 
@@ -71,3 +77,24 @@ def test_set_locality_runs_on_an_unlocked_table() -> None:
     unlock = statements.index('ALTER TABLE "agents" SET (schema_locked = false)')
     locality = statements.index('ALTER TABLE "agents" SET LOCALITY REGIONAL BY ROW')
     assert unlock < locality
+
+
+@pytest.mark.parametrize(("version_text", "status", "fragment"), [
+    ("CockroachDB CCL v24.3.5 (x86_64-pc-linux-gnu, built 2025/02/13 16:46:31, go1.22.8)", "fail",
+     "CockroachDB v24.3.5 is older than v25.4, the oldest release this project supports "
+     "(pinned: v25.4.10)"),
+    ("CockroachDB CCL v25.4.10 (x86_64-pc-linux-gnu, built 2026/05/06 12:00:00, go1.23.12)",
+     "pass", "(engine cockroachdb)"),
+    (V26_1, "pass", "pinned v25.4.10, run `cesar doctor` after an upgrade"),
+])
+def test_smoke_judges_a_cockroachdb_server_by_the_pinned_release(
+        pg_stack: PgStack, fresh_db: str, version_text: str, status: str, fragment: str) -> None:
+    from cesar import smoke
+
+    options = smoke.Options(url=fresh_db, variable="--url", environment="development",
+                            api_url="http://127.0.0.1:9")
+    with answer_as(pg_stack, fresh_db, version_text) as conn:
+        ctx = smoke.Context(options, {}, conn=conn)
+        got_status, detail = smoke.check_server(ctx)
+    assert ctx.engine == "cockroachdb"
+    assert got_status == status and fragment in detail, detail

@@ -132,6 +132,23 @@ def probe_release(p: Probe) -> str:
 
 
 def probe_plpgsql_trigger_function(p: Probe) -> str:
+    if p.server.engine == "cockroachdb":
+        # CockroachDB's own rendering of the function (pg_language's rows there are not a
+        # documented interface); SHOW CREATE FUNCTION exists since v22.2.
+        try:
+            with p.scratch():
+                rows = p.conn.execute(sql.SQL("SELECT create_statement FROM [SHOW CREATE "
+                                              "FUNCTION {}]").format(
+                    sql.Identifier(CAPTURE_FUNCTION))).fetchall()
+        except pgerrors.UndefinedFunction:
+            rows = []
+        if not rows:
+            raise Missing(f"the trigger function {CAPTURE_FUNCTION}() does not exist (run "
+                          "`cesar migrate up`: migration 011_sync_capture)")
+        text = " ".join(str(r[0]) for r in rows).upper()
+        if "LANGUAGE PLPGSQL" not in text or "RETURNS TRIGGER" not in text:
+            raise Missing(f"{CAPTURE_FUNCTION}() is not a PL/pgSQL trigger function")
+        return f"{CAPTURE_FUNCTION}() is a PL/pgSQL trigger function"
     row = p.conn.execute(
         "SELECT l.lanname, t.typname FROM pg_catalog.pg_proc AS f "
         "JOIN pg_catalog.pg_language AS l ON l.oid = f.prolang "

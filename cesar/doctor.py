@@ -38,8 +38,13 @@ class Probe:
     """What the probes share: the connection, the server and the synced tables."""
 
     conn: psycopg.Connection
-    server: ServerVersion
+    server: ServerVersion  # the server connected: the probes speak its dialect
     tables: tuple[str, ...]
+    judged: ServerVersion | None = None  # the release the gate judges (default: the server)
+
+    @property
+    def release(self) -> ServerVersion:
+        return self.judged or self.server
 
     def scratch(self) -> psycopg.Transaction:
         """A transaction rolled back at the end, whatever the probe did in it."""
@@ -120,15 +125,16 @@ def _existing_tables(conn: psycopg.Connection, names: Sequence[str]) -> set[str]
 
 
 def probe_release(p: Probe) -> str:
-    if p.server.engine != "cockroachdb":
-        return f"{p.server.short} (no CockroachDB release gate)"
-    if p.server.version is None:
-        raise Missing(f"the server's version() cannot be read: {p.server.text[:80]!r}")
-    if not p.server.version.at_least(cockroach.MINIMUM):
-        raise Missing(f"the server is {p.server.short}")
-    pinned = "" if p.server.version.series == cockroach.PINNED_SERIES else (
+    server = p.release
+    if server.engine != "cockroachdb":
+        return f"{server.short} (no CockroachDB release gate)"
+    if server.version is None:
+        raise Missing(f"the server's version() cannot be read: {server.text[:80]!r}")
+    if not server.version.at_least(cockroach.MINIMUM):
+        raise Missing(f"the server is {server.short}")
+    pinned = "" if server.version.series == cockroach.PINNED_SERIES else (
         f", pinned {cockroach.PINNED_RELEASE}")
-    return f"{p.server.short}{pinned}"
+    return f"{server.short}{pinned}"
 
 
 def probe_plpgsql_trigger_function(p: Probe) -> str:
@@ -292,12 +298,13 @@ def check(conn: psycopg.Connection, tables: Sequence[str], *, url: str = "",
     own ``version()``, to judge a server by another release's minimums."""
     if not conn.autocommit:
         raise RuntimeError("doctor.check needs an autocommit connection")
-    if version_text is None:
-        row = conn.execute("SELECT version()").fetchone()
-        version_text = str(row[0]) if row else ""
-    server = cockroach.parse_server_version(version_text)
+    row = conn.execute("SELECT version()").fetchone()
+    actual = cockroach.parse_server_version(str(row[0]) if row else "")
+    # The probes speak the dialect of the server actually connected; the release gate judges
+    # by ``version_text`` when given.
+    server = actual if version_text is None else cockroach.parse_server_version(version_text)
     report = Report(urls.mask(url) or "", server)
-    probe = Probe(conn, server, tuple(tables))
+    probe = Probe(conn, actual, tuple(tables), judged=server)
     for capability in capabilities:
         try:
             detail = capability.probe(probe)

@@ -4,16 +4,16 @@ One place for the pin: the dev and staging image (``infra/images.py``), the Clou
 version (``infra/settings.py``, whose default the production stack uses), ``cesar doctor``,
 the smoke check's engine line and docs/cockroachdb.md all read it from here.
 
-Why v25.4: it is the newest *Regular* CockroachDB release with Long-Term Support. v25.4.10 is its
-first LTS patch (cockroachdb/docs#23275, 2026-05-07), so self-hosted clusters get maintenance
-and then assistance support well past the Regular window, and Cloud Advanced supports v25.4 as
-a Regular release. It is the first release with everything the project relies on: the trigger
-catalog ``pg_catalog.pg_trigger`` is populated since v25.3 (cockroachdb/cockroach#147248), which
-the sync's start-up check reads; v25.3 itself is an Innovation release (six months of support,
-already over). v24.3, the previous pin, is out of support (Cloud Advanced since 2026-05-05,
-self-hosted since 2026-05-18, per CockroachDB's versions table). The next major the code is
-written for is v26.1, whose changed defaults (``allow_unsafe_internals`` off, new tables
-schema-locked) are handled where they matter (docs/cockroachdb.md).
+Why v25.4: it is the newest *Regular* CockroachDB release with Long-Term Support. v25.4.10 is
+its first LTS patch (cockroachdb/docs#23275, 2026-05-07), so self-hosted clusters get a year of
+maintenance from then, and assistance support after it (what Cloud offers is its own policy:
+docs/cockroachdb.md). It is the first supported release with everything the project relies on:
+the trigger catalog ``pg_catalog.pg_trigger``, which the sync's start-up check reads, is
+populated since v25.3 (cockroachdb/cockroach#147248), and v25.3 is an Innovation release whose
+six months of support are over. v24.3, the previous pin, is out of support (Cloud Advanced
+since 2026-05-05, self-hosted v24.3.5 since 2026-05-18, per CockroachDB's versions table). The
+next major the code is written for is v26.1, whose changed defaults (``allow_unsafe_internals``
+off, new tables schema-locked) are handled where they matter (docs/cockroachdb.md).
 """
 
 from __future__ import annotations

@@ -163,6 +163,8 @@ def _keys(array_type: str, param: str) -> sql.Composable:
 
 # ------------------------------------------------------------------------- validation
 def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: str) -> dict[str, object]:
+    # information_schema.columns.is_hidden: CockroachDB's own column (v21.1+, REGIONAL BY ROW's
+    # crdb_region is hidden).
     hidden = " AND is_hidden = 'NO'" if engine == "cockroachdb" else ""
     cols: dict[str, list[Column]] = {}
     for table, column, data_type in conn.execute(
@@ -196,6 +198,8 @@ def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: str) -> dic
         "GROUP BY tc.table_name, tc.constraint_name HAVING count(*) = 1 "
         "   AND max(kcu.column_name) = 'id'", [list(names)],
     ).fetchall()}
+    # CockroachDB lists triggers in pg_trigger only from v25.3 (cockroachdb/cockroach#147248),
+    # with tgenabled always 'A'; `cesar doctor` checks it (docs/cockroachdb.md).
     triggers = {
         table: enabled for table, enabled in conn.execute(
             "SELECT c.relname, t.tgenabled FROM pg_catalog.pg_trigger AS t "

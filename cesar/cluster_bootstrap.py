@@ -29,6 +29,7 @@ from cesar.errors import ConfigError
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 HBA_SETTING = "server.host_based_authentication.configuration"
+LICENSE_SETTING = "enterprise.license"
 REDACTED = "<redacted>"
 
 
@@ -59,6 +60,9 @@ class Bootstrap:
     logins: Sequence[str] = LOGINS
     #: False on an insecure (development-only) cluster, which refuses passwords.
     set_passwords: bool = True
+    #: The enterprise license key (self-hosted clusters of several nodes need one from v24.3;
+    #: Cloud clusters have their own). Secret: redacted like the passwords.
+    license: str | None = None
 
     def __post_init__(self) -> None:
         missing = [login for login in self.logins if not self.passwords.get(login)]
@@ -76,6 +80,9 @@ def statements(spec: Bootstrap, *, redact: bool = False) -> list[str]:
     """The script's statements, in order. ``redact`` replaces passwords (for printing)."""
     db, role = quote_ident(spec.database), quote_ident(spec.app_role)
     out: list[str] = []
+    if spec.license:
+        key = REDACTED if redact else spec.license
+        out.append(f"SET CLUSTER SETTING {LICENSE_SETTING} = {quote_literal(key)}")
     if spec.hba is not None:
         out.append(f"SET CLUSTER SETTING {HBA_SETTING} = {quote_literal(spec.hba)}")
     out += [

@@ -138,7 +138,7 @@ def _tracked_statuses(conn: psycopg.Connection) -> list[tuple[str, str]]:
 def connect(url: str, settings: Settings, source: str = "--url") -> psycopg.Connection:
     """An autocommit connection for the runner, without the API's statement timeout (a schema
     change may rightly take minutes). Failures name the URL with its password masked."""
-    urls.parse(url, source)
+    db.require_tls(url, source, settings.environment)  # --url obeys the same rule as the route
     kwargs: dict[str, Any] = {**db.connect_kwargs(settings), "autocommit": True,
                               "options": "-c statement_timeout=0"}
     try:

@@ -37,17 +37,20 @@ def _password(config: pulumi.Config, settings: StackSettings, login: str) -> pul
 
 
 def _bootstrap_sql(settings: StackSettings, passwords: dict[str, pulumi.Output[str]],
-                   *, hba: str | None, set_passwords: bool) -> pulumi.Output[str]:
+                   *, hba: str | None, set_passwords: bool,
+                   license_key: pulumi.Output[str] | None = None) -> pulumi.Output[str]:
     logins = list(passwords)
     regions = tuple(settings.regions) if len(settings.regions) > 1 else ()
 
     def render(values: list[str]) -> str:
+        *secrets, key = values
         spec = cluster_bootstrap.Bootstrap(
-            database=settings.database, passwords=dict(zip(logins, values, strict=True)),
-            hba=hba, regions=regions, set_passwords=set_passwords)
+            database=settings.database, passwords=dict(zip(logins, secrets, strict=True)),
+            hba=hba, regions=regions, set_passwords=set_passwords, license=key or None)
         return cluster_bootstrap.script(spec)
 
-    return pulumi.Output.secret(pulumi.Output.all(*passwords.values()).apply(render))
+    return pulumi.Output.secret(
+        pulumi.Output.all(*passwords.values(), license_key or "").apply(render))
 
 
 def _docker_provider(settings: StackSettings, what: str,
@@ -68,10 +71,15 @@ def define_stack() -> dict[str, Any]:
     if settings.self_hosted is not None:
         spec = settings.self_hosted
         provider = _docker_provider(settings, "cluster", spec.docker_host)
+        license_key = config.get_secret(stack_settings.LICENSE_KEY)
+        warning = stack_settings.license_warning(settings, license_key is not None)
+        if warning:
+            pulumi.log.warn(warning)
         cluster = SelfHostedCluster(
             names.resource("cluster"), settings,
             bootstrap_sql=_bootstrap_sql(settings, passwords, hba=selfhosted.hba(settings),
-                                         set_passwords=not spec.insecure),
+                                         set_passwords=not spec.insecure,
+                                         license_key=license_key),
             opts=pulumi.ResourceOptions(providers=[provider] if provider else None))
         monitoring_provider = provider
         tls, network_name, cloud_targets, cloud_key = (

@@ -189,6 +189,10 @@ def resolve_urls(settings: Settings, local_url: str | None, remote_url: str | No
             raise ConfigError("no cluster to sync with: set COCKROACH_DB_URL or pass "
                               "--remote-url (in development, `invoke up` provides one)")
         remote = (emb_cluster, "the embedded stack")
+    # Explicit flags go through the same TLS rule as the variables (the local side may be a
+    # unix socket or loopback database outside development; the cluster never is exempt).
+    db.require_tls(local[0], local[1], settings.environment, local=True)
+    db.require_tls(remote[0], remote[1], settings.environment)
     return local, remote
 
 

@@ -125,8 +125,10 @@ def test_every_declared_table_is_either_converted_or_already_done(states: list[s
     assert converted == [t for t in TABLES if t in converted]  # declared order
 
 
-def test_the_statements_are_cockroachdbs_three_step_conversion() -> None:
-    add, default, locality = statements_for("agents", "us-east1")
+def test_the_statements_unlock_then_convert_in_cockroachdbs_three_steps() -> None:
+    unlock, add, default, locality = statements_for("agents", "us-east1")
+    # v26.1 creates tables schema-locked; SET LOCALITY cannot unlock one by itself.
+    assert unlock == 'ALTER TABLE "agents" SET (schema_locked = false)'
     assert add == ('ALTER TABLE "agents" ADD COLUMN IF NOT EXISTS crdb_region '
                    "public.crdb_internal_region NOT VISIBLE NOT NULL DEFAULT "
                    "'us-east1'::public.crdb_internal_region")

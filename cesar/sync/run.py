@@ -32,7 +32,7 @@ from cesar import db, urls
 from cesar.config import Settings
 from cesar.errors import ConfigError, OperationFailed
 from cesar.sync import capture, lease, reconcile, state
-from cesar.sync.apply import Outcome, Target, apply_changes
+from cesar.sync.apply import LockBudget, Outcome, Target, apply_changes
 from cesar.sync.capture import Pending
 from cesar.sync.tables import SyncSettings, TableSpec, validate
 
@@ -250,6 +250,7 @@ class Run:
         # acknowledge on its source (the second direction's source and target).
         self._simulated: dict[str, tuple[set[str], set[str]]] = {}
         self._ack_conns: dict[str, psycopg.Connection] = {}
+        self.budget = LockBudget(float(sync.lock_wait_budget_ms))
 
     # ---------------------------------------------------------------- plumbing
     def _open(self) -> None:
@@ -274,7 +275,7 @@ class Run:
             written, acked = set(), set()
         return Target(self.sides[role].conn, direction, self.sync.lock_timeout_ms,
                       self.retry, self.options.dry_run, frozenset(written), frozenset(acked),
-                      fence=self._fence)
+                      fence=self._fence, budget=self.budget)
 
     def _check_lease(self) -> None:
         if self.lease is not None:

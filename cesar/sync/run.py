@@ -31,7 +31,7 @@ from psycopg import sql
 from cesar import db, urls
 from cesar.config import Settings
 from cesar.errors import ConfigError, OperationFailed
-from cesar.sync import capture, lease, reconcile, state
+from cesar.sync import capture, clock, lease, reconcile, state
 from cesar.sync.apply import LockBudget, Outcome, Target, apply_changes
 from cesar.sync.capture import Pending
 from cesar.sync.tables import SyncSettings, TableSpec, validate
@@ -112,6 +112,7 @@ class RunReport:
     seconds: float = 0.0
     local: str = ""
     cluster: str = ""
+    clock_skew_ms: float | None = None  # the cluster's clock minus the local database's
 
     @property
     def moved(self) -> int:
@@ -150,6 +151,7 @@ class RunReport:
             "in_progress": self.in_progress, "local": self.local, "cluster": self.cluster,
             "moved": self.moved, "conflicts": self.conflicts, "failed": self.failed,
             "deferred": self.deferred, "seconds": round(self.seconds, 3),
+            "clock_skew_ms": self.clock_skew_ms,
             "tables": [t.as_dict() for t in self.tables],
             "reconcile": [r.as_dict() for r in self.reconcile],
         }
@@ -299,6 +301,9 @@ class Run:
             first = state.check_pair(nodes["local"], nodes["cluster"], repair=opts.full)
             specs = validate(local.conn, cluster.conn, opts.tables or self.sync.tables,
                              engines=(local.engine, cluster.engine))
+            skew = clock.measure(local.conn, cluster.conn)
+            report.clock_skew_ms = skew.ms
+            clock.check(skew, self.sync.max_clock_skew_ms, local.masked, cluster.masked)
             if not opts.dry_run:
                 try:
                     self.lease = lease.SyncLease.acquire(

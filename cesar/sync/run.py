@@ -31,7 +31,7 @@ from psycopg import sql
 from cesar import db, urls
 from cesar.config import Settings
 from cesar.errors import ConfigError, OperationFailed
-from cesar.sync import capture, clock, lease, reconcile, state
+from cesar.sync import capture, clock, divergence, lease, reconcile, state
 from cesar.sync.apply import LockBudget, Outcome, Target, apply_changes
 from cesar.sync.capture import Pending
 from cesar.sync.tables import SyncSettings, TableSpec, validate
@@ -113,6 +113,8 @@ class RunReport:
     local: str = ""
     cluster: str = ""
     clock_skew_ms: float | None = None  # the cluster's clock minus the local database's
+    divergence: list[divergence.Found] = field(default_factory=list)
+    truncate_guarded: list[str] = field(default_factory=list)  # guards added by this run
 
     @property
     def moved(self) -> int:
@@ -140,6 +142,11 @@ class RunReport:
             parts.append(f"{self.deferred} deferred (locked by an open transaction: next run)")
         if self.failed:
             parts.append(f"{self.failed} failed (see sync_conflicts; retried every run)")
+        differ = [d for d in self.divergence if d.divergent_rows]
+        if differ:
+            parts.append("the sides DIFFER: " + ", ".join(
+                f"{d.table} by {d.divergent_rows} row{'' if d.divergent_rows == 1 else 's'}"
+                for d in differ) + " (run `cesar sync run --full`; see docs/sync.md)")
         what = "full sync" if self.full else "sync"
         prefix = "dry run, nothing changed: " if self.dry_run else ""
         return f"{prefix}{what} done in {self.seconds:.2f} s: {', '.join(parts)}"
@@ -152,6 +159,8 @@ class RunReport:
             "moved": self.moved, "conflicts": self.conflicts, "failed": self.failed,
             "deferred": self.deferred, "seconds": round(self.seconds, 3),
             "clock_skew_ms": self.clock_skew_ms,
+            "divergence": [d.as_dict() for d in self.divergence],
+            "truncate_guarded": self.truncate_guarded,
             "tables": [t.as_dict() for t in self.tables],
             "reconcile": [r.as_dict() for r in self.reconcile],
         }
@@ -320,6 +329,11 @@ class Run:
                     return report
                 # The local side's writes are fenced too: it learns this run's token.
                 self.lease.install(local.conn)
+            if not opts.dry_run:
+                for side in self.sides.values():
+                    if side.engine == "postgresql":
+                        report.truncate_guarded += divergence.ensure_truncate_guard(side.conn,
+                                                                                    specs)
             report.first_pairing = first
             if first:
                 self.progress("first run of this pair: every table is reconciled (--full)")
@@ -506,6 +520,22 @@ class Run:
                                        tr.error))
         for side in self.sides.values():
             state.write_state(side.conn, rows)
+        self._check_divergence(specs, report)
+
+    def _check_divergence(self, specs: list[TableSpec], report: RunReport) -> None:
+        """Record how many rows the sides differ by: the count check, and what a reconcile
+        found and could not repair (the larger of the two, when both ran)."""
+        found = {f.table: f for f in divergence.count_check(
+            self.sides["local"].conn, self.sides["cluster"].conn, specs)}
+        for r in report.reconcile:
+            left = max(0, r.keys_differing - r.repaired_local - r.repaired_cluster)
+            counted = found.get(r.table)
+            found[r.table] = divergence.Found(
+                r.table, max(left, counted.divergent_rows if counted else 0), "full",
+                counted.local_rows if counted else None,
+                counted.cluster_rows if counted else None)
+        report.divergence = sorted(found.values(), key=lambda f: f.table)
+        divergence.record([s.conn for s in self.sides.values()], report.divergence)
 
 
 def run(settings: Settings, sync: SyncSettings, options: Options,

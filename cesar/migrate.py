@@ -665,7 +665,7 @@ class Runner:
                     skipped: psycopg.Error | None = None
                     try:
                         # Fenced just before the statement: a runner paused past its lease
-                        # stops here. The window left (docs/migrations.md): from this check's
+                        # stops here. The window left (docs/sync.md, "The lease"): from this check's
                         # answer to the statement reaching the server, for this one statement;
                         # its progress record is fenced and fails.
                         lease.check(self.conn)

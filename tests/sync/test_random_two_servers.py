@@ -45,7 +45,9 @@ SIDES = ("local", "cluster")
 EXPECTED_FAILURES = ("lost the sync lease", "another sync run still holds the lease")
 ENV = {"CESAR_SYNC_TABLES": "items", "CESAR_SYNC_LEASE_SECONDS": f"{LEASE:g}",
        "CESAR_SYNC_LOCK_TIMEOUT_MS": "200", "CESAR_SYNC_BATCH_SIZE": "4",
-       "CESAR_SYNC_MAX_CLOCK_SKEW_MS": str(int(SKEW_SECONDS * 1000) + 2000)}
+       "CESAR_SYNC_MAX_CLOCK_SKEW_MS": str(int(SKEW_SECONDS * 1000) + 2000),
+       # A shared CI machine under load can take seconds to accept a connection.
+       "CESAR_CONNECT_TIMEOUT": "30"}
 
 
 class Writers(threading.Thread):

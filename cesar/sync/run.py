@@ -535,7 +535,11 @@ class Run:
                 counted.local_rows if counted else None,
                 counted.cluster_rows if counted else None)
         report.divergence = sorted(found.values(), key=lambda f: f.table)
-        divergence.record([s.conn for s in self.sides.values()], report.divergence)
+        try:
+            divergence.record([s.conn for s in self.sides.values()], report.divergence)
+        except psycopg.errors.UndefinedTable:  # reported in this run's summary all the same
+            log.warning("sync_divergence is missing: run `cesar migrate up` (012_sync_safety) "
+                        "so that status, /health and /metrics show divergence")
 
 
 def run(settings: Settings, sync: SyncSettings, options: Options,

@@ -67,6 +67,12 @@ class SyncSettings(BaseSettings):
                                  description="CESAR_SYNC_LEASE_SECONDS: lease of a running sync")
     lag_limit_seconds: float = Field(600.0, gt=0,
                                      description="CESAR_SYNC_LAG_LIMIT_SECONDS: /health and smoke")
+    lock_wait_budget_ms: int = Field(
+        10_000, ge=0, description="CESAR_SYNC_LOCK_WAIT_BUDGET_MS: a run's total lock waiting; "
+        "spent, every later lock conflict defers its key at once")
+    max_clock_skew_ms: int = Field(
+        1000, ge=0, description="CESAR_SYNC_MAX_CLOCK_SKEW_MS: refuse to run when the two "
+        "databases' clocks differ by more (last writer wins compares their timestamps)")
 
     @field_validator("tables", mode="before")
     @classmethod

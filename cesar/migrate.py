@@ -65,9 +65,17 @@ from cesar.migrate_lease import (
 )
 from cesar.migrate_lease import break_lease as _break_lease
 from cesar.migrate_lease import read as read_lease
-from cesar.migrate_plan import Plan, Step, check_prefix, counts, first_statements, make_plan
+from cesar.migrate_plan import (
+    Plan,
+    Step,
+    check_prefix,
+    counts,
+    first_statements,
+    make_plan,
+    rollback_blocked,
+)
 from cesar.migrate_regions import Catalog, LocalityPlan, TableChange
-from cesar.migrate_sql import Statement, prefix_checksum
+from cesar.migrate_sql import NO_TRANSACTION, Statement, prefix_checksum
 from cesar.migrate_store import (
     APPLIED_STATUSES,
     EVENTS_TABLE,
@@ -179,11 +187,17 @@ class RunReport:
                 "resume": step.resume, "start_at_statement": step.start + 1,
             }
             if self.dry_run:
-                item["statements"] = [
-                    {"index": s.index, "line": s.line, "kind": s.kind, "sql": s.sql,
-                     "idempotent": s.idempotent}
-                    for s in step.migration.statements(step.direction)[step.start:]
-                ]
+                item["refused"] = step.refused
+                item["mode"] = None
+                item["statements"] = []
+                if step.refused is None:
+                    script = step.migration.script(step.direction)
+                    item["mode"] = step_mode(self.mode, script.transaction, step.start)
+                    item["statements"] = [
+                        {"index": s.index, "line": s.line, "kind": s.kind, "sql": s.sql,
+                         "idempotent": s.idempotent, "no_transaction": s.no_transaction}
+                        for s in script.statements[step.start:]
+                    ]
             steps.append(item)
         return {
             "direction": self.direction, "dry_run": self.dry_run, "mode": self.mode,
@@ -295,6 +309,7 @@ class Runner:
         migrations = load(self.migrations_dir)
         plan = make_plan(migrations, read_tracked(self.conn))
         if dry_run:
+            _check_files(plan, plan.pending)
             report = RunReport("up", True, self.effective_mode(), plan, steps=plan.pending,
                                lease=self.lease_info() if plan.tables_exist else None)
             report.seconds = time.perf_counter() - started
@@ -408,6 +423,7 @@ class Runner:
         plan = make_plan(migrations, read_tracked(self.conn))
         targets = self._rollback_steps(plan, steps if to is None else None, to)
         if dry_run:
+            _check_files(plan, targets)
             report = RunReport("down", True, self.effective_mode(), plan, steps=targets,
                                lease=self.lease_info() if plan.tables_exist else None)
             report.seconds = time.perf_counter() - started
@@ -462,18 +478,13 @@ class Runner:
                     "may not match what is in the database; restore the file, or accept it with "
                     f"`cesar migrate repair {row.name} --reason TEXT` (nothing was rolled back)"
                 )
-            step = Step(m, "down")
+            step = Step(m, "down", previous=row)
             if row.interrupted_rollback:
                 step.resume = "failed" if row.status == "failed" else "interrupted"
                 down_sum = m.file_checksum("down")
                 if (row.status == "failed" and row.attempt_checksum == down_sum
                         and not row.resumable):
-                    raise OperationFailed(
-                        f"the rollback of {row.name} failed at statement {row.error_statement} "
-                        f"(line {row.error_line}) with SQLSTATE {row.error_sqlstate}: "
-                        f"{row.error_message}; fix {m.down_path} and run again (it resumes), or "
-                        f"`cesar migrate repair {row.name} --reason TEXT`"
-                    )
+                    raise OperationFailed(rollback_blocked(row, m))
                 if row.statements_done:
                     problem = check_prefix(row, m, "down")
                     if problem:
@@ -586,17 +597,42 @@ class Runner:
     def _tune_session(self) -> None:
         """On PostgreSQL 14+, have the server notice a dead runner within seconds (and abort its
         transaction) instead of only when it next writes to the socket. CockroachDB has no such
-        setting and cancels a session's work when its connection closes."""
+        setting and cancels a session's work when its connection closes.
+
+        Refuses a session with ``standard_conforming_strings`` off (read from the parameter
+        the server reports at connection: no round trip): the statements were split with it on.
+        """
+        if self.conn.info.parameter_status("standard_conforming_strings") == "off":
+            raise ConfigError(
+                "the server runs with standard_conforming_strings = off, so backslashes in "
+                "'...' strings would end them elsewhere than the runner read them; set it to on "
+                "for the runner's login (ALTER ROLE ... SET standard_conforming_strings = on)"
+            )
         if self.engine() != "postgresql":
             return
         with suppress(psycopg.Error):  # absent before PostgreSQL 14
             self.conn.execute("SET client_connection_check_interval = '2s'")
 
+    def _reset_session(self) -> None:
+        """Undo every session setting a migration made (``SET search_path``, ``SET ROLE``, ...)
+        and its prepared statements, so nothing of it reaches the next migration or the
+        runner's own statements. ``RESET ALL`` and ``DEALLOCATE ALL`` exist on both engines;
+        ``RESET ALL`` leaves the role alone on PostgreSQL, hence ``RESET ROLE`` (back to the
+        login's default, ``cesar_app``). DISCARD ALL would also end the role the login's
+        default switched to, and runs in no transaction on CockroachDB."""
+        if self.conn.closed:
+            return
+        self.conn.execute("RESET ALL")
+        self.conn.execute("RESET ROLE")
+        self.conn.execute("DEALLOCATE ALL")
+        self._tune_session()
+
     def _run_step(self, step: Step, mode: str) -> bool:
         """Apply or roll back one migration. False when another runner already did it."""
         m, direction = step.migration, step.direction
-        statements = m.statements(direction)
-        effective = "per-statement" if (mode == "per-statement" or step.start) else "transactional"
+        script = m.script(direction)
+        statements = script.statements
+        effective = step_mode(mode, script.transaction, step.start)
         verb = "applying" if direction == "up" else "rolling back"
         after = {"failed": "after a failed run", "interrupted": "after an interrupted run"}
         resume = (f", resuming at statement {step.start + 1} {after[step.resume]}"
@@ -609,7 +645,8 @@ class Runner:
         if effective == "transactional":
             ran = self._transactional(step, statements, started)
         else:
-            ran = self._per_statement(step, statements, started)
+            ran = self._per_statement(step, statements, started, effective)
+        self._reset_session()
         ms = (time.perf_counter() - started) * 1000
         if ran:
             self.progress(f"{'applied' if direction == 'up' else 'rolled back'} {m.name} "
@@ -638,13 +675,17 @@ class Runner:
             raise AssertionError("unreachable") from None
 
     # -- per-statement: each statement on its own, progress recorded after each
-    def _per_statement(self, step: Step, statements: list[Statement], started: float) -> bool:
+    def _per_statement(self, step: Step, statements: list[Statement], started: float,
+                       mode: str = "per-statement") -> bool:
+        """``per-statement`` or ``no-transaction`` (a file with that header: every statement
+        runs alone, DML included, since some of them can never run in a transaction block)."""
         lease = self._lease_held()
         start = step.start
+        alone_always = mode == NO_TRANSACTION
 
         def claim(conn: psycopg.Connection) -> bool:
             lease.check(conn)
-            return self._claim(conn, step, "per-statement", statements)
+            return self._claim(conn, step, mode, statements)
 
         if not db.run_transaction(self.conn, claim, **self._retry):
             return False
@@ -659,7 +700,7 @@ class Runner:
             t0 = time.perf_counter()
             note = ""
             try:
-                if st.kind == "ddl":
+                if st.alone or alone_always:
                     lease.renew(migration=step.name)
                     skipped: psycopg.Error | None = None
                     try:
@@ -685,13 +726,12 @@ class Runner:
 
                     db.run_transaction(self.conn, dml, **self._retry)
             except _StatementError as err:
-                self._statement_failed(step, "per-statement", statements, err,
-                                       done=st.index - 1)
+                self._statement_failed(step, mode, statements, err, done=st.index - 1)
             in_doubt = False
             self.progress(f"  [{st.index}/{len(statements)}] line {st.line}: {st.summary()} "
                           f"({(time.perf_counter() - t0) * 1000:.0f} ms{note})")
         db.run_transaction(self.conn, lambda c: self._finish(
-            c, step, "per-statement", len(statements), started), **self._retry)
+            c, step, mode, len(statements), started), **self._retry)
         return True
 
     def _execute_implicit(self, st: Statement) -> None:
@@ -811,11 +851,19 @@ class Runner:
                   "message": message, "statement": st.index, "line": st.line,
                   "file": str(m.path(step.direction)), "statements_done": done}
 
+        previous = step.previous
+        untouched = (step.direction == "down" and done == 0 and step.resume is None
+                     and previous is not None and previous.applied)
+
         def work(conn: psycopg.Connection) -> None:
             if step.direction == "down" and mode == "transactional":
                 # Nothing was rolled back: the migration stays applied; only the event says so.
                 conn.execute(f"UPDATE {TRACKING_TABLE} SET holder = NULL WHERE name = %s",
                              [m.name])
+            elif untouched and previous is not None:
+                # The first statement of a rollback failed, so the server undid it: nothing
+                # was rolled back, and the row goes back to what it was before the claim.
+                _restore_row(conn, previous)
             else:
                 conn.execute(
                     f"INSERT INTO {TRACKING_TABLE} AS t (name, checksum, status, direction, "
@@ -857,7 +905,7 @@ class Runner:
             state = (f"{first_statements(kept)} stay done and the next run resumes at statement "
                      f"{st.index}")
         elif step.direction == "down":
-            state = "nothing was rolled back"
+            state = f"nothing was rolled back and {m.name} stays applied"
         else:
             state = "nothing of it was applied"
         cmd = "up" if step.direction == "up" else "down"
@@ -900,6 +948,38 @@ class _StatementError(Exception):
         super().__init__(str(error))
         self.statement = statement
         self.error = error
+
+
+def _check_files(plan: Plan, steps: list[Step]) -> None:
+    """For a dry run: each file's refusal becomes a problem of the plan instead of stopping it,
+    so that one run reports every file that cannot run."""
+    for step in steps:
+        try:
+            step.migration.script(step.direction)
+        except ConfigError as exc:
+            step.refused = str(exc)
+            plan.problems.append(str(exc))
+
+
+def step_mode(mode: str, transaction: bool, start: int) -> str:
+    """How one file runs: ``no-transaction`` when its header says so, ``per-statement`` in that
+    mode or when resuming after statements already done, else ``transactional``."""
+    if not transaction:
+        return NO_TRANSACTION
+    return "per-statement" if (mode == "per-statement" or start) else "transactional"
+
+
+_RESTORED = ("status", "direction", "mode", "attempt_checksum", "statements_total",
+             "statements_done", "progress_checksum", "resumable", "error_sqlstate",
+             "error_message", "error_statement", "error_line", "started_at", "finished_at",
+             "duration_ms", "applied_by", "applied_from", "runner_version")
+
+
+def _restore_row(conn: psycopg.Connection, row: Tracked) -> None:
+    sets = ", ".join(f"{c} = %({c})s" for c in _RESTORED)
+    values = {c: getattr(row, c) for c in _RESTORED}
+    conn.execute(f"UPDATE {TRACKING_TABLE} SET {sets}, holder = NULL, updated_at = now() "
+                 "WHERE name = %(name)s", {**values, "name": row.name})  # type: ignore[arg-type]
 
 
 def _execute(conn: psycopg.Connection, st: Statement) -> None:

@@ -23,9 +23,13 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg.rows import dict_row
 
-TRACKING_TABLE = "schema_migrations"
-EVENTS_TABLE = "schema_migration_events"
-LEASE_TABLE = "schema_migration_lease"
+#: The runner's tables are always named with their schema, so that a migration changing
+#: ``search_path`` (pg_dump's header does) cannot make them disappear from under the runner.
+#: ``public`` is where runners that named them without a schema created them.
+SCHEMA = "public"
+TRACKING_TABLE = f"{SCHEMA}.schema_migrations"
+EVENTS_TABLE = f"{SCHEMA}.schema_migration_events"
+LEASE_TABLE = f"{SCHEMA}.schema_migration_lease"
 
 STATUSES = ("running", "succeeded", "failed", "rolled_back", "baselined")
 #: Statuses that count as "applied" (the schema contains the migration's objects).
@@ -68,7 +72,7 @@ _DDL = (
     reason      TEXT,
     detail      JSONB       NOT NULL DEFAULT '{{}}'
 )""",
-    f"CREATE INDEX IF NOT EXISTS {EVENTS_TABLE}_migration_idx "
+    "CREATE INDEX IF NOT EXISTS schema_migration_events_migration_idx "
     f"ON {EVENTS_TABLE} (migration, occurred_at)",
     f"""CREATE TABLE IF NOT EXISTS {LEASE_TABLE} (
     id          INT         PRIMARY KEY CHECK (id = 1),
@@ -216,7 +220,8 @@ def widen_events_check(conn: psycopg.Connection) -> None:
         "WHERE conrelid = CAST(%s AS REGCLASS) AND contype = 'c' "
         "AND pg_get_constraintdef(oid) LIKE '%%event%%'", [EVENTS_TABLE]).fetchall()]
     drops = "".join(f"DROP CONSTRAINT {sql.Identifier(n).as_string(conn)}, " for n in names)
-    conn.execute(f"ALTER TABLE {EVENTS_TABLE} {drops}ADD CONSTRAINT {EVENTS_TABLE}_event_check "
+    conn.execute(f"ALTER TABLE {EVENTS_TABLE} {drops}ADD CONSTRAINT "
+                 "schema_migration_events_event_check "
                  f"CHECK (event IN {EVENTS!r})")  # type: ignore[arg-type]
 
 

@@ -32,10 +32,10 @@ def test_blank_and_comment_only_segments_are_not_statements() -> None:
 
 
 @pytest.mark.parametrize(("text", "problem"), [
-    ("SELECT 'open", "unterminated string"),
-    ('SELECT "open', "unterminated quoted identifier"),
-    ("SELECT 1; /* open", "unterminated /* comment"),
-    ("SELECT $q$ open", "unterminated $q$ quote"),
+    ("SELECT 'open", "unterminated string starting \"'open\""),
+    ('SELECT "open', "unterminated quoted identifier starting \"\"open\""),
+    ("SELECT 1; /* open", "unterminated /* comment starting \"/* open\""),
+    ("SELECT $q$ open", "unterminated $ quote starting \"$q$ open\""),
 ])
 def test_unterminated_constructs_name_the_file_and_line(text: str, problem: str) -> None:
     with pytest.raises(ConfigError) as info:

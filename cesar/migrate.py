@@ -249,6 +249,10 @@ class Runner:
         validate_seconds(lease_seconds, wait_seconds)
         if not conn.autocommit:
             raise RuntimeError("Runner needs an autocommit connection")
+        # No server-side prepared statements of psycopg's own on this connection: the session
+        # reset between migrations deallocates every prepared statement (a migration may
+        # PREPARE), which would pull them from under psycopg's cache.
+        conn.prepare_threshold = None
         self.conn = conn
         self.connect = connect
         self.migrations_dir = resolve_dir(migrations_dir)

@@ -138,6 +138,24 @@ def parse(text: str, source: str = "<sql>") -> Script:
     return Script(statements, transaction)
 
 
+def lexer_split(text: str) -> list[str]:
+    """The statements by psql's rule on PostgreSQL's tokens alone, never asking the parser:
+    what the runner uses for a file the parser rejects (the corpus test compares the two)."""
+    significant = [t for t in pg.scan(text) if t.name not in _COMMENTS]
+    return _texts(text, significant, _psql_ends(text, significant))
+
+
+def parser_split(text: str) -> list[str] | None:
+    """The statements as PostgreSQL's parser splits them; None when it rejects the text."""
+    significant = [t for t in pg.scan(text) if t.name not in _COMMENTS]
+    ends = _parser_ends(text, significant)
+    return None if ends is None else _texts(text, significant, ends)
+
+
+def _texts(text: str, tokens: list[pg.Token], ends: set[int]) -> list[str]:
+    return [text[group[0].start:end].strip() for group, end in _cut(text, tokens, ends)]
+
+
 # ------------------------------------------------------------------ tokens
 def _scan(text: str, source: str) -> list[pg.Token]:
     try:
@@ -201,6 +219,11 @@ def _groups(text: str, tokens: list[pg.Token]) -> list[tuple[list[pg.Token], int
     ends = _parser_ends(text, significant)
     if ends is None:
         ends = _psql_ends(text, significant)
+    return _cut(text, significant, ends)
+
+
+def _cut(text: str, significant: list[pg.Token], ends: set[int]
+         ) -> list[tuple[list[pg.Token], int]]:
     out: list[tuple[list[pg.Token], int]] = []
     current: list[pg.Token] = []
     for i, token in enumerate(significant):

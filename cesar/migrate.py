@@ -906,8 +906,8 @@ class Runner:
         path = m.path(step.direction)
         what = "migration" if step.direction == "up" else "rollback"
         if kept:
-            state = (f"{first_statements(kept)} stay done and the next run resumes at statement "
-                     f"{st.index}")
+            state = (f"{first_statements(kept)} {'stays' if kept == 1 else 'stay'} done and the "
+                     f"next run resumes at statement {st.index}")
         elif step.direction == "down":
             state = f"nothing was rolled back and {m.name} stays applied"
         else:

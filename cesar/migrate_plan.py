@@ -155,7 +155,9 @@ def _state(row: Tracked) -> str:
 
 
 def _failed_message(row: Tracked, m: Migration) -> str:
-    kept = f"{first_statements(row.statements_done)} stay applied, " if row.statements_done else ""
+    done = row.statements_done
+    verb = "stays" if done == 1 else "stay"
+    kept = f"{first_statements(done)} {verb} applied, " if done else ""
     return (
         f"{m.name} failed at statement {row.error_statement} (line {row.error_line}) with "
         f"SQLSTATE {row.error_sqlstate}: {row.error_message}; {kept}"

@@ -258,45 +258,41 @@ def test_a_rollback_failing_at_its_first_statement_leaves_the_migration_applied(
     assert cli("up", *args).code == 0
 
 
-def test_a_partly_done_rollback_names_every_way_out_and_mark_applied_takes_one(
-    fresh_db: str, mdir: Path, cli
+@pytest.mark.parametrize("way_out", ["mark-applied", "repair"])
+def test_a_partly_done_rollback_names_every_way_out_and_each_works(
+    fresh_db: str, mdir: Path, cli, way_out: str
 ) -> None:
-    down = "DROP TABLE kept;\nDROP TABLE no_such_table;\n"
-    _add(mdir, "001_kept", "CREATE TABLE kept (id integer);\n", down)
-    args = ("--url", fresh_db, "--migrations-dir", str(mdir), "--mode", "per-statement")
-    assert cli("up", *args).code == 0
-    assert cli("down", *args).code == 1
-    path = mdir / "001_kept.down.sql"
-    blocked = cli("up", *args)
-    assert blocked.code == 1
-    assert blocked.err == (
-        "cesar: error: the rollback of 001_kept is failed at statement 2 (line 2, SQLSTATE "
-        "42P01: table \"no_such_table\" does not exist); fix "
-        f"{path} and finish it with `cesar migrate down --steps 1` (it resumes at statement 2), "
-        "or run the unchanged file again with `cesar migrate repair 001_kept --reason TEXT` "
-        "then `cesar migrate down --steps 1`; or, to keep 001_kept applied, restore what the "
-        "rollback removed and record it with `cesar migrate mark-applied 001_kept --reason "
-        "TEXT`\n")
-    query(fresh_db, "CREATE TABLE kept (id integer)")
-    marked = cli("mark-applied", "001_kept", *args[:4], "--reason", "recreated by hand")
-    assert marked.code == 0, marked.err
-    again = cli("up", *args)
-    assert again.code == 0, again.err
-    assert query(fresh_db, "SELECT status FROM schema_migrations") == [("baselined",)]
-
-
-def test_repair_lets_a_failed_rollback_run_again_unchanged(fresh_db: str, mdir: Path,
-                                                           cli) -> None:
-    """The cause was outside the file (here: a table a test removes and puts back)."""
-    _add(mdir, "001_two", "CREATE TABLE one (id integer);\nCREATE TABLE two (id integer);\n",
-         "DROP TABLE two;\nDROP TABLE one;\n")
+    """The second statement of the rollback fails because of something outside the file (a
+    table renamed by hand): `mark-applied` keeps the migration (once what was dropped is back),
+    `repair` runs the unchanged file again (once the cause is gone)."""
+    down = "DROP TABLE two;\nDROP TABLE one;\n"
+    _add(mdir, "001_two", "CREATE TABLE one (id integer);\nCREATE TABLE two (id integer);\n", down)
     args = ("--url", fresh_db, "--migrations-dir", str(mdir), "--mode", "per-statement")
     assert cli("up", *args).code == 0
     query(fresh_db, "ALTER TABLE one RENAME TO one_aside")
     assert cli("down", *args).code == 1
-    assert cli("down", *args).code == 1  # unchanged file: refused until repaired
+    path = mdir / "001_two.down.sql"
+    blocked = cli("up", *args)
+    assert blocked.code == 1
+    assert blocked.err == (
+        "cesar: error: the rollback of 001_two is failed at statement 2 (line 2, SQLSTATE "
+        "42P01: table \"one\" does not exist); fix "
+        f"{path} and finish it with `cesar migrate down --steps 1` (it resumes at statement 2), "
+        "or run the unchanged file again with `cesar migrate repair 001_two --reason TEXT` "
+        "then `cesar migrate down --steps 1`; or, to keep 001_two applied, restore what the "
+        "rollback removed and record it with `cesar migrate mark-applied 001_two --reason "
+        "TEXT`\n")
+    assert cli("down", *args).code == 1  # the unchanged file: refused, with the same advice
     query(fresh_db, "ALTER TABLE one_aside RENAME TO one")
-    assert cli("repair", "001_two", *args[:4], "--reason", "table put back").code == 0
-    finished = cli("down", "--steps", "1", *args)
-    assert finished.code == 0, finished.err
-    assert query(fresh_db, "SELECT status FROM schema_migrations") == [("rolled_back",)]
+    if way_out == "mark-applied":
+        query(fresh_db, "CREATE TABLE two (id integer)")
+        marked = cli("mark-applied", "001_two", *args[:4], "--reason", "recreated by hand")
+        assert marked.code == 0, marked.err
+        assert cli("up", *args).code == 0
+        assert query(fresh_db, "SELECT status FROM schema_migrations") == [("baselined",)]
+    else:
+        assert cli("repair", "001_two", *args[:4], "--reason", "table put back").code == 0
+        finished = cli("down", "--steps", "1", *args)
+        assert finished.code == 0, finished.err
+        assert query(fresh_db, "SELECT status FROM schema_migrations") == [("rolled_back",)]
+        assert query(fresh_db, "SELECT to_regclass('one'), to_regclass('two')") == [(None, None)]

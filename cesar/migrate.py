@@ -325,9 +325,9 @@ class Runner:
         if not plan.pending:  # the no-op: one read, no lease, no write
             report.seconds = time.perf_counter() - started
             return report
-        ensure_tables(self.conn)
         report.mode = self.effective_mode()
-        self._tune_session()
+        self._tune_session()  # may refuse the session: before anything is created
+        ensure_tables(self.conn)
         with self._lease():
             plan = make_plan(migrations, read_tracked(self.conn))  # others may have run meanwhile
             plan.raise_problems()

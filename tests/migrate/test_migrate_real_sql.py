@@ -296,3 +296,21 @@ def test_a_partly_done_rollback_names_every_way_out_and_each_works(
         assert finished.code == 0, finished.err
         assert query(fresh_db, "SELECT status FROM schema_migrations") == [("rolled_back",)]
         assert query(fresh_db, "SELECT to_regclass('one'), to_regclass('two')") == [(None, None)]
+
+
+def test_a_server_with_standard_conforming_strings_off_is_refused(
+    pg_stack: PgStack, fresh_db: str, mdir: Path, cli
+) -> None:
+    """The statements were split with backslashes as plain characters in '...' strings; a
+    session where they are escapes would read some of them differently."""
+    _add(mdir, "001_escape", "CREATE TABLE t (a text);\nINSERT INTO t VALUES ('a\\'';b');\n")
+    dbname = fresh_db.rsplit("/", 1)[1].split("?")[0]
+    with pg_stack.superuser() as conn:
+        conn.execute(f'ALTER DATABASE "{dbname}" SET standard_conforming_strings = off')
+    result = cli("up", "--url", fresh_db, "--migrations-dir", str(mdir))
+    assert (result.code, result.err) == (2, (
+        "cesar: error: the server runs with standard_conforming_strings = off, so backslashes "
+        "in '...' strings would end them elsewhere than the runner read them; set it to on for "
+        "the runner's login (ALTER ROLE ... SET standard_conforming_strings = on)\n"))
+    assert query(fresh_db, "SELECT to_regclass('public.t'), "
+                           "to_regclass('public.schema_migrations')") == [(None, None)]

@@ -177,7 +177,7 @@ def _print_plan(report: migrate.RunReport) -> None:
         statements = script.statements
         resume = f", resuming at statement {step.start + 1}" if step.start else ""
         count = migrate.plural(len(statements), "statement")
-        header = "" if script.transaction else ", no-transaction (its header says so)"
+        header = "" if script.transaction else ", no-transaction: its header says so"
         click.echo(f"would {verb} {step.name} ({count}{resume}{header}):")
         for st in statements[step.start:]:
             note = "" if st.idempotent else "  [not idempotent: unsafe to re-run after a crash]"

@@ -763,7 +763,7 @@ class Runner:
                           err: _StatementError, *, done: int) -> NoReturn:
         """Record a statement's failure (unless the connection is gone) and raise."""
         st, exc = err.statement, err.error
-        if self.conn.closed or exc.sqlstate is None or exc.sqlstate.startswith("08"):
+        if self.conn.closed or self.conn.broken or (exc.sqlstate or "").startswith("08"):
             kept = (f"{first_statements(done)} are recorded and the next run resumes at statement "
                     f"{st.index}" if done else "the next run starts it again")
             if mode == "transactional":

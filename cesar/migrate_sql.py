@@ -115,6 +115,11 @@ def split(text: str, source: str = "<sql>") -> list[Statement]:
 
 def parse(text: str, source: str = "<sql>") -> Script:
     """The statements of ``text`` and its header directives; refusals as :func:`split`."""
+    nul = text.find("\x00")
+    if nul >= 0:
+        # PostgreSQL reads a query as a C string: it would stop there, and so would its lexer.
+        raise ConfigError(f"{source}:{text.count(chr(10), 0, nul) + 1}: a NUL character (0x00) "
+                          "found; the server cannot receive it in a statement: remove it")
     tokens = _scan(text, source)
     transaction = _header(text, tokens, source)
     groups = _groups(text, tokens)

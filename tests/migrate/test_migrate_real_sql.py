@@ -153,6 +153,9 @@ REFUSED = {
                "{path}:1: VACUUM cannot run inside a transaction; add `-- cesar:no-transaction` "
                "to the file's header comment to run it statement by statement outside one (see "
                "docs/migrations.md, writing a migration)"),
+    "nul": ("INSERT INTO t VALUES ('a');\nINSERT INTO t VALUES ('b\x00c');\n",
+            "{path}:2: a NUL character (0x00) found; the server cannot receive it in a "
+            "statement: remove it"),
     "transaction": ("INSERT INTO t VALUES ('x');\nCOMMIT;\n",
                     "{path}:2: COMMIT found; migrations must not control transactions (the "
                     "runner does: see docs/migrations.md, execution modes)"),

@@ -314,6 +314,8 @@ class Runner:
         plan = make_plan(migrations, read_tracked(self.conn))
         if dry_run:
             _check_files(plan, plan.pending)
+            if plan.pending and (problem := self._session_problem()):
+                plan.problems.append(problem)
             report = RunReport("up", True, self.effective_mode(), plan, steps=plan.pending,
                                lease=self.lease_info() if plan.tables_exist else None)
             report.seconds = time.perf_counter() - started
@@ -428,6 +430,8 @@ class Runner:
         targets = self._rollback_steps(plan, steps if to is None else None, to)
         if dry_run:
             _check_files(plan, targets)
+            if targets and (problem := self._session_problem()):
+                plan.problems.append(problem)
             report = RunReport("down", True, self.effective_mode(), plan, steps=targets,
                                lease=self.lease_info() if plan.tables_exist else None)
             report.seconds = time.perf_counter() - started
@@ -606,16 +610,21 @@ class Runner:
         Refuses a session with ``standard_conforming_strings`` off (read from the parameter
         the server reports at connection: no round trip): the statements were split with it on.
         """
-        if self.conn.info.parameter_status("standard_conforming_strings") == "off":
-            raise ConfigError(
-                "the server runs with standard_conforming_strings = off, so backslashes in "
-                "'...' strings would end them elsewhere than the runner read them; set it to on "
-                "for the runner's login (ALTER ROLE ... SET standard_conforming_strings = on)"
-            )
+        problem = self._session_problem()
+        if problem:
+            raise ConfigError(problem)
         if self.engine() != "postgresql":
             return
         with suppress(psycopg.Error):  # absent before PostgreSQL 14
             self.conn.execute("SET client_connection_check_interval = '2s'")
+
+    def _session_problem(self) -> str | None:
+        if self.conn.info.parameter_status("standard_conforming_strings") == "off":
+            return ("the server runs with standard_conforming_strings = off, so backslashes in "
+                    "'...' strings would end them elsewhere than the runner read them; set it to "
+                    "on for the runner's login (ALTER ROLE ... SET standard_conforming_strings = "
+                    "on)")
+        return None
 
     def _reset_session(self) -> None:
         """Undo every session setting a migration made (``SET search_path``, ``SET ROLE``, ...)

@@ -317,3 +317,6 @@ def test_a_server_with_standard_conforming_strings_off_is_refused(
         "the runner's login (ALTER ROLE ... SET standard_conforming_strings = on)\n"))
     assert query(fresh_db, "SELECT to_regclass('public.t'), "
                            "to_regclass('public.schema_migrations')") == [(None, None)]
+    dry = cli("up", "--url", fresh_db, "--migrations-dir", str(mdir), "--dry-run")
+    assert dry.code == 1
+    assert "problem: the server runs with standard_conforming_strings = off" in dry.out

@@ -46,7 +46,7 @@ NO_TRANSACTION = "no-transaction"
 DIRECTIVES = (NO_TRANSACTION,)
 
 _WORD = re.compile(r"[A-Za-z_]+")
-_DIRECTIVE = re.compile(r"^--\s*cesar:\s*(?P<name>\S*)\s*$")
+_DIRECTIVE = re.compile(r"^--\s*cesar:\s*(?P<name>.*?)\s*$")
 _IDEMPOTENT = re.compile(
     r"^\s*(CREATE\s+(OR\s+REPLACE\s+|UNIQUE\s+)?\w+(\s+\w+)?\s+IF\s+NOT\s+EXISTS"
     r"|CREATE\s+OR\s+REPLACE\b|DROP\s+\w+(\s+\w+)?\s+IF\s+EXISTS"

@@ -320,3 +320,27 @@ def test_a_server_with_standard_conforming_strings_off_is_refused(
     dry = cli("up", "--url", fresh_db, "--migrations-dir", str(mdir), "--dry-run")
     assert dry.code == 1
     assert "problem: the server runs with standard_conforming_strings = off" in dry.out
+
+
+# ------------------------------------------------------------------ several runners at once
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+def test_three_runners_at_once_apply_the_pg_dump_style_set_once(
+    fresh_db: str, mdir: Path, spawn, mode: str
+) -> None:
+    """The no-transaction file and the session reset under the lease: separate processes, one
+    database; each migration applied exactly once and the rule fired exactly twice per row."""
+    for path in SET.iterdir():
+        shutil.copy(path, mdir)
+    procs = [spawn("up", "--url", fresh_db, "--migrations-dir", str(mdir), "--mode", mode,
+                   "--lease-seconds", "5", "--wait-seconds", "120") for _ in range(3)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert "4/4 applied, 0 pending" in out
+    assert query(fresh_db, "SELECT migration, count(*) FROM schema_migration_events "
+                           "WHERE event = 'apply' GROUP BY migration ORDER BY migration") == [
+        ("001_baseline", 1), ("002_notes_body_index", 1), ("003_seed_notes", 1),
+        ("004_unqualified", 1)]
+    assert query(fresh_db, "SELECT count(*) FROM shop.notes_log") == [(6,)]
+    assert query(fresh_db, "SELECT to_regclass('public.where_am_i') IS NOT NULL") == [(True,)]

@@ -30,11 +30,13 @@ import bisect
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Literal
-
-from pglast import parser as pg
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal
 
 from cesar.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pglast import parser as pg
 
 Kind = Literal["ddl", "dml"]
 
@@ -57,6 +59,14 @@ _IDEMPOTENT = re.compile(
 _COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
 _SEMI, _OPEN, _CLOSE, _BACKSLASH = "ASCII_59", "ASCII_40", "ASCII_41", "ASCII_92"
 _ON_VALUES = frozenset({"on", "true", "yes", "1", "default"})
+
+
+def _pg() -> ModuleType:
+    """pglast's parser, imported on first use: importing pglast takes most of a second, and
+    a run with nothing to do, ``status`` and the API never split a file."""
+    from pglast import parser
+
+    return parser
 
 
 @dataclass(frozen=True)
@@ -146,12 +156,14 @@ def parse(text: str, source: str = "<sql>") -> Script:
 def lexer_split(text: str) -> list[str]:
     """The statements by psql's rule on PostgreSQL's tokens alone, never asking the parser:
     what the runner uses for a file the parser rejects (the corpus test compares the two)."""
+    pg = _pg()
     significant = [t for t in pg.scan(text) if t.name not in _COMMENTS]
     return _texts(text, significant, _psql_ends(text, significant))
 
 
 def parser_split(text: str) -> list[str] | None:
     """The statements as PostgreSQL's parser splits them; None when it rejects the text."""
+    pg = _pg()
     significant = [t for t in pg.scan(text) if t.name not in _COMMENTS]
     ends = _parser_ends(text, significant)
     return None if ends is None else _texts(text, significant, ends)
@@ -163,6 +175,7 @@ def _texts(text: str, tokens: list[pg.Token], ends: set[int]) -> list[str]:
 
 # ------------------------------------------------------------------ tokens
 def _scan(text: str, source: str) -> list[pg.Token]:
+    pg = _pg()
     try:
         return pg.scan(text)
     except pg.ParseError as exc:
@@ -246,6 +259,7 @@ def _cut(text: str, significant: list[pg.Token], ends: set[int]
 def _parser_ends(text: str, tokens: list[pg.Token]) -> set[int] | None:
     """Indexes of the ``;`` tokens that end statements for PostgreSQL's parser (those outside
     every statement it found); None when the parser rejects the file."""
+    pg = _pg()
     try:
         slices = pg.split(text, with_parser=True, only_slices=True)
     except pg.ParseError:

@@ -80,6 +80,7 @@ from cesar.migrate_store import (
     APPLIED_STATUSES,
     EVENTS_TABLE,
     LEASE_TABLE,
+    MISSING,
     TRACKING_TABLE,
     Identity,
     Tracked,
@@ -127,7 +128,7 @@ def _tracked_statuses(conn: psycopg.Connection) -> list[tuple[str, str]]:
     if idle:
         try:
             rows = conn.execute(query).fetchall()
-        except pgerrors.UndefinedTable:
+        except MISSING:
             if not conn.autocommit:
                 conn.rollback()  # we opened that transaction; the caller's state is unchanged
             return []
@@ -137,7 +138,7 @@ def _tracked_statuses(conn: psycopg.Connection) -> list[tuple[str, str]]:
     try:
         with conn.transaction():  # a savepoint: an error must not abort the caller's transaction
             rows = conn.execute(query).fetchall()
-    except pgerrors.UndefinedTable:
+    except MISSING:
         return []
     return [(str(n), str(s)) for n, s in rows]
 

@@ -344,3 +344,18 @@ def test_three_runners_at_once_apply_the_pg_dump_style_set_once(
         ("004_unqualified", 1)]
     assert query(fresh_db, "SELECT count(*) FROM shop.notes_log") == [(6,)]
     assert query(fresh_db, "SELECT to_regclass('public.where_am_i') IS NOT NULL") == [(True,)]
+
+
+def test_a_database_without_the_public_schema_is_read_and_refused_in_one_line(
+    fresh_db: str, mdir: Path, cli
+) -> None:
+    _add(mdir, "001_table", "CREATE TABLE app_t (a text);\n")
+    query(fresh_db, "DROP SCHEMA public")
+    args = ("--url", fresh_db, "--migrations-dir", str(mdir))
+    status = cli("status", *args, "--json")
+    assert status.code == 0, status.err
+    assert status.json()["summary"] == "0/1 applied, 1 pending"
+    result = cli("up", *args)
+    assert (result.code, result.err) == (1, (
+        "cesar: error: the runner keeps its tables in the schema public, which this database "
+        "does not have; create it (CREATE SCHEMA public) and run again\n"))

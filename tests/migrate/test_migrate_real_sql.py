@@ -4,6 +4,7 @@ PostgreSQL, in both execution modes, each refusal with its exact message."""
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -359,3 +360,37 @@ def test_a_database_without_the_public_schema_is_read_and_refused_in_one_line(
     assert (result.code, result.err) == (1, (
         "cesar: error: the runner keeps its tables in the schema public, which this database "
         "does not have; create it (CREATE SCHEMA public) and run again\n"))
+
+
+@pytest.mark.slow
+def test_a_no_transaction_file_killed_mid_way_resumes_where_its_progress_says(
+    pg_stack: PgStack, fresh_db: str, mdir: Path, spawn
+) -> None:
+    """SIGKILL during statement 2 of a no-transaction file: statement 1 is recorded, so the
+    next run (once the lease expires) resumes at 2 and never builds the first index again."""
+    from .test_migrate_concurrency import _sleeping_in_migration, finish, wait_until
+
+    _add(mdir, "001_table", "CREATE TABLE t (a text, b text);\n")
+    _add(mdir, "002_index",
+         "-- cesar:no-transaction\n"
+         "CREATE INDEX CONCURRENTLY t_a_idx ON t (a);\n"
+         "SELECT pg_sleep(CASE WHEN to_regclass('kill_switch') IS NULL THEN 0 ELSE 60 END);\n"
+         "CREATE INDEX CONCURRENTLY t_b_idx ON t (b);\n"
+         "VACUUM t;\n")
+    query(fresh_db, "CREATE TABLE kill_switch (armed boolean)")
+    args = ("up", "--url", fresh_db, "--migrations-dir", str(mdir), "--lease-seconds", "3")
+    victim = spawn(*args)
+    wait_until(lambda: _sleeping_in_migration(pg_stack, fresh_db), what="the sleep statement")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    query(fresh_db, "DROP TABLE kill_switch")
+    assert query(fresh_db, "SELECT status, mode, statements_done FROM schema_migrations "
+                           "WHERE name = '002_index'") == [("running", "no-transaction", 1)]
+
+    code, out, err = finish(spawn(*args, "--wait-seconds", "30"))
+    assert code == 0, err
+    assert "resuming at statement 2 after an interrupted run" in out
+    assert query(fresh_db, "SELECT status, statements_done FROM schema_migrations "
+                           "WHERE name = '002_index'") == [("succeeded", 4)]
+    assert query(fresh_db, "SELECT count(*) FROM pg_index WHERE indrelid = 't'::regclass "
+                           "AND indisvalid") == [(2,)]

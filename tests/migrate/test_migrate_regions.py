@@ -349,8 +349,9 @@ def test_an_events_table_from_an_older_runner_accepts_the_new_event(
     standin(fresh_db).up()
     old = ("apply", "fail", "rollback", "repair", "mark-applied", "lock-broken", "lease-takeover",
            "resume")
-    query(fresh_db, f"ALTER TABLE {EVENTS_TABLE} DROP CONSTRAINT {EVENTS_TABLE}_event_check, "
-                    f"ADD CONSTRAINT {EVENTS_TABLE}_event_check CHECK (event IN {old!r})")
+    check = "schema_migration_events_event_check"
+    query(fresh_db, f"ALTER TABLE {EVENTS_TABLE} DROP CONSTRAINT {check}, "
+                    f"ADD CONSTRAINT {check} CHECK (event IN {old!r})")
     with pytest.raises(psycopg.errors.CheckViolation):
         query(fresh_db, f"INSERT INTO {EVENTS_TABLE} (event, actor, host) "
                         "VALUES ('set-locality', 'x', 'y')")

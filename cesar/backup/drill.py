@@ -158,11 +158,11 @@ def _drill(server: Server, result: dict[str, Any]) -> None:
     if result["problems"]:
         return
     t0 = time.perf_counter()
-    with scratch.recovered(server, backup, {"recovery_target_name": name}) as s:
-        with s.connect(server.database) as conn:
-            conn.execute("SELECT 1")
-            result["rto_seconds"] = round(time.perf_counter() - t0, 3)
-            restored = fingerprint(conn)
+    with scratch.recovered(server, backup, {"recovery_target_name": name}) as s, \
+            s.connect(server.database) as conn:
+        conn.execute("SELECT 1")
+        result["rto_seconds"] = round(time.perf_counter() - t0, 3)
+        restored = fingerprint(conn)
     for table in sorted(set(prints) | set(restored)):
         want, got = prints.get(table), restored.get(table)
         entry = {"table": table, "match": want == got,

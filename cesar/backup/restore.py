@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from cesar import urls
-from cesar.backup import base, scratch
+from cesar.backup import archive, base, scratch
 from cesar.backup.archive import run_as
 from cesar.backup.settings import Server
 from cesar.errors import ConfigError, OperationFailed
@@ -102,6 +102,7 @@ def restore(server: Server, target: datetime, into: str, *, force: bool = False)
         raise ConfigError(f"--to {target.isoformat()} is in the future")
     started = time.perf_counter()
     backup = choose_backup(server, target)
+    seal(server)
     settings = {"recovery_target_time": target.isoformat(), "recovery_target_inclusive": "true"}
     with scratch.recovered(server, backup, settings) as s:
         with s.connect() as conn:
@@ -126,6 +127,18 @@ def restore(server: Server, target: datetime, into: str, *, force: bool = False)
     replaced = _swap_in(server, temp, into, force)
     return RestoreResult(into, server.app_url_for(into), target.isoformat(), backup.label,
                          recovered_to, replaced, time.perf_counter() - started)
+
+
+def seal(server: Server) -> None:
+    """Commit a transaction now and wait until its WAL is archived: recovery to a time stops
+    at the first commit after it, so the archive must hold one (an idle server has none)."""
+    with server.connect() as conn:
+        conn.execute("BEGIN")
+        conn.execute("SELECT pg_current_xact_id()")
+        conn.execute("COMMIT")
+        segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        conn.execute("SELECT pg_switch_wal()")
+        archive.wait_archived(conn, segment)
 
 
 def _copy(server: Server, s: scratch.Scratch, into: str) -> None:

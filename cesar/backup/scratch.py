@@ -84,8 +84,8 @@ def start(server: Server, backup: Backup, target: dict[str, str]) -> Scratch:
             archive.run_as(["cp", "-a", backup.path, str(scratch.pgdata)], server.owner,
                            f"copying backup {backup.label}")
         archive.run_as(["mkdir", "-m", "0700", str(scratch.socket_dir)], server.owner, "mkdir")
-        for leftover in ("postmaster.pid", "postmaster.opts", "backup_manifest", "cesar-backup.json",
-                         "standby.signal"):
+        for leftover in ("postmaster.pid", "postmaster.opts", "backup_manifest",
+                         "cesar-backup.json", "standby.signal"):
             (scratch.pgdata / leftover).unlink(missing_ok=True)
         # Our settings only: the backup's own postgresql.conf may name certificates, ports and
         # an archive_command of the live server (postgresql.auto.conf is read last, so it wins).

@@ -328,13 +328,15 @@ def backup_list(c, json=False):
         "to": "The point in time, ISO 8601 with a zone (e.g. 2026-11-30T10:15:00Z).",
         "into": "The new database to restore into, beside the live one.",
         "force": "Replace INTO if it exists or is in use (the old one is kept, renamed).",
+        "database": "Another database of the same server (default: the local database).",
         "dry_run": "Check the request and name the backup it would use; change nothing.",
         "json": "Print one JSON object (with `url`).",
     }
 )
-def restore(c, to, into, force=False, dry_run=False, json=False):
+def restore(c, to, into, force=False, database="", dry_run=False, json=False):
     """Restore the local database as it was at TO into a new database INTO."""
     cesar("backup", "restore", "--to", to, "--into", into, *(["--force"] if force else []),
+          *(["--database", database] if database else []),
           *(["--dry-run"] if dry_run else []), *(["--json"] if json else []))
 
 

@@ -219,6 +219,7 @@ def run_as(cmd: list[str], owner, what: str, *, timeout: float = 3600,  # noqa: 
     """Run a PostgreSQL binary as the server's user; a failure is one line naming ``what``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["LC_ALL"] = "C"
+    env["TZ"] = "UTC"  # pg_waldump prints commit times in the process's zone
     try:
         result = subprocess.run(
             cmd, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env,

@@ -95,16 +95,23 @@ def list_command(as_json: bool) -> None:
 @click.option("--into", "into", required=True, metavar="NAME",
               help="The new database to restore into (beside the live one).")
 @click.option("--force", is_flag=True, help="Replace NAME if it exists (it is kept, renamed).")
+@click.option("--database", default=None, metavar="DB",
+              help="Another database of the same server (default: the local database).")
 @click.option("--dry-run", is_flag=True, help="Check the request and name the backup; change "
               "nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def restore_command(to: str, into: str, force: bool, dry_run: bool, as_json: bool) -> None:
+def restore_command(to: str, into: str, force: bool, database: str | None, dry_run: bool,
+                    as_json: bool) -> None:
     """Restore the local database as it was at TIMESTAMP into a new database NAME."""
+    from dataclasses import replace
+
     from cesar.backup import restore
 
     target = restore.parse_time(to)
     restore.check_name(into)
     server = _server()
+    if database:
+        server = replace(server, database=restore.check_name(database))
     if dry_run:
         restore.preflight(server, into, force)
         chosen = restore.choose_backup(server, target)
@@ -229,3 +236,34 @@ def _metrics(server, path: str | None) -> None:  # noqa: ANN001
         status.write_metrics(status.collect(server), Path(path))
     except OSError as exc:
         raise OperationFailed(f"cannot write the metrics file {path}: {exc}") from None
+
+
+@backup_group.command("cockroach-sql")
+@click.argument("what", type=click.Choice(["schedule", "show", "verify", "restore", "drill"]))
+@click.option("--to", "to", default=None, metavar="TIMESTAMP",
+              help="restore/drill: the point in time, ISO 8601 with a zone.")
+@click.option("--into", "into", default=None, metavar="NAME",
+              help="restore/drill: the new database (default: cesar_restored / cesar_drill).")
+@click.option("--database", default="cesar", show_default=True, help="The cluster's database.")
+@click.option("--table", "tables", multiple=True, help="drill: a table to fingerprint.")
+def cockroach_sql_command(what: str, to: str | None, into: str | None, database: str,
+                          tables: tuple[str, ...]) -> None:
+    """Print the CockroachDB SQL for the cluster's backups (run it with `cockroach sql`): the
+    schedule (storage named by the external connection cesar_backups), SHOW BACKUP with
+    check_files, the verification restore, a point-in-time restore, the drill."""
+    from cesar.backup import cockroach, restore
+
+    plan = cockroach.BackupPlan(database=database)
+    if what in ("restore", "drill"):
+        if not to:
+            raise click.UsageError(f"cockroach-sql {what} needs --to TIMESTAMP")
+        at = restore.parse_time(to)
+        if what == "restore":
+            click.echo(cockroach.restore_sql(plan, at, into or f"{database}_restored"), nl=False)
+        else:
+            click.echo(cockroach.drill_sql(plan, at, into or f"{database}_drill",
+                                           list(tables) or ["agents"]), nl=False)
+        return
+    text = {"schedule": cockroach.schedule_sql, "show": cockroach.show_sql,
+            "verify": cockroach.verify_sql}[what](plan)
+    click.echo(text, nl=False)

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from cesar import urls
-from cesar.backup import archive, base, scratch
+from cesar.backup import archive, base, scratch, stoppoint
 from cesar.backup.archive import run_as
 from cesar.backup.settings import Server
 from cesar.errors import ConfigError, OperationFailed
@@ -95,7 +95,14 @@ def preflight(server: Server, into: str, force: bool) -> None:
                               "a new name, or pass --force (the old one is kept, renamed)")
 
 
-def restore(server: Server, target: datetime, into: str, *, force: bool = False) -> RestoreResult:
+def restore(server: Server, target: datetime, into: str, *, force: bool = False,
+            database: str | None = None) -> RestoreResult:
+    """Restore ``database`` (default: the local database) as it was at ``target`` into
+    ``into`` beside it on the same server."""
+    if database:
+        from dataclasses import replace
+
+        server = replace(server, database=check_name(database))
     check_name(into)
     preflight(server, into, force)
     if target > datetime.now(UTC):
@@ -103,8 +110,8 @@ def restore(server: Server, target: datetime, into: str, *, force: bool = False)
     started = time.perf_counter()
     backup = choose_backup(server, target)
     seal(server)
-    settings = {"recovery_target_time": target.isoformat(), "recovery_target_inclusive": "true"}
-    with scratch.recovered(server, backup, settings) as s:
+    stop = stoppoint.find(server, backup, target)
+    with scratch.recovered(server, backup, stop.recovery_settings()) as s:
         with s.connect() as conn:
             row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
                                [server.database]).fetchone()
@@ -123,7 +130,7 @@ def restore(server: Server, target: datetime, into: str, *, force: bool = False)
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                     sql.Identifier(temp)))
             raise
-        recovered_to = scratch.recovered_to(s.log)
+        recovered_to = stop.committed_at or f"{backup.finished_at} (the backup; no later commit)"
     replaced = _swap_in(server, temp, into, force)
     return RestoreResult(into, server.app_url_for(into), target.isoformat(), backup.label,
                          recovered_to, replaced, time.perf_counter() - started)
@@ -149,17 +156,22 @@ def _copy(server: Server, s: scratch.Scratch, into: str) -> None:
     dump = subprocess.Popen(dump_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             user=env_owner.pw_uid if env_owner else None,
                             group=env_owner.pw_gid if env_owner else None, cwd="/")
+    failure: OperationFailed | None = None
     try:
         run_as([str(server.bindir / "pg_restore"), "-h", server.host, "-p", str(server.port),
                 "-U", server.user, "-d", into, "--exit-on-error", "--no-password"],
                server.owner, "pg_restore into the new database", stdin=dump.stdout)
+    except OperationFailed as exc:
+        failure = exc
     finally:
         if dump.stdout:
             dump.stdout.close()
         _, err = dump.communicate(timeout=60)
-    if dump.returncode != 0:
+    if dump.returncode != 0:  # the cause, when pg_restore only saw its output end
         line = (err.decode(errors="replace").strip().splitlines() or ["?"])[-1]
         raise OperationFailed(f"pg_dump from the scratch server failed: {line}")
+    if failure is not None:
+        raise failure
 
 
 def _swap_in(server: Server, temp: str, into: str, force: bool) -> str | None:
@@ -172,10 +184,23 @@ def _swap_in(server: Server, temp: str, into: str, force: bool) -> str | None:
                 raise OperationFailed(f"database {into} appeared during the restore; the "
                                       f"restored copy is kept as {temp}")
             aside = f"{into[:40]}_before_restore_{int(time.time())}"
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         "WHERE datname = %s AND pid <> pg_backend_pid()", [into])
-            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                sql.Identifier(into), sql.Identifier(aside)))
+            # No new sessions while it is renamed aside; the ones open are ended (forced).
+            conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
+                sql.Identifier(into)))
+            for attempt in range(50):
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = %s AND pid <> pg_backend_pid()", [into])
+                try:
+                    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                        sql.Identifier(into), sql.Identifier(aside)))
+                    break
+                except psycopg.errors.ObjectInUse:
+                    if attempt == 49:
+                        raise OperationFailed(f"database {into} kept sessions open; the "
+                                              f"restored copy is kept as {temp}") from None
+                    time.sleep(0.1)
+            conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
+                sql.Identifier(aside)))
         conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
             sql.Identifier(temp), sql.Identifier(into)))
     return aside

@@ -104,6 +104,7 @@ def test_a_destructive_delete_is_undone_by_restoring_to_just_before_it(bk: Backu
 
 
 def test_restore_refuses_a_database_in_use_and_keeps_it(bk: BackupStack) -> None:
+    base.take(bk.server)
     with bk.su("postgres") as conn:
         conn.execute("CREATE DATABASE busy")
     with bk.su("busy") as busy, bk.su("cesar_local") as live:
@@ -118,6 +119,15 @@ def test_restore_refuses_a_database_in_use_and_keeps_it(bk: BackupStack) -> None
             assert len(lines) == 1 and lines[0].startswith("cesar: error: database "), lines
             assert "in use" in lines[0] and "--force" in lines[0]
         assert busy.execute("SELECT v FROM marker").fetchone() == ("still here",)
+
+        # Forced: the session is ended, the old database kept aside (renamed), never dropped.
+        forced = bk.invoke("restore", "--to", target, "--into", "busy", "--force", "--json")
+        assert forced.returncode == 0, forced.stderr
+        aside = json.loads(forced.stdout)["replaced"]
+        assert aside and aside.startswith("busy_before_restore_")
+    with bk.su(aside) as kept:
+        assert kept.execute("SELECT v FROM marker").fetchone() == ("still here",)
+    assert count(bk, "busy") == count(bk, "cesar_local")  # the restored copy took its name
 
 
 @pytest.mark.parametrize("to, fragment", [
@@ -197,8 +207,7 @@ def test_a_corrupted_backup_or_wal_segment_fails_the_drill_and_is_named(bk: Back
 
 
 def test_restore_picks_the_newest_backup_before_the_target(bk: BackupStack) -> None:
-    found = base.backups(bk.server.repo)
-    assert found
+    found = base.backups(bk.server.repo) or [base.take(bk.server)]
     with pytest.raises(Exception, match="no backup finished before"):
         restore.choose_backup(bk.server, datetime(2000, 1, 1, tzinfo=UTC))
     assert restore.choose_backup(bk.server, datetime.now(UTC)).label == found[-1].label

@@ -87,6 +87,7 @@ def take(server: Server) -> Backup:
     started = _now()
     label = started.strftime("%Y%m%dT%H%M%S%fZ")
     base = server.repo / "base"
+    _remove_stale_partials(base)
     partial = base / f".partial-{label}"
     t0 = time.perf_counter()
     with server.connect() as conn:
@@ -121,6 +122,18 @@ def take(server: Server) -> Backup:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return backup
+
+
+def _remove_stale_partials(base: Path, older_than: float = 86400.0) -> None:
+    """A backup killed mid-way leaves its .partial directory; one untouched for a day is not
+    being written any more (a running pg_basebackup writes continuously)."""
+    now = time.time()
+    for path in base.glob(".partial-*"):
+        try:
+            if now - path.stat().st_mtime > older_than:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _read_label(path: Path) -> tuple[str, int]:

@@ -239,3 +239,30 @@ def test_live_server_archives_with_the_stack(bk: BackupStack) -> None:
         assert conn.execute("SHOW archive_mode").fetchone()[0] == "on"
         assert conn.execute("SHOW archive_command").fetchone()[0] == \
             archive.archive_command(bk.server.repo)
+
+
+def test_a_backup_killed_mid_way_is_never_listed_and_the_next_one_works(bk: BackupStack) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    before = {b.label for b in base.backups(bk.server.repo)}
+    with bk.su() as conn:  # enough data that the copy takes a moment
+        conn.execute("CREATE TABLE IF NOT EXISTS bulk AS SELECT g, repeat(md5(g::text), 8) AS t "
+                     "FROM generate_series(1, 200000) g")
+    proc = subprocess.Popen([sys.executable, "-m", "cesar.cli", "backup", "take"], cwd=REPO,
+                            env=bk.env(), start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    base_dir = bk.server.repo / "base"
+    while time.monotonic() < deadline and not list(base_dir.glob(".partial-*/base")):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert {b.label for b in base.backups(bk.server.repo)} == before  # nothing half-made listed
+    fresh = base.take(bk.server)
+    assert fresh.label in {b.label for b in base.backups(bk.server.repo)}
+    base.verify(bk.server, fresh)

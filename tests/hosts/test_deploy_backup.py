@@ -25,7 +25,7 @@ def _ssh(run: testhosts.Run, host: testhosts.Host, command: str,
 
 
 def _psql(run: testhosts.Run, host: testhosts.Host, db: str, sql: str) -> str:
-    out = _ssh(run, host, f"runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {db} "
+    out = _ssh(run, host, f"cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {db} "
                           f"-c {shlex.quote(sql)}")
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
@@ -52,9 +52,9 @@ def test_backup_and_drill_through_the_systemd_units(host_run, backup_host) -> No
                                     "FROM generate_series(1, 5000) g")
     writer = subprocess.Popen(
         [*testhosts.ssh_command(run, host),
-         "runuser -u postgres -- sh -c 'i=100000; while [ $i -lt 100400 ]; do "
-         "psql -XAtq -d cesar_local -c \"INSERT INTO items VALUES ($i, 'w')\" || exit 1; "
-         "i=$((i+1)); done'"],
+         "runuser -u postgres -- sh -c 'cd / && i=100000; while [ $i -lt 100400 ]; do "
+         "psql -XAtq -d cesar_local -c \"INSERT INTO items VALUES ($i, md5($i::text))\" "
+         "|| exit 1; i=$((i+1)); done'"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         took = _ssh(run, host, "systemctl start cesar-backup.service", timeout=600)

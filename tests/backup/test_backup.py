@@ -266,3 +266,35 @@ def test_a_backup_killed_mid_way_is_never_listed_and_the_next_one_works(bk: Back
     fresh = base.take(bk.server)
     assert fresh.label in {b.label for b in base.backups(bk.server.repo)}
     base.verify(bk.server, fresh)
+
+
+def test_failing_archiving_shows_in_status_and_metrics(bk: BackupStack, tmp_path: Path) -> None:
+    """The archive directory made unwritable for the server: dr.status exits 1 naming it, the
+    metrics say failing (what BackupArchiveFailing alerts on). Last in the module: the server
+    retries a failed segment only after a pause, so nothing after it should need the archive."""
+    from cesar.backup import status
+
+    wal = bk.server.repo / "wal"
+    mode = wal.stat().st_mode
+    base.take(bk.server)
+    try:
+        wal.chmod(0o500)
+        with bk.su() as conn:
+            conn.execute("INSERT INTO notes VALUES ('while archiving fails')")
+            segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+            conn.execute("SELECT pg_switch_wal()")
+            deadline = time.monotonic() + 30
+            while conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()[0] == 0:
+                assert time.monotonic() < deadline, "archiving never failed"
+                time.sleep(0.2)
+        out = bk.invoke("dr.status", "--json")
+        assert out.returncode == 1
+        info = json.loads(out.stdout)
+        assert info["archive"]["failing"] is True
+        assert any("archiving is failing" in p for p in info["problems"]), info["problems"]
+        prom = tmp_path / "backup.prom"
+        status.write_metrics(info, prom)
+        assert "cesar_backup_archive_failing 1.0" in prom.read_text()
+    finally:
+        wal.chmod(mode)
+    assert segment

@@ -313,3 +313,57 @@ ns.add_task(deploy)
 ns.add_collection(testhosts)
 ns.configure({"run": {"echo": False}})
 ns.add_task(doctor)
+
+
+# ---------------------------------------------------------------- backups and disaster recovery
+# `invoke backup` takes a base backup of the local database's server (the collection's default
+# task, so `invoke backup` and `invoke backup.list` both work); `invoke restore` restores to a
+# point in time into a new database; `invoke dr.drill` proves the newest backup restores and
+# `invoke dr.status` reports ages, gaps and the last drill. See docs/backup.md.
+@task(name="take", default=True, help={"json": "Print one JSON object."})
+def backup_take(c, json=False):
+    """Take a base backup of the local database's server now (`cesar backup take`)."""
+    cesar("backup", "take", *(["--json"] if json else []))
+
+
+@task(name="list", help={"json": "Print one JSON object."})
+def backup_list(c, json=False):
+    """The backups and the points in time that can be restored (`cesar backup list`)."""
+    cesar("backup", "list", *(["--json"] if json else []))
+
+
+@task(
+    help={
+        "to": "The point in time, ISO 8601 with a zone (e.g. 2026-11-30T10:15:00Z).",
+        "into": "The new database to restore into, beside the live one.",
+        "force": "Replace INTO if it exists or is in use (the old one is kept, renamed).",
+        "database": "Another database of the same server (default: the local database).",
+        "dry_run": "Check the request and name the backup it would use; change nothing.",
+        "json": "Print one JSON object (with `url`).",
+    }
+)
+def restore(c, to, into, force=False, database="", dry_run=False, json=False):
+    """Restore the local database as it was at TO into a new database INTO."""
+    cesar("backup", "restore", "--to", to, "--into", into, *(["--force"] if force else []),
+          *(["--database", database] if database else []),
+          *(["--dry-run"] if dry_run else []), *(["--json"] if json else []))
+
+
+@task(name="drill", help={"json": "Print one JSON object (ok, rpo_seconds, rto_seconds, "
+                                  "tables)."})
+def dr_drill(c, json=False):
+    """Restore the newest backup on a scratch server and compare every table (exit 1 if not)."""
+    cesar("backup", "drill", *(["--json"] if json else []))
+
+
+@task(name="status", help={"json": "Print one JSON object."})
+def dr_status(c, json=False):
+    """Age of the newest backup, archive lag and gaps, the last drill's result."""
+    cesar("backup", "status", *(["--json"] if json else []))
+
+
+backup = Collection("backup", backup_take, backup_list)
+dr = Collection("dr", dr_drill, dr_status)
+ns.add_collection(backup)
+ns.add_task(restore)
+ns.add_collection(dr)

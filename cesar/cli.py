@@ -154,6 +154,7 @@ SUBCOMMANDS: dict[str, str] = {
     "infra": "cesar.provisioning:infra",
     "sync": "cesar.sync.cli:sync_group",
     "doctor": "cesar.doctor:doctor_command",
+    "backup": "cesar.backup.cli:backup_group",
 }
 
 

@@ -14,6 +14,7 @@ Layout under the state directory (``.cesar/`` by default, gitignored)::
     run/           the unix socket
     tls/           ca.crt (public), server.crt/server.key (owned by the server's user)
     log/postgres.log
+    backups/       the WAL archive (archive_command, always on) and base backups: cesar.backup
     stack.json     port, role names and generated passwords (mode 0600)
 
 Two databases stand for the two sides of the design: ``cesar_local`` (the developer's local
@@ -57,6 +58,8 @@ CLUSTER_DB = "cesar_cluster"
 HOST = "127.0.0.1"
 RUN_AS = "cesar-pg"  # system user that owns the server when we run as root
 STATE_FILE = "stack.json"
+# The longest a committed transaction waits before its WAL segment is archived: the RPO bound.
+ARCHIVE_TIMEOUT = 10
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for ".s.PGSQL.NNNNN"
 
 
@@ -247,6 +250,7 @@ class EmbeddedPostgres:
                 f"ssl_key_file = '{self.tls_dir / 'server.key'}'\n"
                 if state.tls else "ssl = off\n"
             )
+            + self._archive_config(state)
             + "max_connections = 200\n"
             "log_connections = off\n"
             "fsync = on\n"
@@ -255,6 +259,7 @@ class EmbeddedPostgres:
             "# Written by cesar: the superuser only over the private unix socket;\n"
             "# everyone else over TCP on loopback with SCRAM-SHA-256 passwords.\n"
             f"local   all  {SUPERUSER}  trust\n"
+            f"local   replication  {SUPERUSER}  trust\n"
             "local   all  all       reject\n"
             f"host    all  {SUPERUSER}  {HOST}/32  reject\n"
             f"host    all  all       {HOST}/32  scram-sha-256\n"
@@ -271,6 +276,18 @@ class EmbeddedPostgres:
         changed = _replace_if_different(self.pgdata / "cesar.conf", conf)
         changed |= _replace_if_different(self.pgdata / "pg_hba.conf", hba)
         return changed
+
+    def _archive_config(self, state: StackState) -> str:
+        """Continuous WAL archiving into ``backups/`` (cesar.backup): on from the first start,
+        so any moment since the first base backup can be restored."""
+        from cesar.backup import archive
+
+        archive.prepare_repo(self.backup_repo, _server_owner())
+        return archive.config_lines(self.backup_repo, ARCHIVE_TIMEOUT)
+
+    @property
+    def backup_repo(self) -> Path:
+        return self.state_dir / "backups"
 
     def _pg_ctl(self, bindir: Path, owner: pwd.struct_passwd | None, *action: str) -> None:
         self.log_file.parent.mkdir(exist_ok=True)

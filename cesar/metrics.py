@@ -126,12 +126,29 @@ def mark_worker_dead(pid: int | None = None) -> None:
 def render() -> bytes:
     """The exposition text: this process's registry, or all workers' files aggregated."""
     if multiprocess_dir() is None:
-        return generate_latest(REGISTRY)
+        return generate_latest(REGISTRY) + backup_textfile()
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     for collector in EXTRA_COLLECTORS:
         registry.register(collector)
-    return generate_latest(registry)
+    return generate_latest(registry) + backup_textfile()
+
+
+BACKUP_METRICS_ENV = "CESAR_BACKUP_METRICS_FILE"
+
+
+def backup_textfile() -> bytes:
+    """The figures the backup timers write on the database's host (cesar.backup.status), served
+    here so that one scrape job covers them; nothing when the variable is unset or the file
+    is missing."""
+    path = os.environ.get(BACKUP_METRICS_ENV)
+    if not path:
+        return b""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return b""
+    return data if not data or data.endswith(b"\n") else data + b"\n"
 
 
 # ------------------------------------------------------------------------- pool figures

@@ -63,6 +63,7 @@ class CloudCluster(pulumi.ComponentResource):
                  cockroach_image: str,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("cesar:infra:CloudCluster", name, None, opts)
+        from infra import backups as backup_infra  # it builds on this module
         spec = settings.cloud
         assert spec is not None
         names = settings.names
@@ -93,6 +94,7 @@ class CloudCluster(pulumi.ComponentResource):
                 usage_limits=cockroach.ClusterServerlessUsageLimitsArgs(
                     provisioned_virtual_cpus=spec.provisioned_virtual_cpus)),
             delete_protection=spec.delete_protection,
+            backup_config=backup_infra.managed_config(backup_infra.load(settings)),
             opts=pulumi.ResourceOptions(parent=self, protect=spec.delete_protection),
         )
         cluster_child = pulumi.ResourceOptions(parent=self, depends_on=[self.cluster])

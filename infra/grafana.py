@@ -100,6 +100,23 @@ PANELS: tuple[Panel, ...] = (
         unit="percentunit"),
     Panel("Scrape targets up", (
         Query("up", "{{job}} {{instance}}"),), kind="stat", width=24, height=4),
+    Panel("Local database backups: age and last drill", (
+        Query(f"time() - max by (instance) "
+              f"(cesar_backup_last_success_timestamp_seconds{{{API}}})", "backup age {{instance}}"),
+        Query(f"time() - max by (instance) (cesar_backup_drill_timestamp_seconds{{{API}}})",
+              "drill age {{instance}}"),
+        Query(f"max by (instance) (cesar_backup_drill_rpo_seconds{{{API}}})",
+              "drill RPO {{instance}}"),
+        Query(f"max by (instance) (cesar_backup_drill_rto_seconds{{{API}}})",
+              "drill RTO {{instance}}"),
+        Query(f"time() - max by (instance) (cesar_backup_status_timestamp_seconds{{{API}}})",
+              "figures age {{instance}}"),), unit="s"),
+    Panel("Local database WAL archive", (
+        Query(f"max by (instance) (cesar_backup_archive_failures{{{API}}})",
+              "failures {{instance}}"),
+        Query(f"max by (instance) (cesar_backup_archive_gaps{{{API}}})", "gaps {{instance}}"),
+        Query(f"min by (instance) (cesar_backup_drill_success{{{API}}})",
+              "last drill ok {{instance}}"),), kind="stat", width=12),
 )
 
 

@@ -24,6 +24,8 @@ ALERTMANAGER = "prom/alertmanager:v0.27.0"
 GRAFANA = "grafana/grafana:11.2.0"
 
 _VERSION_TAG = re.compile(r"^v?\d+\.\d+\.\d+([-+._][0-9A-Za-z.+_-]+)?$")
+# MinIO publishes only immutable release tags (RELEASE.2024-10-13T13-34-11Z): pinned as well.
+_RELEASE_TAG = re.compile(r"^RELEASE\.\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -51,7 +53,7 @@ def require_pinned(image: str, what: str) -> str:
     if tag is None or tag == "latest":
         raise ConfigError(f"the {what} image {image!r} is not pinned (it means ':latest'); "
                           f"pin a version, e.g. {repository}:{_example(what)}")
-    if not _VERSION_TAG.match(tag):
+    if not (_VERSION_TAG.match(tag) or _RELEASE_TAG.match(tag)):
         raise ConfigError(f"the {what} image {image!r} uses the floating tag {tag!r}; pin a full "
                           f"MAJOR.MINOR.PATCH version, e.g. {repository}:{_example(what)}")
     return image

@@ -46,6 +46,17 @@ APPLICATION = (
     Metric("cesar_sync_rows_total", "counter", ("table", "direction"), "sync"),
     Metric("cesar_sync_conflicts_total", "counter", ("table",), "sync"),
     Metric("cesar_sync_last_success_timestamp_seconds", "gauge", ("table", "direction"), "sync"),
+    # The backup timers' figures (cesar.backup.status), served by the API from their textfile.
+    Metric("cesar_backup_last_success_timestamp_seconds", "gauge", (), "backup"),
+    Metric("cesar_backup_schedule_seconds", "gauge", (), "backup"),
+    Metric("cesar_backup_archive_failures", "gauge", (), "backup"),
+    Metric("cesar_backup_archive_failing", "gauge", (), "backup"),
+    Metric("cesar_backup_archive_gaps", "gauge", (), "backup"),
+    Metric("cesar_backup_drill_success", "gauge", (), "backup"),
+    Metric("cesar_backup_drill_timestamp_seconds", "gauge", (), "backup"),
+    Metric("cesar_backup_drill_rpo_seconds", "gauge", (), "backup"),
+    Metric("cesar_backup_drill_rto_seconds", "gauge", (), "backup"),
+    Metric("cesar_backup_status_timestamp_seconds", "gauge", (), "backup"),
 )
 
 COCKROACHDB = tuple(Metric(name, kind, labels, "cockroachdb") for name, kind, labels in (

@@ -17,6 +17,7 @@ NAMES = (
     "ca_cert_pem", "ssl_root_cert", "console_url", "allowlist",
     "prometheus_url", "alertmanager_url", "grafana_url",
     "grafana_admin_user", "grafana_admin_password", "api_metrics_targets",
+    "backups",
 )
 SECRET_NAMES = frozenset({"connection_url", "connection_urls", "grafana_admin_password"})
 

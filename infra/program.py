@@ -17,6 +17,7 @@ import pulumi_random as random
 
 from cesar import cluster_bootstrap
 from cesar.errors import CesarError
+from infra import backups as backup_infra
 from infra import outputs, selfhosted
 from infra import settings as stack_settings
 from infra.alertmanager_config import CRITICAL, WARNING
@@ -63,6 +64,7 @@ def _docker_provider(settings: StackSettings, what: str,
 def define_stack() -> dict[str, Any]:
     """Create every resource of the running stack and return the outputs (also exported)."""
     settings = stack_settings.load()
+    backup_spec = backup_infra.load(settings)  # refused, like the rest, before any resource
     config = pulumi.Config("cesar")
     names = settings.names
     passwords = {login: _password(config, settings, login) for login in settings.logins}
@@ -111,6 +113,10 @@ def define_stack() -> dict[str, Any]:
         provider=monitoring_provider,
         opts=pulumi.ResourceOptions(depends_on=[cluster]))
 
+    backups = backup_infra.Backups(
+        names.resource("backups"), settings, backup_spec, cluster=cluster,
+        provider=monitoring_provider, opts=pulumi.ResourceOptions(depends_on=[cluster]))
+
     def url_for(login: str) -> pulumi.Output[str]:
         return pulumi.Output.secret(pulumi.Output.all(
             passwords[login], cluster.sql_host, cluster.sql_port).apply(
@@ -144,6 +150,12 @@ def define_stack() -> dict[str, Any]:
         "grafana_admin_user": GRAFANA_ADMIN_USER,
         "grafana_admin_password": grafana_password,
         "api_metrics_targets": list(settings.monitoring.api_targets),
+        "backups": {"store": backup_spec.store,
+                    "schedule": None if backups.schedule is None else (
+                        backup_spec.plan.label if backup_spec.store != "cloud"
+                        else "cesar_operator_backup"),
+                    "recurring": backup_spec.plan.recurring, "full": backup_spec.plan.full,
+                    "managed": backup_spec.store == "cloud"},
     }
     for name, value in result.items():
         pulumi.export(name, value)

@@ -29,6 +29,7 @@ NODE_CERT_DAYS = 30
 CA_CERT_DAYS = 90
 STORE_AVAILABLE_RATIO = 0.15
 CLUSTER_AVAILABLE_RATIO = 0.20
+BACKUP_AGE_SCHEDULES = 2  # the newest good backup may be this many schedule periods old
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,55 @@ def application_group() -> Group:
             "5 minutes: the service is down or unreachable from Prometheus.",
             "5m",
         ),
+        *backup_alerts(),
     ))
+
+
+def backup_alerts() -> tuple[Alert, ...]:
+    """The local database's backups (cesar.backup; the API serves the figures the backup
+    timers write): too old, WAL archiving failing or incomplete, the last drill failed."""
+    job = 'job="cesar-api"'
+    return (
+        Alert(
+            "BackupTooOld",
+            f"time() - max by (instance) (cesar_backup_last_success_timestamp_seconds{{{job}}}) "
+            f"> {BACKUP_AGE_SCHEDULES} * max by (instance) "
+            f"(cesar_backup_schedule_seconds{{{job}}})",
+            "critical",
+            "The newest backup of the database behind {{ $labels.instance }} is "
+            "{{ $value | humanizeDuration }} old",
+            f"No base backup has succeeded for more than {BACKUP_AGE_SCHEDULES} schedule "
+            "periods. Check `systemctl status cesar-backup.service` and run `invoke backup`; "
+            "restores need replaying ever more WAL.",
+            "10m",
+        ),
+        Alert(
+            "BackupArchiveFailing",
+            f"max by (instance) (cesar_backup_archive_failing{{{job}}}) > 0",
+            "critical",
+            "WAL archiving fails on the database behind {{ $labels.instance }}",
+            "The server's last archive_command failed for 5 minutes, so WAL piles up on its disk "
+            "and nothing written since is restorable. See the server's log and "
+            "`invoke dr.status`.",
+            "5m",
+        ),
+        Alert(
+            "BackupArchiveGap",
+            f"max by (instance) (cesar_backup_archive_gaps{{{job}}}) > 0",
+            "critical",
+            "{{ $value }} WAL segment(s) missing from the archive behind {{ $labels.instance }}",
+            "Point-in-time restores past the first missing segment are impossible. Take a new "
+            "base backup now (`invoke backup`) and find what removed the files.",
+        ),
+        Alert(
+            "BackupDrillFailed",
+            f"min by (instance) (cesar_backup_drill_success{{{job}}}) == 0",
+            "critical",
+            "The last restore drill of the database behind {{ $labels.instance }} failed",
+            "A restore of the newest backup did not reproduce every table. Run "
+            "`invoke dr.drill` and read the table or file it names (docs/backup.md).",
+        ),
+    )
 
 
 def cockroachdb_group(expected_nodes: int) -> Group:

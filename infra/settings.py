@@ -34,10 +34,10 @@ RECEIVER_KINDS = ("none", "webhook", "slack")
 # Config keys read by `load` (namespace `cesar`). Secrets are listed apart: never in stack files.
 KEYS = ("environment", "flavour", "clusterName", "database", "regions", "allowlist",
         "allowlistWidestPrefix", "allowlistWidestPrefixV6", "cluster", "cloud", "images",
-        "monitoring", "activeLogin", "sslRootCert")
+        "monitoring", "activeLogin", "sslRootCert", "backups")
 SECRET_KEYS = ("cesarAppAPassword", "cesarAppBPassword", "grafanaAdminPassword",
                "cloudMetricsApiKey", "criticalReceiverSecret", "warningReceiverSecret",
-               "cockroachLicense")
+               "cockroachLicense", "backupBucketUri")
 LICENSE_KEY = "cockroachLicense"
 LICENSE_DOC = "https://www.cockroachlabs.com/docs/stable/licensing-faqs"
 

@@ -435,6 +435,8 @@ def _write_inventory(run: Run, keys: Keys, db: dict[str, str], sync_hosts: int) 
             "children": {
                 "cesar_api": {"hosts": {name: {} for name in hosts}},
                 "cesar_sync": {"hosts": {h.name: {} for h in run.hosts[:sync_hosts]}},
+                # The host that owns the local database (Debian's PostgreSQL in the image).
+                "cesar_backup": {"hosts": {run.hosts[0].name: {}}},
             },
             "hosts": hosts,
         }

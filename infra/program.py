@@ -9,6 +9,7 @@ the outputs. ``__main__.py`` calls :func:`main`; the tests call :func:`define_st
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pulumi
@@ -36,18 +37,28 @@ def _password(config: pulumi.Config, settings: StackSettings, login: str) -> pul
     return pulumi.Output.secret(generated.result)
 
 
+def _scram_salt(settings: StackSettings, login: str) -> pulumi.Output[str]:
+    """A login's SCRAM salt, made once and kept in state, so the bootstrap script (which holds
+    the verifier, never the password) stays the same from one `pulumi up` to the next."""
+    return random.RandomBytes(settings.names.resource(f"{login}-scram-salt"), length=16).base64
+
+
 def _bootstrap_sql(settings: StackSettings, passwords: dict[str, pulumi.Output[str]],
                    *, hba: str | None, set_passwords: bool) -> pulumi.Output[str]:
     logins = list(passwords)
     regions = tuple(settings.regions) if len(settings.regions) > 1 else ()
+    salts = [_scram_salt(settings, login) for login in logins] if set_passwords else []
 
     def render(values: list[str]) -> str:
+        secrets, salt_values = values[:len(logins)], values[len(logins):]
         spec = cluster_bootstrap.Bootstrap(
-            database=settings.database, passwords=dict(zip(logins, values, strict=True)),
-            hba=hba, regions=regions, set_passwords=set_passwords)
+            database=settings.database, passwords=dict(zip(logins, secrets, strict=True)),
+            hba=hba, regions=regions, set_passwords=set_passwords,
+            salts={login: base64.b64decode(salt)
+                   for login, salt in zip(logins, salt_values, strict=False)})
         return cluster_bootstrap.script(spec)
 
-    return pulumi.Output.secret(pulumi.Output.all(*passwords.values()).apply(render))
+    return pulumi.Output.secret(pulumi.Output.all(*passwords.values(), *salts).apply(render))
 
 
 def _docker_provider(settings: StackSettings, what: str,

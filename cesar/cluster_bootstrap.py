@@ -12,6 +12,10 @@ on a second run. It makes
   a verifier computed here, so the script (and the server's logs) never hold the plaintext;
   with a stable salt per login, the script does not change between runs;
 - on a self-hosted cluster, the host-based authentication setting built from the allowlist;
+- with ``audit``: authentication logging (every connection attempt and session, on the
+  ``SESSIONS`` channel) and the SQL audit of the sensitive tables (``api_keys``,
+  ``audit_log``: every read and write, on the ``SENSITIVE_ACCESS`` channel); see
+  :data:`AUDIT_SETTINGS` and :data:`AUDITED_TABLES`;
 - with several regions, the database's primary and other regions (the table-level
   ``REGIONAL BY ROW`` step belongs to the migration runner, see docs/infra.md).
 
@@ -33,6 +37,13 @@ from cesar.errors import ConfigError
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 HBA_SETTING = "server.host_based_authentication.configuration"
+# Authentication logging, both present since CockroachDB v20.1 (the project pins v24.3+).
+AUDIT_SETTINGS = ("server.auth_log.sql_connections.enabled",
+                  "server.auth_log.sql_sessions.enabled")
+# `ALTER TABLE IF EXISTS t EXPERIMENTAL_AUDIT SET READ WRITE`: the syntax is unchanged from v2.0
+# through v26.1; IF EXISTS, because on a new cluster the bootstrap runs before the migrations
+# create the tables (the next bootstrap run, after `invoke migrate`, turns the audit on).
+AUDITED_TABLES = ("api_keys", "audit_log")
 REDACTED = "<redacted>"
 
 
@@ -66,6 +77,8 @@ class Bootstrap:
     #: The SCRAM salt of each login's verifier (16 random bytes kept in Pulumi state, so the
     #: script is the same on every run); a login without one gets a fresh salt.
     salts: Mapping[str, bytes] = field(default_factory=dict)
+    #: Authentication logging and the audit of the sensitive tables (self-hosted, Advanced).
+    audit: bool = False
 
     def __post_init__(self) -> None:
         missing = [login for login in self.logins if not self.passwords.get(login)]
@@ -102,6 +115,10 @@ def statements(spec: Bootstrap, *, redact: bool = False) -> list[str]:
             out.append(f"ALTER ROLE {user} WITH PASSWORD {quote_literal(verifier)}")
         out.append(f"GRANT {role} TO {user}")
     out.append(f"USE {db}")
+    if spec.audit:
+        out += [f"SET CLUSTER SETTING {name} = true" for name in AUDIT_SETTINGS]
+        out += [f"ALTER TABLE IF EXISTS {quote_ident(table)} EXPERIMENTAL_AUDIT SET READ WRITE"
+                for table in AUDITED_TABLES]
     for login in spec.logins:
         for kind in ("TABLES", "SEQUENCES", "TYPES", "SCHEMAS"):
             out.append(f"ALTER DEFAULT PRIVILEGES FOR ROLE {quote_ident(login)} "

@@ -18,7 +18,7 @@ import pulumi_random as random
 
 from cesar import cluster_bootstrap
 from cesar.errors import CesarError
-from infra import outputs, selfhosted
+from infra import outputs, security, selfhosted
 from infra import settings as stack_settings
 from infra.alertmanager_config import CRITICAL, WARNING
 from infra.cloud import CloudCluster
@@ -44,7 +44,8 @@ def _scram_salt(settings: StackSettings, login: str) -> pulumi.Output[str]:
 
 
 def _bootstrap_sql(settings: StackSettings, passwords: dict[str, pulumi.Output[str]],
-                   *, hba: str | None, set_passwords: bool) -> pulumi.Output[str]:
+                   *, hba: str | None, set_passwords: bool,
+                   audit: bool = False) -> pulumi.Output[str]:
     logins = list(passwords)
     regions = tuple(settings.regions) if len(settings.regions) > 1 else ()
     salts = [_scram_salt(settings, login) for login in logins] if set_passwords else []
@@ -53,7 +54,7 @@ def _bootstrap_sql(settings: StackSettings, passwords: dict[str, pulumi.Output[s
         secrets, salt_values = values[:len(logins)], values[len(logins):]
         spec = cluster_bootstrap.Bootstrap(
             database=settings.database, passwords=dict(zip(logins, secrets, strict=True)),
-            hba=hba, regions=regions, set_passwords=set_passwords,
+            hba=hba, regions=regions, set_passwords=set_passwords, audit=audit,
             salts={login: base64.b64decode(salt)
                    for login, salt in zip(logins, salt_values, strict=False)})
         return cluster_bootstrap.script(spec)
@@ -82,7 +83,8 @@ def define_stack() -> dict[str, Any]:
         cluster = SelfHostedCluster(
             names.resource("cluster"), settings,
             bootstrap_sql=_bootstrap_sql(settings, passwords, hba=selfhosted.hba(settings),
-                                         set_passwords=not spec.insecure),
+                                         set_passwords=not spec.insecure,
+                                         audit=security.audit_in_bootstrap(settings)),
             opts=pulumi.ResourceOptions(providers=[provider] if provider else None))
         monitoring_provider = provider
         tls, network_name, cloud_targets, cloud_key = (
@@ -92,10 +94,12 @@ def define_stack() -> dict[str, Any]:
                                                settings.monitoring.docker_host)
         cluster = CloudCluster(
             names.resource("cluster"), settings,
-            bootstrap_sql=_bootstrap_sql(settings, passwords, hba=None, set_passwords=True),
+            bootstrap_sql=_bootstrap_sql(settings, passwords, hba=None, set_passwords=True,
+                                         audit=security.audit_in_bootstrap(settings)),
             docker_provider=monitoring_provider, cockroach_image=settings.images.cockroach)
         tls, network_name = True, None
         cloud_targets, cloud_key = cluster.metrics_targets, config.get_secret("cloudMetricsApiKey")
+        security.log_export(settings, config, cluster)
 
     receiver_secrets = {
         CRITICAL: config.get_secret("criticalReceiverSecret")

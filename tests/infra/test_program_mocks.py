@@ -292,7 +292,7 @@ def test_production_makes_only_the_admin_through_the_cloud_api(runs) -> None:
     assert bootstrap.provider and bootstrap.provider.startswith(provider.urn)
     assert {admin.urn, database.urn} <= set(bootstrap.dependencies)
     sql = upload(bootstrap, "/bootstrap/bootstrap.sql")["content"]
-    assert 'GRANT "cesar_app" TO "cesar_app_a"' in sql and "CLUSTER SETTING" not in sql
+    assert 'GRANT "cesar_app" TO "cesar_app_a"' in sql and "host_based_authentication" not in sql
     assert 'ADD REGION IF NOT EXISTS "europe-west1"' in sql
     url = upload(bootstrap, "/secrets/admin-url")["content"]
     assert url.startswith("postgresql://cesar_admin:") and "sslmode=verify-full" in url

@@ -248,7 +248,8 @@ class EmbeddedPostgres:
                 if state.tls else "ssl = off\n"
             )
             + "max_connections = 200\n"
-            "log_connections = off\n"
+            # Who connected, beside each failed login's FATAL line (mtail counts those).
+            "log_connections = on\n"
             "fsync = on\n"
         )
         hba = (

@@ -431,6 +431,8 @@ def _write_inventory(run: Run, keys: Keys, db: dict[str, str], sync_hosts: int) 
                 "cesar_sync_cockroach_db_url": db["cluster"],
                 "cesar_sync_local_db_url": db["local"],
                 "cesar_sync_db_ca_cert": db["ca_cert"],
+                # The controller polls the hosts' API (the firewall admits nothing else).
+                "cesar_firewall_api_allowed_cidrs": [f"{run.controller}/32"],
             },
             "children": {
                 "cesar_api": {"hosts": {name: {} for name in hosts}},

@@ -330,7 +330,9 @@ def _boot(run: Run, host: Host) -> None:
         ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
          f"--network-namespace-path=/run/netns/{host.netns}", f"--directory={host.root}",
          f"--machine={host.name}", "--console=passive", "--link-journal=no",
-         "--resolv-conf=off", "--timezone=off"],
+         "--resolv-conf=off", "--timezone=off",
+         # nftables inside the host (its own network namespace), as on a real machine.
+         "--capability=CAP_NET_ADMIN"],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     log.close()

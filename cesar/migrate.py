@@ -623,12 +623,13 @@ class Runner:
         lease = self._lease_held()
 
         def work(conn: psycopg.Connection) -> bool:
-            lease.check(conn)
+            lease.check()
             if not self._claim(conn, step, "transactional", statements):
                 return False
             for st in statements:
                 _execute(conn, st)
             self._finish(conn, step, "transactional", len(statements), started)
+            lease.check(conn)  # fenced last: the lease row is held FOR SHARE only to the commit
             return True
 
         try:
@@ -663,6 +664,11 @@ class Runner:
                     lease.renew(migration=step.name)
                     skipped: psycopg.Error | None = None
                     try:
+                        # Fenced just before the statement: a runner paused past its lease
+                        # stops here. The window left (docs/migrations.md): from this check's
+                        # answer to the statement reaching the server, for this one statement;
+                        # its progress record is fenced and fails.
+                        lease.check(self.conn)
                         self._execute_implicit(st)
                     except _StatementError as err:
                         if not (in_doubt and _already_done(st, err.error)):
@@ -679,7 +685,7 @@ class Runner:
                         c, step, statements, st.index), **self._retry)
                 else:
                     def dml(conn: psycopg.Connection, st: Statement = st) -> None:
-                        lease.check(conn)
+                        lease.check()
                         _execute(conn, st)
                         self._record_progress(conn, step, statements, st.index)
 
@@ -775,6 +781,7 @@ class Runner:
 
     def _record_progress(self, conn: psycopg.Connection, step: Step,
                          statements: list[Statement], done: int) -> None:
+        self._lease_held().check(conn)  # fenced: a runner that lost the lease records nothing
         row = conn.execute(
             f"UPDATE {TRACKING_TABLE} SET statements_done = %s, progress_checksum = %s, "
             "updated_at = now() WHERE name = %s AND holder = %s RETURNING name",

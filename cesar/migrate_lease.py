@@ -1,44 +1,42 @@
-"""The migration lease: one runner at a time per database, without advisory locks.
+"""The migration lease: one runner at a time per database (``schema_migration_lease``, id 1).
 
-CockroachDB has no advisory locks, so the lock is a row (``schema_migration_lease``, id 1):
-its holder, and an expiry computed with the *database* clock (``now() + lease``) so that the
-runners' clocks never matter. A heartbeat thread, on its own connection, renews the expiry every
-third of the lease while the run lasts; a runner killed with SIGKILL stops renewing and the row
-can be taken over once it has expired, so a dead runner blocks the next one for at most one
-lease. A live runner never loses it to another: takeover requires ``expires_at < now()``.
-
-Holding the lease is re-checked before every statement (:meth:`Lease.check`), so a runner that
-was paused past its expiry (a stopped VM, a long GC) finds out and stops instead of running
-statements alongside the runner that took over.
+The lease itself (database-clock expiry, heartbeat, fencing generation, takeover of an expired
+or dead holder) is :mod:`cesar.lease`; this module adds what only the runner has: the columns
+naming the command and the migration being applied, the ``lease-takeover`` event, and
+``lock break``. The runner fences every tracking-row write (:meth:`Lease.check` with its
+connection, inside that transaction), so a runner paused past its lease cannot record progress,
+or commit a transactional migration, after another runner took over.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from cesar import db
+from cesar import lease as base
 from cesar.errors import ConfigError, OperationFailed
+from cesar.lease import LeaseLost
 from cesar.migrate_store import LEASE_TABLE, Identity, insert_event
 
 log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_LEASE_SECONDS", "DEFAULT_WAIT_SECONDS", "MAX_LEASE_SECONDS", "TABLE",
+           "Lease", "LeaseInfo", "LeaseLost", "break_lease", "read", "validate_seconds"]
 
 DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_WAIT_SECONDS = 300.0
 MAX_LEASE_SECONDS = 600.0
 
-
-class LeaseLost(OperationFailed):
-    """Another runner took the lease over (ours had expired): stop before the next statement."""
+TABLE = base.LeaseTable(
+    LEASE_TABLE, what="the migration lease", extra=("actor", "command", "migration"),
+    after_loss="nothing more was run here; check `cesar migrate status`, then run "
+               "`cesar migrate up` again")
 
 
 @dataclass(frozen=True)
@@ -53,6 +51,14 @@ class LeaseInfo:
     renewed_at: datetime
     expires_at: datetime
     seconds_left: float  # negative once expired (database clock)
+    generation: int = 0
+
+    @classmethod
+    def of(cls, info: base.LeaseInfo) -> LeaseInfo:
+        x = info.extra
+        return cls(info.holder, x["actor"], info.host, info.pid, x["command"], x["migration"],
+                   info.acquired_at, info.renewed_at, info.expires_at, info.seconds_left,
+                   info.generation)
 
     @property
     def expired(self) -> bool:
@@ -72,6 +78,7 @@ class LeaseInfo:
             "acquired_at": self.acquired_at.isoformat(), "renewed_at": self.renewed_at.isoformat(),
             "expires_at": self.expires_at.isoformat(),
             "seconds_left": round(self.seconds_left, 1), "expired": self.expired,
+            "generation": self.generation,
         }
 
 
@@ -85,176 +92,51 @@ def validate_seconds(lease_seconds: float, wait_seconds: float) -> None:
 
 def read(conn: psycopg.Connection) -> LeaseInfo | None:
     """The current lease row (None when free or when the table does not exist yet)."""
-    try:
-        with conn.cursor(row_factory=dict_row) as cur:
-            row = cur.execute(
-                f"SELECT holder, actor, host, pid, command, migration, acquired_at, renewed_at, "
-                f"expires_at, EXTRACT(EPOCH FROM expires_at - now()) AS seconds_left "
-                f"FROM {LEASE_TABLE} WHERE id = 1"
-            ).fetchone()
-    except psycopg.errors.UndefinedTable:
-        if not conn.autocommit:
-            conn.rollback()
-        return None
-    if row is None:
-        return None
-    row["seconds_left"] = float(row["seconds_left"])
-    return LeaseInfo(**row)
+    info = base.read(conn, TABLE)
+    return LeaseInfo.of(info) if info is not None else None
 
 
-class Lease:
-    """The lease held by this process. Use :meth:`acquire`, then as a context manager."""
+class Lease(base.Lease):
+    """The lease held by this runner. Use :meth:`acquire`, then as a context manager."""
 
-    def __init__(self, conn: psycopg.Connection, connect: Callable[[], psycopg.Connection],
-                 identity: Identity, seconds: float) -> None:
-        self.conn = conn
-        self.connect = connect
-        self.identity = identity
-        self.seconds = seconds
-        self._lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    identity: Identity
 
-    # ---------------------------------------------------------------- acquire / release
     @classmethod
-    def acquire(
+    def acquire(  # type: ignore[override]
         cls, conn: psycopg.Connection, connect: Callable[[], psycopg.Connection],
         identity: Identity, *, seconds: float = DEFAULT_LEASE_SECONDS,
         wait_seconds: float = DEFAULT_WAIT_SECONDS,
         on_wait: Callable[[LeaseInfo], None] | None = None,
     ) -> Lease:
         """Take the lease, waiting (bounded) while a live runner holds it."""
-        lease = cls(conn, connect, identity, seconds)
-        deadline = time.monotonic() + wait_seconds
-        last_notice = 0.0
-        while True:
-            holder = db.run_transaction(conn, lease._try_take)
-            if holder is None:
-                lease._start_heartbeat()
-                return lease
-            now = time.monotonic()
-            if now >= deadline:
-                raise OperationFailed(
-                    f"the migration lease is still held by {holder.describe()} after waiting "
-                    f"{wait_seconds:g} s; let that run finish (`cesar migrate lock status`), "
-                    "or raise --wait-seconds"
-                )
-            if on_wait is not None and now - last_notice >= 10:
-                on_wait(holder)
-                last_notice = now
-            pause = min(1.0, seconds / 4, max(0.0, holder.seconds_left) + 0.05)
-            time.sleep(min(deadline - now, max(0.05, pause) * random.uniform(0.5, 1.0)))
 
-    def _try_take(self, conn: psycopg.Connection) -> LeaseInfo | None:
-        """One attempt, in one transaction: None when taken, else the live holder."""
-        current = None
-        with conn.cursor(row_factory=dict_row) as cur:
-            row = cur.execute(
-                f"SELECT holder, expires_at < now() AS expired FROM {LEASE_TABLE} "
-                "WHERE id = 1 FOR UPDATE"
-            ).fetchone()
-        ident = self.identity
-        values = [ident.holder, ident.host, ident.pid, ident.command,
-                  timedelta(seconds=self.seconds)]
-        if row is None:
-            taken = conn.execute(
-                f"INSERT INTO {LEASE_TABLE} (id, holder, actor, host, pid, command, expires_at) "
-                "VALUES (1, %s, session_user, %s, %s, %s, now() + %s) "
-                "ON CONFLICT (id) DO NOTHING RETURNING holder", values,
-            ).fetchone()
-            if taken is not None:
-                return None
-        elif row["expired"] or row["holder"] == ident.holder:
-            previous = read(conn)
-            conn.execute(
-                f"UPDATE {LEASE_TABLE} SET holder = %s, actor = session_user, host = %s, pid = %s, "
-                "command = %s, migration = NULL, acquired_at = now(), renewed_at = now(), "
-                "expires_at = now() + %s WHERE id = 1", values,
-            )
-            if row["holder"] != ident.holder and previous is not None:
-                insert_event(conn, ident, "lease-takeover", previous.migration,
-                             reason="the previous holder's lease expired",
-                             detail={"previous": previous.as_dict()})
-            return None
-        current = read(conn)
-        if current is None:  # released between our two reads: try again at once
-            return self._try_take(conn)
-        return current
+        def takeover(c: psycopg.Connection, previous: base.LeaseInfo) -> None:
+            info = LeaseInfo.of(previous)
+            why = ("the previous holder's lease expired" if info.expired
+                   else "the previous holder's process is gone (same host)")
+            insert_event(c, identity, "lease-takeover", info.migration, reason=why,
+                         detail={"previous": info.as_dict()})
 
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.seconds)
         try:
-            self.conn.execute(f"DELETE FROM {LEASE_TABLE} WHERE id = 1 AND holder = %s",
-                              [self.identity.holder])
-        except psycopg.Error as exc:  # the lease then simply expires
-            log.warning("could not release the migration lease (it expires by itself): %s", exc)
+            lease = super().acquire(
+                conn, connect, TABLE, owner=identity, seconds=seconds, wait_seconds=wait_seconds,
+                values={"actor": base.SESSION_USER, "command": identity.command,
+                        "migration": None},
+                on_wait=(lambda i: on_wait(LeaseInfo.of(i))) if on_wait else None,
+                on_takeover=takeover)
+        except base.LeaseBusy as busy:
+            raise OperationFailed(
+                f"the migration lease is still held by {LeaseInfo.of(busy.info).describe()} "
+                f"after waiting {wait_seconds:g} s; let that run finish "
+                "(`cesar migrate lock status`), or raise --wait-seconds") from None
+        assert isinstance(lease, Lease)
+        lease.identity = identity
+        return lease
 
-    def __enter__(self) -> Lease:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    # ---------------------------------------------------------------- while held
-    def check(self, conn: psycopg.Connection | None = None) -> None:
-        """Raise :class:`LeaseLost` unless we still hold the lease.
-
-        Without ``conn``: what the heartbeat last saw (no round trip). With ``conn`` (inside the
-        caller's transaction): a read of the row, so the caller's commit depends on it.
-        """
-        if self._lost.is_set():
-            raise self._lost_error()
-        if conn is not None:
-            row = conn.execute(f"SELECT holder FROM {LEASE_TABLE} WHERE id = 1").fetchone()
-            if row is None or row[0] != self.identity.holder:
-                self._lost.set()
-                raise self._lost_error()
-
-    def renew(self, conn: psycopg.Connection | None = None, migration: str | None = None) -> None:
+    def renew(self, conn: psycopg.Connection | None = None,  # type: ignore[override]
+              migration: str | None = None) -> None:
         """Extend the expiry now (and name the migration being applied, for `lock status`)."""
-        c = conn or self.conn
-        row = c.execute(
-            f"UPDATE {LEASE_TABLE} SET renewed_at = now(), expires_at = now() + %s, "
-            "migration = COALESCE(%s, migration) WHERE id = 1 AND holder = %s RETURNING holder",
-            [timedelta(seconds=self.seconds), migration, self.identity.holder],
-        ).fetchone()
-        if row is None:
-            self._lost.set()
-            raise self._lost_error()
-
-    def _lost_error(self) -> LeaseLost:
-        return LeaseLost(
-            f"this runner ({self.identity.holder}) lost the migration lease: it was paused past "
-            f"its {self.seconds:g} s lease and another runner took over; nothing more was run "
-            "here; check `cesar migrate status`, then run `cesar migrate up` again"
-        )
-
-    def _start_heartbeat(self) -> None:
-        self._thread = threading.Thread(target=self._heartbeat, name="migrate-lease-heartbeat",
-                                        daemon=True)
-        self._thread.start()
-
-    def _heartbeat(self) -> None:
-        interval = self.seconds / 3
-        conn: psycopg.Connection | None = None
-        try:
-            while not self._stop.wait(interval):
-                try:
-                    if conn is None or conn.closed:
-                        conn = self.connect()
-                    self.renew(conn)
-                except LeaseLost:
-                    return
-                except (psycopg.Error, OperationFailed) as exc:
-                    log.warning("migration lease heartbeat failed (will retry): %s", exc)
-                    if conn is not None:
-                        conn.close()
-                    conn = None
-        finally:
-            if conn is not None:
-                conn.close()
+        super().renew(conn, migration=migration)
 
 
 def break_lease(conn: psycopg.Connection, identity: Identity, *, force: bool,

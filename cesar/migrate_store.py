@@ -80,7 +80,8 @@ _DDL = (
     migration   TEXT,
     acquired_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     renewed_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
-    expires_at  TIMESTAMPTZ NOT NULL
+    expires_at  TIMESTAMPTZ NOT NULL,
+    generation  BIGINT      NOT NULL DEFAULT 0
 )""",
 )
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,9 @@ class Target:
     #: so that a dry run reports what a real run would do, not each conflict twice.
     simulated_written: frozenset[str] = frozenset()
     simulated_acknowledged: frozenset[str] = frozenset()
+    #: Run inside every transaction that writes, last before its commit: raises unless this
+    #: run still holds the lease (cesar.lease.Lease.fence), so a paused run's late apply fails.
+    fence: Callable[[psycopg.Connection], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,8 @@ def _apply(conn: psycopg.Connection, target: Target, spec: TableSpec,
     out.conflicts = _insert_conflicts(conn, target.direction,
                                       [r for r in records if r.pk in applied
                                        or r.resolution == "existing_won"])
+    if target.fence is not None:
+        target.fence(conn)
     return out
 
 
@@ -389,6 +394,9 @@ def _record_failure(target: Target, spec: TableSpec, ch: Change, exc: BaseExcept
         record = Conflict(spec.name, ch.pk, "failed", ch.version, ch.row,
                           (meta[0], meta[1]) if meta else None,
                           current[0] if current else None, reason=reason, sqlstate=sqlstate)
-        return _insert_conflicts(c, target.direction, [record])
+        new = _insert_conflicts(c, target.direction, [record])
+        if target.fence is not None:
+            target.fence(c)
+        return new
 
     return db.run_transaction(target.conn, work, **target.retry)

@@ -8,7 +8,7 @@ committed them, clears ``pending`` where the version is still the one that was r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -88,14 +88,21 @@ def read_pending(conn: psycopg.Connection, spec: TableSpec, *, deleted: bool, af
 
 
 def acknowledge(conn: psycopg.Connection, spec: TableSpec, changes: Sequence[Change],
-                **retry: float) -> int:
+                fence: Callable[[psycopg.Connection], None] | None = None, **retry: float) -> int:
     """Clear ``pending`` for the changes the target has committed; returns how many.
 
     Only where the version row still holds the version that was read (a row written since keeps
     ``pending`` and moves next run), and never waiting for a writer: rows locked by an open
-    transaction are skipped (``SKIP LOCKED``), they are about to get a newer version anyway."""
+    transaction are skipped (``SKIP LOCKED``), they are about to get a newer version anyway.
+    ``fence`` runs last in that transaction (the run's lease: a paused run's late
+    acknowledgement fails instead of landing)."""
     if not changes:
         return 0
+
+    def fenced(n: int, c: psycopg.Connection) -> int:
+        if fence is not None:
+            fence(c)
+        return n
 
     sent = {ch.pk: (ch.written_at, ch.origin) for ch in changes}
 
@@ -116,7 +123,7 @@ def acknowledge(conn: psycopg.Connection, spec: TableSpec, changes: Sequence[Cha
             c.execute(sql.SQL("UPDATE sync_versions SET pending = true "
                               "WHERE table_name = %(table)s AND {}").format(
                 key_filter("pk", "TEXT[]")), {"table": spec.name, "keys": newer})
-        return len(rows) - len(newer)
+        return fenced(len(rows) - len(newer), c)
 
     def careful(c: psycopg.Connection) -> int:
         # Lock the rows (skipping those a writer holds) and keep those still at the version
@@ -133,7 +140,7 @@ def acknowledge(conn: psycopg.Connection, spec: TableSpec, changes: Sequence[Cha
         c.execute(sql.SQL("UPDATE sync_versions SET pending = false "
                           "WHERE table_name = %(table)s AND {}").format(key_filter("pk", "TEXT[]")),
                   {"table": spec.name, "keys": done})
-        return len(done)
+        return fenced(len(done), c)
 
     try:
         return db.run_transaction(conn, at_once, **retry)  # type: ignore[arg-type]

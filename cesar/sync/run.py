@@ -273,11 +273,17 @@ class Run:
         if direction == "local_to_cluster":
             written, acked = set(), set()
         return Target(self.sides[role].conn, direction, self.sync.lock_timeout_ms,
-                      self.retry, self.options.dry_run, frozenset(written), frozenset(acked))
+                      self.retry, self.options.dry_run, frozenset(written), frozenset(acked),
+                      fence=self._fence)
 
     def _check_lease(self) -> None:
         if self.lease is not None:
             self.lease.check()
+
+    def _fence(self, conn: psycopg.Connection) -> None:
+        """Inside a writing transaction on either side: still this run's lease?"""
+        if self.lease is not None:
+            self.lease.fence(conn)
 
     # ---------------------------------------------------------------- steps
     def execute(self) -> RunReport:
@@ -293,19 +299,21 @@ class Run:
             specs = validate(local.conn, cluster.conn, opts.tables or self.sync.tables,
                              engines=(local.engine, cluster.engine))
             if not opts.dry_run:
-                taken, holder = lease.SyncLease.acquire(
-                    cluster.conn, lambda: connect(cluster.url, cluster.source, "cluster",
-                                                  self.settings, self.sync),
-                    seconds=self.sync.lease_seconds, wait=opts.wait)
-                if taken is None:
-                    assert holder is not None
+                try:
+                    self.lease = lease.SyncLease.acquire(
+                        cluster.conn, lambda: connect(cluster.url, cluster.source, "cluster",
+                                                      self.settings, self.sync),
+                        seconds=self.sync.lease_seconds, wait=opts.wait)
+                except lease.LeaseBusy as busy:
+                    holder = lease.Holder.of(busy.info)
                     if opts.wait:
                         raise OperationFailed(
                             f"another sync run still holds the lease after {opts.wait:g} s: "
-                            f"{holder.describe()}")
+                            f"{holder.describe()}") from None
                     report.in_progress = holder.as_dict()
                     return report
-                self.lease = taken
+                # The local side's writes are fenced too: it learns this run's token.
+                self.lease.install(local.conn)
             report.first_pairing = first
             if first:
                 self.progress("first run of this pair: every table is reconciled (--full)")
@@ -369,7 +377,8 @@ class Run:
             return capture.read_pending(source, spec, deleted=deleted, after=after, limit=size)
 
         def ack(settled: list[capture.Change]) -> int:
-            return capture.acknowledge(self._ack_conn(src), spec, settled, **self.retry)
+            return capture.acknowledge(self._ack_conn(src), spec, settled, fence=self._fence,
+                                       **self.retry)
 
         last_note = started
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cesar-sync") as pool:

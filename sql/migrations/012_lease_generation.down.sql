@@ -1,0 +1,1 @@
+ALTER TABLE sync_lease DROP COLUMN IF EXISTS generation;

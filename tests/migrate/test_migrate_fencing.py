@@ -1,0 +1,113 @@
+"""Fencing: a runner paused past its lease (SIGSTOP) runs nothing once another took over.
+
+Each runner is its own `cesar migrate` process; the pause is a SIGSTOP the process sends itself
+at one chosen point (a function replaced in the child only, no hook in the code under test),
+and it resumes with SIGCONT after a second runner has taken the lease over.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import child_env, query
+
+#: `cesar migrate ARGS` that stops itself right after its Nth lease renewal by the runner
+#: (not the heartbeat's): the first is "applying <migration>", the second the one just before
+#: the migration's first DDL statement in per-statement mode.
+PAUSER = """
+import os, signal, sys
+from cesar import migrate_lease
+stop_at = int(sys.argv[1])
+real = migrate_lease.Lease.renew
+calls = 0
+
+def renew(self, conn=None, migration=None):
+    global calls
+    real(self, conn, migration)
+    if conn is None:
+        calls += 1
+        if calls == stop_at:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+migrate_lease.Lease.renew = renew
+from cesar.cli import main
+main(["migrate", *sys.argv[2:]])
+"""
+
+TWO_TABLES = "CREATE TABLE paused_a (id INT);\n\nCREATE TABLE paused_b (id INT);\n"
+
+
+def stopped(proc: subprocess.Popen[str]) -> bool:
+    with open(f"/proc/{proc.pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def wait_stopped(proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not stopped(proc):
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the runner exited ({proc.returncode}) instead of pausing: {err}")
+        if time.monotonic() > deadline:
+            pytest.fail("the runner never paused")
+        time.sleep(0.05)
+
+
+def test_a_runner_paused_between_renewal_and_ddl_runs_no_statement_after_a_takeover(
+        fresh_db: str, migrations: Path, runner_for, tmp_path: Path) -> None:
+    runner_for(fresh_db).up()
+    (migrations / "900_paused.up.sql").write_text(TWO_TABLES)
+    (migrations / "900_paused.down.sql").write_text("SELECT 1;\n")
+    args = ["up", "--url", fresh_db, "--migrations-dir", str(migrations),
+            "--mode", "per-statement"]
+    procs: list[subprocess.Popen[str]] = []
+
+    def pauser(stop_at: int, *extra: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(PAUSER), str(stop_at), *args, *extra],
+            cwd=tmp_path, env=child_env(), text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        procs.append(proc)
+        return proc
+
+    try:
+        first = pauser(2, "--lease-seconds", "1")
+        wait_stopped(first)  # renewed for paused_a, not yet run it
+        time.sleep(1.5)      # its lease expires (database clock)
+        # The second runner takes the expired lease over, claims the migration, and pauses
+        # at the same point, holding a fresh lease.
+        second = pauser(2, "--lease-seconds", "60", "--wait-seconds", "30")
+        wait_stopped(second)
+        assert query(fresh_db, "SELECT holder FROM schema_migrations WHERE name = "
+                               "'900_paused'")[0][0].split(":")[1] == str(second.pid)
+
+        os.kill(first.pid, signal.SIGCONT)
+        _, err = first.communicate(timeout=60)
+        assert first.returncode == 1, err
+        assert "lost the migration lease" in err and "Traceback" not in err
+        # Nothing ran after the loss: no table, no progress, no failure recorded.
+        assert query(fresh_db, "SELECT to_regclass('paused_a') IS NULL") == [(True,)]
+        assert query(fresh_db, "SELECT status, statements_done, error_message FROM "
+                               "schema_migrations WHERE name = '900_paused'") == [
+            ("running", 0, None)]
+
+        os.kill(second.pid, signal.SIGCONT)
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 0, err
+        assert query(fresh_db, "SELECT status FROM schema_migrations WHERE name = "
+                               "'900_paused'") == [("succeeded",)]
+        assert query(fresh_db, "SELECT to_regclass('paused_b') IS NOT NULL") == [(True,)]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+            proc.wait()

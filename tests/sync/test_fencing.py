@@ -1,0 +1,177 @@
+"""Fencing: a sync run paused past its lease lands nothing once another run took over; a run
+killed on this host does not block the next one for a lease.
+
+Each run under test is its own `cesar sync run` process. The pause is a SIGSTOP the process
+sends itself when it first reaches one function (replaced in the child only: no hook in the
+code under test); it resumes with SIGCONT while the run that took over still holds the lease.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tests.sync.conftest import Pair, child_env
+
+#: `cesar sync run` that stops itself the first time it reaches ``point`` (apply: a batch is
+#: about to be applied on the target; acknowledge: the target committed, the source is not yet
+#: acknowledged; slow-apply: hold the lease for a minute, to be killed).
+PAUSER = """
+import os, signal, sys, time
+from cesar.sync import apply, capture, run
+point, local, cluster = sys.argv[1:4]
+stopped = []
+
+def pause_before(real):
+    def wrapper(*args, **kwargs):
+        if not stopped:
+            stopped.append(True)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return real(*args, **kwargs)
+    return wrapper
+
+if point == "apply":
+    run.apply_changes = pause_before(run.apply_changes)
+elif point == "acknowledge":
+    capture.acknowledge = pause_before(capture.acknowledge)
+elif point == "slow-apply":
+    real = run.apply_changes
+    def slow(*args, **kwargs):
+        time.sleep(60)
+        return real(*args, **kwargs)
+    run.apply_changes = slow
+from cesar.cli import main
+main(["sync", "run", "--local-url", local, "--remote-url", cluster, *sys.argv[4:]])
+"""
+
+
+class Runs:
+    def __init__(self, pair: Pair) -> None:
+        self.pair = pair
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, point: str, lease_seconds: float, *args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(PAUSER), point, self.pair.local_url,
+             self.pair.cluster_url, *args],
+            env={**child_env(), "CESAR_SYNC_LEASE_SECONDS": str(lease_seconds)}, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def runs(synced: Pair) -> Runs:
+    r = Runs(synced)
+    yield r  # type: ignore[misc]
+    r.close()
+
+
+def stopped(proc: subprocess.Popen[str]) -> bool:
+    with open(f"/proc/{proc.pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def wait_stopped(proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not stopped(proc):
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"the run exited ({proc.returncode}) instead of pausing: {err}")
+        if time.monotonic() > deadline:
+            pytest.fail("the run never paused")
+        time.sleep(0.05)
+
+
+def write_rows(pair: Pair, n: int = 5) -> None:
+    pair.sql("local", "INSERT INTO items (id, val) SELECT gen_random_uuid(), 'v' || g "
+                      "FROM generate_series(1, %s) AS g", [n])
+
+
+def take_over(runs: Runs, point: str) -> subprocess.Popen[str]:
+    """A second run that takes the first one's expired lease over and pauses at ``point``,
+    holding a lease of a minute."""
+    time.sleep(1.5)  # the first run's lease of 1 s has expired (database clock)
+    second = runs.start(point, 60, "--wait", "30")
+    wait_stopped(second)
+    holder = runs.pair.sql("cluster", "SELECT pid FROM sync_lease")
+    assert holder == [(second.pid,)]
+    return second
+
+
+def finish_second(second: subprocess.Popen[str], pair: Pair) -> None:
+    os.kill(second.pid, signal.SIGCONT)
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert pair.pending("local") == pair.pending("cluster") == 0
+    pair.assert_identical()
+
+
+def test_a_paused_run_s_late_apply_fails_after_a_takeover(runs: Runs) -> None:
+    pair = runs.pair
+    write_rows(pair)
+    first = runs.start("apply", 1)
+    wait_stopped(first)  # it has read the batch and is about to apply it on the cluster
+    second = take_over(runs, "apply")
+
+    os.kill(first.pid, signal.SIGCONT)
+    _, err = first.communicate(timeout=60)
+
+    assert first.returncode == 1, err
+    assert "lost the sync lease" in err and "Traceback" not in err
+    assert pair.rows("cluster", "items") == {}  # its late apply did not land
+    assert pair.pending("local") == 5
+    finish_second(second, pair)
+
+
+def test_a_paused_run_s_late_acknowledgement_fails_after_a_takeover(runs: Runs) -> None:
+    pair = runs.pair
+    write_rows(pair)
+    first = runs.start("acknowledge", 1)
+    wait_stopped(first)  # the cluster has committed the batch; the local side is not acked
+    assert len(pair.rows("cluster", "items")) == 5
+    second = take_over(runs, "apply")
+
+    os.kill(first.pid, signal.SIGCONT)
+    _, err = first.communicate(timeout=60)
+
+    assert first.returncode == 1, err
+    assert "lost the sync lease" in err and "Traceback" not in err
+    assert pair.pending("local") == 5  # its late acknowledgement did not land
+    finish_second(second, pair)
+
+
+def test_a_run_killed_on_this_host_is_taken_over_at_once(runs: Runs) -> None:
+    """Its lease (30 s) has not expired, but its holder is a process of this host that no
+    longer exists: the next run (which does not wait) takes over instead of reporting a run in
+    progress."""
+    pair = runs.pair
+    write_rows(pair)
+    victim = runs.start("slow-apply", 30)
+    deadline = time.monotonic() + 60
+    while not pair.sql("cluster", "SELECT 1 FROM sync_lease"):
+        assert time.monotonic() < deadline and victim.poll() is None, "no lease taken"
+        time.sleep(0.05)
+    victim.kill()
+    victim.wait()
+    [(seconds_left,)] = pair.sql("cluster", "SELECT EXTRACT(EPOCH FROM expires_at - now()) "
+                                            "FROM sync_lease")
+    assert seconds_left > 10  # still far from expiring
+
+    report = pair.sync(wait=0)  # asserts that the lease was taken, not found in progress
+
+    assert report.moved == 5
+    pair.assert_identical()

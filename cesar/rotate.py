@@ -36,7 +36,6 @@ never a password or a verifier.
 
 from __future__ import annotations
 
-import fcntl
 import getpass
 import json
 import os
@@ -53,7 +52,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cesar import rotate_record, scram
+from cesar import lease, rotate_record, scram
 from cesar.db import detect_engine
 from cesar.embedded import LOGINS, new_password, write_private
 from cesar.errors import ConfigError, OperationFailed
@@ -62,7 +61,14 @@ from cesar.secret_stores import Credential, PrimaryStore, SecondaryStore
 STEPS = ("preflight", "create", "set", "test", "finish", "retire")
 STATE_FILE = "rotation.json"
 AUDIT_FILE = "rotation-audit.jsonl"
-LOCK_FILE = "rotation.lock"
+# The rotation lock: one row of rotation_lease (migration 014) in the application's database,
+# so two operators, two checkouts or a CI job cannot rotate at once (cesar.lease: expiry by the
+# database clock, a fencing generation checked inside the transaction that switches the record,
+# a killed holder of this host taken over at once, a dead one elsewhere after LOCK_SECONDS).
+LOCK_TABLE = lease.LeaseTable(
+    "rotation_lease", key=rotate_record.NAME, what="the rotation lock", extra=("operator",),
+    after_loss="this rotation stopped; run `invoke rotate-password --status`, then again")
+LOCK_SECONDS = 30.0
 FAULT_ENV = "CESAR_ROTATE_KILL_AFTER"  # test hook: SIGKILL this process right after a step
 
 
@@ -160,6 +166,9 @@ class Rotator:
         # Checks, inside a writing transaction, that this process still holds the rotation
         # lock (set while the lock is held).
         self._fence: Callable[[psycopg.Connection], None] | None = None
+        self._lease: lease.Lease | None = None
+        # Backend ids of this process's own lock connections: not sessions to wait for at retire.
+        self._own_sessions: set[str] = set()
 
     # ---------------------------------------------------------------- state
     def load(self) -> RotationState:
@@ -179,23 +188,48 @@ class Rotator:
         self.save(st)
         self.audit(st.id, step, "ok", login=login, **extra)
         self.progress(f"{step}: ok" + (f" ({login})" if login else ""))
+        if self._lease is not None:
+            self._lease.check()  # a lost lock stops the run before its next step
         if os.environ.get(FAULT_ENV) == step:
             os.kill(os.getpid(), signal.SIGKILL)
 
+    def _lock_connection(self) -> psycopg.Connection:
+        active = self.primary.active()
+        try:
+            conn = psycopg.connect(self.primary.record_url(active), autocommit=True,
+                                   connect_timeout=10, application_name="cesar-rotate-lock")
+        except psycopg.OperationalError as exc:
+            raise OperationFailed(
+                f"preflight: the active credential ({active.login}) does not connect: "
+                f"{_first_line(exc)}; fix that before rotating") from None
+        self._own_sessions.add(rotate_record.session_id(conn))
+        return conn
+
     @contextmanager
     def _lock(self) -> Iterator[None]:
+        """Hold the rotation lock (a lease in the application's database) while working."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        conn = self._lock_connection()
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise OperationFailed(
-                    "another rotation is running (lock held on "
-                    f"{self.state_dir / LOCK_FILE}); wait for it to finish") from None
-            yield
+                held = lease.Lease.acquire(conn, self._lock_connection, LOCK_TABLE,
+                                           seconds=LOCK_SECONDS, wait_seconds=0,
+                                           values={"operator": self.audit.who})
+            except lease.LeaseBusy as exc:
+                raise OperationFailed(f"another rotation is running: {exc.info.describe()}; "
+                                      "wait for it to finish") from None
+            except psycopg.errors.UndefinedTable:
+                raise ConfigError("the database has no rotation_lease table (migration 014): "
+                                  "run `invoke migrate` (or `cesar migrate up`) before "
+                                  "rotating") from None
+            self._lease, self._fence = held, held.fence
+            try:
+                with held:
+                    yield
+            finally:
+                self._lease = self._fence = None
         finally:
-            os.close(fd)
+            conn.close()
 
     # ---------------------------------------------------------------- public
     def status(self) -> dict[str, Any]:
@@ -224,6 +258,10 @@ class Rotator:
                 "stores": [self.primary.name, *(s.name for s in self.secondaries)]}
 
     def run(self, *, wait: bool = True) -> Report:
+        if not self.load().in_progress:
+            # Before the lock: a stale file's password may no longer open a connection.
+            rotate_record.check_not_stale(self._record(), self.primary.active().login,
+                                          self.primary.source)
         with self._lock():
             st = self.load()
             steps: list[str] = []
@@ -439,7 +477,10 @@ class Rotator:
         announced = False
         with self.primary.admin() as admin:
             while True:
-                sessions = rotate_record.sessions_of(admin, st.from_login or "")
+                sessions = [s for s in rotate_record.sessions_of(admin, st.from_login or "")
+                            if s.id not in self._own_sessions]
+                if self._lease is not None:
+                    self._lease.check()
                 delay = st.retire_after - time.time()
                 if not sessions or delay <= 0:
                     break

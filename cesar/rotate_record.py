@@ -117,6 +117,16 @@ class Session:
                 f"{self.client or '-'}, database {self.database or '-'})")
 
 
+def session_id(conn: psycopg.Connection) -> str:
+    """This connection's id as :func:`sessions_of` reports it."""
+    if db.detect_engine(conn) == "cockroachdb":
+        row = conn.execute("SHOW session_id").fetchone()
+    else:
+        row = conn.execute("SELECT pg_backend_pid()::text").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def sessions_of(admin: psycopg.Connection, login: str) -> list[Session]:
     """The server's open sessions of ``login``, read through the admin connection.
 

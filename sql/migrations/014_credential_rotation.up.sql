@@ -16,6 +16,19 @@ CREATE TABLE IF NOT EXISTS credential_rotation (
     switched_at   TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
+-- The rotation lock (cesar.lease): one row while a rotation runs, keyed by the credential's name.
+CREATE TABLE IF NOT EXISTS rotation_lease (
+    id           TEXT        PRIMARY KEY,
+    holder       TEXT        NOT NULL,
+    host         TEXT        NOT NULL,
+    pid          INT         NOT NULL,
+    operator     TEXT,
+    acquired_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    renewed_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    expires_at   TIMESTAMPTZ NOT NULL,
+    generation   BIGINT      NOT NULL DEFAULT 0
+);
+
 -- Readable by every role: it holds no secret, and the rotation's admin (a CREATEROLE role on
 -- PostgreSQL, with no other privilege) reads it to tell a stale operator file from a live one.
 GRANT SELECT ON credential_rotation TO PUBLIC;

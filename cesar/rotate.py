@@ -69,6 +69,7 @@ LOCK_TABLE = lease.LeaseTable(
     "rotation_lease", key=rotate_record.NAME, what="the rotation lock", extra=("operator",),
     after_loss="this rotation stopped; run `invoke rotate-password --status`, then again")
 LOCK_SECONDS = 30.0
+LOCK_SECONDS_ENV = "CESAR_ROTATE_LOCK_SECONDS"  # test hook: a shorter lease
 FAULT_ENV = "CESAR_ROTATE_KILL_AFTER"  # test hook: SIGKILL this process right after a step
 
 
@@ -188,10 +189,15 @@ class Rotator:
         self.save(st)
         self.audit(st.id, step, "ok", login=login, **extra)
         self.progress(f"{step}: ok" + (f" ({login})" if login else ""))
-        if self._lease is not None:
-            self._lease.check()  # a lost lock stops the run before its next step
+        self._still_locked()  # a lost lock stops the run before its next step
         if os.environ.get(FAULT_ENV) == step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def _still_locked(self) -> None:
+        """Raise unless this run still holds the lock: a round trip, so a run that was paused
+        past its lease (and taken over) finds out before it changes anything more."""
+        if self._lease is not None:
+            self._lease.check(self._lease.conn)
 
     def _lock_connection(self) -> psycopg.Connection:
         active = self.primary.active()
@@ -213,7 +219,9 @@ class Rotator:
         try:
             try:
                 held = lease.Lease.acquire(conn, self._lock_connection, LOCK_TABLE,
-                                           seconds=LOCK_SECONDS, wait_seconds=0,
+                                           seconds=float(os.environ.get(LOCK_SECONDS_ENV,
+                                                                        LOCK_SECONDS)),
+                                           wait_seconds=0,
                                            values={"operator": self.audit.who})
             except lease.LeaseBusy as exc:
                 raise OperationFailed(f"another rotation is running: {exc.info.describe()}; "
@@ -360,6 +368,8 @@ class Rotator:
                     self._set(st, pending)
                     steps.append("set")
                 self._test(pending)
+            except lease.LeaseLost:
+                raise  # another run holds the lock now: it decides, this one touches nothing
             except OperationFailed as exc:
                 self._undo(st, exc)
                 if st.attempt >= self.max_attempts:
@@ -375,6 +385,7 @@ class Rotator:
                 st.previous_verifier = _read_verifier(admin, pending.login) or ""
                 self.save(st)
             try:
+                self._still_locked()
                 admin.execute(sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
                     sql.Identifier(pending.login), sql.Literal(scram.verifier(pending.password))))
             except psycopg.Error as exc:
@@ -479,8 +490,7 @@ class Rotator:
             while True:
                 sessions = [s for s in rotate_record.sessions_of(admin, st.from_login or "")
                             if s.id not in self._own_sessions]
-                if self._lease is not None:
-                    self._lease.check()
+                self._still_locked()
                 delay = st.retire_after - time.time()
                 if not sessions or delay <= 0:
                     break
@@ -498,6 +508,7 @@ class Rotator:
             if named:
                 self.progress(f"grace period over; {st.from_login} still has "
                               f"{len(named)} open session(s): " + "; ".join(named))
+            self._still_locked()
             admin.execute(sql.SQL("ALTER ROLE {} WITH PASSWORD NULL").format(
                 sql.Identifier(st.from_login or "")))
         st.last = {"id": st.id, "from_login": st.from_login, "to_login": st.to_login,

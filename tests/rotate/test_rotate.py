@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -289,6 +290,35 @@ def test_retire_waits_for_the_old_logins_sessions_not_for_the_clock(stack: Stack
     assert run.returncode == 0, err
     report = json.loads(out)
     assert report["retired"] and report["remaining_sessions"] == []
+
+
+def test_a_rotation_paused_past_its_lock_changes_nothing_after_a_takeover(stack: Stack) -> None:
+    """SIGSTOP during the grace period until the lock (2 s here) expires; another run takes the
+    lock over and retires; the paused run, resumed, stops at its next step without retiring."""
+    audit_from = len(stack.audit_records())
+    short = {**stack.env, "CESAR_ROTATE_LOCK_SECONDS": "2"}
+    holder = psycopg.connect(stack.state().url("cesar_local", stack.active()))
+    paused = subprocess.Popen([sys.executable, "-m", "cesar.cli", "rotate-password", "--grace",
+                               "60"], cwd=REPO, env=short, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(r["step"] == "finish" for r in stack.audit_records(audit_from)):
+            assert time.monotonic() < deadline, "the rotation never reached finish"
+            time.sleep(0.1)
+        os.kill(paused.pid, signal.SIGSTOP)
+        time.sleep(3)  # past the 2 s lease, by the database's clock
+        other = cesar(short, "rotate-password", "--retire-now")
+        assert other.returncode == 0, other.stderr
+    finally:
+        os.kill(paused.pid, signal.SIGCONT)
+        holder.close()
+    _, err = paused.communicate(timeout=30)
+    assert paused.returncode == 1
+    [line] = err.strip().splitlines()
+    assert line.startswith("cesar: error:") and "lost the rotation lock" in line
+    retires = [r for r in stack.audit_records(audit_from) if r["step"] == "retire"]
+    assert len(retires) == 1  # the run that took over retired; the paused one did not
 
 
 def operator_copy(stack: Stack, where: Path) -> tuple[Path, dict[str, str]]:

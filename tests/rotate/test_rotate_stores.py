@@ -195,3 +195,26 @@ def _admin_url(operator_dir: Path) -> str:
         if line.startswith("CESAR_ADMIN_DB_URL="):
             return line.split("=", 1)[1]
     raise AssertionError("no admin URL")
+
+
+def test_a_database_without_the_rotation_record_is_refused(tls_stack: PgStack,
+                                                           tmp_path: Path) -> None:
+    """Before migration 014 there is nowhere to record the active login: the run stops in one
+    line naming the command, before anything changes."""
+    name = f"bare_{uuid.uuid4().hex[:10]}"
+    tls_stack.create_database(name)
+    try:
+        url = tls_stack.cluster_url.replace("/cesar_cluster?", f"/{name}?", 1)
+        admin = tls_stack.pg.superuser_conninfo(name)
+        env_file = tmp_path / ".env.cockroach"
+        env_file.write_text(f"COCKROACH_DB_URL={url}\nCESAR_ADMIN_DB_URL={admin}\n")
+        before = env_file.read_text()
+        proc = run(tmp_path, "rotate-password", "--grace", "0")
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        [line] = proc.stderr.strip().splitlines()
+        assert line.startswith("cesar: error: the database has no credential_rotation table")
+        assert "cesar migrate up" in line
+        assert env_file.read_text() == before
+    finally:
+        _reset_logins(tls_stack)
+        tls_stack.drop_database(name)

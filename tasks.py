@@ -145,6 +145,14 @@ def smoke(c, json=False, api_url="", expect_database="", budget_ms=""):
           *(["--expect-database", expect_database] if expect_database else []),
           *(["--budget-ms", str(budget_ms)] if budget_ms else []))
 
+@task(help={"json": "Print one JSON object.", "url": "The server to check (default: the cluster).",
+            "local": "Check the local database instead of the cluster."})
+def doctor(c, json=False, url="", local=False):
+    """Check the server's capabilities against what the project needs (`cesar doctor`)."""
+    cesar("doctor", *(["--json"] if json else []), *(["--url", url] if url else []),
+          *(["--local"] if local else []))
+
+
 # ---------------------------------------------------------------- infra (Pulumi)
 # `invoke infra.up` / `infra.preview` run the real `pulumi` CLI on the stack chosen from
 # ENVIRONMENT (development -> dev, staging, production); `infra.plan` and `infra.render` run
@@ -304,3 +312,4 @@ ns.add_collection(infra)
 ns.add_task(deploy)
 ns.add_collection(testhosts)
 ns.configure({"run": {"echo": False}})
+ns.add_task(doctor)

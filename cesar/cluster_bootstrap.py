@@ -37,6 +37,7 @@ from cesar.errors import ConfigError
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 HBA_SETTING = "server.host_based_authentication.configuration"
+LICENSE_SETTING = "enterprise.license"
 # Authentication logging, both present since CockroachDB v20.1 (the project pins v24.3+).
 AUDIT_SETTINGS = ("server.auth_log.sql_connections.enabled",
                   "server.auth_log.sql_sessions.enabled")
@@ -79,6 +80,9 @@ class Bootstrap:
     salts: Mapping[str, bytes] = field(default_factory=dict)
     #: Authentication logging and the audit of the sensitive tables (self-hosted, Advanced).
     audit: bool = False
+    #: The enterprise license key (self-hosted clusters of several nodes need one from v24.3;
+    #: Cloud clusters have their own). Secret: redacted like the passwords.
+    license: str | None = None
 
     def __post_init__(self) -> None:
         missing = [login for login in self.logins if not self.passwords.get(login)]
@@ -96,6 +100,9 @@ def statements(spec: Bootstrap, *, redact: bool = False) -> list[str]:
     """The script's statements, in order. ``redact`` replaces passwords (for printing)."""
     db, role = quote_ident(spec.database), quote_ident(spec.app_role)
     out: list[str] = []
+    if spec.license:
+        key = REDACTED if redact else spec.license
+        out.append(f"SET CLUSTER SETTING {LICENSE_SETTING} = {quote_literal(key)}")
     if spec.hba is not None:
         out.append(f"SET CLUSTER SETTING {HBA_SETTING} = {quote_literal(spec.hba)}")
     out += [

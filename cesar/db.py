@@ -20,7 +20,9 @@ The engine is detected from the server (``SELECT version()``), never from the UR
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -75,16 +77,59 @@ def embedded_urls(settings: Settings) -> tuple[str | None, str | None]:
     return pg.local_url(state), pg.cluster_url(state)
 
 
-def _require_verify_full(url: str, variable: str, environment: str) -> None:
-    params = urls.parse(url, variable)
+LOOPBACK_HOSTS = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def _is_loopback_or_socket(params: dict[str, str]) -> bool:
+    """True when every address libpq would try is this machine's: a unix socket (a host that is
+    a directory, or no host at all) or a loopback address. ``hostaddr`` wins over ``host``, as
+    in libpq; a URL without a host falls back to PGHOST/PGHOSTADDR, so those are read too."""
+    hostaddr = params.get("hostaddr") or os.environ.get("PGHOSTADDR", "")
+    host = params.get("host") or os.environ.get("PGHOST", "")
+    candidates = [h.strip() for h in (hostaddr or host).split(",")]
+    for candidate in candidates:
+        if not candidate or candidate.startswith("/") or candidate.startswith("@"):
+            continue  # unix-domain socket (a directory, or Linux's abstract namespace)
+        if candidate.lower() in LOOPBACK_HOSTS:
+            continue
+        try:
+            if ipaddress.ip_address(candidate.strip("[]")).is_loopback:
+                continue
+        except ValueError:
+            pass
+        return False
+    return True
+
+
+def require_tls(url: str, source: str, environment: str, *, local: bool = False) -> None:
+    """The one TLS rule for every URL a command connects to.
+
+    In development anything goes. In staging and production the URL must say
+    ``sslmode=verify-full`` (the server's certificate is checked against a CA and its name
+    against the host), whatever its source: a variable or an explicit ``--url``-style flag.
+    The one exemption is the sync's *local* database (``local=True``) when it is reached over a
+    unix socket or a loopback address: that traffic never leaves the machine, and PostgreSQL's
+    unix sockets have no TLS at all. Raises ConfigError naming ``source`` and the fix.
+    """
+    params = urls.parse(url, source)
+    if environment == "development":
+        return
+    if local and _is_loopback_or_socket(params):
+        return
     mode = params.get("sslmode")
     if mode != "verify-full":
         got = f"sslmode={mode}" if mode else "no sslmode"
+        exempt = (" (only a local database on a unix socket or a loopback address is exempt)"
+                  if local else "")
         raise ConfigError(
-            f"{variable} has {got}; ENVIRONMENT={environment} requires sslmode=verify-full "
+            f"{source} has {got}; ENVIRONMENT={environment} requires sslmode=verify-full{exempt} "
             "(append ?sslmode=verify-full and, if the CA is not in the system store, "
             "&sslrootcert=PATH)"
         )
+
+
+def _require_verify_full(url: str, variable: str, environment: str) -> None:
+    require_tls(url, variable, environment)
 
 
 def route(settings: Settings) -> Route:
@@ -98,6 +143,8 @@ def route(settings: Settings) -> Route:
                 "postgresql://USER:PASSWORD@HOST:26257/DB?sslmode=verify-full)"
             )
         _require_verify_full(settings.cockroach_db_url, "COCKROACH_DB_URL", env)
+        if settings.local_db_url:  # the sync's local side: checked even though the API skips it
+            require_tls(settings.local_db_url, "LOCAL_DB_URL", env, local=True)
         replica = None
         if settings.cockroach_read_replica_url:
             _require_verify_full(
@@ -144,9 +191,11 @@ def route(settings: Settings) -> Route:
 
 def detect_engine(conn: psycopg.Connection) -> Engine:
     """``cockroachdb`` or ``postgresql``, from what the server says it is."""
+    from cesar.cockroach import parse_server_version
+
     row = conn.execute("SELECT version()").fetchone()
-    version = str(row[0]) if row else ""
-    return "cockroachdb" if "cockroachdb" in version.lower() else "postgresql"
+    engine = parse_server_version(str(row[0]) if row else "").engine
+    return "cockroachdb" if engine == "cockroachdb" else "postgresql"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -65,13 +65,22 @@ from cesar.migrate_lease import (
 )
 from cesar.migrate_lease import break_lease as _break_lease
 from cesar.migrate_lease import read as read_lease
-from cesar.migrate_plan import Plan, Step, check_prefix, counts, first_statements, make_plan
+from cesar.migrate_plan import (
+    Plan,
+    Step,
+    check_prefix,
+    counts,
+    first_statements,
+    make_plan,
+    rollback_blocked,
+)
 from cesar.migrate_regions import Catalog, LocalityPlan, TableChange
-from cesar.migrate_sql import Statement, prefix_checksum
+from cesar.migrate_sql import NO_TRANSACTION, Statement, prefix_checksum
 from cesar.migrate_store import (
     APPLIED_STATUSES,
     EVENTS_TABLE,
     LEASE_TABLE,
+    MISSING,
     TRACKING_TABLE,
     Identity,
     Tracked,
@@ -119,7 +128,7 @@ def _tracked_statuses(conn: psycopg.Connection) -> list[tuple[str, str]]:
     if idle:
         try:
             rows = conn.execute(query).fetchall()
-        except pgerrors.UndefinedTable:
+        except MISSING:
             if not conn.autocommit:
                 conn.rollback()  # we opened that transaction; the caller's state is unchanged
             return []
@@ -129,7 +138,7 @@ def _tracked_statuses(conn: psycopg.Connection) -> list[tuple[str, str]]:
     try:
         with conn.transaction():  # a savepoint: an error must not abort the caller's transaction
             rows = conn.execute(query).fetchall()
-    except pgerrors.UndefinedTable:
+    except MISSING:
         return []
     return [(str(n), str(s)) for n, s in rows]
 
@@ -138,7 +147,7 @@ def _tracked_statuses(conn: psycopg.Connection) -> list[tuple[str, str]]:
 def connect(url: str, settings: Settings, source: str = "--url") -> psycopg.Connection:
     """An autocommit connection for the runner, without the API's statement timeout (a schema
     change may rightly take minutes). Failures name the URL with its password masked."""
-    urls.parse(url, source)
+    db.require_tls(url, source, settings.environment)  # --url obeys the same rule as the route
     kwargs: dict[str, Any] = {**db.connect_kwargs(settings), "autocommit": True,
                               "options": "-c statement_timeout=0"}
     try:
@@ -179,11 +188,17 @@ class RunReport:
                 "resume": step.resume, "start_at_statement": step.start + 1,
             }
             if self.dry_run:
-                item["statements"] = [
-                    {"index": s.index, "line": s.line, "kind": s.kind, "sql": s.sql,
-                     "idempotent": s.idempotent}
-                    for s in step.migration.statements(step.direction)[step.start:]
-                ]
+                item["refused"] = step.refused
+                item["mode"] = None
+                item["statements"] = []
+                if step.refused is None:
+                    script = step.migration.script(step.direction)
+                    item["mode"] = step_mode(self.mode, script.transaction, step.start)
+                    item["statements"] = [
+                        {"index": s.index, "line": s.line, "kind": s.kind, "sql": s.sql,
+                         "idempotent": s.idempotent, "no_transaction": s.no_transaction}
+                        for s in script.statements[step.start:]
+                    ]
             steps.append(item)
         return {
             "direction": self.direction, "dry_run": self.dry_run, "mode": self.mode,
@@ -235,6 +250,10 @@ class Runner:
         validate_seconds(lease_seconds, wait_seconds)
         if not conn.autocommit:
             raise RuntimeError("Runner needs an autocommit connection")
+        # No server-side prepared statements of psycopg's own on this connection: the session
+        # reset between migrations deallocates every prepared statement (a migration may
+        # PREPARE), which would pull them from under psycopg's cache.
+        conn.prepare_threshold = None
         self.conn = conn
         self.connect = connect
         self.migrations_dir = resolve_dir(migrations_dir)
@@ -295,6 +314,9 @@ class Runner:
         migrations = load(self.migrations_dir)
         plan = make_plan(migrations, read_tracked(self.conn))
         if dry_run:
+            _check_files(plan, plan.pending)
+            if plan.pending and (problem := self._session_problem()):
+                plan.problems.append(problem)
             report = RunReport("up", True, self.effective_mode(), plan, steps=plan.pending,
                                lease=self.lease_info() if plan.tables_exist else None)
             report.seconds = time.perf_counter() - started
@@ -306,9 +328,9 @@ class Runner:
         if not plan.pending:  # the no-op: one read, no lease, no write
             report.seconds = time.perf_counter() - started
             return report
-        ensure_tables(self.conn)
         report.mode = self.effective_mode()
-        self._tune_session()
+        self._tune_session()  # may refuse the session: before anything is created
+        ensure_tables(self.conn)
         with self._lease():
             plan = make_plan(migrations, read_tracked(self.conn))  # others may have run meanwhile
             plan.raise_problems()
@@ -408,6 +430,9 @@ class Runner:
         plan = make_plan(migrations, read_tracked(self.conn))
         targets = self._rollback_steps(plan, steps if to is None else None, to)
         if dry_run:
+            _check_files(plan, targets)
+            if targets and (problem := self._session_problem()):
+                plan.problems.append(problem)
             report = RunReport("down", True, self.effective_mode(), plan, steps=targets,
                                lease=self.lease_info() if plan.tables_exist else None)
             report.seconds = time.perf_counter() - started
@@ -462,18 +487,13 @@ class Runner:
                     "may not match what is in the database; restore the file, or accept it with "
                     f"`cesar migrate repair {row.name} --reason TEXT` (nothing was rolled back)"
                 )
-            step = Step(m, "down")
+            step = Step(m, "down", previous=row)
             if row.interrupted_rollback:
                 step.resume = "failed" if row.status == "failed" else "interrupted"
                 down_sum = m.file_checksum("down")
                 if (row.status == "failed" and row.attempt_checksum == down_sum
                         and not row.resumable):
-                    raise OperationFailed(
-                        f"the rollback of {row.name} failed at statement {row.error_statement} "
-                        f"(line {row.error_line}) with SQLSTATE {row.error_sqlstate}: "
-                        f"{row.error_message}; fix {m.down_path} and run again (it resumes), or "
-                        f"`cesar migrate repair {row.name} --reason TEXT`"
-                    )
+                    raise OperationFailed(rollback_blocked(row, m))
                 if row.statements_done:
                     problem = check_prefix(row, m, "down")
                     if problem:
@@ -586,17 +606,55 @@ class Runner:
     def _tune_session(self) -> None:
         """On PostgreSQL 14+, have the server notice a dead runner within seconds (and abort its
         transaction) instead of only when it next writes to the socket. CockroachDB has no such
-        setting and cancels a session's work when its connection closes."""
+        setting and cancels a session's work when its connection closes.
+
+        Refuses a session with ``standard_conforming_strings`` off (read from the parameter
+        the server reports at connection: no round trip): the statements were split with it on.
+        """
+        problem = self._session_problem()
+        if problem:
+            raise ConfigError(problem)
         if self.engine() != "postgresql":
             return
         with suppress(psycopg.Error):  # absent before PostgreSQL 14
             self.conn.execute("SET client_connection_check_interval = '2s'")
 
+    def _session_problem(self) -> str | None:
+        if self.conn.info.parameter_status("standard_conforming_strings") == "off":
+            return ("the server runs with standard_conforming_strings = off, so backslashes in "
+                    "'...' strings would end them elsewhere than the runner read them; set it to "
+                    "on for the runner's login (ALTER ROLE ... SET standard_conforming_strings = "
+                    "on)")
+        return None
+
+    def _reset_session(self) -> None:
+        """Undo every session setting a migration made (``SET search_path``, ``SET ROLE``, ...)
+        and its prepared statements, so nothing of it reaches the next migration or the
+        runner's own statements. ``RESET ALL`` and ``DEALLOCATE ALL`` exist on both engines;
+        ``RESET ALL`` leaves the role alone on PostgreSQL, hence ``RESET ROLE`` (back to the
+        login's default, ``cesar_app``). DISCARD ALL would also end the role the login's
+        default switched to, and runs in no transaction on CockroachDB."""
+        if self.conn.closed:
+            return
+        for statement in ("RESET ALL", "RESET ROLE", "DEALLOCATE ALL"):
+            try:
+                self.conn.execute(statement)  # type: ignore[arg-type]
+            except psycopg.Error as exc:
+                # A CockroachDB release without one of them: say so rather than stop the run
+                # (checked against CockroachDB's documentation only, not run here).
+                if self.engine() != "cockroachdb":
+                    raise
+                self.progress(f"session reset: {statement} failed on this CockroachDB "
+                              f"({_first_line(exc)}); settings of one migration may reach the "
+                              "next")
+        self._tune_session()
+
     def _run_step(self, step: Step, mode: str) -> bool:
         """Apply or roll back one migration. False when another runner already did it."""
         m, direction = step.migration, step.direction
-        statements = m.statements(direction)
-        effective = "per-statement" if (mode == "per-statement" or step.start) else "transactional"
+        script = m.script(direction)
+        statements = script.statements
+        effective = step_mode(mode, script.transaction, step.start)
         verb = "applying" if direction == "up" else "rolling back"
         after = {"failed": "after a failed run", "interrupted": "after an interrupted run"}
         resume = (f", resuming at statement {step.start + 1} {after[step.resume]}"
@@ -609,7 +667,8 @@ class Runner:
         if effective == "transactional":
             ran = self._transactional(step, statements, started)
         else:
-            ran = self._per_statement(step, statements, started)
+            ran = self._per_statement(step, statements, started, effective)
+        self._reset_session()
         ms = (time.perf_counter() - started) * 1000
         if ran:
             self.progress(f"{'applied' if direction == 'up' else 'rolled back'} {m.name} "
@@ -639,13 +698,17 @@ class Runner:
             raise AssertionError("unreachable") from None
 
     # -- per-statement: each statement on its own, progress recorded after each
-    def _per_statement(self, step: Step, statements: list[Statement], started: float) -> bool:
+    def _per_statement(self, step: Step, statements: list[Statement], started: float,
+                       mode: str = "per-statement") -> bool:
+        """``per-statement`` or ``no-transaction`` (a file with that header: every statement
+        runs alone, DML included, since some of them can never run in a transaction block)."""
         lease = self._lease_held()
         start = step.start
+        alone_always = mode == NO_TRANSACTION
 
         def claim(conn: psycopg.Connection) -> bool:
             lease.check(conn)
-            return self._claim(conn, step, "per-statement", statements)
+            return self._claim(conn, step, mode, statements)
 
         if not db.run_transaction(self.conn, claim, **self._retry):
             return False
@@ -660,12 +723,12 @@ class Runner:
             t0 = time.perf_counter()
             note = ""
             try:
-                if st.kind == "ddl":
+                if st.alone or alone_always:
                     lease.renew(migration=step.name)
                     skipped: psycopg.Error | None = None
                     try:
                         # Fenced just before the statement: a runner paused past its lease
-                        # stops here. The window left (docs/migrations.md): from this check's
+                        # stops here. The window left (docs/sync.md, "The lease"): from this check's
                         # answer to the statement reaching the server, for this one statement;
                         # its progress record is fenced and fails.
                         lease.check(self.conn)
@@ -691,13 +754,12 @@ class Runner:
 
                     db.run_transaction(self.conn, dml, **self._retry)
             except _StatementError as err:
-                self._statement_failed(step, "per-statement", statements, err,
-                                       done=st.index - 1)
+                self._statement_failed(step, mode, statements, err, done=st.index - 1)
             in_doubt = False
             self.progress(f"  [{st.index}/{len(statements)}] line {st.line}: {st.summary()} "
                           f"({(time.perf_counter() - t0) * 1000:.0f} ms{note})")
         db.run_transaction(self.conn, lambda c: self._finish(
-            c, step, "per-statement", len(statements), started), **self._retry)
+            c, step, mode, len(statements), started), **self._retry)
         return True
 
     def _execute_implicit(self, st: Statement) -> None:
@@ -717,7 +779,7 @@ class Runner:
                           err: _StatementError, *, done: int) -> NoReturn:
         """Record a statement's failure (unless the connection is gone) and raise."""
         st, exc = err.statement, err.error
-        if self.conn.closed or exc.sqlstate is None or exc.sqlstate.startswith("08"):
+        if self.conn.closed or self.conn.broken or (exc.sqlstate or "").startswith("08"):
             kept = (f"{first_statements(done)} are recorded and the next run resumes at statement "
                     f"{st.index}" if done else "the next run starts it again")
             if mode == "transactional":
@@ -818,11 +880,19 @@ class Runner:
                   "message": message, "statement": st.index, "line": st.line,
                   "file": str(m.path(step.direction)), "statements_done": done}
 
+        previous = step.previous
+        untouched = (step.direction == "down" and done == 0 and step.resume is None
+                     and previous is not None and previous.applied)
+
         def work(conn: psycopg.Connection) -> None:
             if step.direction == "down" and mode == "transactional":
                 # Nothing was rolled back: the migration stays applied; only the event says so.
                 conn.execute(f"UPDATE {TRACKING_TABLE} SET holder = NULL WHERE name = %s",
                              [m.name])
+            elif untouched and previous is not None:
+                # The first statement of a rollback failed, so the server undid it: nothing
+                # was rolled back, and the row goes back to what it was before the claim.
+                _restore_row(conn, previous)
             else:
                 conn.execute(
                     f"INSERT INTO {TRACKING_TABLE} AS t (name, checksum, status, direction, "
@@ -861,10 +931,10 @@ class Runner:
         path = m.path(step.direction)
         what = "migration" if step.direction == "up" else "rollback"
         if kept:
-            state = (f"{first_statements(kept)} stay done and the next run resumes at statement "
-                     f"{st.index}")
+            state = (f"{first_statements(kept)} {'stays' if kept == 1 else 'stay'} done and the "
+                     f"next run resumes at statement {st.index}")
         elif step.direction == "down":
-            state = "nothing was rolled back"
+            state = f"nothing was rolled back and {m.name} stays applied"
         else:
             state = "nothing of it was applied"
         cmd = "up" if step.direction == "up" else "down"
@@ -907,6 +977,38 @@ class _StatementError(Exception):
         super().__init__(str(error))
         self.statement = statement
         self.error = error
+
+
+def _check_files(plan: Plan, steps: list[Step]) -> None:
+    """For a dry run: each file's refusal becomes a problem of the plan instead of stopping it,
+    so that one run reports every file that cannot run."""
+    for step in steps:
+        try:
+            step.migration.script(step.direction)
+        except ConfigError as exc:
+            step.refused = str(exc)
+            plan.problems.append(str(exc))
+
+
+def step_mode(mode: str, transaction: bool, start: int) -> str:
+    """How one file runs: ``no-transaction`` when its header says so, ``per-statement`` in that
+    mode or when resuming after statements already done, else ``transactional``."""
+    if not transaction:
+        return NO_TRANSACTION
+    return "per-statement" if (mode == "per-statement" or start) else "transactional"
+
+
+_RESTORED = ("status", "direction", "mode", "attempt_checksum", "statements_total",
+             "statements_done", "progress_checksum", "resumable", "error_sqlstate",
+             "error_message", "error_statement", "error_line", "started_at", "finished_at",
+             "duration_ms", "applied_by", "applied_from", "runner_version")
+
+
+def _restore_row(conn: psycopg.Connection, row: Tracked) -> None:
+    sets = ", ".join(f"{c} = %({c})s" for c in _RESTORED)
+    values = {c: getattr(row, c) for c in _RESTORED}
+    conn.execute(f"UPDATE {TRACKING_TABLE} SET {sets}, holder = NULL, updated_at = now() "
+                 "WHERE name = %(name)s", {**values, "name": row.name})  # type: ignore[arg-type]
 
 
 def _execute(conn: psycopg.Connection, st: Statement) -> None:

@@ -170,12 +170,19 @@ def _print_plan(report: migrate.RunReport) -> None:
     if not report.steps:
         click.echo(f"nothing to {verb}")
     for step in report.steps:
-        statements = step.migration.statements(step.direction)
+        if step.refused is not None:
+            click.echo(f"would {verb} {step.name}: refused, see the problem below")
+            continue
+        script = step.migration.script(step.direction)
+        statements = script.statements
         resume = f", resuming at statement {step.start + 1}" if step.start else ""
         count = migrate.plural(len(statements), "statement")
-        click.echo(f"would {verb} {step.name} ({count}{resume}):")
+        header = "" if script.transaction else ", no-transaction: its header says so"
+        click.echo(f"would {verb} {step.name} ({count}{resume}{header}):")
         for st in statements[step.start:]:
             note = "" if st.idempotent else "  [not idempotent: unsafe to re-run after a crash]"
+            if st.no_transaction:
+                note += f"  [{st.no_transaction}: runs outside a transaction]"
             click.echo(f"  [{st.index}] line {st.line} {st.kind}: {st.summary(90)}{note}")
     for problem in plan.problems:
         click.echo(f"problem: {problem}")

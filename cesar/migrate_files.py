@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from cesar.errors import ConfigError, OperationFailed
-from cesar.migrate_sql import Statement, split
+from cesar.migrate_sql import Script, Statement, parse
 
 Direction = Literal["up", "down"]
 
@@ -82,8 +82,12 @@ class Migration:
         return self.checksum if direction == "up" else sha256_file(self.path("down"))
 
     def statements(self, direction: Direction) -> list[Statement]:
+        return self.script(direction).statements
+
+    def script(self, direction: Direction) -> Script:
+        """The file's statements and header directives (``-- cesar:no-transaction``)."""
         path = self.path(direction)
-        return split(path.read_text(encoding="utf-8"), str(path))
+        return parse(path.read_text(encoding="utf-8"), str(path))
 
 
 def load(migrations_dir: Path | None = None) -> list[Migration]:

@@ -32,6 +32,8 @@ class Step:
     direction: Direction
     start: int = 0  # statements already done (per-statement progress kept from a failed run)
     resume: str | None = None  # why it resumes: "failed", "interrupted"
+    previous: Tracked | None = None  # its tracking row when the plan was made
+    refused: str | None = None  # why its file cannot run (a dry run reports it and goes on)
 
     @property
     def name(self) -> str:
@@ -101,11 +103,7 @@ def make_plan(migrations: list[Migration], tracked: dict[str, Tracked] | None) -
             )
     for row in rows.values():
         if row.interrupted_rollback:
-            plan.problems.append(
-                f"the rollback of {row.name} is {_state(row)}; finish it with "
-                "`cesar migrate down --steps 1` (it resumes where it stopped), then "
-                "`cesar migrate up` if you want it back"
-            )
+            plan.problems.append(rollback_blocked(row, plan.by_name.get(row.name)))
     for m in migrations:
         row = rows.get(m.name)
         if row is not None and row.applied:
@@ -134,6 +132,21 @@ def make_plan(migrations: list[Migration], tracked: dict[str, Tracked] | None) -
     return plan
 
 
+def rollback_blocked(row: Tracked, m: Migration | None) -> str:
+    """What blocks ``up`` while a rollback is unfinished, and every command that unblocks it."""
+    down = m.down_path if m is not None and m.down_path is not None else f"{row.name}.down.sql"
+    done = row.statements_done
+    where = f"it resumes at statement {done + 1}" if done else "it starts again"
+    fix = (f"fix {down} and finish it with `cesar migrate down --steps 1` ({where})"
+           if row.status == "failed" else
+           f"finish it with `cesar migrate down --steps 1` ({where})")
+    retry = (f", or run the unchanged file again with `cesar migrate repair {row.name} --reason "
+             "TEXT` then `cesar migrate down --steps 1`" if row.status == "failed" else "")
+    return (f"the rollback of {row.name} is {_state(row)}; {fix}{retry}; or, to keep "
+            f"{row.name} applied, restore what the rollback removed and record it with "
+            f"`cesar migrate mark-applied {row.name} --reason TEXT`")
+
+
 def _state(row: Tracked) -> str:
     if row.status == "running":
         return f"interrupted after statement {row.statements_done}/{row.statements_total}"
@@ -142,7 +155,9 @@ def _state(row: Tracked) -> str:
 
 
 def _failed_message(row: Tracked, m: Migration) -> str:
-    kept = f"{first_statements(row.statements_done)} stay applied, " if row.statements_done else ""
+    done = row.statements_done
+    verb = "stays" if done == 1 else "stay"
+    kept = f"{first_statements(done)} {verb} applied, " if done else ""
     return (
         f"{m.name} failed at statement {row.error_statement} (line {row.error_line}) with "
         f"SQLSTATE {row.error_sqlstate}: {row.error_message}; {kept}"

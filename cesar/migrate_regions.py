@@ -12,11 +12,15 @@ and the two catalog reads it needs (:func:`read_catalog`). The runner (``cesar.m
 executes the plan: under its lease, each statement on its own (CockroachDB runs a locality
 change only alone in its implicit transaction), each table recorded in the events table.
 
-Each table is converted in three statements, the safe form CockroachDB documents since
+Each table is converted in the safe form CockroachDB documents since
 cockroachdb/cockroach#150945 (a single ``SET LOCALITY REGIONAL BY ROW`` on an existing table adds
 the region column and changes the primary key in one step, during which concurrent UPDATE and
-DELETE statements on the table can fail; the API writes all the time):
+DELETE statements on the table can fail; the API writes all the time), after unlocking it:
 
+0. ``SET (schema_locked = false)``: from v26.1 new tables are schema-locked by default, and
+   ``SET LOCALITY`` is one of the changes CockroachDB cannot unlock by itself
+   (cockroachdb/docs#21601, cockroachdb/cockroach#164368). It stays unlocked (the project runs
+   no changefeed, which is what the lock speeds up);
 1. add the hidden region column ``crdb_region``, existing rows in the primary region;
 2. make new rows default to the region of the node that writes them;
 3. ``SET LOCALITY REGIONAL BY ROW``, which finds the column and partitions by it.
@@ -65,12 +69,22 @@ class Catalog:
     localities: dict[str, str | None] = field(default_factory=dict)  # absent: no such table
 
 
+#: The catalog reads (CockroachDB only): SHOW statements any login may run, as subqueries.
+CATALOG_QUERIES = (
+    "SELECT primary_region, regions FROM [SHOW DATABASES] "
+    "WHERE database_name = current_database()",
+    "SELECT table_name, locality FROM [SHOW TABLES] "
+    "WHERE schema_name = current_schema() AND type = 'table' AND table_name = ANY(%s)",
+)
+
+
 def read_catalog(conn: psycopg.Connection, engine: str, tables: Sequence[str]) -> Catalog:
     """Two queries on CockroachDB, none on PostgreSQL.
 
-    ``crdb_internal.databases`` and ``crdb_internal.tables`` rather than ``SHOW REGIONS FROM
-    DATABASE``: that statement needs the admin role (it reads the nodes' localities too), and
-    the runner logs in as the application (docs/infra.md). A table's ``locality`` there reads
+    ``SHOW DATABASES`` and ``SHOW TABLES``: what any login may read on every supported release.
+    Not ``crdb_internal`` (refused by default from v26.1, ``allow_unsafe_internals``) and not
+    ``SHOW REGIONS FROM DATABASE`` (it needs the admin role: it reads the nodes' localities
+    too); the runner logs in as the application (docs/infra.md). A table's ``locality`` reads
     ``REGIONAL BY ROW`` (or ``REGIONAL BY ROW AS col``), ``REGIONAL BY TABLE IN ...``,
     ``GLOBAL``, or NULL outside a multi-region database.
     """
@@ -78,21 +92,14 @@ def read_catalog(conn: psycopg.Connection, engine: str, tables: Sequence[str]) -
     if engine != "cockroachdb":
         return Catalog(engine, database)
     try:
-        row = conn.execute(
-            "SELECT primary_region, regions FROM crdb_internal.databases "
-            "WHERE name = current_database()"
-        ).fetchone()
-        rows = conn.execute(
-            "SELECT name, locality FROM crdb_internal.tables "
-            "WHERE database_name = current_database() AND schema_name = current_schema() "
-            "AND drop_time IS NULL AND state = 'PUBLIC' AND name = ANY(%s)", [list(tables)],
-        ).fetchall()
+        row = conn.execute(CATALOG_QUERIES[0]).fetchone()
+        rows = conn.execute(CATALOG_QUERIES[1], [list(tables)]).fetchall()
     except psycopg.Error as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise OperationFailed(
             f"cannot read the regions and table localities of {database} ({first}); the runner "
-            "reads crdb_internal.databases and crdb_internal.tables: run it as a login allowed "
-            "to (on CockroachDB 25.4+, with the session variable allow_unsafe_internals on)"
+            "reads SHOW DATABASES and SHOW TABLES: run it as a login with privileges on the "
+            "database and its tables"
         ) from None
     primary, regions = (row[0], tuple(row[1] or ())) if row else (None, ())
     return Catalog(engine, database, primary, regions,
@@ -120,10 +127,11 @@ def is_regional_by_row(locality: str | None) -> bool:
 
 
 def statements_for(table: str, primary_region: str) -> tuple[str, ...]:
-    """The three statements that make ``table`` REGIONAL BY ROW (see the module's docstring)."""
+    """The statements that make ``table`` REGIONAL BY ROW (see the module's docstring)."""
     t = sql.Identifier(table).as_string(None)
     primary = sql.Literal(primary_region).as_string(None)
     return (
+        f"ALTER TABLE {t} SET (schema_locked = false)",
         f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {REGION_COLUMN} {REGION_TYPE} NOT VISIBLE "
         f"NOT NULL DEFAULT {primary}::{REGION_TYPE}",
         f"ALTER TABLE {t} ALTER COLUMN {REGION_COLUMN} SET DEFAULT "

@@ -23,9 +23,19 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg.rows import dict_row
 
-TRACKING_TABLE = "schema_migrations"
-EVENTS_TABLE = "schema_migration_events"
-LEASE_TABLE = "schema_migration_lease"
+from cesar.errors import OperationFailed
+
+#: The runner's tables are always named with their schema, so that a migration changing
+#: ``search_path`` (pg_dump's header does) cannot make them disappear from under the runner.
+#: ``public`` is where runners that named them without a schema created them.
+SCHEMA = "public"
+TRACKING_TABLE = f"{SCHEMA}.schema_migrations"
+EVENTS_TABLE = f"{SCHEMA}.schema_migration_events"
+LEASE_TABLE = f"{SCHEMA}.schema_migration_lease"
+
+#: What reading a runner table that does not exist raises: the table is missing, or the whole
+#: ``public`` schema (a PostgreSQL database where it was dropped).
+MISSING = (pgerrors.UndefinedTable, pgerrors.InvalidSchemaName)
 
 STATUSES = ("running", "succeeded", "failed", "rolled_back", "baselined")
 #: Statuses that count as "applied" (the schema contains the migration's objects).
@@ -68,7 +78,7 @@ _DDL = (
     reason      TEXT,
     detail      JSONB       NOT NULL DEFAULT '{{}}'
 )""",
-    f"CREATE INDEX IF NOT EXISTS {EVENTS_TABLE}_migration_idx "
+    "CREATE INDEX IF NOT EXISTS schema_migration_events_migration_idx "
     f"ON {EVENTS_TABLE} (migration, occurred_at)",
     f"""CREATE TABLE IF NOT EXISTS {LEASE_TABLE} (
     id          INT         PRIMARY KEY CHECK (id = 1),
@@ -164,16 +174,22 @@ def tables_exist(conn: psycopg.Connection) -> bool:
 
 def ensure_tables(conn: psycopg.Connection) -> bool:
     """Create the runner's tables if missing (autocommit connection). True when it created."""
-    if tables_exist(conn):
-        return False
-    for attempt in range(5):
-        try:
-            for ddl in _DDL:
-                conn.execute(ddl)  # type: ignore[arg-type]
-            return True
-        except _CREATE_RACES:
-            if attempt == 4:
-                raise
+    try:
+        if tables_exist(conn):
+            return False
+        for attempt in range(5):
+            try:
+                for ddl in _DDL:
+                    conn.execute(ddl)  # type: ignore[arg-type]
+                return True
+            except _CREATE_RACES:
+                if attempt == 4:
+                    raise
+    except pgerrors.InvalidSchemaName:
+        raise OperationFailed(
+            f"the runner keeps its tables in the schema {SCHEMA}, which this database does not "
+            f"have; create it (CREATE SCHEMA {SCHEMA}) and run again"
+        ) from None
     return True
 
 
@@ -185,7 +201,7 @@ def read_tracked(conn: psycopg.Connection) -> dict[str, Tracked] | None:
     """
     try:
         rows = conn.execute(f"SELECT {_TRACKED_COLUMNS} FROM {TRACKING_TABLE}").fetchall()
-    except pgerrors.UndefinedTable:
+    except MISSING:
         if not conn.autocommit:
             conn.rollback()
         return None
@@ -217,7 +233,8 @@ def widen_events_check(conn: psycopg.Connection) -> None:
         "WHERE conrelid = CAST(%s AS REGCLASS) AND contype = 'c' "
         "AND pg_get_constraintdef(oid) LIKE '%%event%%'", [EVENTS_TABLE]).fetchall()]
     drops = "".join(f"DROP CONSTRAINT {sql.Identifier(n).as_string(conn)}, " for n in names)
-    conn.execute(f"ALTER TABLE {EVENTS_TABLE} {drops}ADD CONSTRAINT {EVENTS_TABLE}_event_check "
+    conn.execute(f"ALTER TABLE {EVENTS_TABLE} {drops}ADD CONSTRAINT "
+                 "schema_migration_events_event_check "
                  f"CHECK (event IN {EVENTS!r})")  # type: ignore[arg-type]
 
 
@@ -230,7 +247,7 @@ def read_events(conn: psycopg.Connection, migration: str | None = None) -> list[
                 f"SELECT occurred_at, migration, event, actor, host, reason, detail "
                 f"FROM {EVENTS_TABLE} {where} ORDER BY occurred_at, id", params
             ).fetchall()
-    except pgerrors.UndefinedTable:
+    except MISSING:
         if not conn.autocommit:
             conn.rollback()
         return []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cesar import rotate
+from cesar import db, rotate
 from cesar.config import Settings, load_settings
 from cesar.embedded import EmbeddedPostgres
 from cesar.errors import ConfigError
@@ -33,6 +33,8 @@ def build(settings: Settings, *, skip: set[str], grace: float, max_attempts: int
             and not settings.cockroach_db_url:
         primary = EmbeddedStore(pg)
     else:
+        if settings.admin_db_url:  # the same TLS rule as every other URL a command opens
+            db.require_tls(settings.admin_db_url, "CESAR_ADMIN_DB_URL", settings.environment)
         primary = EnvFileStore(ENV_FILE, settings.admin_db_url)
     secondaries: list[SecondaryStore] = []
     if settings.environment in ("staging", "production"):

@@ -274,13 +274,24 @@ def check_auth(ctx: Context) -> Outcome:
 
 def check_server(ctx: Context) -> Outcome:
     assert ctx.conn is not None
+    from cesar import cockroach
+
     row = ctx.conn.execute("SELECT version()").fetchone()
     version = str(row[0]) if row else ""
-    ctx.engine = "cockroachdb" if "cockroachdb" in version.lower() else "postgresql"
+    server = cockroach.parse_server_version(version)
+    ctx.engine = server.engine
     short = version.split(" on ")[0].split(" (")[0]
     expected = ctx.options.expect_database
     if expected and ctx.engine != expected:
         return "fail", f"{short}: the engine is {ctx.engine}, expected {expected}"
+    if server.engine == "cockroachdb":
+        if server.version is None or not server.version.at_least(cockroach.MINIMUM):
+            return "fail", (f"{server.short} is older than {cockroach.MINIMUM.series}, the oldest "
+                            f"release this project supports (pinned: {cockroach.PINNED_RELEASE}); "
+                            "upgrade the cluster (docs/cockroachdb.md)")
+        if server.version.series != cockroach.PINNED_SERIES:
+            return "pass", (f"{server.short} (engine {ctx.engine}; pinned "
+                            f"{cockroach.PINNED_RELEASE}, run `cesar doctor` after an upgrade)")
     return "pass", f"{short} (engine {ctx.engine})"
 
 

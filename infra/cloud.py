@@ -69,9 +69,13 @@ class CloudCluster(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         advanced = spec.plan == "ADVANCED"
 
+        # `primary` exists for multi-region STANDARD (serverless) clusters only: the provider
+        # refuses it on ADVANCED ones, even when false ("Dedicated clusters do not support the
+        # primary attribute on regions", terraform-provider-cockroach cluster_resource.go). An
+        # ADVANCED cluster's database primary region is set by the bootstrap SQL instead.
         regions = [
             cockroach.ClusterRegionArgs(
-                name=region, primary=index == 0 or None,
+                name=region, primary=None if advanced else (index == 0 or None),
                 node_count=spec.nodes_per_region if advanced else None)
             for index, region in enumerate(settings.regions)
         ]

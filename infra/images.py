@@ -12,11 +12,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
+from cesar import cockroach
 from cesar.errors import ConfigError
 
 # The versions this repository was written and checked against (docs/infra.md says what was
-# verified). Change them here, or per stack with `cesar:images`.
-COCKROACH = "cockroachdb/cockroach:v24.3.5"
+# verified). CockroachDB's release is pinned once, in cesar/cockroach.py (why that one: there);
+# the others change here, or per stack with `cesar:images`.
+COCKROACH = cockroach.IMAGE
 PROMETHEUS = "prom/prometheus:v2.53.2"
 ALERTMANAGER = "prom/alertmanager:v0.27.0"
 GRAFANA = "grafana/grafana:11.2.0"
@@ -61,6 +63,22 @@ def _example(what: str) -> str:
                 what, "1.2.3") or "1.2.3"
 
 
+def _require_supported_cockroach(image: str) -> None:
+    """A CockroachDB image older than the oldest supported release is refused (a digest is
+    taken on trust: it names no version)."""
+    tag = split(image)[1]
+    if tag is None:
+        return
+    try:
+        version = cockroach.Version.parse(tag.split("-")[0])
+    except ValueError:
+        return
+    if not version.at_least(cockroach.MINIMUM):
+        raise ConfigError(f"the cockroach image {image!r} is older than "
+                          f"{cockroach.MINIMUM.series}, the oldest release this project "
+                          f"supports; use {cockroach.IMAGE} (docs/cockroachdb.md)")
+
+
 @dataclass(frozen=True)
 class Images:
     """The images a stack runs, each checked by :func:`require_pinned`."""
@@ -73,6 +91,7 @@ class Images:
     def __post_init__(self) -> None:
         for f in fields(self):
             require_pinned(getattr(self, f.name), f.name)
+        _require_supported_cockroach(self.cockroach)
 
     @classmethod
     def from_config(cls, overrides: Mapping[str, str] | None) -> Images:

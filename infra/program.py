@@ -45,21 +45,25 @@ def _scram_salt(settings: StackSettings, login: str) -> pulumi.Output[str]:
 
 def _bootstrap_sql(settings: StackSettings, passwords: dict[str, pulumi.Output[str]],
                    *, hba: str | None, set_passwords: bool,
-                   audit: bool = False) -> pulumi.Output[str]:
+                   audit: bool = False,
+                   license_key: pulumi.Output[str] | None = None) -> pulumi.Output[str]:
     logins = list(passwords)
     regions = tuple(settings.regions) if len(settings.regions) > 1 else ()
     salts = [_scram_salt(settings, login) for login in logins] if set_passwords else []
 
     def render(values: list[str]) -> str:
-        secrets, salt_values = values[:len(logins)], values[len(logins):]
+        secrets, key = values[:len(logins)], values[len(logins)]
+        salt_values = values[len(logins) + 1:]
         spec = cluster_bootstrap.Bootstrap(
             database=settings.database, passwords=dict(zip(logins, secrets, strict=True)),
             hba=hba, regions=regions, set_passwords=set_passwords, audit=audit,
+            license=key or None,
             salts={login: base64.b64decode(salt)
                    for login, salt in zip(logins, salt_values, strict=False)})
         return cluster_bootstrap.script(spec)
 
-    return pulumi.Output.secret(pulumi.Output.all(*passwords.values(), *salts).apply(render))
+    return pulumi.Output.secret(pulumi.Output.all(
+        *passwords.values(), license_key or "", *salts).apply(render))
 
 
 def _docker_provider(settings: StackSettings, what: str,
@@ -80,11 +84,16 @@ def define_stack() -> dict[str, Any]:
     if settings.self_hosted is not None:
         spec = settings.self_hosted
         provider = _docker_provider(settings, "cluster", spec.docker_host)
+        license_key = config.get_secret(stack_settings.LICENSE_KEY)
+        warning = stack_settings.license_warning(settings, license_key is not None)
+        if warning:
+            pulumi.log.warn(warning)
         cluster = SelfHostedCluster(
             names.resource("cluster"), settings,
             bootstrap_sql=_bootstrap_sql(settings, passwords, hba=selfhosted.hba(settings),
                                          set_passwords=not spec.insecure,
-                                         audit=security.audit_in_bootstrap(settings)),
+                                         audit=security.audit_in_bootstrap(settings),
+                                         license_key=license_key),
             opts=pulumi.ResourceOptions(providers=[provider] if provider else None))
         monitoring_provider = provider
         tls, network_name, cloud_targets, cloud_key = (

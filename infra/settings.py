@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cesar import cockroach
 from cesar.allowlist import Entry, Policy
 from cesar.allowlist import parse as parse_allowlist
 from cesar.embedded import APP_ROLE, LOGINS
@@ -35,7 +36,10 @@ KEYS = ("environment", "flavour", "clusterName", "database", "regions", "allowli
         "allowlistWidestPrefix", "allowlistWidestPrefixV6", "cluster", "cloud", "images",
         "monitoring", "activeLogin", "sslRootCert", "logExport")
 SECRET_KEYS = ("cesarAppAPassword", "cesarAppBPassword", "grafanaAdminPassword",
-               "cloudMetricsApiKey", "criticalReceiverSecret", "warningReceiverSecret")
+               "cloudMetricsApiKey", "criticalReceiverSecret", "warningReceiverSecret",
+               "cockroachLicense")
+LICENSE_KEY = "cockroachLicense"
+LICENSE_DOC = "https://www.cockroachlabs.com/docs/stable/licensing-faqs"
 
 
 def password_key(login: str) -> str:
@@ -55,8 +59,12 @@ class SelfHosted:
     subnet: str = "172.28.0.0/24"
     protect_volumes: bool = True
     docker_host: str | None = None
-    cache: str = ".25"
-    max_sql_memory: str = ".25"
+    # Fractions of the memory the node's container sees (the Docker host's, without a limit).
+    # Every self-hosted stack runs all its nodes on one Docker engine, so the default splits
+    # CockroachDB's rule "--cache plus --max-sql-memory at most 75% of the memory" over them:
+    # .125 each for three nodes (see memory_share).
+    cache: str = ".125"
+    max_sql_memory: str = ".125"
 
     @property
     def gateway(self) -> str:
@@ -74,7 +82,7 @@ class Cloud:
 
     plan: Literal["ADVANCED", "STANDARD"] = "ADVANCED"
     provider: Literal["GCP", "AWS", "AZURE"] = "GCP"
-    version: str | None = None
+    version: str = cockroach.PINNED_SERIES  # the one pin (cesar/cockroach.py)
     nodes_per_region: int = 3
     storage_gib: int = 35
     num_virtual_cpus: int = 4
@@ -202,6 +210,14 @@ def check_secrets(settings: StackSettings, has_secret: Callable[[str], bool]) ->
     required: list[str] = []
     if settings.flavour == "cloud":
         required.append("cloudMetricsApiKey")
+    if (needs_license(settings) and settings.environment != "development"
+            and not has_secret(LICENSE_KEY)):
+        raise ConfigError(
+            f"the secret cesar:{LICENSE_KEY} is not set for stack {settings.stack!r}: a "
+            "self-hosted CockroachDB cluster of several nodes without a license is throttled "
+            "7 days after it starts; get an Enterprise (Free) license "
+            f"({LICENSE_DOC}) and run `pulumi config set --secret cesar:{LICENSE_KEY} "
+            f"LICENSE --stack {settings.stack}`")
     if settings.monitoring.critical.kind == "slack":
         required.append("criticalReceiverSecret")
     if settings.monitoring.warning.kind == "slack":
@@ -213,20 +229,42 @@ def check_secrets(settings: StackSettings, has_secret: Callable[[str], bool]) ->
                               f"{settings.stack}`")
 
 
+def needs_license(settings: StackSettings) -> bool:
+    """A self-hosted secure cluster of several nodes needs a license key (CockroachDB v24.3 and
+    later: 7 days of grace after it starts, then throttled; a single node needs none; Cloud
+    clusters carry their own)."""
+    spec = settings.self_hosted
+    return spec is not None and spec.nodes > 1
+
+
+def license_warning(settings: StackSettings, has_license: bool) -> str | None:
+    """What ``pulumi up`` warns in development when the license is missing (elsewhere the
+    program refuses, see :func:`check_secrets`)."""
+    if has_license or not needs_license(settings):
+        return None
+    return (f"cesar:{LICENSE_KEY} is not set: this {settings.self_hosted.nodes}-node "  # type: ignore[union-attr]
+            "CockroachDB cluster runs without a license and is throttled 7 days after it starts "
+            f"(fine for a short-lived dev cluster); set one with `pulumi config set --secret "
+            f"cesar:{LICENSE_KEY} LICENSE --stack {settings.stack}` ({LICENSE_DOC})")
+
+
 def _self_hosted(raw: Mapping[str, Any], *, dev: bool, regions: Sequence[str]) -> SelfHosted:
     allowed = {"nodes", "insecure", "bindAddress", "sqlPort", "httpPort", "subnet",
                "protectVolumes", "dockerHost", "cache", "maxSqlMemory"}
     _no_unknown("cluster", raw, allowed)
+    nodes = _int(raw, "nodes", 3, "cluster")
     spec = SelfHosted(
-        nodes=_int(raw, "nodes", 3, "cluster"), insecure=_bool(raw, "insecure", False, "cluster"),
+        nodes=nodes, insecure=_bool(raw, "insecure", False, "cluster"),
         bind_address=str(raw.get("bindAddress", "127.0.0.1")),
         sql_port=_int(raw, "sqlPort", 26257, "cluster"),
         http_port=_int(raw, "httpPort", 8080, "cluster"),
         subnet=str(raw.get("subnet", "172.28.0.0/24")),
         protect_volumes=_bool(raw, "protectVolumes", True, "cluster"),
         docker_host=raw.get("dockerHost"),
-        cache=str(raw.get("cache", ".25")), max_sql_memory=str(raw.get("maxSqlMemory", ".25")),
+        cache=str(raw.get("cache", memory_share(nodes))),
+        max_sql_memory=str(raw.get("maxSqlMemory", memory_share(nodes))),
     )
+    _check_memory(spec)
     if spec.insecure and not dev:
         raise ConfigError("cesar:cluster.insecure is true outside development: an insecure "
                           "cluster has no TLS and no passwords; remove it (certificates are "
@@ -254,6 +292,55 @@ def _self_hosted(raw: Mapping[str, Any], *, dev: bool, regions: Sequence[str]) -
     return spec
 
 
+#: CockroachDB's production checklist: "--cache" plus "--max-sql-memory" on a machine at most
+#: 75% of its memory (https://www.cockroachlabs.com/docs/stable/recommended-production-settings
+#: #cache-and-sql-memory-size), the rest for the Go runtime, Pebble's own buffers and the OS.
+MEMORY_BUDGET = 0.75
+
+
+def memory_share(nodes: int) -> str:
+    """The default ``--cache`` and ``--max-sql-memory`` of each of ``nodes`` nodes sharing one
+    host: together at most :data:`MEMORY_BUDGET` of it, rounded down to a thousandth."""
+    share = int(MEMORY_BUDGET / (2 * max(nodes, 1)) * 1000) / 1000
+    return f"{share:.3f}".rstrip("0") if share < 1 else "0.375"
+
+
+def _fraction(value: str) -> float | None:
+    """A ``--cache``-style value as a fraction of memory (``.25``, ``25%``); None for an
+    absolute size (``2GiB``), which cannot be checked without knowing the host."""
+    text = value.strip()
+    try:
+        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        return None
+    return share if 0 < share < 1 else None
+
+
+def _check_memory(spec: SelfHosted) -> None:
+    shares = [_fraction(spec.cache), _fraction(spec.max_sql_memory)]
+    for key, value, share in (("cache", spec.cache, shares[0]),
+                              ("maxSqlMemory", spec.max_sql_memory, shares[1])):
+        if share is None and not _is_size(value):
+            raise ConfigError(f"cesar:cluster.{key}={value!r} is neither a fraction of memory "
+                              "(.125, 12.5%) nor a size (2GiB)")
+    if None in shares:
+        return
+    total = spec.nodes * (shares[0] + shares[1])  # type: ignore[operator]
+    if total > MEMORY_BUDGET + 1e-9:
+        raise ConfigError(
+            f"cesar:cluster cache={spec.cache} + maxSqlMemory={spec.max_sql_memory} on "
+            f"{spec.nodes} nodes sharing one host claims {total:.0%} of its memory; CockroachDB "
+            f"asks for at most {MEMORY_BUDGET:.0%} in total: use {memory_share(spec.nodes)} each "
+            "(the default) or less")
+
+
+def _is_size(value: str) -> bool:
+    import re
+
+    return re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)?", value.strip(),
+                        re.IGNORECASE) is not None
+
+
 def _cloud(raw: Mapping[str, Any], *, regions: Sequence[str]) -> Cloud:
     allowed = {"plan", "provider", "version", "nodesPerRegion", "storageGib", "numVirtualCpus",
                "provisionedVirtualCpus", "deleteProtection", "adminUser"}
@@ -264,7 +351,7 @@ def _cloud(raw: Mapping[str, Any], *, regions: Sequence[str]) -> Cloud:
     spec = Cloud(
         plan=_choice(raw, "plan", ("ADVANCED", "STANDARD"), "ADVANCED", "cloud"),  # type: ignore[arg-type]
         provider=_choice(raw, "provider", ("GCP", "AWS", "AZURE"), "GCP", "cloud"),  # type: ignore[arg-type]
-        version=raw.get("version"),
+        version=_cloud_version(raw.get("version")),
         nodes_per_region=_int(raw, "nodesPerRegion", 3, "cloud"),
         storage_gib=_int(raw, "storageGib", 35, "cloud"),
         num_virtual_cpus=_int(raw, "numVirtualCpus", 4, "cloud"),
@@ -278,6 +365,25 @@ def _cloud(raw: Mapping[str, Any], *, regions: Sequence[str]) -> Cloud:
         raise ConfigError(f"cesar:cloud.adminUser={spec.admin_user!r} collides with the "
                           "application's roles; choose another name")
     return spec
+
+
+def _cloud_version(value: object) -> str:
+    """The Cloud cluster's major version: the pinned series unless a stack overrides it with
+    one at least as new (an older one would lack what the sync and the runner rely on)."""
+    if value is None:
+        return cockroach.PINNED_SERIES
+    text = str(value).strip()
+    try:
+        version = cockroach.Version.parse(text)
+    except ValueError:
+        raise ConfigError(f"cesar:cloud.version={text!r} is not a CockroachDB major version; "
+                          f"use e.g. {cockroach.PINNED_SERIES} (or remove it: the default is "
+                          "the pinned release)") from None
+    if not version.at_least(cockroach.MINIMUM):
+        raise ConfigError(f"cesar:cloud.version={text} is older than {cockroach.MINIMUM.series}, "
+                          "the oldest release this project supports (docs/cockroachdb.md); "
+                          f"remove it to use the pinned {cockroach.PINNED_SERIES}")
+    return version.series
 
 
 def _monitoring(raw: Mapping[str, Any], *, dev: bool) -> Monitoring:

@@ -159,3 +159,47 @@ def test_engine_is_detected_from_the_server(pg_stack: PgStack, empty_state: Path
     s = make_settings(local_db_url=pg_stack.local_url, state_dir=empty_state)
     with db.Database(s).open() as database:
         assert database.engine == "postgresql"
+
+
+# Real `SELECT version()` answers: CockroachDB release builds (CCL and OSS), a Cloud build with
+# no variant word, a development build, and PostgreSQL from pgserver and Debian.
+VERSION_STRINGS = [
+    ("CockroachDB CCL v24.3.5 (x86_64-pc-linux-gnu, built 2025/02/13 16:46:31, go1.22.8 "
+     "X:nocoverageredesign)", "cockroachdb", "v24.3.5"),
+    ("CockroachDB CCL v25.2.23 (x86_64-pc-linux-gnu, built 2025/09/02 17:01:28, go1.23.12)",
+     "cockroachdb", "v25.2.23"),
+    ("CockroachDB OSS v24.1.0 (x86_64-pc-linux-gnu, built 2024/05/20)", "cockroachdb", "v24.1.0"),
+    ("CockroachDB v24.1.0-alpha.1", "cockroachdb", "v24.1.0-alpha.1"),
+    ("CockroachDB CCL v25.4.0-alpha.2-dev-5f5c6a65f739d6b247afec3411ed1284266bd1f7 "
+     "(x86_64-pc-linux-gnu, built 2025/09/17 06:08:24, go1.23.12 X:nocoverageredesign)",
+     "cockroachdb", "v25.4.0-alpha.2"),
+    ("PostgreSQL 16.2 on x86_64-pc-linux-gnu, compiled by gcc (GCC) 8.5.0, 64-bit",
+     "postgresql", "16.2"),
+    ("PostgreSQL 15.8 (Debian 15.8-0+deb12u1) on x86_64-pc-linux-gnu, compiled by gcc (Debian "
+     "12.2.0-14) 12.2.0, 64-bit", "postgresql", "15.8"),
+]
+
+
+@pytest.mark.parametrize(("text", "engine", "version"), VERSION_STRINGS)
+def test_version_strings_are_parsed(text: str, engine: str, version: str) -> None:
+    from cesar.cockroach import parse_server_version
+
+    parsed = parse_server_version(text)
+    assert (parsed.engine, parsed.version_text) == (engine, version)
+
+
+@pytest.mark.parametrize(("text", "engine", "version"), VERSION_STRINGS)
+def test_engine_detection_reads_the_servers_own_answer(
+        pg_stack: PgStack, fresh_db: str, text: str, engine: str, version: str) -> None:
+    """A real session whose version() answers with each string (a function earlier on the
+    search path than pg_catalog's): detection follows the answer, never the URL."""
+    import psycopg
+    from psycopg import sql
+
+    dbname = fresh_db.rsplit("/", 1)[1].split("?")[0]
+    with pg_stack.superuser(dbname) as su:
+        su.execute(sql.SQL("CREATE FUNCTION public.version() RETURNS text LANGUAGE sql "
+                           "AS {}").format(sql.Literal(f"SELECT {sql.Literal(text).as_string()}")))
+    with psycopg.connect(fresh_db, options="-c search_path=public,pg_catalog") as conn:
+        assert conn.execute("SELECT version()").fetchone()[0] == text
+        assert db.detect_engine(conn) == engine

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -65,6 +66,24 @@ class Outcome:
         return self
 
 
+@dataclass
+class LockBudget:
+    """A run's lock waiting: each wait that ended in a lock timeout is spent from it; once it
+    is spent, a lock conflict defers its keys at once (``lock_timeout`` of 1 ms)."""
+
+    remaining_ms: float
+    spent_ms: float = 0.0
+    waits: int = 0
+
+    def timeout_ms(self, configured: int) -> int:
+        return max(1, min(configured, int(self.remaining_ms)))
+
+    def spend(self, ms: float) -> None:
+        self.waits += 1
+        self.spent_ms += ms
+        self.remaining_ms = max(0.0, self.remaining_ms - ms)
+
+
 @dataclass(frozen=True)
 class Target:
     """Where and how a batch is applied."""
@@ -82,6 +101,17 @@ class Target:
     #: Run inside every transaction that writes, last before its commit: raises unless this
     #: run still holds the lease (cesar.lease.Lease.fence), so a paused run's late apply fails.
     fence: Callable[[psycopg.Connection], None] | None = None
+    #: Shared by the run's targets (None: wait up to lock_timeout_ms every time).
+    budget: LockBudget | None = None
+    #: Inside a batch that already waited once: never wait again (halves of a split).
+    nowait: bool = False
+
+    def lock_timeout(self) -> int:
+        if self.nowait:
+            return 1
+        if self.budget is not None:
+            return self.budget.timeout_ms(self.lock_timeout_ms)
+        return self.lock_timeout_ms
 
 
 @dataclass(frozen=True)
@@ -119,12 +149,19 @@ def apply_changes(target: Target, spec: TableSpec, changes: Sequence[Change],
     the reconcile has decided), and deferred if the key changed since."""
     if not changes:
         return Outcome()
+    started = time.monotonic()
     try:
         return db.run_transaction(
             target.conn, lambda c: _apply(c, target, spec, changes, expect), **target.retry)
     except ROW_ERRORS as exc:
         if target.dry_run:
             raise
+        if isinstance(exc, pgerrors.LockNotAvailable) and not target.nowait:
+            # It waited once (up to lock_timeout): the halves that look for the held key
+            # must not wait again at every level of the split.
+            if target.budget is not None:
+                target.budget.spend((time.monotonic() - started) * 1000)
+            target = replace(target, nowait=True)
         if len(changes) > 1:
             half = len(changes) // 2
             first = apply_changes(target, spec, changes[:half], expect)
@@ -209,7 +246,7 @@ def _lock(conn: psycopg.Connection, target: Target, spec: TableSpec,
         present = {k for (k,) in conn.execute(rows_q, params).fetchall()}
         return _state(keys, present, {r[0]: r for r in conn.execute(meta_q, params)}), set()
     conn.execute("SELECT set_config('cesar.sync_apply', 'on', true), "
-                 "set_config('lock_timeout', %s, true)", [f"{target.lock_timeout_ms}ms"])
+                 "set_config('lock_timeout', %s, true)", [f"{target.lock_timeout()}ms"])
     if _range_is_new(conn, spec, params):
         return {}, set()
     try:

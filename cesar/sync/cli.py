@@ -146,6 +146,13 @@ def _print_status(info: dict[str, Any]) -> None:
     if worst is not None and worst > limit:
         click.echo(f"lag {worst:.0f} s is over the {limit:.0f} s limit: is the cron job running "
                    "(`cesar sync run`)? rows held by a failed apply show in sync_conflicts")
+    differ = [d for d in info.get("divergence", []) if d["divergent_rows"]]
+    for d in differ:
+        click.echo(f"DIVERGED {d['table']}: the two sides differ by {d['divergent_rows']} rows "
+                   f"(local {d['local_rows']}, cluster {d['cluster_rows']}; {d['method']} check "
+                   f"at {d['checked_at'][:19]}): run `cesar sync run --full`")
+    if info.get("divergence") and not differ:
+        click.echo("divergence: none found by the last run's check")
     for role in ("local", "cluster"):
         counts = info[role]["conflicts"]
         total = sum(sum(c.values()) for c in counts.values())

@@ -8,7 +8,9 @@
   counters ``cesar_sync_rows_total{table,direction}`` and ``cesar_sync_conflicts_total{table}``
   are the totals ``sync_state`` keeps, exposed by :class:`SyncCounters` (a collector: a total
   kept in the database cannot be a ``prometheus_client.Counter``, and in multiprocess mode
-  workers' counters would be summed).
+  workers' counters would be summed);
+- divergence (``sync_divergence``, :mod:`cesar.sync.divergence`): a problem for each table whose
+  sides were last found to differ, and the gauge ``cesar_sync_divergent_rows{table}``.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from psycopg import errors as pgerrors
 from pydantic import BaseModel, Field
 
 from cesar import metrics
-from cesar.sync import state
+from cesar.sync import divergence, state
 from cesar.sync.tables import load_sync_settings
 
 
@@ -41,9 +43,19 @@ class SyncLag(BaseModel):
     conflicts_total: int
 
 
+class SyncDivergence(BaseModel):
+    table: str
+    divergent_rows: int = Field(description="Rows the two sides differ by, as last found.")
+    method: str = Field(description="count: row counts with nothing pending (every run); "
+                        "full: the reconcile's key-by-key comparison (`--full`).")
+    checked_at: str
+
+
 class SyncHealth(BaseModel):
     tables: list[SyncLag] = Field(description="One entry per table and direction; empty before "
                                   "the first `cesar sync run`.")
+    divergence: list[SyncDivergence] = Field(
+        default_factory=list, description="Per table, the last divergence check of a run.")
     max_lag_seconds: float | None
     lag_limit_seconds: float
 
@@ -70,8 +82,11 @@ def probe(conn: psycopg.Connection) -> dict[str, Any]:
         "_last_sync_epoch": r["last_sync_at"].timestamp() if r["last_sync_at"] else None,
     } for r in rows]
     lags = [t["lag_seconds"] for t in tables if t["lag_seconds"] is not None]
-    return {"tables": tables, "max_lag_seconds": max(lags) if lags else None,
-            "lag_limit_seconds": limit}
+    found = [{"table": d["table"], "divergent_rows": int(d["divergent_rows"]),
+              "method": d["method"], "checked_at": d["checked_at"].isoformat()}
+             for d in divergence.read(conn)]
+    return {"tables": tables, "divergence": found,
+            "max_lag_seconds": max(lags) if lags else None, "lag_limit_seconds": limit}
 
 
 def problems(value: dict[str, Any]) -> list[str]:
@@ -86,6 +101,12 @@ def problems(value: dict[str, Any]) -> list[str]:
             out.append(f"sync: {t['table']} {t['direction']} lag {lag:.0f} s is over the "
                        f"{limit:.0f} s limit (is the `cesar sync run` cron job running? "
                        "see `cesar sync status`)")
+    for d in value.get("divergence", []):
+        if d["divergent_rows"]:
+            out.append(f"sync: {d['table']}: the two sides differ by {d['divergent_rows']} "
+                       f"row{'' if d['divergent_rows'] == 1 else 's'} (found by the "
+                       f"{d['method']} check at {d['checked_at'][:19]}); run "
+                       "`cesar sync run --full`, see docs/sync.md")
     return out
 
 
@@ -96,7 +117,7 @@ def export(value: dict[str, Any]) -> None:
             metrics.SYNC_LAG.labels(**labels).set(t["lag_seconds"])
         if t["_last_sync_epoch"] is not None:
             metrics.SYNC_LAST_SUCCESS.labels(**labels).set(t["_last_sync_epoch"])
-    COUNTERS.update(value["tables"])
+    COUNTERS.update(value["tables"], value.get("divergence", []))
 
 
 class SyncCounters(Collector):
@@ -106,18 +127,22 @@ class SyncCounters(Collector):
         self._lock = threading.Lock()
         self._rows: dict[tuple[str, str], int] = {}
         self._conflicts: dict[str, int] = {}
+        self._divergent: dict[str, int] = {}
 
-    def update(self, tables: list[dict[str, Any]]) -> None:
+    def update(self, tables: list[dict[str, Any]],
+               found: list[dict[str, Any]] | None = None) -> None:
         rows = {(t["table"], t["direction"]): t["rows_total"] for t in tables}
         conflicts: dict[str, int] = {}
         for t in tables:
             conflicts[t["table"]] = conflicts.get(t["table"], 0) + t["conflicts_total"]
+        divergent = {d["table"]: d["divergent_rows"] for d in found or []}
         with self._lock:
-            self._rows, self._conflicts = rows, conflicts
+            self._rows, self._conflicts, self._divergent = rows, conflicts, divergent
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         with self._lock:
             rows, conflicts = dict(self._rows), dict(self._conflicts)
+            divergent = dict(self._divergent)
         moved = CounterMetricFamily("cesar_sync_rows", "Rows the sync has written, by table and "
                                     "direction (from sync_state).", labels=("table", "direction"))
         for (table, direction), n in sorted(rows.items()):
@@ -128,6 +153,12 @@ class SyncCounters(Collector):
         for table, n in sorted(conflicts.items()):
             lost.add_metric([table], n)
         yield lost
+        differ = GaugeMetricFamily("cesar_sync_divergent_rows", "Rows the two sides of the sync "
+                                   "differ by, per table, as the last run found (sync_divergence)"
+                                   ".", labels=("table",))
+        for table, n in sorted(divergent.items()):
+            differ.add_metric([table], n)
+        yield differ
 
 
 COUNTERS = SyncCounters()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -140,22 +141,17 @@ def reconcile_table(local: psycopg.Connection, cluster: psycopg.Connection, spec
 def _repair_range(sides: tuple[_Side, _Side], spec: TableSpec, lo: Any, hi: Any,
                   report: ReconcileReport, target: Callable[[str], Target], batch_size: int,
                   ) -> None:
-    local_rows = _rows(sides[0].conn, spec, lo, hi)
-    cluster_rows = _rows(sides[1].conn, spec, lo, hi)
-    report.rows_compared += len(local_rows) + len(cluster_rows)
-    keys = sorted(k for k in local_rows.keys() | cluster_rows.keys()
-                  if _differ(local_rows.get(k), cluster_rows.get(k)))
+    rows, versions = _snapshot(sides, spec, lo, hi, report)
+    keys = sorted(k for k in rows["local"].keys() | rows["cluster"].keys()
+                  if _differ(rows["local"].get(k), rows["cluster"].get(k)))
     if not keys:
         return
     report.keys_differing += len(keys)
-    versions = {"local": _versions(sides[0].conn, spec, keys),
-                "cluster": _versions(sides[1].conn, spec, keys)}
-    rows = {"local": local_rows, "cluster": cluster_rows}
     plans: dict[str, tuple[list[Change], dict[str, Version | None]]] = {
         "local": ([], {}), "cluster": ([], {})}
     for key in keys:
         lv, cv = versions["local"].get(key), versions["cluster"].get(key)
-        winner = _winner(compare(lv, cv), key in local_rows, key in cluster_rows)
+        winner = _winner(compare(lv, cv), key in rows["local"], key in rows["cluster"])
         loser = "cluster" if winner == "local" else "local"
         wv = lv if winner == "local" else cv
         image = rows[winner].get(key)
@@ -163,11 +159,68 @@ def _repair_range(sides: tuple[_Side, _Side], spec: TableSpec, lo: Any, hi: Any,
                         image[1] if image else None)
         plans[loser][0].append(change)
         plans[loser][1][key] = versions[loser].get(key)
+    by_name = {s.name: s for s in sides}
     for side, (changes, expect) in plans.items():
+        winner = by_name["cluster" if side == "local" else "local"]
         for start in range(0, len(changes), batch_size):
-            outcome = apply_changes(target(side), spec, changes[start:start + batch_size],
-                                    expect=expect)
+            batch = changes[start:start + batch_size]
+            tgt = target(side)
+            with winner.conn.transaction():
+                # The winner's version rows stay as compared (locked, or still absent) until
+                # the target has committed: a key written on the winner's side meanwhile is
+                # deferred (its new version is pending there and moves next run), never
+                # stamped on the target with the image read before that write.
+                still = _still_winning(winner.conn, spec, batch, lock=not tgt.dry_run)
+                outcome = apply_changes(tgt, spec, [ch for ch in batch if ch.pk in still],
+                                        expect=expect)
+            outcome.deferred.extend(ch for ch in batch if ch.pk not in still)
             _count(report, side, outcome)
+
+
+def _snapshot(sides: tuple[_Side, _Side], spec: TableSpec, lo: Any, hi: Any,
+              report: ReconcileReport
+              ) -> tuple[dict[str, dict[str, tuple[str, str]]], dict[str, dict[str, Version]]]:
+    """Each side's rows of the range and the versions of the keys that differ, read in one
+    snapshot per side (a repeatable-read, read-only transaction; CockroachDB runs it
+    serializable, also one snapshot): a row's image and its version always belong together,
+    whatever an application commits between the two reads."""
+    with ExitStack() as stack:
+        for s in sides:
+            stack.enter_context(s.conn.transaction())
+            s.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        rows = {s.name: _rows(s.conn, spec, lo, hi) for s in sides}
+        report.rows_compared += sum(len(r) for r in rows.values())
+        keys = sorted(k for k in rows["local"].keys() | rows["cluster"].keys()
+                      if _differ(rows["local"].get(k), rows["cluster"].get(k)))
+        versions = {s.name: _versions(s.conn, spec, keys) if keys else {} for s in sides}
+    return rows, versions
+
+
+def _still_winning(conn: psycopg.Connection, spec: TableSpec, changes: list[Change], *,
+                   lock: bool) -> set[str]:
+    """The keys whose version row on the winner's side is still the one compared (absent
+    for a change without a version); locked ``FOR UPDATE`` (skipping keys a writer holds,
+    which are deferred) until the caller's transaction ends."""
+    rows = conn.execute(
+        "SELECT pk, version, origin FROM sync_versions WHERE table_name = %s "
+        "AND pk = ANY(CAST(%b AS TEXT[]))" + (" FOR UPDATE SKIP LOCKED" if lock else ""),
+        [spec.name, [ch.pk for ch in changes]]).fetchall()
+    now = {pk: (v, o) for pk, v, o in rows}
+    locked_or_absent = {ch.pk for ch in changes if ch.pk not in now}
+    present = {pk for pk in now}
+    if lock and locked_or_absent:
+        # A key missing from the locked read is either absent or held by a writer.
+        present |= {pk for (pk,) in conn.execute(
+            "SELECT pk FROM sync_versions WHERE table_name = %s "
+            "AND pk = ANY(CAST(%b AS TEXT[]))", [spec.name, sorted(locked_or_absent)])}
+    still = set()
+    for ch in changes:
+        if ch.written_at is None:
+            if ch.pk not in present:
+                still.add(ch.pk)
+        elif now.get(ch.pk) == ch.version:
+            still.add(ch.pk)
+    return still
 
 
 def _winner(order: int, in_local: bool, in_cluster: bool) -> str:

@@ -31,8 +31,8 @@ from psycopg import sql
 from cesar import db, urls
 from cesar.config import Settings
 from cesar.errors import ConfigError, OperationFailed
-from cesar.sync import capture, lease, reconcile, state
-from cesar.sync.apply import Outcome, Target, apply_changes
+from cesar.sync import capture, clock, divergence, lease, reconcile, state
+from cesar.sync.apply import LockBudget, Outcome, Target, apply_changes
 from cesar.sync.capture import Pending
 from cesar.sync.tables import SyncSettings, TableSpec, validate
 
@@ -112,6 +112,9 @@ class RunReport:
     seconds: float = 0.0
     local: str = ""
     cluster: str = ""
+    clock_skew_ms: float | None = None  # the cluster's clock minus the local database's
+    divergence: list[divergence.Found] = field(default_factory=list)
+    truncate_guarded: list[str] = field(default_factory=list)  # guards added by this run
 
     @property
     def moved(self) -> int:
@@ -139,6 +142,11 @@ class RunReport:
             parts.append(f"{self.deferred} deferred (locked by an open transaction: next run)")
         if self.failed:
             parts.append(f"{self.failed} failed (see sync_conflicts; retried every run)")
+        differ = [d for d in self.divergence if d.divergent_rows]
+        if differ:
+            parts.append("the sides DIFFER: " + ", ".join(
+                f"{d.table} by {d.divergent_rows} row{'' if d.divergent_rows == 1 else 's'}"
+                for d in differ) + " (run `cesar sync run --full`; see docs/sync.md)")
         what = "full sync" if self.full else "sync"
         prefix = "dry run, nothing changed: " if self.dry_run else ""
         return f"{prefix}{what} done in {self.seconds:.2f} s: {', '.join(parts)}"
@@ -150,6 +158,9 @@ class RunReport:
             "in_progress": self.in_progress, "local": self.local, "cluster": self.cluster,
             "moved": self.moved, "conflicts": self.conflicts, "failed": self.failed,
             "deferred": self.deferred, "seconds": round(self.seconds, 3),
+            "clock_skew_ms": self.clock_skew_ms,
+            "divergence": [d.as_dict() for d in self.divergence],
+            "truncate_guarded": self.truncate_guarded,
             "tables": [t.as_dict() for t in self.tables],
             "reconcile": [r.as_dict() for r in self.reconcile],
         }
@@ -189,6 +200,10 @@ def resolve_urls(settings: Settings, local_url: str | None, remote_url: str | No
             raise ConfigError("no cluster to sync with: set COCKROACH_DB_URL or pass "
                               "--remote-url (in development, `invoke up` provides one)")
         remote = (emb_cluster, "the embedded stack")
+    # Explicit flags go through the same TLS rule as the variables (the local side may be a
+    # unix socket or loopback database outside development; the cluster never is exempt).
+    db.require_tls(local[0], local[1], settings.environment, local=True)
+    db.require_tls(remote[0], remote[1], settings.environment)
     return local, remote
 
 
@@ -250,6 +265,7 @@ class Run:
         # acknowledge on its source (the second direction's source and target).
         self._simulated: dict[str, tuple[set[str], set[str]]] = {}
         self._ack_conns: dict[str, psycopg.Connection] = {}
+        self.budget = LockBudget(float(sync.lock_wait_budget_ms))
 
     # ---------------------------------------------------------------- plumbing
     def _open(self) -> None:
@@ -274,7 +290,7 @@ class Run:
             written, acked = set(), set()
         return Target(self.sides[role].conn, direction, self.sync.lock_timeout_ms,
                       self.retry, self.options.dry_run, frozenset(written), frozenset(acked),
-                      fence=self._fence)
+                      fence=self._fence, budget=self.budget)
 
     def _check_lease(self) -> None:
         if self.lease is not None:
@@ -298,6 +314,9 @@ class Run:
             first = state.check_pair(nodes["local"], nodes["cluster"], repair=opts.full)
             specs = validate(local.conn, cluster.conn, opts.tables or self.sync.tables,
                              engines=(local.engine, cluster.engine))
+            skew = clock.measure(local.conn, cluster.conn)
+            report.clock_skew_ms = skew.ms
+            clock.check(skew, self.sync.max_clock_skew_ms, local.masked, cluster.masked)
             if not opts.dry_run:
                 try:
                     self.lease = lease.SyncLease.acquire(
@@ -314,6 +333,11 @@ class Run:
                     return report
                 # The local side's writes are fenced too: it learns this run's token.
                 self.lease.install(local.conn)
+            if not opts.dry_run:
+                for side in self.sides.values():
+                    if side.engine == "postgresql":
+                        report.truncate_guarded += divergence.ensure_truncate_guard(side.conn,
+                                                                                    specs)
             report.first_pairing = first
             if first:
                 self.progress("first run of this pair: every table is reconciled (--full)")
@@ -500,6 +524,26 @@ class Run:
                                        tr.error))
         for side in self.sides.values():
             state.write_state(side.conn, rows)
+        self._check_divergence(specs, report)
+
+    def _check_divergence(self, specs: list[TableSpec], report: RunReport) -> None:
+        """Record how many rows the sides differ by: the count check, and what a reconcile
+        found and could not repair (the larger of the two, when both ran)."""
+        found = {f.table: f for f in divergence.count_check(
+            self.sides["local"].conn, self.sides["cluster"].conn, specs)}
+        for r in report.reconcile:
+            left = max(0, r.keys_differing - r.repaired_local - r.repaired_cluster)
+            counted = found.get(r.table)
+            found[r.table] = divergence.Found(
+                r.table, max(left, counted.divergent_rows if counted else 0), "full",
+                counted.local_rows if counted else None,
+                counted.cluster_rows if counted else None)
+        report.divergence = sorted(found.values(), key=lambda f: f.table)
+        try:
+            divergence.record([s.conn for s in self.sides.values()], report.divergence)
+        except psycopg.errors.UndefinedTable:  # reported in this run's summary all the same
+            log.warning("sync_divergence is missing: run `cesar migrate up` (012_sync_safety) "
+                        "so that status, /health and /metrics show divergence")
 
 
 def run(settings: Settings, sync: SyncSettings, options: Options,

@@ -105,14 +105,17 @@ class StateRow:
 
 def write_state(conn: psycopg.Connection, rows: Sequence[StateRow]) -> None:
     """Upsert the rows (one statement): totals accumulate, the position only moves forward,
-    ``last_sync_at`` moves only on success."""
+    ``last_sync_at`` moves only on success. ``last_run_at`` and ``last_sync_at`` are this
+    database's ``now()``, the clock its ``sync_lag`` view measures lag against (the rows'
+    ``ran_at`` only says whether the run succeeded)."""
     if not rows:
         return
     conn.execute(
         "INSERT INTO sync_state AS s (table_name, direction, last_run_at, last_sync_at, position, "
         "rows_last_run, rows_total, conflicts_last_run, conflicts_total, pending, "
         "oldest_pending_at, last_error, updated_at) "
-        "SELECT u.t, u.d, u.ran, u.ok, u.pos, u.n, u.n, u.c, u.c, u.p, u.oldest, u.err, now() "
+        "SELECT u.t, u.d, now(), CASE WHEN u.ok IS NOT NULL THEN now() END, u.pos, u.n, u.n, "
+        "u.c, u.c, u.p, u.oldest, u.err, now() "
         "FROM (SELECT unnest(CAST(%b AS TEXT[])) AS t, unnest(CAST(%b AS TEXT[])) AS d, "
         "             unnest(CAST(%b AS TIMESTAMPTZ[])) AS ran, "
         "             unnest(CAST(%b AS TIMESTAMPTZ[])) AS ok, "

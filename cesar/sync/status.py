@@ -10,7 +10,7 @@ import psycopg
 
 from cesar.config import Settings
 from cesar.errors import ConfigError, OperationFailed
-from cesar.sync import capture, lease, run, state
+from cesar.sync import capture, divergence, lease, run, state
 from cesar.sync.tables import SyncSettings
 
 
@@ -63,7 +63,16 @@ def collect(settings: Settings, sync: SyncSettings, local_url: str | None = None
     local, lconn = _read_side("local", lurl, lsrc, settings, sync)
     cluster, cconn = _read_side("cluster", rurl, rsrc, settings, sync)
     holder = None
+    differ: list[dict[str, Any]] = []
     try:
+        for conn in (cconn, lconn):
+            if conn is not None and not differ:
+                try:
+                    differ = divergence.read(conn)
+                except psycopg.Error:
+                    differ = []
+        for d in differ:
+            d["checked_at"] = d["checked_at"].isoformat()
         if cconn is not None:
             try:
                 found = lease.read(cconn)
@@ -87,6 +96,7 @@ def collect(settings: Settings, sync: SyncSettings, local_url: str | None = None
                        and cluster.peer == local.origin),
         "lease": holder,
         "tables": rows,
+        "divergence": differ,
         "max_lag_seconds": max(lags) if lags else None,
         "lag_limit_seconds": sync.lag_limit_seconds,
     }

@@ -38,6 +38,10 @@ SYNCED_TABLES: tuple[str, ...] = (
 
 #: The capture trigger's name on every synced table (migration 011).
 CAPTURE_TRIGGER = "sync_capture"
+#: A REGIONAL BY ROW table's partition column: CockroachDB reports its primary key as
+#: (crdb_region, id). The row's key is still ``id`` (unique across regions); the region is
+#: where the row lives, each side's own business, so it is never synced.
+REGION_COLUMN = "crdb_region"
 #: Primary-key types whose order and text form agree on PostgreSQL and CockroachDB.
 PK_TYPES = frozenset({"uuid", "bigint", "integer", "smallint"})
 
@@ -63,6 +67,12 @@ class SyncSettings(BaseSettings):
                                  description="CESAR_SYNC_LEASE_SECONDS: lease of a running sync")
     lag_limit_seconds: float = Field(600.0, gt=0,
                                      description="CESAR_SYNC_LAG_LIMIT_SECONDS: /health and smoke")
+    lock_wait_budget_ms: int = Field(
+        10_000, ge=0, description="CESAR_SYNC_LOCK_WAIT_BUDGET_MS: a run's total lock waiting; "
+        "spent, every later lock conflict defers its key at once")
+    max_clock_skew_ms: int = Field(
+        1000, ge=0, description="CESAR_SYNC_MAX_CLOCK_SKEW_MS: refuse to run when the two "
+        "databases' clocks differ by more (last writer wins compares their timestamps)")
 
     @field_validator("tables", mode="before")
     @classmethod
@@ -159,6 +169,8 @@ def _keys(array_type: str, param: str) -> sql.Composable:
 
 # ------------------------------------------------------------------------- validation
 def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: str) -> dict[str, object]:
+    # information_schema.columns.is_hidden: CockroachDB's own column (v21.1+, REGIONAL BY ROW's
+    # crdb_region is hidden).
     hidden = " AND is_hidden = 'NO'" if engine == "cockroachdb" else ""
     cols: dict[str, list[Column]] = {}
     for table, column, data_type in conn.execute(
@@ -175,9 +187,25 @@ def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: str) -> dic
         "  ON kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema "
         " AND kcu.table_name = tc.table_name "
         "WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = current_schema() "
-        "  AND tc.table_name = ANY(%s)", [list(names)],
+        "  AND tc.table_name = ANY(%s) ORDER BY tc.table_name, kcu.ordinal_position",
+        [list(names)],
     ).fetchall():
         pks.setdefault(table, []).append(column)
+    # Tables whose id alone is UNIQUE besides a (crdb_region, id) key: the sync's upserts name
+    # `ON CONFLICT (id)`. CockroachDB enforces that uniqueness itself on a REGIONAL BY ROW table
+    # (its key is implicitly partitioned by region); PostgreSQL needs a constraint.
+    unique_id = {str(t) for (t,) in conn.execute(
+        "SELECT tc.table_name FROM information_schema.table_constraints AS tc "
+        "JOIN information_schema.key_column_usage AS kcu "
+        "  ON kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema "
+        " AND kcu.table_name = tc.table_name "
+        "WHERE tc.constraint_type = 'UNIQUE' AND tc.table_schema = current_schema() "
+        "  AND tc.table_name = ANY(%s) "
+        "GROUP BY tc.table_name, tc.constraint_name HAVING count(*) = 1 "
+        "   AND max(kcu.column_name) = 'id'", [list(names)],
+    ).fetchall()}
+    # CockroachDB lists triggers in pg_trigger only from v25.3 (cockroachdb/cockroach#147248),
+    # with tgenabled always 'A'; `cesar doctor` checks it (docs/cockroachdb.md).
     triggers = {
         table: enabled for table, enabled in conn.execute(
             "SELECT c.relname, t.tgenabled FROM pg_catalog.pg_trigger AS t "
@@ -196,7 +224,11 @@ def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: str) -> dic
         "  AND tc.table_name = ANY(%s)", [list(names)],
     ).fetchall():
         refs.setdefault(table, set()).add(referenced)
-    return {"columns": cols, "pks": pks, "triggers": triggers, "refs": refs}
+    for table, key in pks.items():
+        if key == [REGION_COLUMN, "id"]:  # the partition column is not synced
+            cols[table] = [c for c in cols.get(table, []) if c.name != REGION_COLUMN]
+    return {"columns": cols, "pks": pks, "triggers": triggers, "refs": refs,
+            "unique_id": unique_id, "engine": engine}
 
 
 def _check_side(side: str, names: Sequence[str], cat: dict[str, object]) -> None:
@@ -210,11 +242,22 @@ def _check_side(side: str, names: Sequence[str], cat: dict[str, object]) -> None
                 f"synced table {name!r} does not exist in the {side} database; run "
                 "`cesar migrate up` there, or remove it from CESAR_SYNC_TABLES"
             )
-        if pks.get(name) != ["id"]:
+        key = pks.get(name)
+        regional = key == [REGION_COLUMN, "id"]
+        if key != ["id"] and not regional:
             got = ", ".join(pks.get(name, [])) or "none"
             raise ConfigError(
                 f"synced table {name!r} in the {side} database has primary key ({got}); the sync "
-                "needs a single-column primary key named id"
+                f"needs a single-column primary key named id (or ({REGION_COLUMN}, id), a "
+                "REGIONAL BY ROW table)"
+            )
+        unique_id = cat["unique_id"]
+        assert isinstance(unique_id, set)
+        if regional and cat["engine"] != "cockroachdb" and name not in unique_id:
+            raise ConfigError(
+                f"synced table {name!r} in the {side} database has primary key "
+                f"({REGION_COLUMN}, id) but id alone is not unique; add UNIQUE (id) (CockroachDB "
+                "enforces it on a REGIONAL BY ROW table; PostgreSQL needs the constraint)"
             )
         pk_type = next(c.data_type for c in cols[name] if c.name == "id")
         if pk_type not in PK_TYPES:

@@ -463,8 +463,7 @@ def down(run: Run, progress: Progress = _quiet) -> list[str]:
         if _exists(["ip", "netns", "list"], host.netns):
             _ip("netns", "del", host.netns)
             done.append(f"deleted namespace {host.netns}")
-        if _link_exists(host.veth):
-            _ip("link", "del", host.veth)
+        _del_link(host.veth)
     if run.bridge and _link_exists(run.bridge):
         _ip("link", "del", run.bridge)
         done.append(f"deleted bridge {run.bridge} ({run.controller})")
@@ -552,6 +551,18 @@ def _ip(*args: str) -> None:
 
 def _link_exists(name: str) -> bool:
     return subprocess.run(["ip", "link", "show", "dev", name], capture_output=True).returncode == 0
+
+
+def _del_link(name: str) -> None:
+    """Delete a link if it is there. Deleting a namespace destroys its veth pair asynchronously,
+    so the host side can vanish between the check and the delete: that is success, not failure."""
+    if not _link_exists(name):
+        return
+    try:
+        _ip("link", "del", name)
+    except OperationFailed:
+        if _link_exists(name):
+            raise
 
 
 def _exists(cmd: list[str], name: str) -> bool:

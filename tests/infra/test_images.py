@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cesar import cockroach
 from cesar.errors import ConfigError
 from infra import images
 
@@ -33,7 +34,7 @@ def test_pinned_images_are_accepted(image: str) -> None:
 def test_unpinned_images_are_refused_with_an_example(image: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment) as caught:
         images.require_pinned(image, "cockroach")
-    assert "v24.3.5" in str(caught.value) or "digest" in str(caught.value)
+    assert cockroach.PINNED_RELEASE in str(caught.value) or "digest" in str(caught.value)
 
 
 def test_the_defaults_are_pinned_and_overrides_are_checked() -> None:

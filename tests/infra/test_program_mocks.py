@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pulumi
 import pytest
 
-from cesar import scram
+from cesar import cockroach, scram
 from cesar.errors import ConfigError
 from infra import images, monitoring_files, offline, outputs, program, selfhosted
 from infra import settings as stack_settings
@@ -268,7 +268,10 @@ def test_production_is_a_cloud_cluster_with_its_regions_and_allow_list(runs) -> 
     inputs = cluster.plain_inputs
     assert inputs["plan"] == "ADVANCED" and inputs["cloudProvider"] == "GCP"
     assert [r["name"] for r in inputs["regions"]] == list(spec.regions)
-    assert [r.get("primary", False) for r in inputs["regions"]] == [True, False, False]
+    # ADVANCED: the provider refuses `primary` on any region, even false (the database's
+    # primary region is the bootstrap's ALTER DATABASE ... SET PRIMARY REGION).
+    assert all(r.get("primary") is None for r in inputs["regions"])
+    assert inputs["cockroachVersion"] == cockroach.PINNED_SERIES
     assert {r["nodeCount"] for r in inputs["regions"]} == {3}
     assert cluster.protect and inputs["deleteProtection"] is True
     entries = sorted((e.plain_inputs["name"], e.plain_inputs["cidrIp"],

@@ -15,6 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from .conftest import child_env, query
@@ -111,3 +112,29 @@ def test_a_runner_paused_between_renewal_and_ddl_runs_no_statement_after_a_takeo
                 os.kill(proc.pid, signal.SIGCONT)
                 proc.kill()
             proc.wait()
+
+
+def test_a_heartbeat_that_keeps_failing_stops_the_work(fresh_db: str) -> None:
+    """The heartbeat cannot reach the database (its connections are refused): once it has not
+    renewed for a whole lease, the holder's next check stops the work."""
+    from cesar.migrate_lease import Lease, LeaseLost
+    from cesar.migrate_store import Identity, ensure_tables
+
+    def unreachable() -> psycopg.Connection:
+        return psycopg.connect("host=127.0.0.1 port=1 dbname=none connect_timeout=1")
+
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        ensure_tables(conn)
+        lease = Lease.acquire(conn, unreachable, Identity(), seconds=1, wait_seconds=0)
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    lease.check()
+                except LeaseLost as lost:
+                    assert "heartbeat failed" in str(lost)
+                    break
+                assert time.monotonic() < deadline, "a failing heartbeat never stopped the work"
+                time.sleep(0.1)
+        finally:
+            lease.release()

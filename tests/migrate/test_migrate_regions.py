@@ -125,8 +125,10 @@ def test_every_declared_table_is_either_converted_or_already_done(states: list[s
     assert converted == [t for t in TABLES if t in converted]  # declared order
 
 
-def test_the_statements_are_cockroachdbs_three_step_conversion() -> None:
-    add, default, locality = statements_for("agents", "us-east1")
+def test_the_statements_unlock_then_convert_in_cockroachdbs_three_steps() -> None:
+    unlock, add, default, locality = statements_for("agents", "us-east1")
+    # v26.1 creates tables schema-locked; SET LOCALITY cannot unlock one by itself.
+    assert unlock == 'ALTER TABLE "agents" SET (schema_locked = false)'
     assert add == ('ALTER TABLE "agents" ADD COLUMN IF NOT EXISTS crdb_region '
                    "public.crdb_internal_region NOT VISIBLE NOT NULL DEFAULT "
                    "'us-east1'::public.crdb_internal_region")
@@ -347,8 +349,9 @@ def test_an_events_table_from_an_older_runner_accepts_the_new_event(
     standin(fresh_db).up()
     old = ("apply", "fail", "rollback", "repair", "mark-applied", "lock-broken", "lease-takeover",
            "resume")
-    query(fresh_db, f"ALTER TABLE {EVENTS_TABLE} DROP CONSTRAINT {EVENTS_TABLE}_event_check, "
-                    f"ADD CONSTRAINT {EVENTS_TABLE}_event_check CHECK (event IN {old!r})")
+    check = "schema_migration_events_event_check"
+    query(fresh_db, f"ALTER TABLE {EVENTS_TABLE} DROP CONSTRAINT {check}, "
+                    f"ADD CONSTRAINT {check} CHECK (event IN {old!r})")
     with pytest.raises(psycopg.errors.CheckViolation):
         query(fresh_db, f"INSERT INTO {EVENTS_TABLE} (event, actor, host) "
                         "VALUES ('set-locality', 'x', 'y')")

@@ -32,10 +32,10 @@ def test_blank_and_comment_only_segments_are_not_statements() -> None:
 
 
 @pytest.mark.parametrize(("text", "problem"), [
-    ("SELECT 'open", "unterminated string"),
-    ('SELECT "open', "unterminated quoted identifier"),
-    ("SELECT 1; /* open", "unterminated /* comment"),
-    ("SELECT $q$ open", "unterminated $q$ quote"),
+    ("SELECT 'open", "unterminated string starting \"'open\""),
+    ('SELECT "open', "unterminated quoted identifier starting \"\"open\""),
+    ("SELECT 1; /* open", "unterminated /* comment starting \"/* open\""),
+    ("SELECT $q$ open", "unterminated $ quote starting \"$q$ open\""),
 ])
 def test_unterminated_constructs_name_the_file_and_line(text: str, problem: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -103,3 +103,84 @@ def test_split_agrees_with_postgresql_on_random_scripts(
 @pytest.fixture(scope="module")
 def pg_url_for_splitter(pg_stack) -> str:  # type: ignore[no-untyped-def]
     return pg_stack.local_url
+
+
+def test_cockroachdb_only_statements_split_with_postgresql_tokens() -> None:
+    """PostgreSQL's parser rejects these, so the split falls back to psql's rule on
+    PostgreSQL's tokens, which still keeps BEGIN ATOMIC bodies and rule actions whole."""
+    text = """CREATE TABLE IF NOT EXISTS pings (id UUID PRIMARY KEY, note STRING[])
+  LOCALITY REGIONAL BY ROW;
+ALTER TABLE agents SET LOCALITY REGIONAL BY ROW;
+SELECT * FROM agents@agents_pkey WHERE note = 'a;b';
+CREATE FUNCTION f(a INT) RETURNS INT LANGUAGE SQL
+  BEGIN ATOMIC SELECT a; SELECT CASE WHEN a > 0 THEN 1 END; END;
+CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO l VALUES (1); INSERT INTO l VALUES (2));
+CREATE TABLE café (crème TEXT DEFAULT 'brûlée');
+"""
+    from cesar.migrate_sql import parser_split
+
+    assert parser_split(text) is None
+    statements = split(text)
+    assert [s.line for s in statements] == [1, 3, 4, 5, 7, 8]
+    assert statements[3].sql.endswith("SELECT CASE WHEN a > 0 THEN 1 END; END")
+    assert statements[4].sql.endswith("INSERT INTO l VALUES (2))")
+    assert statements[5].sql == "CREATE TABLE café (crème TEXT DEFAULT 'brûlée')"
+
+
+@pytest.mark.parametrize("statement", [
+    "PREPARE add_note (int) AS SELECT $1", "CREATE TABLE ñandú (id INT)", "SELECT 'é' AS café",
+])
+def test_statements_the_old_splitter_refused_or_crashed_on_are_one_statement(
+    statement: str
+) -> None:
+    assert [s.sql for s in split(f"{statement};\n")] == [statement]
+
+
+@pytest.mark.parametrize(("header", "transaction"), [
+    ("-- cesar:no-transaction\n", False),
+    ("--\n-- Built concurrently.\n-- cesar: no-transaction\n/* more */\n", False),
+    ("-- no-transaction, said in prose only\n", True),
+])
+def test_the_no_transaction_header(header: str, transaction: bool) -> None:
+    from cesar.migrate_sql import parse
+
+    script = parse(f"{header}CREATE INDEX IF NOT EXISTS i ON t (a);\n")
+    assert script.transaction is transaction
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("-- cesar:notransaction\nSELECT 1;", "f.sql:1: unknown directive `-- cesar:notransaction`; "
+     "the known one is `-- cesar:no-transaction`"),
+    ("-- cesar: no-transaction, please\nSELECT 1;", "f.sql:1: unknown directive `-- "
+     "cesar:no-transaction, please`; the known one is `-- cesar:no-transaction`"),
+    ("SELECT 1;\n-- cesar:no-transaction\nSELECT 2;", "f.sql:2: `-- cesar:no-transaction` must "
+     "come before the first statement (in the file's header comment)"),
+    ("SELECT 1;\nSELECT E'\\u00';", "f.sql:2: PostgreSQL's lexer cannot read it: invalid "
+     "Unicode escape"),
+])
+def test_misplaced_or_unknown_directives_and_lexer_errors_are_refused(text: str,
+                                                                      message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        split(text, "f.sql")
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(("sql", "construct"), [
+    ("CREATE UNIQUE INDEX CONCURRENTLY i ON t (a)", "CREATE INDEX CONCURRENTLY"),
+    ("DROP INDEX CONCURRENTLY IF EXISTS i", "DROP INDEX CONCURRENTLY"),
+    ("REINDEX (VERBOSE) TABLE CONCURRENTLY t", "REINDEX CONCURRENTLY"),
+    ("VACUUM (ANALYZE) t", "VACUUM"),
+    ("ALTER TABLE p DETACH PARTITION c CONCURRENTLY", "DETACH PARTITION CONCURRENTLY"),
+    ("CREATE DATABASE other", "CREATE DATABASE"),
+    ("ALTER SYSTEM SET work_mem = '8MB'", "ALTER SYSTEM"),
+    ("CLUSTER", "CLUSTER (without a table)"),
+    ("CREATE INDEX i ON t (a)", None),
+    ("CLUSTER t USING i", None),
+    ("ANALYZE t", None),
+])
+def test_statements_that_can_never_run_in_a_transaction_are_recognised(
+    sql: str, construct: str | None
+) -> None:
+    from cesar.migrate_sql import parse
+
+    assert parse(f"-- cesar:no-transaction\n{sql};\n").statements[0].no_transaction == construct

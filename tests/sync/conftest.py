@@ -11,9 +11,13 @@ randomised test) and ``named_items`` (with a UNIQUE column that the two sides ca
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -24,7 +28,7 @@ from cesar import migrate
 from cesar.sync import run as sync_run
 from cesar.sync.run import Options, RunReport
 from cesar.sync.tables import SYNCED_TABLES, SyncSettings
-from tests.conftest import REPO, PgStack, make_settings
+from tests.conftest import REPO, PgStack, make_settings, new_state_dir, require
 from tests.conftest import child_env as base_child_env
 
 TEST_TABLES = ("items", "named_items")
@@ -55,20 +59,76 @@ def sync_settings(**overrides: Any) -> SyncSettings:
     return SyncSettings(_env_file=None, **overrides)  # type: ignore[call-arg]
 
 
-@pytest.fixture(scope="session")
-def sync_template(pg_stack: PgStack) -> Iterator[str]:
-    """A database with every migration and the test tables, used only as a template."""
+def _template(stack: PgStack) -> str:
     name = f"sync_tmpl_{uuid.uuid4().hex[:8]}"
-    url = pg_stack.create_database(name)
+    url = stack.create_database(name)
     migrate.apply_all(url, make_settings(), migrations_dir=REPO / "sql" / "migrations")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(TEST_DDL)
         for table in TEST_TABLES:
             conn.execute(sql.SQL(CAPTURE).format(sql.Identifier(table)))
+    return name
+
+
+@pytest.fixture(scope="session")
+def sync_template(pg_stack: PgStack) -> Iterator[str]:
+    """A database with every migration and the test tables, used only as a template."""
+    name = _template(pg_stack)
     try:
         yield name
     finally:
         pg_stack.drop_database(name)
+
+
+#: The second server's clock runs this far ahead of real time (libfaketime).
+SKEW_SECONDS = 3.0
+FAKETIME_LIBS = (Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
+                 Path("/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"))
+
+
+@pytest.fixture(scope="session")
+def skewed_stack() -> Iterator[PgStack]:
+    """A second PostgreSQL server (its own data directory, port and postmaster) started under
+    libfaketime (Debian's ``faketime``): its clock is SKEW_SECONDS ahead of this host's."""
+    lib = next((p for p in FAKETIME_LIBS if p.exists()), None)
+    require(lib is not None, "libfaketime: apt-get install faketime")
+    from cesar.embedded import EmbeddedPostgres
+
+    state_dir = new_state_dir("skewed")
+    pg = EmbeddedPostgres(state_dir)
+    faked = {"LD_PRELOAD": str(lib), "FAKETIME": f"+{SKEW_SECONDS:g}s",
+             "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    saved = {k: os.environ.get(k) for k in faked}
+    os.environ.update(faked)  # inherited by pg_ctl, the postmaster and its backends only
+    try:
+        state, _ = pg.up()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    stack = PgStack(pg, state)
+    try:
+        with stack.superuser() as conn:
+            before = time.time()
+            row = conn.execute("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS FLOAT8)"
+                               ).fetchone()
+            ahead = float(row[0]) - (before + time.time()) / 2  # type: ignore[index]
+        assert abs(ahead - SKEW_SECONDS) < 1, f"the faked clock is {ahead:.2f} s ahead"
+        yield stack
+    finally:
+        pg.down()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def skewed_template(skewed_stack: PgStack) -> Iterator[str]:
+    name = _template(skewed_stack)
+    try:
+        yield name
+    finally:
+        skewed_stack.drop_database(name)
 
 
 @dataclass
@@ -92,7 +152,7 @@ class Pair:
     def sync(self, *, full: bool = False, dry_run: bool = False, wait: float = 0.0,
              **settings: Any) -> RunReport:
         """One run in this process (``wait``: for the lease of a run that died)."""
-        s = sync_settings(**settings) if settings else self.settings
+        s = self.settings.model_copy(update=settings) if settings else self.settings
         report = sync_run.run(make_settings(), s,
                               self.options(full=full, dry_run=dry_run, wait=wait))
         assert report.in_progress is None, f"the lease is held: {report.in_progress}"
@@ -123,28 +183,43 @@ class Pair:
             return cur.execute("SELECT * FROM sync_conflicts ORDER BY detected_at, id").fetchall()
 
 
+def _copy(stack: PgStack, template: str, names: list[tuple[PgStack, str]]) -> str:
+    name = f"t_sync_{uuid.uuid4().hex[:10]}"
+    with stack.superuser() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER cesar_app").format(
+            sql.Identifier(name), sql.Identifier(template)))
+    names.append((stack, name))
+    url = stack.url(name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(NEW_ORIGIN)
+    return url
+
+
 @pytest.fixture
 def make_pair(pg_stack: PgStack, sync_template: str) -> Iterator[Callable[[], Pair]]:
     """Creates pairs of fresh databases (dropped at the end of the test)."""
-    names: list[str] = []
+    names: list[tuple[PgStack, str]] = []
 
     def make() -> Pair:
-        urls = []
-        for _ in range(2):
-            name = f"t_sync_{uuid.uuid4().hex[:10]}"
-            with pg_stack.superuser() as conn:
-                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER cesar_app").format(
-                    sql.Identifier(name), sql.Identifier(sync_template)))
-            names.append(name)
-            url = pg_stack.url(name)
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute(NEW_ORIGIN)
-            urls.append(url)
-        return Pair(pg_stack, urls[0], urls[1])
+        return Pair(pg_stack, _copy(pg_stack, sync_template, names),
+                    _copy(pg_stack, sync_template, names))
 
     yield make
-    for name in names:
-        pg_stack.drop_database(name)
+    for stack, name in names:
+        stack.drop_database(name)
+
+
+@pytest.fixture
+def skewed_pair(pg_stack: PgStack, sync_template: str, skewed_stack: PgStack,
+                skewed_template: str) -> Iterator[Pair]:
+    """Two fresh databases on two servers: the local side on the session's server, the cluster
+    side on the server whose clock is SKEW_SECONDS ahead. Not yet paired."""
+    names: list[tuple[PgStack, str]] = []
+    yield Pair(pg_stack, _copy(pg_stack, sync_template, names),
+               _copy(skewed_stack, skewed_template, names),
+               settings=sync_settings(max_clock_skew_ms=int(SKEW_SECONDS * 1000) + 2000))
+    for stack, name in names:
+        stack.drop_database(name)
 
 
 @pytest.fixture

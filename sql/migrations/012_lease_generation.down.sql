@@ -1,1 +1,0 @@
-ALTER TABLE sync_lease DROP COLUMN IF EXISTS generation;

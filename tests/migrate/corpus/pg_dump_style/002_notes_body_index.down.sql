@@ -1,0 +1,2 @@
+-- cesar:no-transaction
+DROP INDEX CONCURRENTLY IF EXISTS shop.notes_body_idx;

@@ -1,0 +1,2 @@
+DELETE FROM shop.notes_log;
+DELETE FROM shop.notes;

@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS where_am_i;

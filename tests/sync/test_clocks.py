@@ -1,0 +1,40 @@
+"""Clocks: two PostgreSQL servers, the cluster's clock SKEW_SECONDS ahead (libfaketime).
+
+- a run refuses to move anything when the clocks are further apart than
+  CESAR_SYNC_MAX_CLOCK_SKEW_MS (last writer wins compares the two servers' timestamps);
+- lag and last_sync_at come from each database's own clock (what its sync_lag view compares
+  them with), not from the sync host's.
+
+(Within the bound, "of two writes to one key further apart than the skew, the later wins" is
+what test_random_two_servers.py checks.)
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cesar.errors import OperationFailed
+from tests.sync.conftest import SKEW_SECONDS, Pair
+
+
+def test_a_run_refuses_when_the_clocks_differ_by_more_than_the_bound(skewed_pair: Pair) -> None:
+    skewed_pair.sql("local", "INSERT INTO items (id, val) VALUES (gen_random_uuid(), 'x')")
+
+    with pytest.raises(OperationFailed, match=r"clocks .* differ by 3\.\d s \(the cluster is "
+                                              r"ahead\).*CESAR_SYNC_MAX_CLOCK_SKEW_MS=1000"):
+        skewed_pair.sync(max_clock_skew_ms=1000)
+
+    assert skewed_pair.rows("cluster", "items") == {}  # nothing moved
+    assert skewed_pair.sql("local", "SELECT peer FROM sync_node") == [(None,)]
+
+
+def test_lag_and_last_sync_at_come_from_each_database_s_clock(skewed_pair: Pair) -> None:
+    report = skewed_pair.sync()
+    for side in ("local", "cluster"):
+        rows = skewed_pair.sql(side, "SELECT min(lag_seconds), max(lag_seconds), "
+                                     "max(EXTRACT(EPOCH FROM now() - last_sync_at)) FROM sync_lag")
+        low, high, age = (float(x) for x in rows[0])
+        # Just synced: by that database's own clock, the lag is about zero (a host clock
+        # would make it SKEW_SECONDS on the cluster side, or negative on the other).
+        assert -0.5 < low <= high < 2 and -0.5 < age < 2, (side, rows)
+    assert abs(report.as_dict()["clock_skew_ms"] / 1000 - SKEW_SECONDS) < 1  # reported

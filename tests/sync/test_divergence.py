@@ -1,0 +1,63 @@
+"""Divergence is never silent: TRUNCATE of a synced table is refused on PostgreSQL, and rows
+removed behind the capture (a TRUNCATE done deliberately, a restore) are reported by the next
+run, `cesar sync status`, /health and /metrics, until a `--full` repairs them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.api.conftest import sample, serve, settings_for
+from tests.sync.conftest import CliResult, Pair
+
+
+@pytest.mark.parametrize("side", ["local", "cluster"])
+def test_truncate_of_a_synced_table_is_refused_with_one_line_naming_delete(
+        synced: Pair, side: str) -> None:
+    synced.sql(side, "INSERT INTO items (id, val) VALUES (gen_random_uuid(), 'kept')")
+    with pytest.raises(psycopg.Error) as err:
+        synced.sql(side, "TRUNCATE items")
+    message = err.value.diag.message_primary or ""  # the error's one line (psql: "ERROR: ...")
+    assert "\n" not in message and "use DELETE FROM items" in message, message
+    assert len(synced.rows(side, "items")) == 1
+
+
+def test_rows_removed_behind_the_capture_are_reported_until_a_full_run(
+        synced: Pair, cli: Callable[..., CliResult], tmp_path: Path) -> None:
+    synced.sql("local", "INSERT INTO items (id, val) SELECT gen_random_uuid(), 'v' || g "
+                        "FROM generate_series(1, 5) AS g")
+    synced.sync()
+    with synced.connect("local") as conn:  # deliberate: what a restore, or CockroachDB, does
+        conn.execute("SELECT set_config('cesar.sync_apply', 'on', false)")
+        conn.execute("TRUNCATE items")
+
+    report = synced.sync()  # nothing is pending: the incremental pass moves nothing
+
+    status = cli("sync", "status", "--json", "--local-url", synced.local_url,
+                 "--remote-url", synced.cluster_url)
+    found = {d["table"]: d for d in json.loads(status.out).get("divergence") or []}
+    assert found["items"]["divergent_rows"] == 5 and found["items"]["method"] == "count"
+    assert found["items"]["local_rows"] == 0 and found["items"]["cluster_rows"] == 5
+    assert report.moved == 0 and "the sides DIFFER: items by 5 rows" in report.summary()
+    text = cli("sync", "status", "--local-url", synced.local_url,
+               "--remote-url", synced.cluster_url).out
+    assert "DIVERGED items: the two sides differ by 5 rows" in text
+    with serve(settings_for(synced.local_url, tmp_path)) as api:
+        body = api.get("/health").json()
+        assert body["status"] == "degraded"
+        assert any(p.startswith("sync: items: the two sides differ by 5 rows")
+                   for p in body["problems"]), body["problems"]
+        assert sample(api.get("/metrics").text, "cesar_sync_divergent_rows",
+                      'table="items"') == 5
+
+        report = synced.sync(full=True)
+
+        assert [d.divergent_rows for d in report.divergence if d.table == "items"] == [0]
+        assert sample(api.get("/metrics").text, "cesar_sync_divergent_rows",
+                      'table="items"') == 0
+        assert api.get("/health").json()["status"] == "ok"
+    synced.assert_identical()  # the rows came back: nothing said they were deleted

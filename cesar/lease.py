@@ -110,7 +110,8 @@ class LeaseTable:
 
     @property
     def ident(self) -> sql.Composable:
-        return sql.Identifier(self.table)
+        # "schema.table" names two identifiers, not one with a dot in it.
+        return sql.Identifier(*self.table.split("."))
 
     @property
     def key_ident(self) -> sql.Composable:

@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -205,7 +206,10 @@ def test_a_database_without_the_rotation_record_is_refused(tls_stack: PgStack,
     tls_stack.create_database(name)
     try:
         url = tls_stack.cluster_url.replace("/cesar_cluster?", f"/{name}?", 1)
-        admin = tls_stack.pg.superuser_conninfo(name)
+        state = tls_stack.pg.load_state()
+        assert state is not None
+        admin = (f"postgresql://postgres@/{name}?host={quote(state.socket_dir, safe='')}"
+                 f"&port={state.port}")
         env_file = tmp_path / ".env.cockroach"
         env_file.write_text(f"COCKROACH_DB_URL={url}\nCESAR_ADMIN_DB_URL={admin}\n")
         before = env_file.read_text()

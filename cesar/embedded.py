@@ -252,7 +252,8 @@ class EmbeddedPostgres:
             )
             + self._archive_config(state)
             + "max_connections = 200\n"
-            "log_connections = off\n"
+            # Who connected, beside each failed login's FATAL line (mtail counts those).
+            "log_connections = on\n"
             "fsync = on\n"
         )
         hba = (

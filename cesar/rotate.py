@@ -9,8 +9,10 @@ application holds at least one valid credential.
 Steps, each recorded before the next begins, so that a run interrupted anywhere (even by
 SIGKILL) is resumed by the next one:
 
-``preflight``  take the lock; the active credential, the admin connection and the cluster work;
-               the secondary stores are usable (tools present, vault decrypts)
+``preflight``  take the lock (a lease in the application's database); the login the database
+               records as active is the one in the primary store (else the store is stale and
+               the run stops); the active credential, the admin connection and the cluster
+               work; the secondary stores are usable (tools present, vault decrypts)
 ``create``     generate a strong password and persist it as *pending* in the primary store,
                before the database is touched
 ``set``        ``ALTER ROLE inactive WITH PASSWORD 'SCRAM-SHA-256$...'``: a verifier computed
@@ -18,9 +20,11 @@ SIGKILL) is resumed by the next one:
 ``test``       fresh connections with the pending credential (``verify-full`` outside
                development) to every database the application uses, with a write probe that is
                rolled back
-``finish``     switch the primary store, then the secondary stores (Ansible Vault and a rolling
-               restart, Pulumi), to the new credential
-``retire``     after the grace period: ``ALTER ROLE previous WITH PASSWORD NULL``
+``finish``     record the new login as active in the database, then switch the primary store,
+               then the secondary stores (Ansible Vault and a rolling restart, Pulumi)
+``retire``     once the previous login has no session left on the server, or the grace period
+               ran out (the remaining sessions are then named): ``ALTER ROLE previous WITH
+               PASSWORD NULL``
 
 If ``test`` fails, nothing is switched: the inactive login is reset to its previous password
 verifier and the pending credential dropped; the next attempt uses a new password; after
@@ -32,7 +36,6 @@ never a password or a verifier.
 
 from __future__ import annotations
 
-import fcntl
 import getpass
 import json
 import os
@@ -49,7 +52,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cesar import scram
+from cesar import lease, rotate_record, scram
 from cesar.db import detect_engine
 from cesar.embedded import LOGINS, new_password, write_private
 from cesar.errors import ConfigError, OperationFailed
@@ -58,7 +61,15 @@ from cesar.secret_stores import Credential, PrimaryStore, SecondaryStore
 STEPS = ("preflight", "create", "set", "test", "finish", "retire")
 STATE_FILE = "rotation.json"
 AUDIT_FILE = "rotation-audit.jsonl"
-LOCK_FILE = "rotation.lock"
+# The rotation lock: one row of rotation_lease (migration 014) in the application's database,
+# so two operators, two checkouts or a CI job cannot rotate at once (cesar.lease: expiry by the
+# database clock, a fencing generation checked inside the transaction that switches the record,
+# a killed holder of this host taken over at once, a dead one elsewhere after LOCK_SECONDS).
+LOCK_TABLE = lease.LeaseTable(
+    "rotation_lease", key=rotate_record.NAME, what="the rotation lock", extra=("operator",),
+    after_loss="this rotation stopped; run `invoke rotate-password --status`, then again")
+LOCK_SECONDS = 30.0
+LOCK_SECONDS_ENV = "CESAR_ROTATE_LOCK_SECONDS"  # test hook: a shorter lease
 FAULT_ENV = "CESAR_ROTATE_KILL_AFTER"  # test hook: SIGKILL this process right after a step
 
 
@@ -94,6 +105,8 @@ class Report:
     retired: bool
     retire_after: float | None
     attempts: int
+    # Sessions of the previous login still open when it was retired at the end of the grace.
+    remaining_sessions: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,6 +164,12 @@ class Rotator:
         self.audit = Audit(audit_path or state_dir / AUDIT_FILE)
         self.progress = progress
         self.state_path = state_dir / STATE_FILE
+        # Checks, inside a writing transaction, that this process still holds the rotation
+        # lock (set while the lock is held).
+        self._fence: Callable[[psycopg.Connection], None] | None = None
+        self._lease: lease.Lease | None = None
+        # Backend ids of this process's own lock connections: not sessions to wait for at retire.
+        self._own_sessions: set[str] = set()
 
     # ---------------------------------------------------------------- state
     def load(self) -> RotationState:
@@ -170,23 +189,55 @@ class Rotator:
         self.save(st)
         self.audit(st.id, step, "ok", login=login, **extra)
         self.progress(f"{step}: ok" + (f" ({login})" if login else ""))
+        self._still_locked()  # a lost lock stops the run before its next step
         if os.environ.get(FAULT_ENV) == step:
             os.kill(os.getpid(), signal.SIGKILL)
 
+    def _still_locked(self) -> None:
+        """Raise unless this run still holds the lock: a round trip, so a run that was paused
+        past its lease (and taken over) finds out before it changes anything more."""
+        if self._lease is not None:
+            self._lease.check(self._lease.conn)
+
+    def _lock_connection(self) -> psycopg.Connection:
+        active = self.primary.active()
+        try:
+            conn = psycopg.connect(self.primary.record_url(active), autocommit=True,
+                                   connect_timeout=10, application_name="cesar-rotate-lock")
+        except psycopg.OperationalError as exc:
+            raise OperationFailed(
+                f"preflight: the active credential ({active.login}) does not connect: "
+                f"{_first_line(exc)}; fix that before rotating") from None
+        self._own_sessions.add(rotate_record.session_id(conn))
+        return conn
+
     @contextmanager
     def _lock(self) -> Iterator[None]:
+        """Hold the rotation lock (a lease in the application's database) while working."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        conn = self._lock_connection()
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise OperationFailed(
-                    "another rotation is running (lock held on "
-                    f"{self.state_dir / LOCK_FILE}); wait for it to finish") from None
-            yield
+                held = lease.Lease.acquire(conn, self._lock_connection, LOCK_TABLE,
+                                           seconds=float(os.environ.get(LOCK_SECONDS_ENV,
+                                                                        LOCK_SECONDS)),
+                                           wait_seconds=0,
+                                           values={"operator": self.audit.who})
+            except lease.LeaseBusy as exc:
+                raise OperationFailed(f"another rotation is running: {exc.info.describe()}; "
+                                      "wait for it to finish") from None
+            except psycopg.errors.UndefinedTable:
+                raise ConfigError("the database has no rotation_lease table (migration 014): "
+                                  "run `invoke migrate` (or `cesar migrate up`) before "
+                                  "rotating") from None
+            self._lease, self._fence = held, held.fence
+            try:
+                with held:
+                    yield
+            finally:
+                self._lease = self._fence = None
         finally:
-            os.close(fd)
+            conn.close()
 
     # ---------------------------------------------------------------- public
     def status(self) -> dict[str, Any]:
@@ -215,6 +266,10 @@ class Rotator:
                 "stores": [self.primary.name, *(s.name for s in self.secondaries)]}
 
     def run(self, *, wait: bool = True) -> Report:
+        if not self.load().in_progress:
+            # Before the lock: a stale file's password may no longer open a connection.
+            rotate_record.check_not_stale(self._record(), self.primary.active().login,
+                                          self.primary.source)
         with self._lock():
             st = self.load()
             steps: list[str] = []
@@ -224,7 +279,14 @@ class Rotator:
             elif st.step in ("preflight", "create", "set", "test"):
                 self.audit(st.id, "resume", "ok", login=st.to_login, from_step=st.step)
                 self.progress(f"resuming rotation {st.id} after step {st.step}")
-                self._check_connections(st)
+                record = self._record()
+                self._check_connections(st, record)
+                if record.active_login not in (st.from_login, st.to_login) or (
+                        record.active_login == st.to_login and record.rotation_id != st.id):
+                    raise ConfigError(
+                        f"{self.state_path} holds rotation {st.id} ({st.from_login} -> "
+                        f"{st.to_login}), but the database records {record.describe()}: another "
+                        "rotation ran since; move that file aside and run again")
             if st.step in ("preflight", "create", "set"):
                 steps += self._create_set_test(st)
             if st.step == "test":
@@ -232,32 +294,51 @@ class Rotator:
                 steps.append("finish")
             report = Report(st.id, st.from_login, st.to_login, steps, False, st.retire_after,
                             st.attempt)
-            if st.step == "finish" and self._retire(st, wait=wait):
+            if st.step == "finish" and self._retire(st, wait=wait, report=report):
                 report.retired = True
                 report.steps.append("retire")
             return report
 
     # ---------------------------------------------------------------- steps
-    def _check_connections(self, st: RotationState) -> None:
+    def _check_connections(self, st: RotationState,
+                           record: rotate_record.Record | None = None) -> None:
         active = self.primary.active()
         for url in self.primary.urls_for(active):
             try:
                 psycopg.connect(url, connect_timeout=10).close()
             except psycopg.OperationalError as exc:
+                hint = (f"; if {self.primary.source} is stale (the database records "
+                        f"{record.describe()}), fetch the current credential"
+                        if record is not None else "")
                 raise OperationFailed(
                     f"preflight: the active credential ({active.login}) does not connect: "
-                    f"{_first_line(exc)}; fix that before rotating") from None
+                    f"{_first_line(exc)}{hint}; fix that before rotating") from None
         with self.primary.admin() as admin:
             if detect_engine(admin) == "cockroachdb" and not admin.pgconn.ssl_in_use:
                 raise ConfigError(
                     "the CockroachDB cluster is insecure (no TLS): it has no passwords to "
                     "rotate; rotation needs a secure cluster")
 
+    def _record(self) -> rotate_record.Record:
+        """The database's record of the active login, read by the admin (so that a stale file
+        whose password no longer works is still named as stale); written from the primary
+        store's credential the first time."""
+        active = self.primary.active()
+        with self.primary.admin() as admin:
+            record = rotate_record.read(admin)
+        if record is None:
+            with psycopg.connect(self.primary.record_url(active), autocommit=True,
+                                 connect_timeout=10) as conn:
+                record = rotate_record.ensure(conn, active.login, self.audit.who)
+        return record
+
     def _preflight(self, st: RotationState) -> RotationState:
+        record = self._record()
+        active = self.primary.active().login
+        rotate_record.check_not_stale(record, active, self.primary.source)
+        self._check_connections(st, record)
         for store in self.secondaries:
             store.check()
-        self._check_connections(st)
-        active = self.primary.active().login
         if active not in LOGINS:
             raise ConfigError(f"the active login {active} is not one of {', '.join(LOGINS)}; "
                               "rotation alternates between those two")
@@ -287,6 +368,8 @@ class Rotator:
                     self._set(st, pending)
                     steps.append("set")
                 self._test(pending)
+            except lease.LeaseLost:
+                raise  # another run holds the lock now: it decides, this one touches nothing
             except OperationFailed as exc:
                 self._undo(st, exc)
                 if st.attempt >= self.max_attempts:
@@ -302,6 +385,7 @@ class Rotator:
                 st.previous_verifier = _read_verifier(admin, pending.login) or ""
                 self.save(st)
             try:
+                self._still_locked()
                 admin.execute(sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
                     sql.Identifier(pending.login), sql.Literal(scram.verifier(pending.password))))
             except psycopg.Error as exc:
@@ -363,6 +447,15 @@ class Rotator:
             if pending.login != st.to_login:
                 raise OperationFailed("finish: the pending credential is gone from the "
                                       f"{self.primary.name} store; run the rotation again")
+        if "database" not in st.finished_stores:
+            with psycopg.connect(self.primary.record_url(self.primary.active()),
+                                 autocommit=True, connect_timeout=10) as conn:
+                rotate_record.switch(conn, from_login=st.from_login or "",
+                                     to_login=pending.login, rotation_id=st.id or "",
+                                     who=self.audit.who, fence=self._fence)
+            st.finished_stores.append("database")
+            self.save(st)
+            self.audit(st.id, "switch", "ok", login=pending.login, store="database")
         if self.primary.name not in st.finished_stores:
             self.primary.activate(pending)
             st.finished_stores.append(self.primary.name)
@@ -379,24 +472,52 @@ class Rotator:
         st.retire_after = st.finished_at + self.grace_seconds
         self._done(st, "finish", login=pending.login, retire_after=st.retire_after)
 
-    def _retire(self, st: RotationState, *, wait: bool) -> bool:
+    def _retire(self, st: RotationState, *, wait: bool,
+                report: Report | None = None) -> bool:
+        """Retire the previous login once nothing uses it, or when the grace period ran out.
+
+        Every store that feeds a running application must have the new login first: a store
+        left out would keep a process on the login about to lose its password.
+        """
         assert st.retire_after is not None
-        delay = st.retire_after - time.time()
-        if delay > 0 and not wait:
-            self.progress(f"retire of {st.from_login} due in {delay:.0f} s: run again then "
-                          "(or `--retire-now`)")
-            return False
-        if delay > 0:
-            self.progress(f"grace period: {st.from_login} stays valid for {delay:.0f} s")
-            time.sleep(delay)
+        missing = [s for s in ("database", self.primary.name, *(x.name for x in self.secondaries))
+                   if s not in st.finished_stores]
+        if missing:
+            raise OperationFailed(f"retire: the store(s) {', '.join(missing)} do not have "
+                                  f"{st.to_login} yet; run the rotation again to switch them")
+        announced = False
         with self.primary.admin() as admin:
+            while True:
+                sessions = [s for s in rotate_record.sessions_of(admin, st.from_login or "")
+                            if s.id not in self._own_sessions]
+                self._still_locked()
+                delay = st.retire_after - time.time()
+                if not sessions or delay <= 0:
+                    break
+                if not wait:
+                    self.progress(f"retire of {st.from_login} waits for its {len(sessions)} "
+                                  f"open session(s), at most {delay:.0f} s more: run again "
+                                  "then (or `--retire-now`)")
+                    return False
+                if not announced:
+                    self.progress(f"grace period: {st.from_login} stays valid until its "
+                                  f"{len(sessions)} open session(s) close, at most {delay:.0f} s")
+                    announced = True
+                time.sleep(min(1.0, delay))
+            named = [s.describe() for s in sessions]
+            if named:
+                self.progress(f"grace period over; {st.from_login} still has "
+                              f"{len(named)} open session(s): " + "; ".join(named))
+            self._still_locked()
             admin.execute(sql.SQL("ALTER ROLE {} WITH PASSWORD NULL").format(
                 sql.Identifier(st.from_login or "")))
         st.last = {"id": st.id, "from_login": st.from_login, "to_login": st.to_login,
                    "outcome": "completed", "finished_at": st.finished_at,
-                   "retired_at": time.time()}
-        self.audit(st.id, "retire", "ok", login=st.from_login)
+                   "retired_at": time.time(), "remaining_sessions": named}
+        self.audit(st.id, "retire", "ok", login=st.from_login, remaining_sessions=named)
         self.progress(f"retire: ok ({st.from_login} can no longer log in)")
+        if report is not None:
+            report.remaining_sessions = named
         self.save(RotationState(last=st.last))
         return True
 

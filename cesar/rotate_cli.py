@@ -39,17 +39,21 @@ def build(settings: Settings, *, skip: set[str], grace: float, max_attempts: int
     secondaries: list[SecondaryStore] = []
     if settings.environment in ("staging", "production"):
         env = settings.environment
-        if "ansible-vault" not in skip:
-            vault = settings.vault_file or REPO_ANSIBLE / "inventories" / env / "group_vars" \
-                / "all" / "vault.yml"
-            if settings.vault_password_file is None:
-                raise ConfigError("CESAR_VAULT_PASSWORD_FILE is not set: the hosts' credential "
-                                  "lives in Ansible Vault; point it at the vault password file "
-                                  "or pass --skip-store ansible-vault")
-            secondaries.append(AnsibleVaultStore(
-                vault.absolute(), settings.vault_password_file.absolute(),
-                inventory=(REPO_ANSIBLE / "inventories" / env / "hosts.yml").absolute(),
-                environment=env))
+        if "ansible-vault" in skip:
+            # The hosts read their credential from the vault only: leaving it out would switch
+            # everything but them, and the retire would then lock them out.
+            raise ConfigError(f"--skip-store ansible-vault is refused in {env}: the hosts' "
+                              "credential lives in the Ansible Vault and the retire would lock "
+                              "them out; set CESAR_VAULT_PASSWORD_FILE and run without it")
+        vault = settings.vault_file or REPO_ANSIBLE / "inventories" / env / "group_vars" \
+            / "all" / "vault.yml"
+        if settings.vault_password_file is None:
+            raise ConfigError("CESAR_VAULT_PASSWORD_FILE is not set: the hosts' credential "
+                              "lives in Ansible Vault; point it at the vault password file")
+        secondaries.append(AnsibleVaultStore(
+            vault.absolute(), settings.vault_password_file.absolute(),
+            inventory=(REPO_ANSIBLE / "inventories" / env / "hosts.yml").absolute(),
+            environment=env))
         if "pulumi" not in skip:
             secondaries.append(PulumiStore(settings.pulumi_stack or env, Path.cwd()))
     return rotate.Rotator(primary, secondaries, state_dir=settings.state_dir,
@@ -72,7 +76,8 @@ def _when(ts: float | None) -> str:
 @click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
               help="Attempts (each with a new password) before giving up.")
 @click.option("--skip-store", "skip", multiple=True, type=click.Choice(["ansible-vault", "pulumi"]),
-              help="Leave a secondary store out (staging/production).")
+              help="Leave a secondary store out (pulumi; ansible-vault is refused in staging "
+              "and production, where the hosts read it).")
 @click.option("--status", "show_status", is_flag=True, help="Show the active login, the last "
               "rotation and any pending one; change nothing.")
 @click.option("--dry-run", is_flag=True, help="Print what a run would do; change nothing.")

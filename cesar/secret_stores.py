@@ -46,6 +46,7 @@ class Credential:
 
 class PrimaryStore(Protocol):
     name: str
+    source: str  # the file an operator would fix when it is stale
 
     def active(self) -> Credential: ...
     def pending(self) -> Credential | None: ...
@@ -53,6 +54,7 @@ class PrimaryStore(Protocol):
     def clear_pending(self) -> None: ...
     def activate(self, cred: Credential) -> None: ...
     def urls_for(self, cred: Credential) -> list[str]: ...
+    def record_url(self, cred: Credential) -> str: ...
     @contextmanager
     def admin(self) -> Iterator[psycopg.Connection]: ...
 
@@ -80,6 +82,7 @@ class EmbeddedStore:
     def __init__(self, pg: EmbeddedPostgres) -> None:
         self.pg = pg
         self.path = pg.state_file
+        self.source = str(self.path)
 
     def _state(self):  # noqa: ANN202 - StackState
         state = self.pg.load_state()
@@ -127,9 +130,13 @@ class EmbeddedStore:
         return [urls.build(user=cred.login, password=cred.password, host=HOST, port=state.port,
                            dbname=db, **params) for db in (LOCAL_DB, CLUSTER_DB)]
 
+    def record_url(self, cred: Credential) -> str:
+        return self.urls_for(cred)[1]  # the cluster stand-in, like COCKROACH_DB_URL
+
     @contextmanager
     def admin(self) -> Iterator[psycopg.Connection]:
-        with psycopg.connect(self.pg.superuser_conninfo(), autocommit=True) as conn:
+        # On the cluster stand-in: the rotation record lives there (roles are server-wide).
+        with psycopg.connect(self.pg.superuser_conninfo(CLUSTER_DB), autocommit=True) as conn:
             yield conn
 
 
@@ -162,6 +169,7 @@ class EnvFileStore:
 
     def __init__(self, path: Path, admin_url: str | None) -> None:
         self.path = path
+        self.source = str(path)
         self.admin_url = admin_url
 
     def _read(self) -> tuple[list[str], dict[str, str]]:
@@ -226,6 +234,9 @@ class EnvFileStore:
     def urls_for(self, cred: Credential) -> list[str]:
         values = self._read()[1]
         return [with_credentials(values[k], cred) for k in URL_KEYS if values.get(k)]
+
+    def record_url(self, cred: Credential) -> str:
+        return with_credentials(self._url(), cred)
 
     @contextmanager
     def admin(self) -> Iterator[psycopg.Connection]:

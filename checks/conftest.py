@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 ROLES = Path(__file__).resolve().parent.parent / "ansible" / "roles"
-ROLE_NAMES = ("cesar_release", "cesar_api", "cesar_sync")
+ROLE_NAMES = ("cesar_release", "cesar_api", "cesar_sync", "cesar_firewall", "cesar_log_metrics")
 
 
 class Expected(dict):

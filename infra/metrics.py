@@ -23,7 +23,7 @@ class Metric:
     name: str
     type: str  # counter, gauge, histogram
     labels: tuple[str, ...] = ()
-    source: str = "api"  # api, sync, cockroachdb, prometheus
+    source: str = "api"  # api, sync, cockroachdb, mtail, prometheus
 
     def series(self) -> tuple[str, ...]:
         """The series names Prometheus stores for this metric."""
@@ -72,10 +72,13 @@ COCKROACHDB = tuple(Metric(name, kind, labels, "cockroachdb") for name, kind, la
     ("sql_conns", "gauge", ()),
 ))
 
+# Read from the database servers' logs by mtail (ansible/roles/cesar_log_metrics).
+LOGS = (Metric("cesar_db_auth_failures_total", "counter", ("engine", "reason"), "mtail"),)
+
 # Series every Prometheus has for each target.
 PROMETHEUS = (Metric("up", "gauge", (), "prometheus"),)
 
-CATALOG = {m.name: m for m in APPLICATION + COCKROACHDB + PROMETHEUS}
+CATALOG = {m.name: m for m in APPLICATION + COCKROACHDB + LOGS + PROMETHEUS}
 SYNC_DIRECTIONS = ("local_to_cluster", "cluster_to_local")
 
 

@@ -60,6 +60,7 @@ def build(settings: StackSettings, *, cloud_targets: Mapping[str, str] | None = 
         node_hosts=[Names.node_host(i) for i in range(1, spec.nodes + 1)] if spec else (),
         tls=not (spec and spec.insecure),
         cloud_targets=dict(cloud_targets or {}) if settings.flavour == "cloud" else {},
+        log_metrics_targets=prometheus_config.log_metrics_targets(settings.monitoring.api_targets),
     )
     if settings.flavour == "cloud" and not inputs.cloud_targets:
         raise ValueError("a cloud stack's monitoring needs the metrics export's targets")

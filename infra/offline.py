@@ -12,6 +12,7 @@ Secrets that a stack file cannot hold (``pulumi config set --secret``) are given
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -136,6 +137,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
         elif token == "random:index/randomPassword:RandomPassword":
             out["result"] = "Mk" + _stand_in(args.name, int(args.inputs.get("length", 24)) - 2)
             self.secret_values.add(out["result"])
+        elif token == "random:index/randomBytes:RandomBytes":
+            raw = bytes.fromhex(_stand_in(args.name, int(args.inputs.get("length", 16)) * 2))
+            out.update(hex=raw.hex(), base64=base64.b64encode(raw).decode())
         elif token == "docker:index/container:Container" and args.name in self.exit_codes:
             out["exitCode"] = self.exit_codes[args.name]
         elif token == "docker:index/remoteImage:RemoteImage":

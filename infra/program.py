@@ -9,6 +9,7 @@ the outputs. ``__main__.py`` calls :func:`main`; the tests call :func:`define_st
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pulumi
@@ -18,7 +19,7 @@ import pulumi_random as random
 from cesar import cluster_bootstrap
 from cesar.errors import CesarError
 from infra import backups as backup_infra
-from infra import outputs, selfhosted
+from infra import outputs, security, selfhosted
 from infra import settings as stack_settings
 from infra.alertmanager_config import CRITICAL, WARNING
 from infra.cloud import CloudCluster
@@ -37,21 +38,33 @@ def _password(config: pulumi.Config, settings: StackSettings, login: str) -> pul
     return pulumi.Output.secret(generated.result)
 
 
+def _scram_salt(settings: StackSettings, login: str) -> pulumi.Output[str]:
+    """A login's SCRAM salt, made once and kept in state, so the bootstrap script (which holds
+    the verifier, never the password) stays the same from one `pulumi up` to the next."""
+    return random.RandomBytes(settings.names.resource(f"{login}-scram-salt"), length=16).base64
+
+
 def _bootstrap_sql(settings: StackSettings, passwords: dict[str, pulumi.Output[str]],
                    *, hba: str | None, set_passwords: bool,
+                   audit: bool = False,
                    license_key: pulumi.Output[str] | None = None) -> pulumi.Output[str]:
     logins = list(passwords)
     regions = tuple(settings.regions) if len(settings.regions) > 1 else ()
+    salts = [_scram_salt(settings, login) for login in logins] if set_passwords else []
 
     def render(values: list[str]) -> str:
-        *secrets, key = values
+        secrets, key = values[:len(logins)], values[len(logins)]
+        salt_values = values[len(logins) + 1:]
         spec = cluster_bootstrap.Bootstrap(
             database=settings.database, passwords=dict(zip(logins, secrets, strict=True)),
-            hba=hba, regions=regions, set_passwords=set_passwords, license=key or None)
+            hba=hba, regions=regions, set_passwords=set_passwords, audit=audit,
+            license=key or None,
+            salts={login: base64.b64decode(salt)
+                   for login, salt in zip(logins, salt_values, strict=False)})
         return cluster_bootstrap.script(spec)
 
-    return pulumi.Output.secret(
-        pulumi.Output.all(*passwords.values(), license_key or "").apply(render))
+    return pulumi.Output.secret(pulumi.Output.all(
+        *passwords.values(), license_key or "", *salts).apply(render))
 
 
 def _docker_provider(settings: StackSettings, what: str,
@@ -81,6 +94,7 @@ def define_stack() -> dict[str, Any]:
             names.resource("cluster"), settings,
             bootstrap_sql=_bootstrap_sql(settings, passwords, hba=selfhosted.hba(settings),
                                          set_passwords=not spec.insecure,
+                                         audit=security.audit_in_bootstrap(settings),
                                          license_key=license_key),
             opts=pulumi.ResourceOptions(providers=[provider] if provider else None))
         monitoring_provider = provider
@@ -91,10 +105,12 @@ def define_stack() -> dict[str, Any]:
                                                settings.monitoring.docker_host)
         cluster = CloudCluster(
             names.resource("cluster"), settings,
-            bootstrap_sql=_bootstrap_sql(settings, passwords, hba=None, set_passwords=True),
+            bootstrap_sql=_bootstrap_sql(settings, passwords, hba=None, set_passwords=True,
+                                         audit=security.audit_in_bootstrap(settings)),
             docker_provider=monitoring_provider, cockroach_image=settings.images.cockroach)
         tls, network_name = True, None
         cloud_targets, cloud_key = cluster.metrics_targets, config.get_secret("cloudMetricsApiKey")
+        security.log_export(settings, config, cluster)
 
     receiver_secrets = {
         CRITICAL: config.get_secret("criticalReceiverSecret")

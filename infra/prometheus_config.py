@@ -3,7 +3,8 @@
 Two jobs, whatever the flavour: ``cockroachdb`` (every node's ``/_status/vars`` over TLS with the
 cluster's CA, or CockroachDB Cloud's Prometheus export, one scrape path per region, with the
 ``crdb_cloud_`` prefix removed so that the same rules serve both) and ``cesar-api`` (each API
-host's ``/metrics``, where the sync's metrics are served too).
+host's ``/metrics``, where the sync's metrics are served too), and ``cesar-db-auth`` (mtail on
+the same hosts, port :data:`MTAIL_PORT`: failed database logins read from the servers' logs).
 
 File paths are relative to the configuration file, as Prometheus resolves them, so the same text
 works in the container (``/etc/prometheus``) and in a test directory checked by promtool. No
@@ -23,7 +24,9 @@ from infra.naming import ALERTMANAGER_PORT, HTTP_PORT
 
 CA_FILE = "certs/ca.crt"
 CLOUD_API_KEY_FILE = "secrets/cockroach-cloud-api-key"
-RULE_FILES = ("rules/cesar.rules.yml", "rules/cockroachdb.rules.yml")
+RULE_FILES = ("rules/cesar.rules.yml", "rules/cockroachdb.rules.yml", "rules/dbauth.rules.yml")
+# mtail's HTTP port on the hosts of the cesar_log_metrics role (its default).
+MTAIL_PORT = 3903
 CLOUD_PREFIX_REGEX = "crdb_(?:cloud|dedicated)_(.*)"
 
 
@@ -37,6 +40,7 @@ class PrometheusInputs:
     tls: bool = True                        # self-hosted secure cluster
     cloud_targets: Mapping[str, str] = field(default_factory=dict)  # region -> scrape URL
     scrape_interval: str = "15s"
+    log_metrics_targets: Sequence[str] = ()  # mtail on the hosts (failed database logins)
     alertmanager: str = f"alertmanager:{ALERTMANAGER_PORT}"
 
 
@@ -80,6 +84,13 @@ def config(inputs: PrometheusInputs) -> dict[str, Any]:
         "scheme": "http",
         "static_configs": [{"targets": list(inputs.api_targets)}],
     })
+    if inputs.log_metrics_targets:
+        scrape.append({
+            "job_name": "cesar-db-auth",
+            "metrics_path": "/metrics",
+            "scheme": "http",
+            "static_configs": [{"targets": list(inputs.log_metrics_targets)}],
+        })
     return {
         "global": {
             "scrape_interval": inputs.scrape_interval,
@@ -90,6 +101,16 @@ def config(inputs: PrometheusInputs) -> dict[str, Any]:
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [inputs.alertmanager]}]}]},
         "scrape_configs": scrape,
     }
+
+
+def log_metrics_targets(api_targets: Sequence[str]) -> list[str]:
+    """mtail runs on each API host (the cesar_log_metrics role): same host, mtail's port."""
+    hosts = []
+    for target in api_targets:
+        host = target.rsplit(":", 1)[0]
+        if host not in hosts:
+            hosts.append(host)
+    return [f"{host}:{MTAIL_PORT}" for host in hosts]
 
 
 def render(inputs: PrometheusInputs) -> str:

@@ -297,7 +297,9 @@ def cockroachdb_group(expected_nodes: int) -> Group:
 
 
 def groups(expected_nodes: int) -> list[Group]:
-    return [application_group(), cockroachdb_group(expected_nodes)]
+    from infra import security_rules  # imports this module's types
+
+    return [application_group(), cockroachdb_group(expected_nodes), security_rules.group()]
 
 
 def render(group: Group) -> str:

@@ -34,7 +34,7 @@ RECEIVER_KINDS = ("none", "webhook", "slack")
 # Config keys read by `load` (namespace `cesar`). Secrets are listed apart: never in stack files.
 KEYS = ("environment", "flavour", "clusterName", "database", "regions", "allowlist",
         "allowlistWidestPrefix", "allowlistWidestPrefixV6", "cluster", "cloud", "images",
-        "monitoring", "activeLogin", "sslRootCert", "backups")
+        "monitoring", "activeLogin", "sslRootCert", "backups", "logExport")
 SECRET_KEYS = ("cesarAppAPassword", "cesarAppBPassword", "grafanaAdminPassword",
                "cloudMetricsApiKey", "criticalReceiverSecret", "warningReceiverSecret",
                "cockroachLicense", "backupBucketUri")

@@ -330,7 +330,9 @@ def _boot(run: Run, host: Host) -> None:
         ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
          f"--network-namespace-path=/run/netns/{host.netns}", f"--directory={host.root}",
          f"--machine={host.name}", "--console=passive", "--link-journal=no",
-         "--resolv-conf=off", "--timezone=off"],
+         "--resolv-conf=off", "--timezone=off",
+         # nftables inside the host (its own network namespace), as on a real machine.
+         "--capability=CAP_NET_ADMIN"],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     log.close()
@@ -431,6 +433,8 @@ def _write_inventory(run: Run, keys: Keys, db: dict[str, str], sync_hosts: int) 
                 "cesar_sync_cockroach_db_url": db["cluster"],
                 "cesar_sync_local_db_url": db["local"],
                 "cesar_sync_db_ca_cert": db["ca_cert"],
+                # The controller polls the hosts' API (the firewall admits nothing else).
+                "cesar_firewall_api_allowed_cidrs": [f"{run.controller}/32"],
             },
             "children": {
                 "cesar_api": {"hosts": {name: {} for name in hosts}},

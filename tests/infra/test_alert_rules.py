@@ -28,7 +28,8 @@ def loaded(path: Path) -> list[dict]:
 @pytest.mark.parametrize("stack", STACKS)
 def test_rules_pass_promtool_lint(rendered, promtool, stack: str) -> None:
     files = rule_files(rendered[stack])
-    assert [f.name for f in files] == ["cesar.rules.yml", "cockroachdb.rules.yml"]
+    assert [f.name for f in files] == ["cesar.rules.yml", "cockroachdb.rules.yml",
+                                       "dbauth.rules.yml"]
     result = promtool("check", "rules", "--lint=all", "--lint-fatal", *map(str, files))
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -46,7 +47,7 @@ def test_promtool_unit_tests_pass_on_the_generated_rules(rendered, promtool, tmp
     shutil.copytree(rendered["dev"] / "prometheus", work)
     code, output = run_unit_tests(promtool, work)
     assert code == 0, output
-    assert output.count("SUCCESS") == 2
+    assert output.count("SUCCESS") == 3
 
 
 def test_the_unit_tests_catch_a_changed_threshold(promtool, tmp_path, monkeypatch) -> None:

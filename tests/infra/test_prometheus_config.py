@@ -16,7 +16,7 @@ def test_promtool_accepts_the_config(rendered, promtool, stack: str) -> None:
     path = rendered[stack] / "prometheus" / "prometheus.yml"
     result = promtool("check", "config", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 rule files found" in result.stdout
+    assert "3 rule files found" in result.stdout
 
 
 def test_promtool_rejects_a_broken_config(promtool, tmp_path) -> None:
@@ -52,7 +52,8 @@ def test_self_hosted_scrapes_every_node_over_tls_and_the_api(rendered, stack: st
 def test_cloud_scrapes_each_region_of_the_export_as_one_job(rendered) -> None:
     spec = settings_of("production")
     found = jobs(rendered, "production")
-    assert set(found) == {f"cockroachdb-{r}" for r in spec.regions} | {"cesar-api"}
+    assert set(found) == {f"cockroachdb-{r}" for r in spec.regions} | {"cesar-api",
+                                                                       "cesar-db-auth"}
     for region in spec.regions:
         job = found[f"cockroachdb-{region}"]
         assert job["metrics_path"].endswith(f"/metricexport/prometheus/{region}/scrape")
@@ -85,3 +86,12 @@ def test_inputs_must_name_one_flavour() -> None:
         prometheus_config.config(prometheus_config.PrometheusInputs(
             cluster="c", environment="production", stack="p", api_targets=[],
             cloud_targets={"r": "http://cockroachlabs.cloud/x"}))
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_mtail_on_each_api_host_is_scraped_for_failed_logins(rendered, stack: str) -> None:
+    spec = settings_of(stack)
+    job = jobs(rendered, stack)["cesar-db-auth"]
+    hosts = dict.fromkeys(t.rsplit(":", 1)[0] for t in spec.monitoring.api_targets)
+    assert job["static_configs"] == [{"targets": [f"{h}:3903" for h in hosts]}]
+    assert job["metrics_path"] == "/metrics"

@@ -113,5 +113,6 @@ def test_invoke_infra_render_writes_the_monitoring_files(tmp_path) -> None:
         "prometheus/prometheus.yml",
         "prometheus/rules/cesar.rules.yml",
         "prometheus/rules/cockroachdb.rules.yml",
+        "prometheus/rules/dbauth.rules.yml",
     ]
     assert "placeholder cluster id" in result.stdout

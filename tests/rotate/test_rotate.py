@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -241,7 +242,10 @@ def test_a_run_killed_after_any_step_is_completed_by_the_next(stack: Stack, step
 
 def test_concurrent_rotation_is_refused(stack: Stack) -> None:
     audit_from = len(stack.audit_records())
-    slow = subprocess.Popen([sys.executable, "-m", "cesar.cli", "rotate-password", "--grace", "3"],
+    # A session of the login about to be retired keeps the first run in its grace period.
+    holder = psycopg.connect(stack.state().url("cesar_local", stack.active()))
+    holder_pid = holder.info.backend_pid
+    slow = subprocess.Popen([sys.executable, "-m", "cesar.cli", "rotate-password", "--grace", "8"],
                             cwd=REPO, env=stack.env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -255,6 +259,155 @@ def test_concurrent_rotation_is_refused(stack: Stack) -> None:
         assert second.returncode == 1 and "another rotation is running" in second.stderr
     finally:
         assert slow.wait(60) == 0
+        holder.close()
+    # The grace period ran out with that session open: the retire names it.
+    [retire] = [r for r in stack.audit_records(audit_from) if r["step"] == "retire"]
+    assert any(s.startswith(f"{holder_pid} (") for s in retire["remaining_sessions"]), retire
+
+
+def test_retire_waits_for_the_old_logins_sessions_not_for_the_clock(stack: Stack) -> None:
+    """With nothing left on the old login, the retire does not wait out a long grace."""
+    old = stack.active()
+    holder = psycopg.connect(stack.state().url("cesar_local", old))
+    # The API serves requests throughout, so its pool turns its connections over to the new
+    # login (an idle pool would keep old-login sessions: those are waited for, up to --grace).
+    with Load(stack.api_url) as load:
+        run = subprocess.Popen([sys.executable, "-m", "cesar.cli", "rotate-password", "--grace",
+                                "120", "--json"], cwd=REPO, env=stack.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while stack.active() == old:
+                assert time.monotonic() < deadline, "the rotation never switched"
+                time.sleep(0.1)
+            time.sleep(3)
+            assert run.poll() is None  # still waiting: a session of the old login is open
+            assert holder.execute("SELECT 1").fetchone() == (1,)
+        finally:
+            holder.close()
+        out, err = run.communicate(timeout=30)
+    assert load.failures == [], load.failures[:3]
+    assert run.returncode == 0, err
+    report = json.loads(out)
+    assert report["retired"] and report["remaining_sessions"] == []
+
+
+def test_a_rotation_paused_past_its_lock_changes_nothing_after_a_takeover(stack: Stack) -> None:
+    """SIGSTOP during the grace period until the lock (2 s here) expires; another run takes the
+    lock over and retires; the paused run, resumed, stops at its next step without retiring."""
+    audit_from = len(stack.audit_records())
+    short = {**stack.env, "CESAR_ROTATE_LOCK_SECONDS": "2"}
+    holder = psycopg.connect(stack.state().url("cesar_local", stack.active()))
+    paused = subprocess.Popen([sys.executable, "-m", "cesar.cli", "rotate-password", "--grace",
+                               "60"], cwd=REPO, env=short, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(r["step"] == "finish" for r in stack.audit_records(audit_from)):
+            assert time.monotonic() < deadline, "the rotation never reached finish"
+            time.sleep(0.1)
+        os.kill(paused.pid, signal.SIGSTOP)
+        time.sleep(3)  # past the 2 s lease, by the database's clock
+        other = cesar(short, "rotate-password", "--retire-now")
+        assert other.returncode == 0, other.stderr
+    finally:
+        os.kill(paused.pid, signal.SIGCONT)
+        holder.close()
+    _, err = paused.communicate(timeout=30)
+    assert paused.returncode == 1
+    [line] = err.strip().splitlines()
+    assert line.startswith("cesar: error:") and "lost the rotation lock" in line
+    retires = [r for r in stack.audit_records(audit_from) if r["step"] == "retire"]
+    assert len(retires) == 1  # the run that took over retired; the paused one did not
+
+
+def operator_copy(stack: Stack, where: Path) -> tuple[Path, dict[str, str]]:
+    """A second operator: its own checkout and state directory, with a .env.cockroach holding
+    the credential in use now, for the same database (the embedded stack's cluster stand-in)."""
+    from urllib.parse import quote
+
+    from cesar.embedded import CLUSTER_DB, SUPERUSER
+    from cesar.secret_stores import Credential, EmbeddedStore
+
+    state = stack.state()
+    cred = Credential(state.active_login, state.passwords[state.active_login])
+    url = EmbeddedStore(stack.pg).urls_for(cred)[1]
+    admin = (f"postgresql://{SUPERUSER}@/{CLUSTER_DB}?host={quote(state.socket_dir, safe='')}"
+             f"&port={state.port}")
+    where.mkdir(parents=True, exist_ok=True)
+    (where / ".env.cockroach").write_text(f"COCKROACH_DB_URL={url}\nCESAR_ADMIN_DB_URL={admin}\n")
+    (where / ".env.cockroach").chmod(0o600)
+    env = {k: v for k, v in stack.env.items() if not k.startswith("CESAR_")}
+    env.update(CESAR_STATE_DIR=str(where / ".cesar"), PYTHONPATH=str(REPO))
+    return where, env
+
+
+def generation(stack: Stack) -> tuple[str, int]:
+    with psycopg.connect(stack.pg.superuser_conninfo("cesar_cluster")) as conn:
+        row = conn.execute("SELECT active_login, generation FROM credential_rotation "
+                           "WHERE name = 'app'").fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_a_stale_operator_file_is_refused_before_anything_changes(stack: Stack,
+                                                                   tmp_path: Path) -> None:
+    stale_dir, stale_env = operator_copy(stack, tmp_path / "second-checkout")
+    before = (stale_dir / ".env.cockroach").read_text()
+    with Load(stack.api_url) as load:
+        # Someone else rotates (the old login stays valid: no retire yet)...
+        first = cesar(stack.env, "rotate-password", "--grace", "60", "--no-wait")
+        assert first.returncode == 0, first.stderr
+        record = generation(stack)
+        # ...then the second checkout, whose file still names the old login, tries.
+        proc = subprocess.run([sys.executable, "-m", "cesar.cli", "rotate-password", "--grace",
+                               "0"], cwd=stale_dir, env=stale_env, capture_output=True,
+                              text=True, timeout=120)
+        time.sleep(2)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("cesar: error: .env.cockroach is stale") and "fetch the current" in line
+    assert (stale_dir / ".env.cockroach").read_text() == before
+    assert generation(stack) == record  # the database's record untouched
+    assert load.failures == [] and load.ok > 0, load.failures[:3]
+    done = cesar(stack.env, "rotate-password", "--retire-now")
+    assert done.returncode == 0, done.stderr
+
+
+def test_two_rotations_at_once_from_two_checkouts(stack: Stack, tmp_path: Path) -> None:
+    """Two operators (two state directories, two credential files, one database) start a
+    rotation at the same moment: one rotates, the other is refused; the API never fails."""
+    other_dir, other_env = operator_copy(stack, tmp_path / "other-operator")
+    login, gen = generation(stack)
+    with Load(stack.api_url) as load:
+        time.sleep(0.5)
+        args = [sys.executable, "-m", "cesar.cli", "rotate-password", "--grace", "60",
+                "--no-wait"]
+        runs = [subprocess.Popen(args, cwd=REPO, env=stack.env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True),
+                subprocess.Popen(args, cwd=other_dir, env=other_env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)]
+        results = [(r.wait(120), *r.communicate()) for r in runs]
+        time.sleep(2.5)  # the API's one-second connections turn over on the new credential
+    codes = sorted(code for code, _, _ in results)
+    assert codes[0] == 0 and codes[1] in (1, 2), results
+    refused = next(err for code, _, err in results if code != 0)
+    assert "another rotation is running" in refused or "is stale" in refused, refused
+    assert len(refused.strip().splitlines()) == 1 and "Traceback" not in refused
+    now_login, now_gen = generation(stack)
+    assert now_gen == gen + 1 and now_login != login
+    assert load.failures == [] and load.ok > 0, load.failures[:3]
+    if results[1][0] == 0:  # the other operator won: the stack's file learns the new login
+        from cesar.secret_stores import EmbeddedStore, EnvFileStore
+
+        new = EnvFileStore(other_dir / ".env.cockroach", None).active()
+        EmbeddedStore(stack.pg).activate(new)
+        finish = subprocess.run([sys.executable, "-m", "cesar.cli", "rotate-password",
+                                 "--retire-now"], cwd=other_dir, env=other_env,
+                                capture_output=True, text=True, timeout=120)
+    else:
+        finish = cesar(stack.env, "rotate-password", "--retire-now")
+    assert finish.returncode == 0, finish.stderr
 
 
 def test_bad_usage_exits_2(stack: Stack) -> None:

@@ -20,7 +20,7 @@ Minimum CockroachDB version: **v22.2**, because of (sources, cockroachlabs.com/d
   ``RESTORE ... AS OF SYSTEM TIME`` within a backup taken ``WITH revision_history``
   (docs/stable/take-backups-with-revision-history-and-restore-from-a-point-in-time).
 
-The stacks run v24.3 (infra/images.py, Pulumi.production.yaml), above the minimum.
+The stacks run the release pinned in cesar/cockroach.py, above the minimum.
 """
 
 from __future__ import annotations

@@ -66,11 +66,14 @@ from cesar.migrate_lease import (
 from cesar.migrate_lease import break_lease as _break_lease
 from cesar.migrate_lease import read as read_lease
 from cesar.migrate_plan import (
+    IN_DOUBT,
+    STATEMENT_COMPLETION_UNKNOWN,
     Plan,
     Step,
     check_prefix,
     counts,
     first_statements,
+    in_doubt_row,
     make_plan,
     rollback_blocked,
 )
@@ -490,6 +493,8 @@ class Runner:
             step = Step(m, "down", previous=row)
             if row.interrupted_rollback:
                 step.resume = "failed" if row.status == "failed" else "interrupted"
+                if in_doubt_row(row):
+                    step.resume = IN_DOUBT
                 down_sum = m.file_checksum("down")
                 if (row.status == "failed" and row.attempt_checksum == down_sum
                         and not row.resumable):
@@ -656,7 +661,8 @@ class Runner:
         statements = script.statements
         effective = step_mode(mode, script.transaction, step.start)
         verb = "applying" if direction == "up" else "rolling back"
-        after = {"failed": "after a failed run", "interrupted": "after an interrupted run"}
+        after = {"failed": "after a failed run", "interrupted": "after an interrupted run",
+                 IN_DOUBT: "after a statement whose commit was in doubt"}
         resume = (f", resuming at statement {step.start + 1} {after[step.resume]}"
                   if step.start and step.resume else
                   (f", starting again {after[step.resume]}" if step.resume else ""))
@@ -716,7 +722,9 @@ class Runner:
                 c, self.identity, "resume", step.name, self.reason,
                 {"direction": step.direction, "from_statement": start + 1,
                  "previous": step.resume}), **self._retry)
-        in_doubt = step.resume == "interrupted"  # the first statement may have run already
+        # the first statement may have run already: the last run was killed after sending it,
+        # or the server could not say whether it committed (40003)
+        in_doubt = step.resume in ("interrupted", IN_DOUBT)
         for st in statements[start:]:
             lease.check()
             t0 = time.perf_counter()
@@ -732,7 +740,9 @@ class Runner:
                             raise
                         skipped = err.error
                     if skipped is not None:
-                        note = f", already done by the interrupted run: {skipped.sqlstate}"
+                        by = ("the run whose commit was in doubt" if step.resume == IN_DOUBT
+                              else "the interrupted run")
+                        note = f", already done by {by}: {skipped.sqlstate}"
                         detail = {"statement": st.index, "in_doubt": True,
                                   "sqlstate": skipped.sqlstate, "message": _first_line(skipped)}
                         db.run_transaction(self.conn, lambda c, d=detail: insert_event(
@@ -748,6 +758,9 @@ class Runner:
 
                     db.run_transaction(self.conn, dml, **self._retry)
             except _StatementError as err:
+                if err.error.sqlstate == STATEMENT_COMPLETION_UNKNOWN and (st.alone
+                                                                           or alone_always):
+                    self._in_doubt(step, mode, statements, err, done=st.index - 1)
                 self._statement_failed(step, mode, statements, err, done=st.index - 1)
             in_doubt = False
             self.progress(f"  [{st.index}/{len(statements)}] line {st.line}: {st.summary()} "
@@ -865,20 +878,27 @@ class Runner:
                       "resumed_from_statement": step.start + 1 if step.start else None})
 
     def _record_failure(self, step: Step, mode: str, statements: list[Statement],
-                        st: Statement, exc: psycopg.Error, *, done: int) -> None:
-        """Write the failure down (in its own transaction, the migration's having failed)."""
+                        st: Statement, exc: psycopg.Error, *, done: int,
+                        in_doubt: bool = False) -> None:
+        """Write the failure down (in its own transaction, the migration's having failed).
+
+        ``in_doubt``: the statement may have committed (40003), so the row says how far the
+        run certainly got and is left resumable: the next run executes that statement again
+        and accepts it as done when it fails only because its effect is already there."""
         m = step.migration
         message = _first_line(exc)
         detail = {"direction": step.direction, "mode": mode, "sqlstate": exc.sqlstate,
                   "message": message, "statement": st.index, "line": st.line,
                   "file": str(m.path(step.direction)), "statements_done": done}
+        if in_doubt:
+            detail["in_doubt"] = True
 
         previous = step.previous
         untouched = (step.direction == "down" and done == 0 and step.resume is None
-                     and previous is not None and previous.applied)
+                     and previous is not None and previous.applied and not in_doubt)
 
         def work(conn: psycopg.Connection) -> None:
-            if step.direction == "down" and mode == "transactional":
+            if step.direction == "down" and mode == "transactional" and not in_doubt:
                 # Nothing was rolled back: the migration stays applied; only the event says so.
                 conn.execute(f"UPDATE {TRACKING_TABLE} SET holder = NULL WHERE name = %s",
                              [m.name])
@@ -892,16 +912,18 @@ class Runner:
                     "mode, attempt_checksum, statements_total, statements_done, "
                     "progress_checksum, error_sqlstate, error_message, error_statement, "
                     "error_line, started_at, finished_at, applied_by, applied_from, "
-                    "runner_version) VALUES (%(name)s, %(checksum)s, 'failed', %(direction)s, "
+                    "runner_version, resumable) "
+                    "VALUES (%(name)s, %(checksum)s, 'failed', %(direction)s, "
                     "%(mode)s, %(attempt)s, %(total)s, %(done)s, %(progress)s, %(sqlstate)s, "
                     "%(message)s, %(statement)s, %(line)s, now(), clock_timestamp(), "
-                    "session_user, %(host)s, %(version)s) "
+                    "session_user, %(host)s, %(version)s, %(resumable)s) "
                     "ON CONFLICT (name) DO UPDATE SET status = 'failed', "
                     "direction = excluded.direction, mode = excluded.mode, "
                     "attempt_checksum = excluded.attempt_checksum, "
                     "statements_total = excluded.statements_total, "
                     "statements_done = excluded.statements_done, "
-                    "progress_checksum = excluded.progress_checksum, resumable = false, "
+                    "progress_checksum = excluded.progress_checksum, "
+                    "resumable = excluded.resumable, "
                     "error_sqlstate = excluded.error_sqlstate, "
                     "error_message = excluded.error_message, "
                     "error_statement = excluded.error_statement, "
@@ -912,11 +934,37 @@ class Runner:
                      "total": len(statements), "done": done,
                      "progress": prefix_checksum(statements, done), "sqlstate": exc.sqlstate,
                      "message": message, "statement": st.index, "line": st.line,
-                     "host": self.identity.host, "version": __version__},
+                     "host": self.identity.host, "version": __version__,
+                     "resumable": in_doubt},
                 )
             insert_event(conn, self.identity, "fail", m.name, self.reason, detail)
 
         db.run_transaction(self.conn, work, **self._retry)
+
+    def _in_doubt(self, step: Step, mode: str, statements: list[Statement],
+                  err: _StatementError, *, done: int) -> NoReturn:
+        """A statement run on its own ended with 40003 (statement_completion_unknown: on
+        CockroachDB, an ambiguous commit): it may or may not have taken effect. Recorded as in
+        doubt, not as a failure to fix: the next run executes it again and accepts it as done
+        when its effect is already there (the object exists, or is gone)."""
+        st, exc = err.statement, err.error
+        if self.conn.closed or self.conn.broken:
+            return  # the connection-lost path says what is kept
+        self._record_failure(step, mode, statements, st, exc, done=done, in_doubt=True)
+        m = step.migration
+        cmd = "up" if step.direction == "up" else "down --steps 1"
+        last = st.index == len(statements)
+        settle = (f"; if it cannot run twice and you have checked that its effect is there, "
+                  f"`cesar migrate mark-applied {m.name} --reason TEXT`" if last
+                  and step.direction == "up" else "")
+        raise MigrationFailed(
+            f"{'migration' if step.direction == 'up' else 'rollback'} {m.name}: statement "
+            f"{st.index} ({m.path(step.direction)}:{st.line}) is in doubt: the server could not "
+            f"say whether it committed (SQLSTATE {exc.sqlstate}: {_first_line(exc)}); "
+            f"{_done(done)}"
+            f"`cesar migrate {cmd}` runs it again and accepts it as done if its effect is "
+            f"already there (check with `cesar migrate status`){settle}"
+        ) from None
 
     def _failed(self, step: Step, st: Statement, exc: psycopg.Error, *, kept: int
                 ) -> MigrationFailed:
@@ -1013,6 +1061,10 @@ def _execute(conn: psycopg.Connection, st: Statement) -> None:
         raise
     except psycopg.Error as exc:
         raise _StatementError(st, exc) from exc
+
+
+def _done(n: int) -> str:
+    return "" if not n else f"{first_statements(n)} {'is' if n == 1 else 'are'} done; "
 
 
 def _require_reason(reason: str | None, command: str) -> None:

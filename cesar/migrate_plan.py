@@ -15,6 +15,17 @@ from cesar.migrate_files import Direction, Migration
 from cesar.migrate_sql import prefix_checksum
 from cesar.migrate_store import APPLIED_STATUSES, Tracked
 
+#: The server cannot say whether the statement committed (CockroachDB: an ambiguous result).
+STATEMENT_COMPLETION_UNKNOWN = "40003"
+#: ``Step.resume`` of a run whose last statement was in doubt.
+IN_DOUBT = "in-doubt"
+
+
+def in_doubt_row(row: Tracked) -> bool:
+    """A tracking row left by a statement whose commit was in doubt."""
+    return (row.status == "failed" and row.resumable
+            and row.error_sqlstate == STATEMENT_COMPLETION_UNKNOWN)
+
 
 def counts(files: set[str], rows: list[tuple[str, str]]) -> dict[str, int]:
     applied = {name for name, status in rows if status in APPLIED_STATUSES}
@@ -119,6 +130,8 @@ def make_plan(migrations: list[Migration], tracked: dict[str, Tracked] | None) -
         step = Step(m, "up")
         if row is not None and row.status in ("failed", "running"):
             step.resume = "failed" if row.status == "failed" else "interrupted"
+            if in_doubt_row(row):
+                step.resume = IN_DOUBT
             if row.status == "failed" and row.attempt_checksum == m.checksum and not row.resumable:
                 plan.problems.append(_failed_message(row, m))
                 continue

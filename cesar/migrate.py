@@ -701,6 +701,35 @@ class Runner:
         except _StatementError as err:
             self._statement_failed(step, "transactional", statements, err, done=0)
             raise AssertionError("unreachable") from None
+        except psycopg.Error as exc:
+            if exc.sqlstate != STATEMENT_COMPLETION_UNKNOWN or self.conn.broken:
+                raise
+            return self._commit_in_doubt(step, exc)
+
+    def _commit_in_doubt(self, step: Step, exc: psycopg.Error) -> bool:
+        """The COMMIT of a transactional migration ended with 40003. Its tracking row was
+        written in the same transaction, so reading it says whether it committed."""
+        m = step.migration
+        row = (read_tracked(self.conn) or {}).get(m.name)
+        done = "succeeded" if step.direction == "up" else "rolled_back"
+        committed = (row is not None and row.status == done
+                     and row.attempt_checksum == m.file_checksum(step.direction))
+        detail = {"direction": step.direction, "mode": "transactional", "in_doubt": True,
+                  "sqlstate": exc.sqlstate, "message": _first_line(exc), "committed": committed}
+        db.run_transaction(self.conn, lambda c: insert_event(
+            c, self.identity, "resume" if committed else "fail", m.name, self.reason, detail),
+            **self._retry)
+        if committed:
+            self.progress(f"{m.name}: its commit was in doubt ({exc.sqlstate}); its tracking row "
+                          "shows it committed")
+            return True
+        what = "migration" if step.direction == "up" else "rollback"
+        cmd = "up" if step.direction == "up" else "down --steps 1"
+        raise MigrationFailed(
+            f"{what} {m.name}: its commit was in doubt (SQLSTATE {exc.sqlstate}: "
+            f"{_first_line(exc)}) and its tracking row shows it did not commit, so nothing of "
+            f"it changed; run `cesar migrate {cmd}` again"
+        ) from None
 
     # -- per-statement: each statement on its own, progress recorded after each
     def _per_statement(self, step: Step, statements: list[Statement], started: float,

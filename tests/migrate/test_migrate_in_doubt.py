@@ -108,3 +108,46 @@ def test_a_plain_failure_stays_a_failure_to_fix(
     assert _row(fresh_db) == ("failed", 1, "22012", 2, False)
     again = cli("up", *args)
     assert again.code == 1 and "fix " in again.err and "in doubt" not in again.err
+
+
+AT_COMMIT = """
+CREATE FUNCTION public.ambiguous_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF to_regclass('public.inject_40003') IS NOT NULL THEN
+    RAISE EXCEPTION 'result is ambiguous (injected at commit)' USING ERRCODE = '40003';
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER ambiguous_commit AFTER INSERT OR UPDATE ON public.schema_migrations
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.ambiguous_commit();
+"""
+
+
+def test_a_transactional_migration_whose_commit_is_in_doubt_is_checked_by_its_tracking_row(
+    pg_stack: PgStack, fresh_db: str, migrations: Path, cli
+) -> None:
+    """40003 at COMMIT (a deferred trigger raises it there): the runner reads the tracking row,
+    written in the same transaction, to say whether the migration committed."""
+    args = ("--url", fresh_db, "--migrations-dir", str(migrations), "--mode", "transactional")
+    assert cli("up", *args).code == 0  # the runner's tables exist
+    _setup(pg_stack, fresh_db, migrations)
+    (migrations / "900_doubt.up.sql").write_text(UP.replace("public.maybe_ambiguous()", "1"))
+    _superuser(pg_stack, fresh_db, AT_COMMIT)
+    first = cli("up", *args)
+    assert first.code == 1
+    assert first.err.count("\n") == 1 and "Traceback" not in first.err
+    assert ("migration 900_doubt: its commit was in doubt (SQLSTATE 40003: result is ambiguous "
+            "(injected at commit)) and its tracking row shows it did not commit, so nothing of "
+            "it changed; run `cesar migrate up` again") in first.err
+    assert query(fresh_db, "SELECT to_regclass('doubt_a')::text") == [(None,)]
+    assert query(fresh_db, "SELECT count(*) FROM schema_migrations "
+                           "WHERE name = '900_doubt'") == [(0,)]
+    detail = query(fresh_db, "SELECT detail FROM schema_migration_events "
+                             "WHERE migration = '900_doubt' AND event = 'fail'")[0][0]
+    assert detail["in_doubt"] is True and detail["committed"] is False
+
+    _superuser(pg_stack, fresh_db, "DROP TABLE public.inject_40003")
+    second = cli("up", *args)
+    assert second.code == 0, second.err
+    assert query(fresh_db, "SELECT status FROM schema_migrations "
+                           "WHERE name = '900_doubt'") == [("succeeded",)]

@@ -33,6 +33,7 @@ A no-op run (nothing pending) reads the tracking table once and writes nothing.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -268,6 +269,7 @@ class Runner:
         self.identity = identity or Identity()
         self._held: Lease | None = None
         self._engine: db.Engine | None = None
+        self._mode_problem: str | None = None  # read once, on CockroachDB in transactional mode
         s = settings or Settings(_env_file=None)  # type: ignore[call-arg]
         self._retry = {"max_attempts": s.retry_max_attempts, "base_delay": s.retry_base_delay,
                        "max_delay": s.retry_max_delay}
@@ -625,12 +627,28 @@ class Runner:
             self.conn.execute("SET client_connection_check_interval = '2s'")
 
     def _session_problem(self) -> str | None:
+        if (self.effective_mode() == "transactional" and self.engine() == "cockroachdb"
+                and self._mode_problem is None):
+            version = self.conn.execute("SELECT version()").fetchone()
+            self._mode_problem = transactional_problem(
+                str(version[0]) if version else "", self._autocommit_before_ddl()) or ""
+        if self._mode_problem:
+            return self._mode_problem
         if self.conn.info.parameter_status("standard_conforming_strings") == "off":
             return ("the server runs with standard_conforming_strings = off, so backslashes in "
                     "'...' strings would end them elsewhere than the runner read them; set it to "
                     "on for the runner's login (ALTER ROLE ... SET standard_conforming_strings = "
                     "on)")
         return None
+
+    def _autocommit_before_ddl(self) -> str | None:
+        """The session's ``autocommit_before_ddl`` (``on``/``off``); None where the release
+        has no such setting."""
+        try:
+            row = self.conn.execute("SHOW autocommit_before_ddl").fetchone()
+        except psycopg.Error:
+            return None
+        return str(row[0]).lower() if row else None
 
     def _reset_session(self) -> None:
         """Undo every session setting a migration made (``SET search_path``, ``SET ROLE``, ...)
@@ -1058,6 +1076,36 @@ def _check_files(plan: Plan, steps: list[Step]) -> None:
         except ConfigError as exc:
             step.refused = str(exc)
             plan.problems.append(str(exc))
+
+
+#: The first CockroachDB release whose sessions start with ``autocommit_before_ddl = on``
+#: (https://www.cockroachlabs.com/docs/stable/session-variables, cockroachdb/docs#19352); the
+#: setting itself exists since v24.1 (cockroachdb/cockroach#118440), off by default there.
+AUTOCOMMIT_BEFORE_DDL_DEFAULT_ON = (25, 1)
+_CRDB_RELEASE = re.compile(r"CockroachDB \w+ v(\d+)\.(\d+)")
+
+
+def transactional_problem(version: str, autocommit_before_ddl: str | None) -> str | None:
+    """Why ``--mode transactional`` cannot keep its promise on this server, or None.
+
+    With ``autocommit_before_ddl`` on, CockroachDB commits the open transaction before each
+    schema change: a transactional migration would be applied piece by piece while the runner
+    believed it all-or-nothing. ``version`` is what ``SELECT version()`` answers;
+    ``autocommit_before_ddl`` the session's value (None when the release does not know the
+    setting: then the release's default decides)."""
+    m = _CRDB_RELEASE.search(version)
+    if m is None:
+        return None  # PostgreSQL: DDL is transactional
+    release = (int(m.group(1)), int(m.group(2)))
+    on = (autocommit_before_ddl in ("on", "true") if autocommit_before_ddl is not None
+          else release >= AUTOCOMMIT_BEFORE_DDL_DEFAULT_ON)
+    if not on:
+        return None
+    return (f"--mode transactional on CockroachDB v{release[0]}.{release[1]}: its session has "
+            "autocommit_before_ddl on (the default since v25.1), which commits the migration's "
+            "transaction before every schema change, so a migration would not be all or "
+            "nothing; use --mode per-statement (what --mode auto chooses on CockroachDB: "
+            "progress is recorded after every statement)")
 
 
 def step_mode(mode: str, transaction: bool, start: int) -> str:

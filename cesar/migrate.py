@@ -485,7 +485,7 @@ class Runner:
                     f"cannot roll back {row.name}: {m.up_path.with_name(row.name + '.down.sql')} "
                     "is missing; write it (nothing was rolled back)"
                 )
-            if row.applied and m.checksum != row.checksum:
+            if row.applied and not m.matches(row.checksum):
                 raise OperationFailed(
                     f"cannot roll back {row.name}: {m.up_path} changed after it was applied "
                     f"(applied sha256 {row.checksum}, file sha256 {m.checksum}), so its down file "

@@ -79,7 +79,7 @@ class Plan:
         m = self.by_name.get(name)
         if m is None:
             return "missing-file"
-        return "ok" if m.checksum == row.checksum else "drift"
+        return "ok" if m.matches(row.checksum) else "drift"
 
     @cached_property
     def by_name(self) -> dict[str, Migration]:
@@ -106,7 +106,7 @@ def make_plan(migrations: list[Migration], tracked: dict[str, Tracked] | None) -
                 f"{name} is applied ({row.status}) but has no file in the migrations directory: "
                 "this checkout is older than the database; update it, or pass --migrations-dir"
             )
-        elif m.checksum != row.checksum:
+        elif not m.matches(row.checksum):
             plan.problems.append(
                 f"{m.up_path} changed after it was applied: applied sha256 {row.checksum}, "
                 f"file sha256 {m.checksum}; restore the file, or accept the change with "

@@ -43,9 +43,11 @@ from typing import Any, Literal, NoReturn
 
 import psycopg
 from psycopg import errors as pgerrors
+from psycopg import sql
 
 from cesar import __version__, db, migrate_regions, urls
 from cesar.config import Settings
+from cesar.embedded import APP_ROLE
 from cesar.errors import ConfigError, OperationFailed
 from cesar.migrate_files import (
     DEFAULT_DIR,
@@ -248,6 +250,7 @@ class Runner:
         progress: Progress = _quiet,
         identity: Identity | None = None,
         settings: Settings | None = None,
+        group_role: str = APP_ROLE,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
@@ -273,6 +276,8 @@ class Runner:
         s = settings or Settings(_env_file=None)  # type: ignore[call-arg]
         self._retry = {"max_attempts": s.retry_max_attempts, "base_delay": s.retry_base_delay,
                        "max_delay": s.retry_max_delay}
+        self.group_role = group_role
+        self._assume_group_role()
 
     # ---------------------------------------------------------------- reading
     def plan(self, migrations: list[Migration] | None = None) -> Plan:
@@ -641,6 +646,23 @@ class Runner:
                     "on)")
         return None
 
+    def _assume_group_role(self) -> None:
+        """Run as the group role both logins are members of (``SET ROLE cesar_app``), so that
+        what a migration creates is owned by that role and either login can later alter, drop
+        or replace it (an object belongs to the role that created it, on both engines, and
+        only its owner may DROP or CREATE OR REPLACE it). The embedded PostgreSQL stack's
+        logins start there already (a role default); CockroachDB has no such default, hence
+        the statement. A login that is not a member (or a database without the role) runs as
+        itself."""
+        if self.conn.closed:
+            return
+        try:
+            self.conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(self.group_role)))
+        except psycopg.Error as exc:
+            if self.conn.broken:
+                raise
+            log.info("running as the login, not %s: %s", self.group_role, _first_line(exc))
+
     def _autocommit_before_ddl(self) -> str | None:
         """The session's ``autocommit_before_ddl`` (``on``/``off``); None where the release
         has no such setting."""
@@ -670,6 +692,7 @@ class Runner:
                 self.progress(f"session reset: {statement} failed on this CockroachDB "
                               f"({_first_line(exc)}); settings of one migration may reach the "
                               "next")
+        self._assume_group_role()
         self._tune_session()
 
     def _run_step(self, step: Step, mode: str) -> bool:

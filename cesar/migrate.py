@@ -826,10 +826,17 @@ class Runner:
                         _execute(conn, st)
                         self._record_progress(conn, step, statements, st.index)
 
-                    db.run_transaction(self.conn, dml, **self._retry)
+                    try:
+                        db.run_transaction(self.conn, dml, **self._retry)
+                    except psycopg.Error as exc:
+                        if exc.sqlstate != STATEMENT_COMPLETION_UNKNOWN or self.conn.broken:
+                            raise
+                        # its progress record was in the same transaction: it says
+                        if not self._progress_committed(step, st):
+                            raise _StatementError(st, exc) from exc
+                        note = f", its commit was in doubt ({exc.sqlstate}) and it committed"
             except _StatementError as err:
-                if err.error.sqlstate == STATEMENT_COMPLETION_UNKNOWN and (st.alone
-                                                                           or alone_always):
+                if err.error.sqlstate == STATEMENT_COMPLETION_UNKNOWN:
                     self._in_doubt(step, mode, statements, err, done=st.index - 1)
                 self._statement_failed(step, mode, statements, err, done=st.index - 1)
             in_doubt = False
@@ -838,6 +845,12 @@ class Runner:
         db.run_transaction(self.conn, lambda c: self._finish(
             c, step, mode, len(statements), started), **self._retry)
         return True
+
+    def _progress_committed(self, step: Step, st: Statement) -> bool:
+        """Whether the transaction that ran ``st`` with its progress record committed."""
+        row = (read_tracked(self.conn) or {}).get(step.name)
+        return row is not None and row.statements_done >= st.index \
+            and row.holder == self.identity.holder
 
     def _execute_implicit(self, st: Statement) -> None:
         """One DDL statement in its own implicit transaction; 40001 retried like DML."""

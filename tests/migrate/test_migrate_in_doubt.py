@@ -151,3 +151,48 @@ def test_a_transactional_migration_whose_commit_is_in_doubt_is_checked_by_its_tr
     assert second.code == 0, second.err
     assert query(fresh_db, "SELECT status FROM schema_migrations "
                            "WHERE name = '900_doubt'") == [("succeeded",)]
+
+
+PROGRESS_AT_COMMIT = """
+CREATE FUNCTION public.ambiguous_progress() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF to_regclass('public.inject_40003') IS NOT NULL AND NEW.name = '900_doubt'
+     AND NEW.statements_done = 2 THEN
+    RAISE EXCEPTION 'result is ambiguous (injected at commit)' USING ERRCODE = '40003';
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER ambiguous_progress AFTER UPDATE ON public.schema_migrations
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.ambiguous_progress();
+"""
+
+DML_UP = """\
+-- 900_doubt: the commit of the second statement (DML, with its progress record) is in doubt.
+CREATE TABLE IF NOT EXISTS doubt_a (id INT PRIMARY KEY);
+
+INSERT INTO doubt_a (id) VALUES (1);
+
+CREATE INDEX IF NOT EXISTS doubt_a_idx ON doubt_a (id);
+"""
+
+
+def test_a_per_statement_dml_whose_commit_is_in_doubt_is_checked_by_its_progress_record(
+    pg_stack: PgStack, fresh_db: str, migrations: Path, cli
+) -> None:
+    """A DML statement commits with its progress record: 40003 at that COMMIT is settled by
+    reading the record, and a statement that did not commit runs again (once)."""
+    args = ("--url", fresh_db, "--migrations-dir", str(migrations), "--mode", "per-statement")
+    assert cli("up", *args).code == 0
+    _setup(pg_stack, fresh_db, migrations)
+    (migrations / "900_doubt.up.sql").write_text(DML_UP)
+    _superuser(pg_stack, fresh_db, PROGRESS_AT_COMMIT)
+    first = cli("up", *args)
+    assert first.code == 1
+    assert "statement 2 (" in first.err and "is in doubt" in first.err
+    assert _row(fresh_db) == ("failed", 1, "40003", 2, True)
+    assert query(fresh_db, "SELECT count(*) FROM doubt_a") == [(0,)]
+    _superuser(pg_stack, fresh_db, "DROP TABLE public.inject_40003")
+    second = cli("up", *args)
+    assert second.code == 0, second.err
+    assert query(fresh_db, "SELECT id FROM doubt_a") == [(1,)]
+    assert _row(fresh_db) == ("succeeded", 3, None, None, False)

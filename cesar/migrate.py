@@ -33,6 +33,7 @@ A no-op run (nothing pending) reads the tracking table once and writes nothing.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -42,9 +43,11 @@ from typing import Any, Literal, NoReturn
 
 import psycopg
 from psycopg import errors as pgerrors
+from psycopg import sql
 
 from cesar import __version__, db, migrate_regions, urls
 from cesar.config import Settings
+from cesar.embedded import APP_ROLE
 from cesar.errors import ConfigError, OperationFailed
 from cesar.migrate_files import (
     DEFAULT_DIR,
@@ -66,11 +69,14 @@ from cesar.migrate_lease import (
 from cesar.migrate_lease import break_lease as _break_lease
 from cesar.migrate_lease import read as read_lease
 from cesar.migrate_plan import (
+    IN_DOUBT,
+    STATEMENT_COMPLETION_UNKNOWN,
     Plan,
     Step,
     check_prefix,
     counts,
     first_statements,
+    in_doubt_row,
     make_plan,
     rollback_blocked,
 )
@@ -244,6 +250,7 @@ class Runner:
         progress: Progress = _quiet,
         identity: Identity | None = None,
         settings: Settings | None = None,
+        group_role: str = APP_ROLE,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
@@ -265,9 +272,12 @@ class Runner:
         self.identity = identity or Identity()
         self._held: Lease | None = None
         self._engine: db.Engine | None = None
+        self._mode_problem: str | None = None  # read once, on CockroachDB in transactional mode
         s = settings or Settings(_env_file=None)  # type: ignore[call-arg]
         self._retry = {"max_attempts": s.retry_max_attempts, "base_delay": s.retry_base_delay,
                        "max_delay": s.retry_max_delay}
+        self.group_role = group_role
+        self._assume_group_role()
 
     # ---------------------------------------------------------------- reading
     def plan(self, migrations: list[Migration] | None = None) -> Plan:
@@ -480,7 +490,7 @@ class Runner:
                     f"cannot roll back {row.name}: {m.up_path.with_name(row.name + '.down.sql')} "
                     "is missing; write it (nothing was rolled back)"
                 )
-            if row.applied and m.checksum != row.checksum:
+            if row.applied and not m.matches(row.checksum):
                 raise OperationFailed(
                     f"cannot roll back {row.name}: {m.up_path} changed after it was applied "
                     f"(applied sha256 {row.checksum}, file sha256 {m.checksum}), so its down file "
@@ -490,6 +500,8 @@ class Runner:
             step = Step(m, "down", previous=row)
             if row.interrupted_rollback:
                 step.resume = "failed" if row.status == "failed" else "interrupted"
+                if in_doubt_row(row):
+                    step.resume = IN_DOUBT
                 down_sum = m.file_checksum("down")
                 if (row.status == "failed" and row.attempt_checksum == down_sum
                         and not row.resumable):
@@ -620,12 +632,45 @@ class Runner:
             self.conn.execute("SET client_connection_check_interval = '2s'")
 
     def _session_problem(self) -> str | None:
+        if (self.effective_mode() == "transactional" and self.engine() == "cockroachdb"
+                and self._mode_problem is None):
+            version = self.conn.execute("SELECT version()").fetchone()
+            self._mode_problem = transactional_problem(
+                str(version[0]) if version else "", self._autocommit_before_ddl()) or ""
+        if self._mode_problem:
+            return self._mode_problem
         if self.conn.info.parameter_status("standard_conforming_strings") == "off":
             return ("the server runs with standard_conforming_strings = off, so backslashes in "
                     "'...' strings would end them elsewhere than the runner read them; set it to "
                     "on for the runner's login (ALTER ROLE ... SET standard_conforming_strings = "
                     "on)")
         return None
+
+    def _assume_group_role(self) -> None:
+        """Run as the group role both logins are members of (``SET ROLE cesar_app``), so that
+        what a migration creates is owned by that role and either login can later alter, drop
+        or replace it (an object belongs to the role that created it, on both engines, and
+        only its owner may DROP or CREATE OR REPLACE it). The embedded PostgreSQL stack's
+        logins start there already (a role default); CockroachDB has no such default, hence
+        the statement. A login that is not a member (or a database without the role) runs as
+        itself."""
+        if self.conn.closed:
+            return
+        try:
+            self.conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(self.group_role)))
+        except psycopg.Error as exc:
+            if self.conn.broken:
+                raise
+            log.info("running as the login, not %s: %s", self.group_role, _first_line(exc))
+
+    def _autocommit_before_ddl(self) -> str | None:
+        """The session's ``autocommit_before_ddl`` (``on``/``off``); None where the release
+        has no such setting."""
+        try:
+            row = self.conn.execute("SHOW autocommit_before_ddl").fetchone()
+        except psycopg.Error:
+            return None
+        return str(row[0]).lower() if row else None
 
     def _reset_session(self) -> None:
         """Undo every session setting a migration made (``SET search_path``, ``SET ROLE``, ...)
@@ -647,6 +692,7 @@ class Runner:
                 self.progress(f"session reset: {statement} failed on this CockroachDB "
                               f"({_first_line(exc)}); settings of one migration may reach the "
                               "next")
+        self._assume_group_role()
         self._tune_session()
 
     def _run_step(self, step: Step, mode: str) -> bool:
@@ -656,7 +702,8 @@ class Runner:
         statements = script.statements
         effective = step_mode(mode, script.transaction, step.start)
         verb = "applying" if direction == "up" else "rolling back"
-        after = {"failed": "after a failed run", "interrupted": "after an interrupted run"}
+        after = {"failed": "after a failed run", "interrupted": "after an interrupted run",
+                 IN_DOUBT: "after a statement whose commit was in doubt"}
         resume = (f", resuming at statement {step.start + 1} {after[step.resume]}"
                   if step.start and step.resume else
                   (f", starting again {after[step.resume]}" if step.resume else ""))
@@ -696,6 +743,35 @@ class Runner:
         except _StatementError as err:
             self._statement_failed(step, "transactional", statements, err, done=0)
             raise AssertionError("unreachable") from None
+        except psycopg.Error as exc:
+            if exc.sqlstate != STATEMENT_COMPLETION_UNKNOWN or self.conn.broken:
+                raise
+            return self._commit_in_doubt(step, exc)
+
+    def _commit_in_doubt(self, step: Step, exc: psycopg.Error) -> bool:
+        """The COMMIT of a transactional migration ended with 40003. Its tracking row was
+        written in the same transaction, so reading it says whether it committed."""
+        m = step.migration
+        row = (read_tracked(self.conn) or {}).get(m.name)
+        done = "succeeded" if step.direction == "up" else "rolled_back"
+        committed = (row is not None and row.status == done
+                     and row.attempt_checksum == m.file_checksum(step.direction))
+        detail = {"direction": step.direction, "mode": "transactional", "in_doubt": True,
+                  "sqlstate": exc.sqlstate, "message": _first_line(exc), "committed": committed}
+        db.run_transaction(self.conn, lambda c: insert_event(
+            c, self.identity, "resume" if committed else "fail", m.name, self.reason, detail),
+            **self._retry)
+        if committed:
+            self.progress(f"{m.name}: its commit was in doubt ({exc.sqlstate}); its tracking row "
+                          "shows it committed")
+            return True
+        what = "migration" if step.direction == "up" else "rollback"
+        cmd = "up" if step.direction == "up" else "down --steps 1"
+        raise MigrationFailed(
+            f"{what} {m.name}: its commit was in doubt (SQLSTATE {exc.sqlstate}: "
+            f"{_first_line(exc)}) and its tracking row shows it did not commit, so nothing of "
+            f"it changed; run `cesar migrate {cmd}` again"
+        ) from None
 
     # -- per-statement: each statement on its own, progress recorded after each
     def _per_statement(self, step: Step, statements: list[Statement], started: float,
@@ -717,7 +793,9 @@ class Runner:
                 c, self.identity, "resume", step.name, self.reason,
                 {"direction": step.direction, "from_statement": start + 1,
                  "previous": step.resume}), **self._retry)
-        in_doubt = step.resume == "interrupted"  # the first statement may have run already
+        # the first statement may have run already: the last run was killed after sending it,
+        # or the server could not say whether it committed (40003)
+        in_doubt = step.resume in ("interrupted", IN_DOUBT)
         for st in statements[start:]:
             lease.check()
             t0 = time.perf_counter()
@@ -738,7 +816,9 @@ class Runner:
                             raise
                         skipped = err.error
                     if skipped is not None:
-                        note = f", already done by the interrupted run: {skipped.sqlstate}"
+                        by = ("the run whose commit was in doubt" if step.resume == IN_DOUBT
+                              else "the interrupted run")
+                        note = f", already done by {by}: {skipped.sqlstate}"
                         detail = {"statement": st.index, "in_doubt": True,
                                   "sqlstate": skipped.sqlstate, "message": _first_line(skipped)}
                         db.run_transaction(self.conn, lambda c, d=detail: insert_event(
@@ -752,8 +832,18 @@ class Runner:
                         _execute(conn, st)
                         self._record_progress(conn, step, statements, st.index)
 
-                    db.run_transaction(self.conn, dml, **self._retry)
+                    try:
+                        db.run_transaction(self.conn, dml, **self._retry)
+                    except psycopg.Error as exc:
+                        if exc.sqlstate != STATEMENT_COMPLETION_UNKNOWN or self.conn.broken:
+                            raise
+                        # its progress record was in the same transaction: it says
+                        if not self._progress_committed(step, st):
+                            raise _StatementError(st, exc) from exc
+                        note = f", its commit was in doubt ({exc.sqlstate}) and it committed"
             except _StatementError as err:
+                if err.error.sqlstate == STATEMENT_COMPLETION_UNKNOWN:
+                    self._in_doubt(step, mode, statements, err, done=st.index - 1)
                 self._statement_failed(step, mode, statements, err, done=st.index - 1)
             in_doubt = False
             self.progress(f"  [{st.index}/{len(statements)}] line {st.line}: {st.summary()} "
@@ -761,6 +851,12 @@ class Runner:
         db.run_transaction(self.conn, lambda c: self._finish(
             c, step, mode, len(statements), started), **self._retry)
         return True
+
+    def _progress_committed(self, step: Step, st: Statement) -> bool:
+        """Whether the transaction that ran ``st`` with its progress record committed."""
+        row = (read_tracked(self.conn) or {}).get(step.name)
+        return row is not None and row.statements_done >= st.index \
+            and row.holder == self.identity.holder
 
     def _execute_implicit(self, st: Statement) -> None:
         """One DDL statement in its own implicit transaction; 40001 retried like DML."""
@@ -872,20 +968,27 @@ class Runner:
                       "resumed_from_statement": step.start + 1 if step.start else None})
 
     def _record_failure(self, step: Step, mode: str, statements: list[Statement],
-                        st: Statement, exc: psycopg.Error, *, done: int) -> None:
-        """Write the failure down (in its own transaction, the migration's having failed)."""
+                        st: Statement, exc: psycopg.Error, *, done: int,
+                        in_doubt: bool = False) -> None:
+        """Write the failure down (in its own transaction, the migration's having failed).
+
+        ``in_doubt``: the statement may have committed (40003), so the row says how far the
+        run certainly got and is left resumable: the next run executes that statement again
+        and accepts it as done when it fails only because its effect is already there."""
         m = step.migration
         message = _first_line(exc)
         detail = {"direction": step.direction, "mode": mode, "sqlstate": exc.sqlstate,
                   "message": message, "statement": st.index, "line": st.line,
                   "file": str(m.path(step.direction)), "statements_done": done}
+        if in_doubt:
+            detail["in_doubt"] = True
 
         previous = step.previous
         untouched = (step.direction == "down" and done == 0 and step.resume is None
-                     and previous is not None and previous.applied)
+                     and previous is not None and previous.applied and not in_doubt)
 
         def work(conn: psycopg.Connection) -> None:
-            if step.direction == "down" and mode == "transactional":
+            if step.direction == "down" and mode == "transactional" and not in_doubt:
                 # Nothing was rolled back: the migration stays applied; only the event says so.
                 conn.execute(f"UPDATE {TRACKING_TABLE} SET holder = NULL WHERE name = %s",
                              [m.name])
@@ -899,16 +1002,18 @@ class Runner:
                     "mode, attempt_checksum, statements_total, statements_done, "
                     "progress_checksum, error_sqlstate, error_message, error_statement, "
                     "error_line, started_at, finished_at, applied_by, applied_from, "
-                    "runner_version) VALUES (%(name)s, %(checksum)s, 'failed', %(direction)s, "
+                    "runner_version, resumable) "
+                    "VALUES (%(name)s, %(checksum)s, 'failed', %(direction)s, "
                     "%(mode)s, %(attempt)s, %(total)s, %(done)s, %(progress)s, %(sqlstate)s, "
                     "%(message)s, %(statement)s, %(line)s, now(), clock_timestamp(), "
-                    "session_user, %(host)s, %(version)s) "
+                    "session_user, %(host)s, %(version)s, %(resumable)s) "
                     "ON CONFLICT (name) DO UPDATE SET status = 'failed', "
                     "direction = excluded.direction, mode = excluded.mode, "
                     "attempt_checksum = excluded.attempt_checksum, "
                     "statements_total = excluded.statements_total, "
                     "statements_done = excluded.statements_done, "
-                    "progress_checksum = excluded.progress_checksum, resumable = false, "
+                    "progress_checksum = excluded.progress_checksum, "
+                    "resumable = excluded.resumable, "
                     "error_sqlstate = excluded.error_sqlstate, "
                     "error_message = excluded.error_message, "
                     "error_statement = excluded.error_statement, "
@@ -919,11 +1024,37 @@ class Runner:
                      "total": len(statements), "done": done,
                      "progress": prefix_checksum(statements, done), "sqlstate": exc.sqlstate,
                      "message": message, "statement": st.index, "line": st.line,
-                     "host": self.identity.host, "version": __version__},
+                     "host": self.identity.host, "version": __version__,
+                     "resumable": in_doubt},
                 )
             insert_event(conn, self.identity, "fail", m.name, self.reason, detail)
 
         db.run_transaction(self.conn, work, **self._retry)
+
+    def _in_doubt(self, step: Step, mode: str, statements: list[Statement],
+                  err: _StatementError, *, done: int) -> NoReturn:
+        """A statement run on its own ended with 40003 (statement_completion_unknown: on
+        CockroachDB, an ambiguous commit): it may or may not have taken effect. Recorded as in
+        doubt, not as a failure to fix: the next run executes it again and accepts it as done
+        when its effect is already there (the object exists, or is gone)."""
+        st, exc = err.statement, err.error
+        if self.conn.closed or self.conn.broken:
+            return  # the connection-lost path says what is kept
+        self._record_failure(step, mode, statements, st, exc, done=done, in_doubt=True)
+        m = step.migration
+        cmd = "up" if step.direction == "up" else "down --steps 1"
+        last = st.index == len(statements)
+        settle = (f"; if it cannot run twice and you have checked that its effect is there, "
+                  f"`cesar migrate mark-applied {m.name} --reason TEXT`" if last
+                  and step.direction == "up" else "")
+        raise MigrationFailed(
+            f"{'migration' if step.direction == 'up' else 'rollback'} {m.name}: statement "
+            f"{st.index} ({m.path(step.direction)}:{st.line}) is in doubt: the server could not "
+            f"say whether it committed (SQLSTATE {exc.sqlstate}: {_first_line(exc)}); "
+            f"{_done(done)}"
+            f"`cesar migrate {cmd}` runs it again and accepts it as done if its effect is "
+            f"already there (check with `cesar migrate status`){settle}"
+        ) from None
 
     def _failed(self, step: Step, st: Statement, exc: psycopg.Error, *, kept: int
                 ) -> MigrationFailed:
@@ -990,6 +1121,36 @@ def _check_files(plan: Plan, steps: list[Step]) -> None:
             plan.problems.append(str(exc))
 
 
+#: The first CockroachDB release whose sessions start with ``autocommit_before_ddl = on``
+#: (https://www.cockroachlabs.com/docs/stable/session-variables, cockroachdb/docs#19352); the
+#: setting itself exists since v24.1 (cockroachdb/cockroach#118440), off by default there.
+AUTOCOMMIT_BEFORE_DDL_DEFAULT_ON = (25, 1)
+_CRDB_RELEASE = re.compile(r"CockroachDB \w+ v(\d+)\.(\d+)")
+
+
+def transactional_problem(version: str, autocommit_before_ddl: str | None) -> str | None:
+    """Why ``--mode transactional`` cannot keep its promise on this server, or None.
+
+    With ``autocommit_before_ddl`` on, CockroachDB commits the open transaction before each
+    schema change: a transactional migration would be applied piece by piece while the runner
+    believed it all-or-nothing. ``version`` is what ``SELECT version()`` answers;
+    ``autocommit_before_ddl`` the session's value (None when the release does not know the
+    setting: then the release's default decides)."""
+    m = _CRDB_RELEASE.search(version)
+    if m is None:
+        return None  # PostgreSQL: DDL is transactional
+    release = (int(m.group(1)), int(m.group(2)))
+    on = (autocommit_before_ddl in ("on", "true") if autocommit_before_ddl is not None
+          else release >= AUTOCOMMIT_BEFORE_DDL_DEFAULT_ON)
+    if not on:
+        return None
+    return (f"--mode transactional on CockroachDB v{release[0]}.{release[1]}: its session has "
+            "autocommit_before_ddl on (the default since v25.1), which commits the migration's "
+            "transaction before every schema change, so a migration would not be all or "
+            "nothing; use --mode per-statement (what --mode auto chooses on CockroachDB: "
+            "progress is recorded after every statement)")
+
+
 def step_mode(mode: str, transaction: bool, start: int) -> str:
     """How one file runs: ``no-transaction`` when its header says so, ``per-statement`` in that
     mode or when resuming after statements already done, else ``transactional``."""
@@ -1020,6 +1181,10 @@ def _execute(conn: psycopg.Connection, st: Statement) -> None:
         raise
     except psycopg.Error as exc:
         raise _StatementError(st, exc) from exc
+
+
+def _done(n: int) -> str:
+    return "" if not n else f"{first_statements(n)} {'is' if n == 1 else 'are'} done; "
 
 
 def _require_reason(reason: str | None, command: str) -> None:

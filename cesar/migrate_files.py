@@ -51,6 +51,17 @@ def migration_names(migrations_dir: Path | None = None) -> list[str]:
     return sorted(names)
 
 
+#: Earlier revisions of shipped up files that leave the same objects behind: a database that
+#: applied one of them is not drifted. Only for changes that are proven equivalent (the test of
+#: each names it); any other change to an applied file is drift, accepted only by `repair`.
+EQUIVALENT_REVISIONS: dict[str, frozenset[str]] = {
+    # the triggers are now dropped before CREATE OR REPLACE FUNCTION (CockroachDB before v26.2
+    # cannot replace a function a trigger uses); same function, same triggers
+    "011_sync_capture": frozenset(
+        {"e832c496fd776e5d34750afe87947bbcebf92a987cc13886ac479825b6c5df40"}),
+}
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -67,6 +78,12 @@ class Migration:
     def checksum(self) -> str:
         """SHA-256 of the up file: what drift detection compares."""
         return sha256_file(self.up_path)
+
+    def matches(self, applied_checksum: str | None) -> bool:
+        """Whether a database that applied a file with this checksum has what this file makes:
+        the same file, or an earlier revision listed in :data:`EQUIVALENT_REVISIONS`."""
+        return applied_checksum == self.checksum or \
+            applied_checksum in EQUIVALENT_REVISIONS.get(self.name, frozenset())
 
     def path(self, direction: Direction) -> Path:
         if direction == "up":

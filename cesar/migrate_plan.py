@@ -15,6 +15,17 @@ from cesar.migrate_files import Direction, Migration
 from cesar.migrate_sql import prefix_checksum
 from cesar.migrate_store import APPLIED_STATUSES, Tracked
 
+#: The server cannot say whether the statement committed (CockroachDB: an ambiguous result).
+STATEMENT_COMPLETION_UNKNOWN = "40003"
+#: ``Step.resume`` of a run whose last statement was in doubt.
+IN_DOUBT = "in-doubt"
+
+
+def in_doubt_row(row: Tracked) -> bool:
+    """A tracking row left by a statement whose commit was in doubt."""
+    return (row.status == "failed" and row.resumable
+            and row.error_sqlstate == STATEMENT_COMPLETION_UNKNOWN)
+
 
 def counts(files: set[str], rows: list[tuple[str, str]]) -> dict[str, int]:
     applied = {name for name, status in rows if status in APPLIED_STATUSES}
@@ -68,7 +79,7 @@ class Plan:
         m = self.by_name.get(name)
         if m is None:
             return "missing-file"
-        return "ok" if m.checksum == row.checksum else "drift"
+        return "ok" if m.matches(row.checksum) else "drift"
 
     @cached_property
     def by_name(self) -> dict[str, Migration]:
@@ -95,7 +106,7 @@ def make_plan(migrations: list[Migration], tracked: dict[str, Tracked] | None) -
                 f"{name} is applied ({row.status}) but has no file in the migrations directory: "
                 "this checkout is older than the database; update it, or pass --migrations-dir"
             )
-        elif m.checksum != row.checksum:
+        elif not m.matches(row.checksum):
             plan.problems.append(
                 f"{m.up_path} changed after it was applied: applied sha256 {row.checksum}, "
                 f"file sha256 {m.checksum}; restore the file, or accept the change with "
@@ -119,6 +130,8 @@ def make_plan(migrations: list[Migration], tracked: dict[str, Tracked] | None) -
         step = Step(m, "up")
         if row is not None and row.status in ("failed", "running"):
             step.resume = "failed" if row.status == "failed" else "interrupted"
+            if in_doubt_row(row):
+                step.resume = IN_DOUBT
             if row.status == "failed" and row.attempt_checksum == m.checksum and not row.resumable:
                 plan.problems.append(_failed_message(row, m))
                 continue

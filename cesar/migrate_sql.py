@@ -13,7 +13,7 @@ through pglast (libpg_query):
   syntax newer than the bundled parser), the tokens are split the way psql splits a script:
   at a ``;`` outside parentheses and outside a ``CREATE FUNCTION/PROCEDURE ... BEGIN ATOMIC ...
   END`` body. ``tests/migrate/test_migrate_corpus.py`` checks that this agrees with the parser on
-  PostgreSQL's regression files.
+  the SQL scripts PostgreSQL installations ship.
 
 What a server reads differently from a file, or what only psql understands, is refused before
 anything runs, with the file, the line and the construct: psql meta-commands (``\\connect``),

@@ -7,14 +7,32 @@
 --
 -- Runs on PostgreSQL and on CockroachDB v24.3+ (row-level triggers, PL/pgSQL). The differences
 -- this file avoids: CockroachDB needs (NEW).col rather than NEW.col (both accept the former),
--- counts TG_ARGV from 1 (not used), has no statement-level triggers (none needed) and cannot
--- CREATE OR REPLACE a function that a trigger uses (drop the triggers first, as the down file does).
--- CREATE TRIGGER has no IF NOT EXISTS on either engine: each is preceded by DROP TRIGGER IF EXISTS.
+-- counts TG_ARGV from 1 (not used) and has no statement-level triggers (none needed). Before
+-- v26.2 it cannot CREATE OR REPLACE a function that a trigger uses (cockroachdb/cockroach#134575;
+-- allowed from cockroachdb/cockroach#163348), so the triggers are dropped first: the file runs
+-- again on a database that has them (a re-run after a lost tracking row, a restore), on both
+-- engines. CREATE TRIGGER has no IF NOT EXISTS on either engine: hence DROP TRIGGER IF EXISTS.
 --
 -- A new synced table: add it to cesar.sync.tables.SYNCED_TABLES and, in its own migration,
 --   CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE ON <table> FOR EACH ROW
 --   WHEN (current_setting('cesar.sync_apply', true) IS DISTINCT FROM 'on')
 --   EXECUTE FUNCTION sync_capture();
+
+DROP TRIGGER IF EXISTS sync_capture ON agents;
+
+DROP TRIGGER IF EXISTS sync_capture ON agent_capabilities;
+
+DROP TRIGGER IF EXISTS sync_capture ON tasks;
+
+DROP TRIGGER IF EXISTS sync_capture ON task_assignments;
+
+DROP TRIGGER IF EXISTS sync_capture ON agent_runs;
+
+DROP TRIGGER IF EXISTS sync_capture ON agent_run_events;
+
+DROP TRIGGER IF EXISTS sync_capture ON api_keys;
+
+DROP TRIGGER IF EXISTS sync_capture ON audit_log;
 
 CREATE OR REPLACE FUNCTION sync_capture() RETURNS TRIGGER AS $$
 DECLARE
@@ -48,49 +66,33 @@ BEGIN
 END;
 $$ LANGUAGE plpgsql;
 
-DROP TRIGGER IF EXISTS sync_capture ON agents;
-
 CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE ON agents FOR EACH ROW
     WHEN (current_setting('cesar.sync_apply', true) IS DISTINCT FROM 'on')
     EXECUTE FUNCTION sync_capture();
-
-DROP TRIGGER IF EXISTS sync_capture ON agent_capabilities;
 
 CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE ON agent_capabilities FOR EACH ROW
     WHEN (current_setting('cesar.sync_apply', true) IS DISTINCT FROM 'on')
     EXECUTE FUNCTION sync_capture();
 
-DROP TRIGGER IF EXISTS sync_capture ON tasks;
-
 CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE ON tasks FOR EACH ROW
     WHEN (current_setting('cesar.sync_apply', true) IS DISTINCT FROM 'on')
     EXECUTE FUNCTION sync_capture();
-
-DROP TRIGGER IF EXISTS sync_capture ON task_assignments;
 
 CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE ON task_assignments FOR EACH ROW
     WHEN (current_setting('cesar.sync_apply', true) IS DISTINCT FROM 'on')
     EXECUTE FUNCTION sync_capture();
 
-DROP TRIGGER IF EXISTS sync_capture ON agent_runs;
-
 CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE ON agent_runs FOR EACH ROW
     WHEN (current_setting('cesar.sync_apply', true) IS DISTINCT FROM 'on')
     EXECUTE FUNCTION sync_capture();
-
-DROP TRIGGER IF EXISTS sync_capture ON agent_run_events;
 
 CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE ON agent_run_events FOR EACH ROW
     WHEN (current_setting('cesar.sync_apply', true) IS DISTINCT FROM 'on')
     EXECUTE FUNCTION sync_capture();
 
-DROP TRIGGER IF EXISTS sync_capture ON api_keys;
-
 CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE ON api_keys FOR EACH ROW
     WHEN (current_setting('cesar.sync_apply', true) IS DISTINCT FROM 'on')
     EXECUTE FUNCTION sync_capture();
-
-DROP TRIGGER IF EXISTS sync_capture ON audit_log;
 
 CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE ON audit_log FOR EACH ROW
     WHEN (current_setting('cesar.sync_apply', true) IS DISTINCT FROM 'on')

@@ -84,12 +84,18 @@ class CloudCluster(pulumi.ComponentResource):
             name=settings.cluster_name,
             cloud_provider=spec.provider,
             plan=spec.plan,
-            cockroach_version=spec.version,
+            # The pin fixes the version of ADVANCED clusters only: the provider accepts a
+            # version on a STANDARD cluster only with manual upgrades, which would leave keeping
+            # it supported to us. A STANDARD cluster keeps Cloud's automatic major upgrades
+            # (stated, not defaulted) and starts on the version Cloud offers; `cesar doctor`
+            # checks it against the minimum.
+            cockroach_version=spec.version if advanced else None,
             regions=regions,
             dedicated=cockroach.ClusterDedicatedArgs(
                 storage_gib=spec.storage_gib, num_virtual_cpus=spec.num_virtual_cpus,
             ) if advanced else None,
             serverless=None if advanced else cockroach.ClusterServerlessArgs(
+                upgrade_type="AUTOMATIC",
                 usage_limits=cockroach.ClusterServerlessUsageLimitsArgs(
                     provisioned_virtual_cpus=spec.provisioned_virtual_cpus)),
             delete_protection=spec.delete_protection,

@@ -112,6 +112,18 @@ def test_a_multi_region_standard_cluster_marks_its_first_region_primary() -> Non
     assert [r.get("primary") for r in cluster.plain_inputs["regions"]] == [True, None, None]
 
 
+def test_a_standard_cluster_is_given_no_version_and_keeps_automatic_upgrades() -> None:
+    # The provider takes cockroach_version on STANDARD only with serverless.upgradeType MANUAL.
+    run = offline.run("production", config=_override("production", "cesar:cloud",
+                                                     {"plan": "STANDARD"}))
+    [cluster] = run.of_type(CLUSTER)
+    assert cluster.plain_inputs.get("cockroachVersion") is None
+    assert cluster.plain_inputs["serverless"]["upgradeType"] == "AUTOMATIC"
+    with pytest.raises(ConfigError, match="cesar:cloud.version applies to ADVANCED clusters"):
+        offline.run("production", config=_override("production", "cesar:cloud",
+                                                    {"plan": "STANDARD", "version": "v25.4"}))
+
+
 # ------------------------------------------------------------------ dev memory
 def _share(value: str) -> float:
     return float(value[:-1]) / 100 if value.endswith("%") else float(value)

@@ -127,9 +127,6 @@ def test_json_lists_each_capability_with_its_minimum_and_source(
     ("REVOKE UPDATE ON agents FROM cesar_app",
      "capability for-update-nowait is missing: the server refused the probe: permission denied "
      "for table agents (SQLSTATE 42501); it needs CockroachDB v20.2"),
-    ("ALTER ROLE cesar_app_a SET password_encryption = 'md5'",
-     "capability scram-sha-256 is missing: password_encryption is md5, not scram-sha-256; it "
-     "needs CockroachDB v22.2"),
 ])
 def test_each_missing_capability_is_refused_in_one_line(
         cesar: Callable[..., Result], broken: tuple[str, Callable[[str], None]],
@@ -137,12 +134,44 @@ def test_each_missing_capability_is_refused_in_one_line(
     url, as_superuser = broken
     assert cesar("doctor", "--url", url).code == 0  # the same database, before
     as_superuser(breakage)
+    line = _refusal(cesar("doctor", "--url", url))
+    assert expected in line, line
+
+
+def test_md5_password_encryption_still_accepts_the_pre_hashed_verifiers_rotation_sends(
+        cesar: Callable[..., Result], broken: tuple[str, Callable[[str], None]]) -> None:
+    # password_encryption only hashes cleartext passwords; a SCRAM verifier is stored as given.
+    import json
+
+    url, as_superuser = broken
+    as_superuser("ALTER ROLE cesar_app_a SET password_encryption = 'md5'")
     try:
-        line = _refusal(cesar("doctor", "--url", url))
-        assert expected in line, line
+        result = cesar("doctor", "--url", url, "--json")
+        assert result.code == 0, result
+        [item] = [c for c in json.loads(result.out)["capabilities"]
+                  if c["name"] == "scram-sha-256"]
+        assert item["present"] is True and item["warning"] is False, item
+        assert "pre-hashed SCRAM-SHA-256 verifier is accepted" in item["detail"]
+        with psycopg.connect(url) as conn:  # its password still works: the probe rolled back
+            assert conn.execute("SHOW password_encryption").fetchone() == ("md5",)
     finally:
-        if breakage.startswith("ALTER ROLE"):
-            as_superuser("ALTER ROLE cesar_app_a RESET password_encryption")
+        as_superuser("ALTER ROLE cesar_app_a RESET password_encryption")
+
+
+def test_the_scram_probe_reads_the_verifier_back_where_it_may_and_changes_nothing(
+        pg_stack: PgStack, migrated: str) -> None:
+    dbname = str(psycopg.conninfo.conninfo_to_dict(migrated)["dbname"])
+    with pg_stack.superuser(dbname) as conn:
+        conn.execute("SET password_encryption = 'md5'")
+        before = conn.execute("SELECT rolpassword FROM pg_authid "
+                              "WHERE rolname = current_user").fetchone()
+        report = doctor.check(conn, SYNCED_TABLES, url=migrated)
+        after = conn.execute("SELECT rolpassword FROM pg_authid "
+                             "WHERE rolname = current_user").fetchone()
+    [scram] = [r for r in report.results if r.capability.name == "scram-sha-256"]
+    assert scram.present and not scram.warning
+    assert scram.detail == "a pre-hashed SCRAM-SHA-256 verifier is stored as given"
+    assert before == after
 
 
 def test_skip_locked_is_reported_with_nowait_when_locking_is_refused(

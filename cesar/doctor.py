@@ -137,7 +137,14 @@ def probe_release(p: Probe) -> str:
     if server.version is None:
         raise Missing(f"the server's version() cannot be read: {server.text[:80]!r}")
     if not server.version.at_least(cockroach.MINIMUM):
-        raise Missing(f"the server is {server.short}")
+        if server.version.series in cockroach.UPGRADE_FROM:
+            path = f"upgrade it to {cockroach.PINNED_SERIES}"
+        else:  # CockroachDB refuses to skip a Regular release
+            path = (f"it cannot be upgraded to {cockroach.PINNED_SERIES} directly: upgrade it, "
+                    f"one Regular release at a time, to {cockroach.UPGRADE_FROM[0]} and finalize "
+                    "first")
+        raise Missing(f"the server is {server.short} ({path}: docs/cockroachdb.md, "
+                      "Upgrading an existing cluster)")
     pinned = "" if server.version.series == cockroach.PINNED_SERIES else (
         f", pinned {cockroach.PINNED_RELEASE}")
     return f"{server.short}{pinned}"

@@ -227,9 +227,15 @@ def test_an_older_cockroachdb_release_lacks_what_it_lacks(
 def test_the_release_refusal_names_the_server_and_the_minimum(migrated: str) -> None:
     report = _check(migrated, V24_3)
     assert report.refusal().startswith(
-        "capability server-release is missing: the server is CockroachDB v24.3.5; it needs "
-        "CockroachDB v25.4 or later")
+        "capability server-release is missing: the server is CockroachDB v24.3.5 (it cannot be "
+        "upgraded to v25.4 directly: upgrade it, one Regular release at a time, to v25.2 and "
+        "finalize first: docs/cockroachdb.md, "
+        "Upgrading an existing cluster); it needs CockroachDB v25.4 or later")
     assert "(also missing: trigger-catalog)" in report.refusal()
+    # v25.3 (the Innovation release in between) may go to v25.4 at once
+    assert _check(migrated, V25_3).refusal().startswith(
+        "capability server-release is missing: the server is CockroachDB v25.3.2 (upgrade it to "
+        "v25.4: docs/cockroachdb.md")
 
 
 def test_read_committed_refusal_names_the_cluster_setting(migrated: str) -> None:

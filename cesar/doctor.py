@@ -82,15 +82,21 @@ class Result:
     present: bool
     detail: str
     warning: bool = False  # present as far as this login can tell; not verified
+    probed: bool = True  # False: the probe could not run (a permission), nothing was learnt
+    engine: str = "cockroachdb"  # the engine judged: release minimums only concern CockroachDB
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.capability.as_dict(), "present": self.present, "detail": self.detail,
-                "warning": self.warning}
+                "warning": self.warning, "probed": self.probed}
 
     def refusal(self) -> str:
         c = self.capability
-        return (f"capability {c.name} is missing: {self.detail}; it needs CockroachDB "
-                f"{c.minimum.series} or later (source: {c.source}); {c.used_by} relies on it")
+        if not self.probed:
+            return (f"capability {c.name} could not be checked: {self.detail}; {c.used_by} "
+                    "relies on it")
+        needs = (f"; it needs CockroachDB {c.minimum.series} or later (source: {c.source})"
+                 if self.engine == "cockroachdb" else "")
+        return f"capability {c.name} is missing: {self.detail}{needs}; {c.used_by} relies on it"
 
 
 @dataclass
@@ -369,16 +375,36 @@ def check(conn: psycopg.Connection, tables: Sequence[str], *, url: str = "",
                 server.version is None or not server.version.at_least(capability.minimum))
             if gate and capability.name != "server-release":
                 raise Missing(f"the server is {server.short}")
-            report.results.append(Result(capability, True, detail, warning))
+            report.results.append(Result(capability, True, detail, warning,
+                                         engine=server.engine))
         except Missing as exc:
-            report.results.append(Result(capability, False, str(exc)))
+            report.results.append(Result(capability, False, str(exc), engine=server.engine))
         except psycopg.Error as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            what = f"{first} (SQLSTATE {exc.sqlstate or '?'})"
+            if conn.closed or exc.sqlstate is None or exc.sqlstate[:2] in LOST:
+                # A lost connection or a timeout says nothing about the capability.
+                raise OperationFailed(f"doctor: the probe of {capability.name} did not "
+                                      f"finish: {what}; check the server and run it again"
+                                      ) from None
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.rollback()
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            report.results.append(Result(capability, False, f"the server refused the probe: "
-                                         f"{first} (SQLSTATE {exc.sqlstate or '?'})"))
+            if exc.sqlstate in UNSUPPORTED:
+                report.results.append(Result(capability, False, f"the server does not support "
+                                             f"the probe: {what}", engine=server.engine))
+            else:  # a permission, a lock, a bad state: the login cannot use it, but why is known
+                report.results.append(Result(capability, False, f"the server refused the "
+                                             f"probe: {what}", probed=False,
+                                             engine=server.engine))
     return report
+
+
+#: SQLSTATEs that mean the server lacks the feature: feature_not_supported, syntax_error,
+#: undefined_function.
+UNSUPPORTED = frozenset({"0A000", "42601", "42883"})
+#: SQLSTATE classes that mean the probe never got an answer: connection exception (08),
+#: operator intervention (57: query_canceled by statement_timeout, admin_shutdown, ...).
+LOST = frozenset({"08", "57"})
 
 
 def target(settings: Settings, url: str | None, local: bool) -> tuple[str, str]:

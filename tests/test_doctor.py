@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from cesar import doctor, migrate
+from cesar.errors import OperationFailed
 from cesar.sync.tables import SYNCED_TABLES
 from tests.conftest import PgStack, make_settings
 
@@ -109,24 +110,24 @@ def test_json_lists_each_capability_with_its_minimum_and_source(
 @pytest.mark.parametrize(("breakage", "expected"), [
     ("DROP TRIGGER sync_capture ON agents",
      "capability trigger-catalog is missing: pg_catalog.pg_trigger lists no sync_capture trigger "
-     "on agents; it needs CockroachDB v25.3 or later (source: https://github.com/"
-     "cockroachdb/cockroach/pull/147248"),
+     "on agents; the sync's start-up check"),
     ("ALTER TABLE audit_log DISABLE TRIGGER sync_capture",
      "capability trigger-catalog is missing: the sync_capture trigger is disabled on audit_log; "
-     "it needs CockroachDB v25.3"),
+     "the sync's start-up check"),
     ("DROP FUNCTION sync_capture() CASCADE",
      "capability plpgsql-trigger-function is missing: the trigger function sync_capture() does "
-     "not exist (run `cesar migrate up`: migration 011_sync_capture); it needs CockroachDB v24.3"),
+     "not exist (run `cesar migrate up`: migration 011_sync_capture); the sync's capture"),
+    # A permission says nothing about the release: no "needs CockroachDB" for it.
     ("REVOKE EXECUTE ON FUNCTION pg_catalog.set_config(text, text, boolean) FROM PUBLIC",
-     "capability set-config is missing: the server refused the probe: permission denied for "
-     "function set_config (SQLSTATE 42501); it needs CockroachDB v21.2"),
+     "capability set-config could not be checked: the server refused the probe: permission "
+     "denied for function set_config (SQLSTATE 42501); the sync's apply marker"),
     ("REVOKE EXECUTE ON FUNCTION pg_catalog.json_populate_recordset(anyelement, json, boolean) "
      "FROM PUBLIC",
-     "capability json-populate-recordset is missing: the server refused the probe: permission "
-     "denied for function json_populate_recordset (SQLSTATE 42501); it needs CockroachDB v21.2"),
+     "capability json-populate-recordset could not be checked: the server refused the probe: "
+     "permission denied for function json_populate_recordset (SQLSTATE 42501); the sync's row"),
     ("REVOKE UPDATE ON agents FROM cesar_app",
-     "capability for-update-nowait is missing: the server refused the probe: permission denied "
-     "for table agents (SQLSTATE 42501); it needs CockroachDB v20.2"),
+     "capability for-update-nowait could not be checked: the server refused the probe: "
+     "permission denied for table agents (SQLSTATE 42501); the sync's locked apply"),
 ])
 def test_each_missing_capability_is_refused_in_one_line(
         cesar: Callable[..., Result], broken: tuple[str, Callable[[str], None]],
@@ -136,6 +137,48 @@ def test_each_missing_capability_is_refused_in_one_line(
     as_superuser(breakage)
     line = _refusal(cesar("doctor", "--url", url))
     assert expected in line, line
+    assert "needs CockroachDB" not in line  # a PostgreSQL server: no CockroachDB minimum
+
+
+def _probe(*statements: str) -> doctor.Capability:
+    def run(p: doctor.Probe) -> str:
+        for statement in statements:
+            p.conn.execute(statement)  # type: ignore[arg-type]
+        return "ran"
+
+    return doctor.Capability("probe", "the test", doctor.Version(21, 2), "https://example.invalid",
+                             run)
+
+
+def test_only_an_unsupported_feature_counts_as_missing(migrated: str) -> None:
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        report = doctor.check(conn, SYNCED_TABLES, capabilities=[
+            _probe("SELECT cesar_no_such_function()"), _probe("SELEC 1")],
+            version_text=V25_4)
+    assert [(r.present, r.probed) for r in report.results] == [(False, True), (False, True)]
+    assert report.refusal().startswith("capability probe is missing: the server does not support "
+                                       "the probe: function cesar_no_such_function() does not "
+                                       "exist (SQLSTATE 42883); it needs CockroachDB v21.2")
+
+
+@pytest.mark.parametrize("lost", ["timeout", "connection"])
+def test_a_timeout_or_a_lost_connection_is_not_a_missing_capability(
+        migrated: str, lost: str, pg_stack: PgStack) -> None:
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        if lost == "timeout":  # 57014, query_canceled
+            probe = _probe("SET statement_timeout = 50", "SELECT pg_sleep(5)")
+        else:  # the server ends the session under the probe
+            def terminated(p: doctor.Probe) -> str:
+                with pg_stack.superuser() as su:
+                    su.execute("SELECT pg_terminate_backend(%s, 10000)",  # waits for its end
+                               [p.conn.info.backend_pid])
+                p.conn.execute("SELECT 1")
+                return "ran"
+
+            probe = doctor.Capability("probe", "the test", doctor.Version(21, 2),
+                                      "https://example.invalid", terminated)
+        with pytest.raises(OperationFailed, match="^doctor: the probe of probe did not finish: "):
+            doctor.check(conn, SYNCED_TABLES, capabilities=[probe])
 
 
 def test_md5_password_encryption_still_accepts_the_pre_hashed_verifiers_rotation_sends(

@@ -133,8 +133,10 @@ def require_tls(url: str, source: str, environment: str, *, local: bool = False)
     ``sslmode=verify-full`` (the server's certificate is checked against a CA and its name
     against the host), whatever its source: a variable or an explicit ``--url``-style flag.
     The one exemption is the sync's *local* database (``local=True``) when it is reached over a
-    unix socket or a loopback address: that traffic never leaves the machine, and PostgreSQL's
-    unix sockets have no TLS at all. Raises ConfigError naming ``source`` and the fix.
+    unix socket or a loopback address, where its server is meant to run on this machine, and
+    PostgreSQL's unix sockets have no TLS at all. (A loopback port forwarded elsewhere, by SSH
+    ``-L`` or socat, does carry the traffic off the machine: docs/configuration.md says so.)
+    Raises ConfigError naming ``source`` and the fix.
     """
     params = urls.parse(url, source)
     if environment == "development":

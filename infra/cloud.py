@@ -154,7 +154,9 @@ class CloudCluster(pulumi.ComponentResource):
             must_run=False, attach=True, logs=True, restart="no",
             opts=pulumi.ResourceOptions(
                 parent=self, provider=docker_provider,
-                depends_on=[self.admin, self.database, *self.allow_list]),
+                depends_on=[self.admin, self.database, *self.allow_list],
+                # its output is kept in Pulumi's state: encrypted there, never in plain text
+                additional_secret_outputs=["container_logs"]),
         )
         self.bootstrap_exit_code = self.bootstrap.exit_code.apply(
             lambda code: require_success(names.bootstrap, code))

@@ -206,3 +206,16 @@ def test_cloud_and_single_node_clusters_need_no_license(monkeypatch: pytest.Monk
 
 def test_the_pinned_image_passes_the_image_rules() -> None:
     assert images.Images().cockroach == cockroach.IMAGE
+
+
+# ------------------------------------------------------------------ one-shot containers' logs
+@pytest.mark.parametrize(("stack", "name"), [("dev", "cesar-dev-roach-init"),
+                                             ("staging", "cesar-staging-roach-init"),
+                                             ("production", "cesar-production-sql-bootstrap")])
+def test_a_one_shot_containers_logs_are_a_secret_in_the_state(runs, stack: str,
+                                                              name: str) -> None:
+    # logs=True keeps the container's output in Pulumi's state; the bootstrap may print the
+    # license or a password, so the engine must encrypt that output.
+    container = runs[stack].named(name)
+    assert container.plain_inputs["logs"] is True
+    assert "containerLogs" in container.additional_secret_outputs

@@ -29,6 +29,11 @@ PINNED_SERIES = "v25.4"
 IMAGE = f"cockroachdb/cockroach:{PINNED_RELEASE}"
 #: The next major release the code already handles (its default changes included).
 NEXT_MAJOR = "v26.1"
+#: The series a cluster may be upgraded to the pin from: a major upgrade goes from one Regular
+#: release to the next, optionally through the Innovation release between them (v25.2, a
+#: Regular release, or v25.3, an Innovation one, to v25.4). A v24.3 cluster goes to v25.2 and
+#: is finalized first (cockroachdb/docs#20877).
+UPGRADE_FROM = ("v25.2", "v25.3")
 #: Where the support dates come from.
 SUPPORT_SOURCE = "https://www.cockroachlabs.com/docs/releases/release-support-policy"
 LTS_SOURCE = "https://github.com/cockroachdb/docs/pull/23275"

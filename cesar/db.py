@@ -81,15 +81,40 @@ LOOPBACK_HOSTS = frozenset({"localhost", "localhost.localdomain", "ip6-localhost
 
 
 def _is_loopback_or_socket(params: dict[str, str]) -> bool:
-    """True when every address libpq would try is this machine's: a unix socket (a host that is
-    a directory, or no host at all) or a loopback address. ``hostaddr`` wins over ``host``, as
-    in libpq; a URL without a host falls back to PGHOST/PGHOSTADDR, so those are read too."""
-    hostaddr = params.get("hostaddr") or os.environ.get("PGHOSTADDR", "")
-    host = params.get("host") or os.environ.get("PGHOST", "")
-    candidates = [h.strip() for h in (hostaddr or host).split(",")]
+    """True when every address libpq would try is this machine's: a unix socket or a loopback
+    address. libpq pairs ``host`` and ``hostaddr`` by position: a non-empty ``hostaddr`` entry is
+    dialled, else that position's ``host`` (a directory or ``@name`` is a socket), else the
+    default socket. A parameter the URL leaves out comes from PGHOST/PGHOSTADDR, or, when a
+    service is named (``service=`` or PGSERVICE), possibly from pg_service.conf, which is not
+    read here: then only what the URL itself names can be judged, anything else is not exempt."""
+    service = "service" in params or "PGSERVICE" in os.environ
+
+    def setting(name: str, variable: str) -> str | None:
+        if name in params:
+            return params[name]
+        if service:
+            return None  # whatever the service file says: unknown here
+        return os.environ.get(variable, "")
+
+    hostaddr, host = setting("hostaddr", "PGHOSTADDR"), setting("host", "PGHOST")
+    if hostaddr is None:
+        return False
+    addrs = [a.strip() for a in hostaddr.split(",")] if hostaddr else []
+    if host is None:
+        if not addrs or not all(addrs):
+            return False  # some position falls back to a host from the service file
+        host = ""
+    hosts = [h.strip() for h in host.split(",")] if host else []
+    if addrs:
+        if hosts and len(hosts) != len(addrs):
+            return False  # libpq refuses the mismatch; nothing to exempt
+        hosts = hosts or [""] * len(addrs)
+        candidates = [addr or name for addr, name in zip(addrs, hosts, strict=True)]
+    else:
+        candidates = hosts or [""]
     for candidate in candidates:
         if not candidate or candidate.startswith("/") or candidate.startswith("@"):
-            continue  # unix-domain socket (a directory, or Linux's abstract namespace)
+            continue  # unix-domain socket (the default, a directory, or an abstract name)
         if candidate.lower() in LOOPBACK_HOSTS:
             continue
         try:
@@ -108,8 +133,10 @@ def require_tls(url: str, source: str, environment: str, *, local: bool = False)
     ``sslmode=verify-full`` (the server's certificate is checked against a CA and its name
     against the host), whatever its source: a variable or an explicit ``--url``-style flag.
     The one exemption is the sync's *local* database (``local=True``) when it is reached over a
-    unix socket or a loopback address: that traffic never leaves the machine, and PostgreSQL's
-    unix sockets have no TLS at all. Raises ConfigError naming ``source`` and the fix.
+    unix socket or a loopback address, where its server is meant to run on this machine, and
+    PostgreSQL's unix sockets have no TLS at all. (A loopback port forwarded elsewhere, by SSH
+    ``-L`` or socat, does carry the traffic off the machine: docs/configuration.md says so.)
+    Raises ConfigError naming ``source`` and the fix.
     """
     params = urls.parse(url, source)
     if environment == "development":

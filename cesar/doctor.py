@@ -33,6 +33,10 @@ class Missing(Exception):
     """A probe found the capability absent; the message says what was seen."""
 
 
+class Unverified(Exception):
+    """A probe could not look (this login may not); a warning, not a refusal."""
+
+
 @dataclass
 class Probe:
     """What the probes share: the connection, the server and the synced tables."""
@@ -77,14 +81,22 @@ class Result:
     capability: Capability
     present: bool
     detail: str
+    warning: bool = False  # present as far as this login can tell; not verified
+    probed: bool = True  # False: the probe could not run (a permission), nothing was learnt
+    engine: str = "cockroachdb"  # the engine judged: release minimums only concern CockroachDB
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.capability.as_dict(), "present": self.present, "detail": self.detail}
+        return {**self.capability.as_dict(), "present": self.present, "detail": self.detail,
+                "warning": self.warning, "probed": self.probed}
 
     def refusal(self) -> str:
         c = self.capability
-        return (f"capability {c.name} is missing: {self.detail}; it needs CockroachDB "
-                f"{c.minimum.series} or later (source: {c.source}); {c.used_by} relies on it")
+        if not self.probed:
+            return (f"capability {c.name} could not be checked: {self.detail}; {c.used_by} "
+                    "relies on it")
+        needs = (f"; it needs CockroachDB {c.minimum.series} or later (source: {c.source})"
+                 if self.engine == "cockroachdb" else "")
+        return f"capability {c.name} is missing: {self.detail}{needs}; {c.used_by} relies on it"
 
 
 @dataclass
@@ -131,7 +143,14 @@ def probe_release(p: Probe) -> str:
     if server.version is None:
         raise Missing(f"the server's version() cannot be read: {server.text[:80]!r}")
     if not server.version.at_least(cockroach.MINIMUM):
-        raise Missing(f"the server is {server.short}")
+        if server.version.series in cockroach.UPGRADE_FROM:
+            path = f"upgrade it to {cockroach.PINNED_SERIES}"
+        else:  # CockroachDB refuses to skip a Regular release
+            path = (f"it cannot be upgraded to {cockroach.PINNED_SERIES} directly: upgrade it, "
+                    f"one Regular release at a time, to {cockroach.UPGRADE_FROM[0]} and finalize "
+                    "first")
+        raise Missing(f"the server is {server.short} ({path}: docs/cockroachdb.md, "
+                      "Upgrading an existing cluster)")
     pinned = "" if server.version.series == cockroach.PINNED_SERIES else (
         f", pinned {cockroach.PINNED_RELEASE}")
     return f"{server.short}{pinned}"
@@ -246,12 +265,52 @@ def probe_read_committed(p: Probe) -> str:
     return "READ COMMITTED transactions run as READ COMMITTED"
 
 
+PRE_HASHED_SETTING = "server.user_login.store_client_pre_hashed_passwords.enabled"
+
+
 def probe_scram(p: Probe) -> str:
-    row = p.conn.execute("SHOW password_encryption").fetchone()
-    method = str(row[0]) if row else "?"
-    if method.lower() != "scram-sha-256":
-        raise Missing(f"password_encryption is {method}, not scram-sha-256")
-    return "password_encryption = scram-sha-256"
+    """Does the server store a pre-hashed SCRAM verifier as given? ``password_encryption`` does
+    not say: it only governs how a cleartext password is hashed."""
+    if p.server.engine == "cockroachdb":
+        # While this setting is off, CockroachDB takes 'SCRAM-SHA-256$...' for a cleartext
+        # password and hashes it: the rotation would set a password nobody knows.
+        try:
+            with p.scratch():
+                row = p.conn.execute(f"SHOW CLUSTER SETTING {PRE_HASHED_SETTING}").fetchone()
+        except pgerrors.InsufficientPrivilege:
+            raise Unverified(f"this login may not read {PRE_HASHED_SETTING} (it needs "
+                             "VIEWCLUSTERSETTING); its default, true, accepts pre-hashed "
+                             "verifiers") from None
+        value = str(row[0]).lower() if row else "?"
+        if value not in ("true", "t", "on"):
+            raise Missing(f"{PRE_HASHED_SETTING} is {value}: a pre-hashed verifier would be "
+                          f"stored as a cleartext password (SET CLUSTER SETTING "
+                          f"{PRE_HASHED_SETTING} = true)")
+        return f"{PRE_HASHED_SETTING} = true"
+    # PostgreSQL: set a throwaway verifier on this login, in a transaction rolled back (a role
+    # may change its own password); read it back where this login may read pg_authid.
+    from cesar import scram
+    from cesar.embedded import new_password
+
+    verifier = scram.verifier(new_password())
+    try:
+        with p.scratch():
+            p.conn.execute(sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(
+                sql.Literal(verifier)))
+            readable = p.conn.execute(
+                "SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT')").fetchone()
+            stored = p.conn.execute(
+                "SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = current_user"
+            ).fetchone() if readable and readable[0] else None
+    except pgerrors.InsufficientPrivilege:
+        raise Unverified("this login may not change its own password, so whether a pre-hashed "
+                         "verifier is accepted was not tried (PostgreSQL accepts one since 10)"
+                         ) from None
+    if stored is None:
+        return "a pre-hashed SCRAM-SHA-256 verifier is accepted by ALTER ROLE"
+    if stored[0] != verifier:
+        raise Missing("the server did not store a pre-hashed SCRAM-SHA-256 verifier as given")
+    return "a pre-hashed SCRAM-SHA-256 verifier is stored as given"
 
 
 def _v(text: str) -> Version:
@@ -307,21 +366,45 @@ def check(conn: psycopg.Connection, tables: Sequence[str], *, url: str = "",
     probe = Probe(conn, actual, tuple(tables), judged=server)
     for capability in capabilities:
         try:
-            detail = capability.probe(probe)
+            warning = False
+            try:
+                detail = capability.probe(probe)
+            except Unverified as exc:
+                detail, warning = f"not verified: {exc}", True
             gate = server.engine == "cockroachdb" and (
                 server.version is None or not server.version.at_least(capability.minimum))
             if gate and capability.name != "server-release":
                 raise Missing(f"the server is {server.short}")
-            report.results.append(Result(capability, True, detail))
+            report.results.append(Result(capability, True, detail, warning,
+                                         engine=server.engine))
         except Missing as exc:
-            report.results.append(Result(capability, False, str(exc)))
+            report.results.append(Result(capability, False, str(exc), engine=server.engine))
         except psycopg.Error as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            what = f"{first} (SQLSTATE {exc.sqlstate or '?'})"
+            if conn.closed or exc.sqlstate is None or exc.sqlstate[:2] in LOST:
+                # A lost connection or a timeout says nothing about the capability.
+                raise OperationFailed(f"doctor: the probe of {capability.name} did not "
+                                      f"finish: {what}; check the server and run it again"
+                                      ) from None
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.rollback()
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            report.results.append(Result(capability, False, f"the server refused the probe: "
-                                         f"{first} (SQLSTATE {exc.sqlstate or '?'})"))
+            if exc.sqlstate in UNSUPPORTED:
+                report.results.append(Result(capability, False, f"the server does not support "
+                                             f"the probe: {what}", engine=server.engine))
+            else:  # a permission, a lock, a bad state: the login cannot use it, but why is known
+                report.results.append(Result(capability, False, f"the server refused the "
+                                             f"probe: {what}", probed=False,
+                                             engine=server.engine))
     return report
+
+
+#: SQLSTATEs that mean the server lacks the feature: feature_not_supported, syntax_error,
+#: undefined_function.
+UNSUPPORTED = frozenset({"0A000", "42601", "42883"})
+#: SQLSTATE classes that mean the probe never got an answer: connection exception (08),
+#: operator intervention (57: query_canceled by statement_timeout, admin_shutdown, ...).
+LOST = frozenset({"08", "57"})
 
 
 def target(settings: Settings, url: str | None, local: bool) -> tuple[str, str]:
@@ -380,7 +463,7 @@ def doctor_command(url: str | None, local: bool, as_json: bool) -> None:
         click.echo(f"server  {report.server.short} at {report.url} (pinned "
                    f"{cockroach.PINNED_RELEASE}, oldest supported {cockroach.MINIMUM.series})")
         for r in report.results:
-            state = "present" if r.present else "MISSING"
+            state = "MISSING" if not r.present else "warning" if r.warning else "present"
             click.echo(f"  {r.capability.name:<26} {state:<8} {r.detail}")
     if not report.ok:
         raise OperationFailed(report.refusal())

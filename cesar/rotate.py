@@ -53,7 +53,7 @@ import psycopg
 from psycopg import sql
 
 from cesar import lease, rotate_record, scram
-from cesar.db import detect_engine
+from cesar.db import detect_engine, require_tls
 from cesar.embedded import LOGINS, new_password, write_private
 from cesar.errors import ConfigError, OperationFailed
 from cesar.secret_stores import Credential, PrimaryStore, SecondaryStore
@@ -303,7 +303,11 @@ class Rotator:
     def _check_connections(self, st: RotationState,
                            record: rotate_record.Record | None = None) -> None:
         active = self.primary.active()
-        for url in self.primary.urls_for(active):
+        app_urls = self.primary.urls_for(active)
+        for url in app_urls:  # all judged before any is dialled
+            require_tls(url, f"the application URL in the {self.primary.name} store",
+                        self.environment)
+        for url in app_urls:
             try:
                 psycopg.connect(url, connect_timeout=10).close()
             except psycopg.OperationalError as exc:
@@ -395,9 +399,8 @@ class Rotator:
 
     def _test(self, pending: Credential) -> None:
         for url in self.primary.urls_for(pending):
-            if self.environment != "development" and "sslmode=verify-full" not in url:
-                raise ConfigError(f"test: {self.environment} requires sslmode=verify-full in "
-                                  "the application's URL")
+            require_tls(url, f"test: the application URL in the {self.primary.name} store",
+                        self.environment)
             try:
                 with psycopg.connect(url, connect_timeout=10,
                                      application_name="cesar-rotate-test") as conn:

@@ -285,7 +285,11 @@ def check_server(ctx: Context) -> Outcome:
     if expected and ctx.engine != expected:
         return "fail", f"{short}: the engine is {ctx.engine}, expected {expected}"
     if server.engine == "cockroachdb":
-        if server.version is None or not server.version.at_least(cockroach.MINIMUM):
+        if server.version is None:
+            return "fail", (f"a CockroachDB server whose release cannot be parsed from version() "
+                            f"({version[:80]!r}); run `cesar doctor` to judge it against "
+                            f"{cockroach.MINIMUM.series}")
+        if not server.version.at_least(cockroach.MINIMUM):
             return "fail", (f"{server.short} is older than {cockroach.MINIMUM.series}, the oldest "
                             f"release this project supports (pinned: {cockroach.PINNED_RELEASE}); "
                             "upgrade the cluster (docs/cockroachdb.md)")

@@ -85,12 +85,18 @@ class CloudCluster(pulumi.ComponentResource):
             name=settings.cluster_name,
             cloud_provider=spec.provider,
             plan=spec.plan,
-            cockroach_version=spec.version,
+            # The pin fixes the version of ADVANCED clusters only: the provider accepts a
+            # version on a STANDARD cluster only with manual upgrades, which would leave keeping
+            # it supported to us. A STANDARD cluster keeps Cloud's automatic major upgrades
+            # (stated, not defaulted) and starts on the version Cloud offers; `cesar doctor`
+            # checks it against the minimum.
+            cockroach_version=spec.version if advanced else None,
             regions=regions,
             dedicated=cockroach.ClusterDedicatedArgs(
                 storage_gib=spec.storage_gib, num_virtual_cpus=spec.num_virtual_cpus,
             ) if advanced else None,
             serverless=None if advanced else cockroach.ClusterServerlessArgs(
+                upgrade_type="AUTOMATIC",
                 usage_limits=cockroach.ClusterServerlessUsageLimitsArgs(
                     provisioned_virtual_cpus=spec.provisioned_virtual_cpus)),
             delete_protection=spec.delete_protection,
@@ -150,7 +156,9 @@ class CloudCluster(pulumi.ComponentResource):
             must_run=False, attach=True, logs=True, restart="no",
             opts=pulumi.ResourceOptions(
                 parent=self, provider=docker_provider,
-                depends_on=[self.admin, self.database, *self.allow_list]),
+                depends_on=[self.admin, self.database, *self.allow_list],
+                # its output is kept in Pulumi's state: encrypted there, never in plain text
+                additional_secret_outputs=["container_logs"]),
         )
         self.bootstrap_exit_code = self.bootstrap.exit_code.apply(
             lambda code: require_success(names.bootstrap, code))

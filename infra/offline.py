@@ -49,6 +49,7 @@ class Registered:
     urn: str = ""
     protect: bool = False
     dependencies: tuple[str, ...] = ()
+    additional_secret_outputs: tuple[str, ...] = ()  # wire names
 
     @property
     def plain_inputs(self) -> dict[str, Any]:
@@ -104,12 +105,13 @@ class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
 
     def __init__(self, mocks: RecordingMocks) -> None:
         super().__init__(mocks)
-        self.options: dict[str, tuple[str, bool, tuple[str, ...]]] = {}
+        self.options: dict[str, tuple[str, bool, tuple[str, ...], tuple[str, ...]]] = {}
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - the gRPC method's name
         response = super().RegisterResource(request)
         self.options[request.name] = (response.urn, bool(request.protect),
-                                      tuple(request.dependencies))
+                                      tuple(request.dependencies),
+                                      tuple(request.additionalSecretOutputs))
         return response
 
 
@@ -282,7 +284,8 @@ def run(stack: str, *, root: Path = REPO, config: Mapping[str, str] | None = Non
 
         program()
     for r in mocks.registered:
-        urn, protect, deps = monitor.options.get(r.name, ("", False, ()))
-        result.resources.append(replace(r, urn=urn, protect=protect, dependencies=deps))
+        urn, protect, deps, secret = monitor.options.get(r.name, ("", False, (), ()))
+        result.resources.append(replace(r, urn=urn, protect=protect, dependencies=deps,
+                                        additional_secret_outputs=secret))
     result.secret_values = mocks.secret_values | set(secret_values.values())
     return result

@@ -206,7 +206,10 @@ class SelfHostedCluster(pulumi.ComponentResource):
             uploads=self._init_uploads(bootstrap_sql),
             must_run=False, attach=True, logs=True, restart="no",
             labels=docker_labels(settings.stack, "cockroach-init", docker.ContainerLabelArgs),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=self.nodes),
+            # Its output (the bootstrap's, which may echo the license) is kept in Pulumi's
+            # state: encrypted there, never in plain text.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=self.nodes,
+                                        additional_secret_outputs=["container_logs"]),
         )
 
         self.init_exit_code = self.init.exit_code.apply(

@@ -359,6 +359,10 @@ def _cloud(raw: Mapping[str, Any], *, regions: Sequence[str]) -> Cloud:
         delete_protection=_bool(raw, "deleteProtection", True, "cloud"),
         admin_user=str(raw.get("adminUser", "cesar_admin")),
     )
+    if spec.plan == "STANDARD" and raw.get("version") is not None:
+        raise ConfigError("cesar:cloud.version applies to ADVANCED clusters only: a STANDARD "
+                          "cluster keeps Cloud's automatic major upgrades (docs/cockroachdb.md); "
+                          "remove cesar:cloud.version")
     if spec.plan == "ADVANCED" and spec.nodes_per_region < 1:
         raise ConfigError("cesar:cloud.nodesPerRegion must be at least 1")
     if spec.admin_user in LOGINS or spec.admin_user == APP_ROLE:

@@ -86,6 +86,9 @@ def test_set_locality_runs_on_an_unlocked_table() -> None:
     ("CockroachDB CCL v25.4.10 (x86_64-pc-linux-gnu, built 2026/05/06 12:00:00, go1.23.12)",
      "pass", "(engine cockroachdb)"),
     (V26_1, "pass", "pinned v25.4.10, run `cesar doctor` after an upgrade"),
+    ("CockroachDB CCL master-dev (x86_64-pc-linux-gnu, built 2026/05/06 12:00:00)", "fail",
+     "a CockroachDB server whose release cannot be parsed from version() ('CockroachDB CCL "
+     "master-dev"),
 ])
 def test_smoke_judges_a_cockroachdb_server_by_the_pinned_release(
         pg_stack: PgStack, fresh_db: str, version_text: str, status: str, fragment: str) -> None:

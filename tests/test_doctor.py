@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from cesar import doctor, migrate
+from cesar.errors import OperationFailed
 from cesar.sync.tables import SYNCED_TABLES
 from tests.conftest import PgStack, make_settings
 
@@ -109,27 +110,24 @@ def test_json_lists_each_capability_with_its_minimum_and_source(
 @pytest.mark.parametrize(("breakage", "expected"), [
     ("DROP TRIGGER sync_capture ON agents",
      "capability trigger-catalog is missing: pg_catalog.pg_trigger lists no sync_capture trigger "
-     "on agents; it needs CockroachDB v25.3 or later (source: https://github.com/"
-     "cockroachdb/cockroach/pull/147248"),
+     "on agents; the sync's start-up check"),
     ("ALTER TABLE audit_log DISABLE TRIGGER sync_capture",
      "capability trigger-catalog is missing: the sync_capture trigger is disabled on audit_log; "
-     "it needs CockroachDB v25.3"),
+     "the sync's start-up check"),
     ("DROP FUNCTION sync_capture() CASCADE",
      "capability plpgsql-trigger-function is missing: the trigger function sync_capture() does "
-     "not exist (run `cesar migrate up`: migration 011_sync_capture); it needs CockroachDB v24.3"),
+     "not exist (run `cesar migrate up`: migration 011_sync_capture); the sync's capture"),
+    # A permission says nothing about the release: no "needs CockroachDB" for it.
     ("REVOKE EXECUTE ON FUNCTION pg_catalog.set_config(text, text, boolean) FROM PUBLIC",
-     "capability set-config is missing: the server refused the probe: permission denied for "
-     "function set_config (SQLSTATE 42501); it needs CockroachDB v21.2"),
+     "capability set-config could not be checked: the server refused the probe: permission "
+     "denied for function set_config (SQLSTATE 42501); the sync's apply marker"),
     ("REVOKE EXECUTE ON FUNCTION pg_catalog.json_populate_recordset(anyelement, json, boolean) "
      "FROM PUBLIC",
-     "capability json-populate-recordset is missing: the server refused the probe: permission "
-     "denied for function json_populate_recordset (SQLSTATE 42501); it needs CockroachDB v21.2"),
+     "capability json-populate-recordset could not be checked: the server refused the probe: "
+     "permission denied for function json_populate_recordset (SQLSTATE 42501); the sync's row"),
     ("REVOKE UPDATE ON agents FROM cesar_app",
-     "capability for-update-nowait is missing: the server refused the probe: permission denied "
-     "for table agents (SQLSTATE 42501); it needs CockroachDB v20.2"),
-    ("ALTER ROLE cesar_app_a SET password_encryption = 'md5'",
-     "capability scram-sha-256 is missing: password_encryption is md5, not scram-sha-256; it "
-     "needs CockroachDB v22.2"),
+     "capability for-update-nowait could not be checked: the server refused the probe: "
+     "permission denied for table agents (SQLSTATE 42501); the sync's locked apply"),
 ])
 def test_each_missing_capability_is_refused_in_one_line(
         cesar: Callable[..., Result], broken: tuple[str, Callable[[str], None]],
@@ -137,12 +135,86 @@ def test_each_missing_capability_is_refused_in_one_line(
     url, as_superuser = broken
     assert cesar("doctor", "--url", url).code == 0  # the same database, before
     as_superuser(breakage)
+    line = _refusal(cesar("doctor", "--url", url))
+    assert expected in line, line
+    assert "needs CockroachDB" not in line  # a PostgreSQL server: no CockroachDB minimum
+
+
+def _probe(*statements: str) -> doctor.Capability:
+    def run(p: doctor.Probe) -> str:
+        for statement in statements:
+            p.conn.execute(statement)  # type: ignore[arg-type]
+        return "ran"
+
+    return doctor.Capability("probe", "the test", doctor.Version(21, 2), "https://example.invalid",
+                             run)
+
+
+def test_only_an_unsupported_feature_counts_as_missing(migrated: str) -> None:
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        report = doctor.check(conn, SYNCED_TABLES, capabilities=[
+            _probe("SELECT cesar_no_such_function()"), _probe("SELEC 1")],
+            version_text=V25_4)
+    assert [(r.present, r.probed) for r in report.results] == [(False, True), (False, True)]
+    assert report.refusal().startswith("capability probe is missing: the server does not support "
+                                       "the probe: function cesar_no_such_function() does not "
+                                       "exist (SQLSTATE 42883); it needs CockroachDB v21.2")
+
+
+@pytest.mark.parametrize("lost", ["timeout", "connection"])
+def test_a_timeout_or_a_lost_connection_is_not_a_missing_capability(
+        migrated: str, lost: str, pg_stack: PgStack) -> None:
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        if lost == "timeout":  # 57014, query_canceled
+            probe = _probe("SET statement_timeout = 50", "SELECT pg_sleep(5)")
+        else:  # the server ends the session under the probe
+            def terminated(p: doctor.Probe) -> str:
+                with pg_stack.superuser() as su:
+                    su.execute("SELECT pg_terminate_backend(%s, 10000)",  # waits for its end
+                               [p.conn.info.backend_pid])
+                p.conn.execute("SELECT 1")
+                return "ran"
+
+            probe = doctor.Capability("probe", "the test", doctor.Version(21, 2),
+                                      "https://example.invalid", terminated)
+        with pytest.raises(OperationFailed, match="^doctor: the probe of probe did not finish: "):
+            doctor.check(conn, SYNCED_TABLES, capabilities=[probe])
+
+
+def test_md5_password_encryption_still_accepts_the_pre_hashed_verifiers_rotation_sends(
+        cesar: Callable[..., Result], broken: tuple[str, Callable[[str], None]]) -> None:
+    # password_encryption only hashes cleartext passwords; a SCRAM verifier is stored as given.
+    import json
+
+    url, as_superuser = broken
+    as_superuser("ALTER ROLE cesar_app_a SET password_encryption = 'md5'")
     try:
-        line = _refusal(cesar("doctor", "--url", url))
-        assert expected in line, line
+        result = cesar("doctor", "--url", url, "--json")
+        assert result.code == 0, result
+        [item] = [c for c in json.loads(result.out)["capabilities"]
+                  if c["name"] == "scram-sha-256"]
+        assert item["present"] is True and item["warning"] is False, item
+        assert "pre-hashed SCRAM-SHA-256 verifier is accepted" in item["detail"]
+        with psycopg.connect(url) as conn:  # its password still works: the probe rolled back
+            assert conn.execute("SHOW password_encryption").fetchone() == ("md5",)
     finally:
-        if breakage.startswith("ALTER ROLE"):
-            as_superuser("ALTER ROLE cesar_app_a RESET password_encryption")
+        as_superuser("ALTER ROLE cesar_app_a RESET password_encryption")
+
+
+def test_the_scram_probe_reads_the_verifier_back_where_it_may_and_changes_nothing(
+        pg_stack: PgStack, migrated: str) -> None:
+    dbname = str(psycopg.conninfo.conninfo_to_dict(migrated)["dbname"])
+    with pg_stack.superuser(dbname) as conn:
+        conn.execute("SET password_encryption = 'md5'")
+        before = conn.execute("SELECT rolpassword FROM pg_authid "
+                              "WHERE rolname = current_user").fetchone()
+        report = doctor.check(conn, SYNCED_TABLES, url=migrated)
+        after = conn.execute("SELECT rolpassword FROM pg_authid "
+                             "WHERE rolname = current_user").fetchone()
+    [scram] = [r for r in report.results if r.capability.name == "scram-sha-256"]
+    assert scram.present and not scram.warning
+    assert scram.detail == "a pre-hashed SCRAM-SHA-256 verifier is stored as given"
+    assert before == after
 
 
 def test_skip_locked_is_reported_with_nowait_when_locking_is_refused(
@@ -198,9 +270,15 @@ def test_an_older_cockroachdb_release_lacks_what_it_lacks(
 def test_the_release_refusal_names_the_server_and_the_minimum(migrated: str) -> None:
     report = _check(migrated, V24_3)
     assert report.refusal().startswith(
-        "capability server-release is missing: the server is CockroachDB v24.3.5; it needs "
-        "CockroachDB v25.4 or later")
+        "capability server-release is missing: the server is CockroachDB v24.3.5 (it cannot be "
+        "upgraded to v25.4 directly: upgrade it, one Regular release at a time, to v25.2 and "
+        "finalize first: docs/cockroachdb.md, "
+        "Upgrading an existing cluster); it needs CockroachDB v25.4 or later")
     assert "(also missing: trigger-catalog)" in report.refusal()
+    # v25.3 (the Innovation release in between) may go to v25.4 at once
+    assert _check(migrated, V25_3).refusal().startswith(
+        "capability server-release is missing: the server is CockroachDB v25.3.2 (upgrade it to "
+        "v25.4: docs/cockroachdb.md")
 
 
 def test_read_committed_refusal_names_the_cluster_setting(migrated: str) -> None:

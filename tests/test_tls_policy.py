@@ -126,8 +126,14 @@ def test_local_db_url_off_host_without_verify_full_is_refused_by_every_command(
     "postgresql://app:pw@/cesar_local?host=/run/postgresql",
     "postgresql:///cesar_local",
     "postgresql://app:pw@db.example.com/cesar_local?hostaddr=127.0.0.1",
+    # position by position: an empty hostaddr entry means that position's host
+    "postgresql://app:pw@localhost:1,192.0.2.1:1/cesar_local?hostaddr=,127.0.0.1",
+    # a service file cannot redirect what the URL names in full
+    "postgresql://app:pw@/cesar_local?service=cesar&hostaddr=127.0.0.1",
 ])
-def test_a_local_database_on_a_socket_or_loopback_is_exempt(url: str) -> None:
+def test_a_local_database_on_a_socket_or_loopback_is_exempt(
+        url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_libpq_env(monkeypatch)
     db.require_tls(url, "LOCAL_DB_URL", "production", local=True)
     with pytest.raises(ConfigError, match="COCKROACH_DB_URL"):
         db.require_tls(url, "COCKROACH_DB_URL", "production")  # the cluster never is
@@ -139,13 +145,42 @@ def test_a_local_database_on_a_socket_or_loopback_is_exempt(url: str) -> None:
     "postgresql://app:pw@127.0.0.1,10.0.0.5/cesar_local",  # one off-host candidate is enough
     "postgresql://app:pw@localhost/cesar_local?hostaddr=10.0.0.5",  # hostaddr is what is used
     "postgresql://app:pw@/cesar_local",  # no host: PGHOST decides (set below)
+    # libpq pairs host and hostaddr by position: the empty first hostaddr entry dials 192.0.2.1
+    "postgresql://u@192.0.2.1:1,localhost:1/db?hostaddr=,127.0.0.1",
+    "postgresql://u@/db?hostaddr=127.0.0.1,",  # the empty entry takes PGHOST's (off-host)
+    "postgresql://u@127.0.0.1,::1/db?hostaddr=127.0.0.1",  # libpq refuses the count mismatch
+    # host and sslmode come from pg_service.conf, which may name any machine
+    "postgresql://u@/db?service=cesar",
+    "postgresql://u@localhost/db?service=cesar",  # the service file may set hostaddr
+    "postgresql://u@/db?service=cesar&hostaddr=,127.0.0.1",
 ])
 def test_anything_that_may_leave_the_host_is_not_exempt(
         url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_libpq_env(monkeypatch)
     monkeypatch.setenv("PGHOST", "db.example.com")
     with pytest.raises(ConfigError, match="LOCAL_DB_URL .*verify-full"):
         db.require_tls(url, "LOCAL_DB_URL", "staging", local=True)
     db.require_tls(url, "LOCAL_DB_URL", "development", local=True)
+
+
+@pytest.mark.parametrize(("variable", "value", "url"), [
+    ("PGHOSTADDR", "192.0.2.7", "postgresql://u@/db"),  # a hostless URL dials PGHOSTADDR
+    ("PGHOSTADDR", "192.0.2.7", "postgresql://u@localhost/db"),  # which wins over host
+    ("PGSERVICE", "cesar", "postgresql://u@/db"),  # pg_service.conf decides the host
+    ("PGSERVICE", "cesar", "postgresql://u@127.0.0.1/db"),  # ... or a hostaddr
+])
+def test_the_libpq_environment_that_may_redirect_a_local_url_is_judged(
+        variable: str, value: str, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_libpq_env(monkeypatch)
+    db.require_tls(url, "LOCAL_DB_URL", "production", local=True)  # on its own: local
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match="LOCAL_DB_URL .*verify-full"):
+        db.require_tls(url, "LOCAL_DB_URL", "production", local=True)
+
+
+def _clear_libpq_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("PGHOST", "PGHOSTADDR", "PGSERVICE", "PGSERVICEFILE"):
+        monkeypatch.delenv(variable, raising=False)
 
 
 def test_route_checks_local_db_url_outside_development() -> None:

@@ -112,6 +112,18 @@ def test_a_multi_region_standard_cluster_marks_its_first_region_primary() -> Non
     assert [r.get("primary") for r in cluster.plain_inputs["regions"]] == [True, None, None]
 
 
+def test_a_standard_cluster_is_given_no_version_and_keeps_automatic_upgrades() -> None:
+    # The provider takes cockroach_version on STANDARD only with serverless.upgradeType MANUAL.
+    run = offline.run("production", config=_override("production", "cesar:cloud",
+                                                     {"plan": "STANDARD"}))
+    [cluster] = run.of_type(CLUSTER)
+    assert cluster.plain_inputs.get("cockroachVersion") is None
+    assert cluster.plain_inputs["serverless"]["upgradeType"] == "AUTOMATIC"
+    with pytest.raises(ConfigError, match="cesar:cloud.version applies to ADVANCED clusters"):
+        offline.run("production", config=_override("production", "cesar:cloud",
+                                                    {"plan": "STANDARD", "version": "v25.4"}))
+
+
 # ------------------------------------------------------------------ dev memory
 def _share(value: str) -> float:
     return float(value[:-1]) / 100 if value.endswith("%") else float(value)
@@ -194,3 +206,16 @@ def test_cloud_and_single_node_clusters_need_no_license(monkeypatch: pytest.Monk
 
 def test_the_pinned_image_passes_the_image_rules() -> None:
     assert images.Images().cockroach == cockroach.IMAGE
+
+
+# ------------------------------------------------------------------ one-shot containers' logs
+@pytest.mark.parametrize(("stack", "name"), [("dev", "cesar-dev-roach-init"),
+                                             ("staging", "cesar-staging-roach-init"),
+                                             ("production", "cesar-production-sql-bootstrap")])
+def test_a_one_shot_containers_logs_are_a_secret_in_the_state(runs, stack: str,
+                                                              name: str) -> None:
+    # logs=True keeps the container's output in Pulumi's state; the bootstrap may print the
+    # license or a password, so the engine must encrypt that output.
+    container = runs[stack].named(name)
+    assert container.plain_inputs["logs"] is True
+    assert "containerLogs" in container.additional_secret_outputs

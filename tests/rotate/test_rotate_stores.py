@@ -17,6 +17,7 @@ import yaml
 from psycopg import sql
 
 from cesar import migrate
+from cesar.errors import ConfigError
 from cesar.rotate import Rotator
 from cesar.secret_stores import AnsibleVaultStore, EnvFileStore, url_credential
 from tests.conftest import REPO, PgStack, make_settings, require
@@ -222,3 +223,52 @@ def test_a_database_without_the_rotation_record_is_refused(tls_stack: PgStack,
     finally:
         _reset_logins(tls_stack)
         tls_stack.drop_database(name)
+def _env_value(operator_dir: Path, key: str) -> str:
+    for line in (operator_dir / ".env.cockroach").read_text().splitlines():
+        if line.startswith(f"{key}="):
+            return line.split("=", 1)[1]
+    raise AssertionError(f"no {key}")
+
+
+@pytest.mark.parametrize(("key", "tail"), [
+    ("COCKROACH_READ_REPLICA_URL", "sslmode=require"),  # not checked by anything before
+    ("COCKROACH_DB_URL", "sslmode=verify-full&sslmode=disable"),  # libpq takes the last one
+])
+def test_an_application_url_without_verify_full_stops_the_rotation_before_any_change(
+        operator_dir: Path, tmp_path: Path, key: str, tail: str) -> None:
+    # The server accepts this very URL (it is the stack's own, TLS optional), so only the
+    # policy can stop the rotation; nothing may have been written or changed by then.
+    good = _env_value(operator_dir, "COCKROACH_DB_URL")
+    bad = good.split("?", 1)[0] + "?" + tail
+    with psycopg.connect(bad) as conn:
+        conn.execute("SELECT 1")
+    env_file = operator_dir / ".env.cockroach"
+    if key == "COCKROACH_DB_URL":
+        env_file.write_text(env_file.read_text().replace(good, bad))
+    else:
+        env_file.write_text(env_file.read_text() + f"{key}={bad}\n")
+    before = env_file.read_text()
+    primary = EnvFileStore(env_file, _admin_url(operator_dir))
+    rotator = Rotator(primary, [], state_dir=tmp_path / "state", environment="production",
+                      grace_seconds=0)
+    with pytest.raises(ConfigError, match="env-file store has sslmode=(require|disable); "
+                                          "ENVIRONMENT=production requires sslmode=verify-full"):
+        rotator.run()
+    assert env_file.read_text() == before
+    assert not rotator.load().in_progress
+    with psycopg.connect(good) as conn:  # the active login still has its password
+        assert conn.execute("SELECT session_user").fetchone() == ("cesar_app_a",)
+
+
+def test_the_test_step_applies_the_rule_not_a_substring(operator_dir: Path,
+                                                        tmp_path: Path) -> None:
+    env_file = operator_dir / ".env.cockroach"
+    good = _env_value(operator_dir, "COCKROACH_DB_URL")
+    env_file.write_text(env_file.read_text().replace(
+        good, good.split("?", 1)[0] + "?sslmode=verify-full&sslmode=disable"))
+    primary = EnvFileStore(env_file, _admin_url(operator_dir))
+    rotator = Rotator(primary, [], state_dir=tmp_path / "state", environment="staging",
+                      grace_seconds=0)
+    with pytest.raises(ConfigError, match="^test: the application URL in the env-file store "
+                                          "has sslmode=disable; ENVIRONMENT=staging"):
+        rotator._test(primary.active())

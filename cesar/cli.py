@@ -153,6 +153,7 @@ SUBCOMMANDS: dict[str, str] = {
     "rotate-password": "cesar.rotate_cli:rotate_password",
     "infra": "cesar.provisioning:infra",
     "sync": "cesar.sync.cli:sync_group",
+    "keys": "cesar.keys_cli:keys_group",
 }
 
 

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import psycopg
@@ -105,7 +105,7 @@ def create_app(settings: Settings | None = None,
 
 # ----------------------------------------------------------------------------- routes
 async def health(request: Request, response: Response,
-                 principal: auth.Principal | None = Depends(auth.optional_principal),
+                 principal: Annotated[auth.Principal | None, Depends(auth.optional_principal)],
                  ) -> Health | PublicHealth:
     checker: HealthChecker = request.app.state.health
     report = await checker.check()

@@ -21,9 +21,10 @@ The last use of each key is remembered in memory and written in one batch every
 ``CESAR_API_USAGE_FLUSH_SECONDS`` (``api_key_usage``, migration 013), never per request.
 Failures are counted in ``cesar_api_auth_failures_total{reason}``.
 
-``/metrics`` also accepts ``CESAR_API_METRICS_TOKEN`` (or the file named by
-``CESAR_API_METRICS_TOKEN_FILE``): the credential Prometheus presents, checked without the
-database, so the service's metrics stay readable while its database is down.
+``/metrics`` and the details of ``/health`` also accept ``CESAR_API_METRICS_TOKEN`` (or the
+file named by ``CESAR_API_METRICS_TOKEN_FILE``): the monitoring credential Prometheus presents,
+checked (in constant time) without the database, so the service's metrics and its diagnosis stay
+readable while its database is down or not migrated.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
+import psycopg
 from fastapi import HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field, SecretStr, ValidationError
@@ -48,12 +50,15 @@ from cesar import keys, metrics
 from cesar.api.models import Error
 from cesar.config import ENV_FILES
 from cesar.db import Database
-from cesar.errors import ConfigError
+from cesar.errors import ConfigError, OperationFailed
 
 log = logging.getLogger(__name__)
 
 REALM = "cesar"
 SCHEME_NAME = "bearerAuth"
+#: ``/health`` only: while the database cannot be reached, a key looked up this recently still
+#: shows the details (the outage is when an operator wants them); every other route gets 503.
+STALE_HEALTH_SECONDS = 300.0
 #: Addresses (and cached keys) remembered per worker; the oldest are forgotten beyond this, so
 #: a flood of random keys or addresses cannot grow memory.
 MAX_TRACKED = 10_000
@@ -63,6 +68,9 @@ bearer = HTTPBearer(
     description="An API key (`cesar keys create`), as `Authorization: Bearer cesar_...`. "
                 "Scopes: " + "; ".join(f"`{k}`: {v}" for k, v in keys.SCOPES.items()) + ".",
 )
+
+#: Declares the scheme in the OpenAPI document; the header itself is read by the Authenticator.
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 
 #: Documented on every route that needs a key.
 RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -147,6 +155,12 @@ class Principal:
         return f"api_key:{self.prefix} ({self.name})"
 
 
+#: Who presented the monitoring credential (CESAR_API_METRICS_TOKEN): /metrics and the details
+#: of /health, checked without the database, so both stay readable during a database outage.
+MONITORING = Principal(uuid.UUID(int=0), "monitoring", "monitoring credential",
+                       frozenset({"metrics:read", "health:detail"}))
+
+
 class Throttle:
     """Failures per client address in a sliding window; a blocked address gets 429."""
 
@@ -191,15 +205,15 @@ class KeyCache:
         self.ttl = ttl
         self._entries: OrderedDict[str, tuple[keys.KeyRecord | None, float]] = OrderedDict()
 
-    def get(self, digest: str) -> tuple[bool, keys.KeyRecord | None, float]:
+    def get(self, digest: str, max_age: float | None = None) -> tuple[bool, keys.KeyRecord | None,
+                                                                       float]:
         entry = self._entries.get(digest)
-        if entry is None or time.monotonic() - entry[1] >= self.ttl:
+        limit = self.ttl if max_age is None else max_age
+        if entry is None or time.monotonic() - entry[1] >= limit:
             return False, None, 0.0
         return True, entry[0], entry[1]
 
     def put(self, digest: str, record: keys.KeyRecord | None, fetched: float) -> None:
-        if self.ttl <= 0:
-            return
         self._entries[digest] = (record, fetched)
         self._entries.move_to_end(digest)
         while len(self._entries) > MAX_TRACKED:
@@ -303,16 +317,25 @@ class Authenticator:
         return self._metrics_digest is not None and keys.digests_equal(
             keys.hash_key(token), self._metrics_digest)
 
-    async def authenticate(self, request: Request, token: str, address: str) -> Principal:
+    async def authenticate(self, request: Request, token: str, address: str, *,
+                           stale_ok: bool = False) -> Principal:
         if not keys.well_formed(token):
             raise self.fail(address, "malformed", "that is not an API key (they look like "
                                                   "cesar_<12 hex>_<43 characters>)")
         digest = keys.hash_key(token)
         hit, record, fetched = self.cache.get(digest)
         if not hit:
-            fetched = time.monotonic()
-            record = await anyio.to_thread.run_sync(self._lookup, digest, limiter=self.limiter)
-            self.cache.put(digest, record, fetched)
+            now = time.monotonic()
+            try:
+                record = await anyio.to_thread.run_sync(self._lookup, digest,
+                                                        limiter=self.limiter)
+            except (OperationFailed, psycopg.OperationalError):
+                hit, record, fetched = self.cache.get(digest, STALE_HEALTH_SECONDS)
+                if not (stale_ok and hit):
+                    raise
+            else:
+                fetched = now
+                self.cache.put(digest, record, fetched)
         if record is None or not keys.digests_equal(record.key_hash, digest):
             raise self.fail(address, "unknown", "unknown API key")
         if record.revoked:
@@ -349,9 +372,7 @@ def require(scope: str) -> Any:
     if scope not in keys.SCOPES:
         raise ValueError(f"unknown scope {scope}")
 
-    async def dependency(request: Request,
-                         _credentials: HTTPAuthorizationCredentials | None = Security(bearer),
-                         ) -> Principal:
+    async def dependency(request: Request, _credentials: BearerCredentials) -> Principal:
         auth: Authenticator = request.app.state.auth
         address = client_address(request)
         auth.check_throttle(address)
@@ -364,9 +385,7 @@ def require(scope: str) -> Any:
     return Security(dependency, scopes=[scope])
 
 
-async def metrics_access(request: Request,
-                         _credentials: HTTPAuthorizationCredentials | None = Security(bearer),
-                         ) -> Principal | None:
+async def metrics_access(request: Request, _credentials: BearerCredentials) -> Principal | None:
     """``/metrics``: the Prometheus credential (no database), or a key with ``metrics:read``."""
     auth: Authenticator = request.app.state.auth
     address = client_address(request)
@@ -387,4 +406,9 @@ async def optional_principal(request: Request) -> Principal | None:
     address = client_address(request)
     auth.check_throttle(address)
     token = auth.token(request, address)
-    return await auth.authenticate(request, token, address)
+    if auth.is_metrics_token(token):
+        return MONITORING
+    try:
+        return await auth.authenticate(request, token, address, stale_ok=True)
+    except (OperationFailed, psycopg.Error):
+        return None  # the key cannot be checked now: the anonymous view, never an error

@@ -6,7 +6,7 @@ Read like the rest of the configuration (process environment, then ``.env.cockro
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cesar.config import ENV_FILES
@@ -22,6 +22,8 @@ class ApiSettings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="CESAR_API_WORKERS: worker processes")
     url: str | None = Field(None, description="CESAR_API_URL: where `cesar smoke` finds the API "
                                               "(default: the one `invoke up` started)")
+    key: SecretStr | None = Field(None, description="CESAR_API_KEY: the API key `cesar smoke` "
+                                                    "sends (development: made if missing)")
 
 
 def load_api_settings(**overrides: object) -> ApiSettings:

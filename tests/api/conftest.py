@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -41,6 +42,8 @@ class ApiServer:
     #: A key with every scope, created in the served database when it could be (else one of the
     #: right shape that no database knows: its lookup then meets the database's state).
     key: str = ""
+    #: The monitoring credential (CESAR_API_METRICS_TOKEN) this server accepts.
+    monitor: str = ""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -86,7 +89,9 @@ def serve(settings: Settings, auth: AuthSettings | None = None) -> Iterator[ApiS
     """The application under uvicorn (real HTTP) on a free port, for the block's duration."""
     port = free_port()
     key = server_key(settings.local_db_url)
-    auth = auth or AuthSettings(_env_file=None)  # type: ignore[call-arg]
+    monitor = secrets.token_urlsafe(24)
+    auth = auth or AuthSettings(_env_file=None, metrics_token=monitor)  # type: ignore[call-arg]
+    secret = auth.metrics_token.get_secret_value() if auth.metrics_token else ""
     config = uvicorn.Config(create_app(settings, auth), host="127.0.0.1", port=port,
                             log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
@@ -98,7 +103,7 @@ def serve(settings: Settings, auth: AuthSettings | None = None) -> Iterator[ApiS
             raise RuntimeError("uvicorn did not start (see the captured log)")
         time.sleep(0.02)
     try:
-        yield ApiServer(f"http://127.0.0.1:{port}", server, key)
+        yield ApiServer(f"http://127.0.0.1:{port}", server, key, secret)
     finally:
         server.should_exit = True
         thread.join(timeout=15)

@@ -58,6 +58,11 @@ def generate() -> tuple[str, str]:
     return f"{prefix}_{secrets.token_urlsafe(32)}", prefix
 
 
+def prefix_of(key: str) -> str:
+    """The public prefix of a well-formed key (``cesar_<12 hex>``)."""
+    return key[:18]
+
+
 def well_formed(key: str) -> bool:
     """Whether ``key`` has the shape of a key (junk is refused without a database lookup)."""
     return KEY_PATTERN.match(key) is not None

@@ -46,6 +46,7 @@ APPLICATION = (
     Metric("cesar_sync_rows_total", "counter", ("table", "direction"), "sync"),
     Metric("cesar_sync_conflicts_total", "counter", ("table",), "sync"),
     Metric("cesar_sync_last_success_timestamp_seconds", "gauge", ("table", "direction"), "sync"),
+    Metric("cesar_api_auth_failures_total", "counter", ("reason",)),
 )
 
 COCKROACHDB = tuple(Metric(name, kind, labels, "cockroachdb") for name, kind, labels in (

@@ -17,8 +17,10 @@ NAMES = (
     "ca_cert_pem", "ssl_root_cert", "console_url", "allowlist",
     "prometheus_url", "alertmanager_url", "grafana_url",
     "grafana_admin_user", "grafana_admin_password", "api_metrics_targets",
+    "api_metrics_token",
 )
-SECRET_NAMES = frozenset({"connection_url", "connection_urls", "grafana_admin_password"})
+SECRET_NAMES = frozenset({"connection_url", "connection_urls", "grafana_admin_password",
+                          "api_metrics_token"})
 
 
 def connection_url(*, login: str, password: str, host: str, port: int, database: str,

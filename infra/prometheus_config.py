@@ -23,6 +23,8 @@ from infra.naming import ALERTMANAGER_PORT, HTTP_PORT
 
 CA_FILE = "certs/ca.crt"
 CLOUD_API_KEY_FILE = "secrets/cockroach-cloud-api-key"
+#: The monitoring credential the API accepts on /metrics (CESAR_API_METRICS_TOKEN on the hosts).
+API_METRICS_TOKEN_FILE = "secrets/cesar-api-metrics-token"
 RULE_FILES = ("rules/cesar.rules.yml", "rules/cockroachdb.rules.yml")
 CLOUD_PREFIX_REGEX = "crdb_(?:cloud|dedicated)_(.*)"
 
@@ -78,6 +80,7 @@ def config(inputs: PrometheusInputs) -> dict[str, Any]:
         "job_name": "cesar-api",
         "metrics_path": "/metrics",
         "scheme": "http",
+        "authorization": {"type": "Bearer", "credentials_file": API_METRICS_TOKEN_FILE},
         "static_configs": [{"targets": list(inputs.api_targets)}],
     })
     return {

@@ -118,6 +118,9 @@ def serve(host: str, port: int, workers: int, log_level: str, access_log: bool) 
 
     settings = load_settings()
     db.route(settings)  # a missing or unsafe URL is refused here, not in every worker
+    from cesar.api.auth import load_auth_settings
+
+    load_auth_settings().metrics_secret()  # so are bad auth settings and an unreadable token
     check_port(host, port)
     directory, temporary = _metrics_dir(workers)
     if directory is not None:

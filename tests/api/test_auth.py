@@ -279,3 +279,25 @@ def test_revoking_an_unknown_prefix_is_exit_1(migrated_url: str, tmp_path: Path)
     assert r.returncode == 1
     assert r.stderr == ("cesar: error: no key has the prefix cesar_000000000000; "
                         "`cesar keys list` shows them\n")
+
+
+# ------------------------------------------------------------------------------ configuration
+def test_the_hosts_environment_file_may_carry_the_auth_settings(tmp_path: Path) -> None:
+    """What Ansible writes (cesar_api_metrics_token) passes `cesar config check`; a revocation
+    bound over 5 s is refused, naming the variable."""
+    from cesar.configcheck import check
+    from cesar.errors import ConfigError
+
+    url = "postgresql://cesar_app_a:pw@db.example:26257/cesar?sslmode=verify-full"
+    good = tmp_path / "api.env"
+    good.write_text(f"ENVIRONMENT='staging'\nCOCKROACH_DB_URL='{url}'\n"
+                    "CESAR_API_METRICS_TOKEN='generated-elsewhere'\n"
+                    "CESAR_API_KEY_CACHE_SECONDS='2'\n")
+    report = check(good, "api")
+    assert "CESAR_API_METRICS_TOKEN" in report.keys
+    assert "generated-elsewhere" not in report.line()
+    bad = tmp_path / "bad.env"
+    bad.write_text(f"ENVIRONMENT='staging'\nCOCKROACH_DB_URL='{url}'\n"
+                   "CESAR_API_KEY_CACHE_SECONDS='30'\n")
+    with pytest.raises(ConfigError, match="CESAR_API_KEY_CACHE_SECONDS"):
+        check(bad, "api")

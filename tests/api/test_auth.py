@@ -301,3 +301,41 @@ def test_the_hosts_environment_file_may_carry_the_auth_settings(tmp_path: Path) 
                    "CESAR_API_KEY_CACHE_SECONDS='30'\n")
     with pytest.raises(ConfigError, match="CESAR_API_KEY_CACHE_SECONDS"):
         check(bad, "api")
+
+
+# ------------------------------------------------------------------------------ smoke's key
+def test_smoke_makes_its_key_again_when_the_stored_one_is_revoked(migrated_url: str,
+                                                                  tmp_path: Path) -> None:
+    from cesar import smoke
+    from tests.conftest import make_settings
+
+    settings = make_settings(local_db_url=migrated_url, state_dir=tmp_path)
+    first = smoke.development_key(settings)
+    assert first and (tmp_path / smoke.SMOKE_KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert smoke.development_key(settings) == first
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        keys.revoke(conn, keys.prefix_of(first), actor="tests")
+    second = smoke.development_key(settings)
+    assert second and second != first
+    assert (tmp_path / smoke.SMOKE_KEY_FILE).read_text().strip() == second
+
+
+def test_smoke_outside_development_creates_nothing_and_says_what_to_set(
+        migrated_url: str, auth_api: ApiServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cesar import smoke
+    from tests.conftest import make_settings
+
+    settings = make_settings(environment="staging", local_db_url=migrated_url,
+                             state_dir=tmp_path)
+    assert smoke.api_key(settings) is None
+    assert not (tmp_path / smoke.SMOKE_KEY_FILE).exists()
+    monkeypatch.setenv("CESAR_API_KEY", "cesar_from_the_environment")
+    assert smoke.api_key(settings) == "cesar_from_the_environment"
+    options = smoke.Options(url=migrated_url, variable="COCKROACH_DB_URL",
+                            environment="development", api_url=auth_api.url, timeout=2.0)
+    got = {r.name: r for r in smoke.run(options, [c for c in smoke.CHECKS
+                                                  if c.name.startswith("api-")]).results}
+    assert got["api-health"].status == "pass"  # /health answers anonymous callers
+    assert got["api-latency"].status == "fail"
+    assert got["api-latency"].detail.startswith("no API key for /agents: set CESAR_API_KEY")

@@ -165,10 +165,12 @@ def api(host: str | None, port: int | None, workers: int | None, log_level: str,
     workers = workers or defaults.workers
     if check:
         from cesar import db
+        from cesar.api.auth import load_auth_settings
         from cesar.config import load_settings
 
         settings = load_settings()
         primary = db.route(settings).primary
+        load_auth_settings().metrics_secret()
         check_port(host, port)
         click.echo(f"would serve http://{host}:{port} with {workers} worker(s), "
                    f"ENVIRONMENT={settings.environment}, database {primary.name} "

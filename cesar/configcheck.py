@@ -35,7 +35,7 @@ from cesar.errors import ConfigError
 
 Purpose = Literal["api", "sync"]
 # Where the settings classes live: every variable cesar reads is a field of one of them.
-SETTINGS_MODULES = ("cesar.config", "cesar.api.settings", "cesar.sync.tables", "cesar.api.auth")
+SETTINGS_MODULES = ("cesar.config", "cesar.api.settings", "cesar.sync.tables")
 # Read by libraries the service runs, not by cesar's settings.
 _RUNTIME_VARIABLES = frozenset({"PROMETHEUS_MULTIPROC_DIR"})
 

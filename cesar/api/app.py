@@ -27,6 +27,7 @@ from cesar import __version__, metrics
 from cesar.api import agents, auth
 from cesar.api.health import HealthChecker
 from cesar.api.models import Error, Health, Liveness, PublicHealth
+from cesar.api.settings import AuthSettings, load_auth_settings
 from cesar.config import Settings, load_settings
 from cesar.db import Database
 from cesar.errors import OperationFailed
@@ -59,7 +60,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.database, app.state.health = database, checker
     # Worker threads doing database work: no more than the pool has connections.
     app.state.db_limiter = anyio.CapacityLimiter(settings.pool_max_size)
-    app.state.auth = auth.Authenticator(app.state.auth_settings or auth.load_auth_settings(),
+    app.state.auth = auth.Authenticator(app.state.auth_settings or load_auth_settings(),
                                         database, app.state.db_limiter)
     app.state.auth.usage.start()
     log.info("serving the %s database %s (%s)", database.endpoint.name,
@@ -75,7 +76,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None,
-               auth_settings: auth.AuthSettings | None = None) -> FastAPI:
+               auth_settings: AuthSettings | None = None) -> FastAPI:
     """The application; ``settings`` default to the environment (read at start-up)."""
     app = FastAPI(title="CESAR API", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan)

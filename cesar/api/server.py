@@ -118,7 +118,7 @@ def serve(host: str, port: int, workers: int, log_level: str, access_log: bool) 
 
     settings = load_settings()
     db.route(settings)  # a missing or unsafe URL is refused here, not in every worker
-    from cesar.api.auth import load_auth_settings
+    from cesar.api.settings import load_auth_settings
 
     load_auth_settings().metrics_secret()  # so are bad auth settings and an unreadable token
     check_port(host, port)
@@ -165,7 +165,7 @@ def api(host: str | None, port: int | None, workers: int | None, log_level: str,
     workers = workers or defaults.workers
     if check:
         from cesar import db
-        from cesar.api.auth import load_auth_settings
+        from cesar.api.settings import load_auth_settings
         from cesar.config import load_settings
 
         settings = load_settings()

@@ -29,7 +29,7 @@ import uvicorn
 
 from cesar import migrate
 from cesar.api.app import create_app
-from cesar.api.auth import AuthSettings
+from cesar.api.settings import AuthSettings
 from cesar.config import Settings
 from cesar.embedded import free_port
 from tests.conftest import REPO, PgStack, make_settings

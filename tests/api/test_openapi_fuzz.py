@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.core.parameters import ParameterLocation
 
-from cesar.api.auth import AuthSettings
+from cesar.api.settings import AuthSettings
 from tests.api.conftest import ApiServer, serve, settings_for
 from tests.api.test_routes import ROUTES
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from cesar import migrate
-from cesar.api.auth import AuthSettings
+from cesar.api.settings import AuthSettings
 from cesar.embedded import EmbeddedPostgres
 from tests.api.conftest import ApiServer, sample, serve, settings_for
 from tests.conftest import REPO, make_settings, new_state_dir

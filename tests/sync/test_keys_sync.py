@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 
 from cesar import keys
-from cesar.api.auth import AuthSettings
+from cesar.api.settings import AuthSettings
 from tests.api.conftest import serve, settings_for
 from tests.sync.conftest import Pair
 

@@ -112,6 +112,7 @@ def revoke_cmd(prefix: str, url: str | None, dry_run: bool, as_json: bool) -> No
     CESAR_API_KEY_CACHE_SECONDS (default 2 s). Idempotent."""
     from cesar import keys
 
+    prefix = keys.parse_prefix(prefix)  # bad usage is refused before any connection
     with _connection(url) as conn:
         revoked = keys.revoke(conn, prefix, dry_run=dry_run)
     if as_json:

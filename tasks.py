@@ -302,6 +302,33 @@ def testhosts_down(c, run="", all=False):
 testhosts = Collection("testhosts", testhosts_up, testhosts_down)
 
 
+# ----------------------------------------------------------------------------- API keys
+@task(name="create", help={"name": "What the key is for (e.g. prometheus).",
+                           "scopes": "Comma-separated, e.g. agents:read,tasks:write.",
+                           "expires_in": "e.g. 90d, 12h (default: never).",
+                           "json": "Print one JSON object (with `key`, shown once)."})
+def keys_create(c, name, scopes, expires_in="", json=False):
+    """Create an API key and print it once (`cesar keys create`)."""
+    cesar("keys", "create", "--name", name, "--scopes", scopes,
+          *(["--expires-in", expires_in] if expires_in else []), *(["--json"] if json else []))
+
+
+@task(name="list", help={"json": "Print a JSON array."})
+def keys_list(c, json=False):
+    """List the API keys without their secrets (`cesar keys list`)."""
+    cesar("keys", "list", *(["--json"] if json else []))
+
+
+@task(name="revoke", help={"prefix": "The key's prefix (cesar_0123456789ab).",
+                           "dry_run": "Say which key would be revoked; change nothing."})
+def keys_revoke(c, prefix, dry_run=False):
+    """Revoke an API key (`cesar keys revoke`)."""
+    cesar("keys", "revoke", prefix, *(["--dry-run"] if dry_run else []))
+
+
+keys = Collection("keys", keys_create, keys_list, keys_revoke)
+
+
 ns = Collection(up, down, status, test, bench)
 ns.add_task(smoke)
 ns.add_task(migrate)
@@ -311,6 +338,7 @@ ns.add_task(rotate_password)
 ns.add_collection(infra)
 ns.add_task(deploy)
 ns.add_collection(testhosts)
+ns.add_collection(keys)
 ns.configure({"run": {"echo": False}})
 ns.add_task(doctor)
 

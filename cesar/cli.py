@@ -155,6 +155,7 @@ SUBCOMMANDS: dict[str, str] = {
     "sync": "cesar.sync.cli:sync_group",
     "doctor": "cesar.doctor:doctor_command",
     "backup": "cesar.backup.cli:backup_group",
+    "keys": "cesar.keys_cli:keys_group",
 }
 
 

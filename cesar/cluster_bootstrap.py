@@ -38,7 +38,7 @@ _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 HBA_SETTING = "server.host_based_authentication.configuration"
 LICENSE_SETTING = "enterprise.license"
-# Authentication logging, both present since CockroachDB v20.1 (far below the release pinned in cesar/cockroach.py).
+# Authentication logging, both present since CockroachDB v20.1 (far below the pinned release).
 AUDIT_SETTINGS = ("server.auth_log.sql_connections.enabled",
                   "server.auth_log.sql_sessions.enabled")
 # `ALTER TABLE IF EXISTS t EXPERIMENTAL_AUDIT SET READ WRITE`: the syntax is unchanged from v2.0

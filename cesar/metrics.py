@@ -107,6 +107,18 @@ SYNC_LAST_SUCCESS = Gauge(
     ("table", "direction"),
     multiprocess_mode="livemostrecent",
 )
+# --- authentication (cesar/api/auth.py): reason is one of AUTH_FAILURE_REASONS, so clients
+# cannot grow the label set.
+AUTH_FAILURE_REASONS = ("missing", "malformed", "unknown", "expired", "revoked", "scope",
+                        "throttled")
+API_AUTH_FAILURES = Counter(
+    "cesar_api_auth_failures",
+    "Requests refused by authentication: missing, malformed, unknown, expired or revoked key "
+    "(401), a scope the key lacks (403), or a client address throttled after failures (429).",
+    ("reason",),
+)
+for _reason in AUTH_FAILURE_REASONS:  # every series exists from the start, at 0
+    API_AUTH_FAILURES.labels(_reason)
 #: Collectors rendered beside the samples of all workers in multiprocess mode (each is also
 #: registered in the default registry by whoever appends it).
 EXTRA_COLLECTORS: list[Any] = []

@@ -19,6 +19,7 @@ failure makes this one pointless (``"auth"`` for anything reading the database: 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import ssl
 import struct
@@ -61,6 +62,8 @@ class Options:
     burst: int = DEFAULT_BURST
     timeout: float = 5.0
     migrations_dir: Path | None = None
+    #: The API key sent to the API (agents:read and health:detail); never printed.
+    api_key: str | None = field(default=None, repr=False)
 
     @property
     def tls_required(self) -> bool:
@@ -354,10 +357,14 @@ def check_sync_lag(ctx: Context) -> Outcome:
                     f"tables and directions (limit {value['lag_limit_seconds']:.0f} s)")
 
 
-def _get(url: str, timeout: float) -> Any:
+def _auth_headers(options: Options) -> dict[str, str]:
+    return {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
+
+
+def _get(url: str, timeout: float, headers: dict[str, str] | None = None) -> Any:
     import httpx
 
-    return httpx.get(url, timeout=timeout)
+    return httpx.get(url, timeout=timeout, headers=headers)
 
 
 def check_api_health(ctx: Context) -> Outcome:
@@ -365,7 +372,7 @@ def check_api_health(ctx: Context) -> Outcome:
 
     url = f"{ctx.options.api_url}/health"
     try:
-        response = _get(url, ctx.options.timeout)
+        response = _get(url, ctx.options.timeout, _auth_headers(ctx.options))
     except httpx.HTTPError as exc:
         return "fail", (f"nothing answers on {url} ({_first_line(exc) or type(exc).__name__}); "
                         "is the API running? (`invoke up` starts it; --api-url or CESAR_API_URL "
@@ -378,7 +385,8 @@ def check_api_health(ctx: Context) -> Outcome:
         return "fail", f"{url} answered {response.status_code} without a health document"
     ctx.api_answers = True
     if response.status_code != 200:
-        return "fail", f"{response.status_code}: {'; '.join(problems) or 'unhealthy'}"
+        why = "; ".join(problems) or "unhealthy (the details need a key with health:detail)"
+        return "fail", f"{response.status_code}: {why}"
     expected = ctx.options.expect_database
     if expected and engine != expected:
         return "fail", f"200, but components.database is {engine}, expected {expected}"
@@ -396,8 +404,12 @@ def check_api_latency(ctx: Context) -> Outcome:
     opts = ctx.options
     if not ctx.api_answers:
         return "skip", "not run: the API does not answer /health"
+    if not opts.api_key:
+        return "fail", ("no API key for /agents: set CESAR_API_KEY to a key with agents:read "
+                        "(`cesar keys create --name smoke --scopes agents:read,health:detail`)")
     figures = []
-    with httpx.Client(base_url=opts.api_url, timeout=opts.timeout) as client:
+    with httpx.Client(base_url=opts.api_url, timeout=opts.timeout,
+                      headers=_auth_headers(opts)) as client:
         for path in ("/health", "/agents"):
             samples = []
             for _ in range(opts.burst):
@@ -406,6 +418,10 @@ def check_api_latency(ctx: Context) -> Outcome:
                     code = client.get(path).status_code
                 except httpx.HTTPError as exc:
                     return "fail", f"{path}: {_first_line(exc) or type(exc).__name__}"
+                if code in (401, 403):
+                    return "fail", (f"{path} answered {code}: the API refuses the smoke key; "
+                                    "set CESAR_API_KEY to a valid key with agents:read and "
+                                    "health:detail")
                 if code != 200:
                     return "fail", f"{path} answered {code} during the burst"
                 samples.append((time.perf_counter() - started) * 1000)
@@ -490,6 +506,56 @@ def default_api_url(settings: Settings) -> str:
     return proc.url if proc else f"http://127.0.0.1:{configured.port}"
 
 
+# ================================================================================ the key
+#: Scopes of the key smoke uses: the agents and the details of /health.
+SMOKE_SCOPES = ["agents:read", "health:detail"]
+SMOKE_KEY_FILE = "smoke-api-key"
+
+
+def api_key(settings: Settings) -> str | None:
+    """The key smoke sends: ``CESAR_API_KEY``; else, in development only, the smoke key kept in
+    the state directory (mode 0600), made (in the database the API serves) when it is missing
+    or no longer valid there. Outside development nothing is created: None."""
+    from cesar.api.settings import load_api_settings
+
+    configured = load_api_settings().key
+    if configured is not None:
+        return configured.get_secret_value().strip() or None
+    if settings.environment != "development":
+        return None
+    return development_key(settings)
+
+
+def development_key(settings: Settings) -> str | None:
+    from cesar import keys
+
+    path = Path(settings.state_dir) / SMOKE_KEY_FILE
+    try:
+        endpoint = db.route(settings).primary
+    except ConfigError:
+        return None
+    try:
+        with db.connect(endpoint, settings, autocommit=True) as conn:
+            if path.is_file():
+                stored = path.read_text().strip()
+                record = keys.lookup(conn, keys.hash_key(stored)) if keys.well_formed(stored) \
+                    else None
+                if (record is not None and not record.revoked and record.expires_in is None
+                        and set(SMOKE_SCOPES) <= record.scopes):
+                    return stored
+            created = keys.create(conn, "smoke", SMOKE_SCOPES, actor=f"cesar smoke "
+                                  f"({keys.operator()})")
+    except (OperationFailed, psycopg.Error):
+        return path.read_text().strip() if path.is_file() else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{SMOKE_KEY_FILE}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(created.key + "\n")
+    os.replace(partial, path)
+    return created.key
+
+
 # ================================================================================ command
 def _print_table(report: Report) -> None:
     colours = {"pass": "green", "warn": "yellow", "fail": "red", "skip": None}
@@ -530,7 +596,8 @@ def smoke(as_json: bool, api_url: str | None, expect_database: str | None,
     options = Options(url=url, variable=variable, environment=settings.environment,
                       api_url=(api_url or default_api_url(settings)).rstrip("/"),
                       expect_database=expect_database, expected_agents=expected_agents,
-                      budget_ms=budget_ms, burst=burst, timeout=timeout)
+                      budget_ms=budget_ms, burst=burst, timeout=timeout,
+                      api_key=api_key(settings))
     report = run(options)
     if as_json:
         import json

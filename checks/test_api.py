@@ -16,10 +16,15 @@ HARDENING = {
     "RestrictSUIDSGID": "yes",
     "Restart": "on-failure",
 }
+# The monitoring credential, when the environment file has one, goes in a header read from the
+# process environment: it never appears in a command line or in this check's output.
 PROBE = (
-    "import json, sys, urllib.error, urllib.request\n"
+    "import json, os, sys, urllib.error, urllib.request\n"
+    "token = os.environ.get('CESAR_PROBE_TOKEN')\n"
+    "headers = {'Authorization': 'Bearer ' + token} if token else {}\n"
     "try:\n"
-    "    r = urllib.request.urlopen(sys.argv[1], timeout=5)\n"
+    "    r = urllib.request.urlopen(urllib.request.Request(sys.argv[1], headers=headers),"
+    " timeout=5)\n"
     "except urllib.error.HTTPError as e:\n"
     "    r = e\n"
     "print(json.dumps({'status': r.status, 'body': json.loads(r.read() or b'null')}))\n"
@@ -72,10 +77,18 @@ def test_port_is_listening(host, api_host) -> None:
 
 def test_health_answers_200_with_the_expected_engine(host, api_host) -> None:
     url = f"http://{_probe_host(api_host)}:{api_host.cesar_api_port}{api_host.cesar_api_health_path}"
-    answer = run_json(host, f"python3 -c {shlex.quote(PROBE)} {shlex.quote(url)}")
+    env_file = shlex.quote(api_host.cesar_api_env_file)
+    token = f"\"$(sed -n \"s/^CESAR_API_METRICS_TOKEN='\\(.*\\)'$/\\1/p\" {env_file})\""
+    answer = run_json(host, f"CESAR_PROBE_TOKEN={token} python3 -c {shlex.quote(PROBE)} "
+                            f"{shlex.quote(url)}")
     assert answer["status"] == 200, answer["body"]
     body = answer["body"]
-    assert body["environment"] == api_host.cesar_api_environment
+    if api_host.cesar_api_metrics_token:  # the monitoring credential sees the whole document
+        assert body["environment"] == api_host.cesar_api_environment
+    else:  # anonymous: the status and the engine only
+        assert set(body) == {"status", "components"}
+        assert f"ENVIRONMENT='{api_host.cesar_api_environment}'" in host.run(
+            f"cat {env_file}").stdout
     engine = api_host.cesar_api_expected_engine or (
         "cockroachdb" if api_host.cesar_api_environment in ("staging", "production") else None
     )

@@ -57,6 +57,7 @@ APPLICATION = (
     Metric("cesar_backup_drill_rpo_seconds", "gauge", (), "backup"),
     Metric("cesar_backup_drill_rto_seconds", "gauge", (), "backup"),
     Metric("cesar_backup_status_timestamp_seconds", "gauge", (), "backup"),
+    Metric("cesar_api_auth_failures_total", "counter", ("reason",)),
 )
 
 COCKROACHDB = tuple(Metric(name, kind, labels, "cockroachdb") for name, kind, labels in (

@@ -18,7 +18,7 @@ import pulumi_docker as docker
 
 from infra import monitoring_files
 from infra.naming import ALERTMANAGER_PORT, GRAFANA_PORT, PROMETHEUS_PORT, docker_labels
-from infra.prometheus_config import CA_FILE, CLOUD_API_KEY_FILE
+from infra.prometheus_config import API_METRICS_TOKEN_FILE, CA_FILE, CLOUD_API_KEY_FILE
 from infra.settings import StackSettings
 
 PROMETHEUS_UID = "65534"   # nobody, in prom/prometheus and prom/alertmanager
@@ -84,6 +84,7 @@ class Monitoring(pulumi.ComponentResource):
                  cloud_api_key: pulumi.Output[str] | None,
                  receiver_secrets: Mapping[str, pulumi.Output[str] | None],
                  grafana_password: pulumi.Output[str],
+                 api_metrics_token: pulumi.Output[str] | None = None,
                  provider: pulumi.ProviderResource | None = None,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("cesar:infra:Monitoring", name, None, opts)
@@ -154,6 +155,10 @@ class Monitoring(pulumi.ComponentResource):
         if cloud_api_key is not None:
             prometheus_uploads.append(_secret_file(
                 f"{monitoring_files.PROMETHEUS_DIR}/{CLOUD_API_KEY_FILE}", cloud_api_key,
+                PROMETHEUS_UID))
+        if api_metrics_token is not None:
+            prometheus_uploads.append(_secret_file(
+                f"{monitoring_files.PROMETHEUS_DIR}/{API_METRICS_TOKEN_FILE}", api_metrics_token,
                 PROMETHEUS_UID))
         self.prometheus = container(
             "prometheus", settings.images.prometheus, PROMETHEUS_PORT, m.prometheus_port,

@@ -18,8 +18,10 @@ NAMES = (
     "prometheus_url", "alertmanager_url", "grafana_url",
     "grafana_admin_user", "grafana_admin_password", "api_metrics_targets",
     "backups",
+    "api_metrics_token",
 )
-SECRET_NAMES = frozenset({"connection_url", "connection_urls", "grafana_admin_password"})
+SECRET_NAMES = frozenset({"connection_url", "connection_urls", "grafana_admin_password",
+                          "api_metrics_token"})
 
 
 def connection_url(*, login: str, password: str, host: str, port: int, database: str,

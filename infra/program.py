@@ -121,12 +121,17 @@ def define_stack() -> dict[str, Any]:
     grafana_password = config.get_secret("grafanaAdminPassword") or pulumi.Output.secret(
         random.RandomPassword(names.resource("grafana-admin-password"), length=24,
                               special=False).result)
+    # The credential Prometheus presents on the API's /metrics; the hosts get it as
+    # CESAR_API_METRICS_TOKEN (output api_metrics_token, into the Ansible Vault).
+    api_metrics_token = config.get_secret("apiMetricsToken") or pulumi.Output.secret(
+        random.RandomPassword(names.resource("api-metrics-token"), length=40,
+                              special=False).result)
     monitoring = Monitoring(
         names.resource("monitoring"), settings,
         network_name=network_name, ca_cert_pem=cluster.ca_cert_pem,
         cloud_targets=cloud_targets, cloud_api_key=cloud_key,
         receiver_secrets=receiver_secrets, grafana_password=grafana_password,
-        provider=monitoring_provider,
+        api_metrics_token=api_metrics_token, provider=monitoring_provider,
         opts=pulumi.ResourceOptions(depends_on=[cluster]))
 
     backups = backup_infra.Backups(
@@ -172,6 +177,7 @@ def define_stack() -> dict[str, Any]:
                         else "cesar_operator_backup"),
                     "recurring": backup_spec.plan.recurring, "full": backup_spec.plan.full,
                     "managed": backup_spec.store == "cloud"},
+        "api_metrics_token": api_metrics_token,
     }
     for name, value in result.items():
         pulumi.export(name, value)

@@ -24,6 +24,8 @@ from infra.naming import ALERTMANAGER_PORT, HTTP_PORT
 
 CA_FILE = "certs/ca.crt"
 CLOUD_API_KEY_FILE = "secrets/cockroach-cloud-api-key"
+#: The monitoring credential the API accepts on /metrics (CESAR_API_METRICS_TOKEN on the hosts).
+API_METRICS_TOKEN_FILE = "secrets/cesar-api-metrics-token"
 RULE_FILES = ("rules/cesar.rules.yml", "rules/cockroachdb.rules.yml", "rules/dbauth.rules.yml")
 # mtail's HTTP port on the hosts of the cesar_log_metrics role (its default).
 MTAIL_PORT = 3903
@@ -82,6 +84,7 @@ def config(inputs: PrometheusInputs) -> dict[str, Any]:
         "job_name": "cesar-api",
         "metrics_path": "/metrics",
         "scheme": "http",
+        "authorization": {"type": "Bearer", "credentials_file": API_METRICS_TOKEN_FILE},
         "static_configs": [{"targets": list(inputs.api_targets)}],
     })
     if inputs.log_metrics_targets:

@@ -139,6 +139,7 @@ def application_group() -> Group:
             "5m",
         ),
         *backup_alerts(),
+        *api_auth_alerts(),
     ))
 
 
@@ -310,3 +311,25 @@ def render(group: Group) -> str:
 
 def file_name(group: Group) -> str:
     return f"{group.name.split('.')[0]}.rules.yml"
+
+
+# API authentication (cesar/api/auth.py): refused keys, not refused scopes (a 403 is a client
+# with a valid key asking for too much, not someone guessing).
+API_AUTH_FAILURES_IN_5M = 50
+
+
+def api_auth_alerts() -> tuple[Alert, ...]:
+    return (
+        Alert(
+            "ApiAuthFailureBurst",
+            "sum by (instance) (increase(cesar_api_auth_failures_total"
+            f"{{job=\"cesar-api\",reason!=\"scope\"}}[5m])) > {API_AUTH_FAILURES_IN_5M}",
+            "warning",
+            "{{ $labels.instance }} refused {{ $value | humanize }} API authentications in "
+            "5 minutes",
+            f"More than {API_AUTH_FAILURES_IN_5M} requests with a missing, unknown, expired or "
+            "revoked API key (or throttled) in 5 minutes on {{ $labels.instance }}: someone is "
+            "guessing keys, or a client uses a revoked one. See the access log and "
+            "`cesar keys list`.",
+        ),
+    )

@@ -20,6 +20,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from psycopg.rows import dict_row
 from pydantic import TypeAdapter
 
+from cesar.api import auth
 from cesar.api.models import Agent, AgentPage, Error
 from cesar.db import Database
 
@@ -41,7 +42,8 @@ _AGENT_JSON = TypeAdapter(Agent)
 
 UNAVAILABLE = {503: {"model": Error, "description": "The database is unavailable."}}
 
-router = APIRouter(tags=["agents"])
+router = APIRouter(tags=["agents"], dependencies=[auth.require("agents:read")],
+                   responses=auth.RESPONSES)
 
 
 @contextmanager

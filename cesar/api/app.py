@@ -12,11 +12,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import psycopg
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response, Security
 from fastapi.responses import JSONResponse, PlainTextResponse
 from psycopg import errors as pgerrors
 from starlette.concurrency import run_in_threadpool
@@ -24,9 +24,10 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cesar import __version__, metrics
-from cesar.api import agents
+from cesar.api import agents, auth
 from cesar.api.health import HealthChecker
-from cesar.api.models import Error, Health, Liveness
+from cesar.api.models import Error, Health, Liveness, PublicHealth
+from cesar.api.settings import AuthSettings, load_auth_settings
 from cesar.config import Settings, load_settings
 from cesar.db import Database
 from cesar.errors import OperationFailed
@@ -37,6 +38,10 @@ DESCRIPTION = """The CESAR agents and the health of the service that serves them
 
 `/health` is the readiness probe (200, or 503 when the database is unreachable);
 `/health/live` the liveness probe (never touches the database); `/metrics` is for Prometheus.
+
+Every other route needs an API key, sent as `Authorization: Bearer KEY`, whose scopes include
+the route's. Without a key, `/health` shows only `status` and `components.database`; its details
+need the scope `health:detail`.
 """
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -55,32 +60,43 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.database, app.state.health = database, checker
     # Worker threads doing database work: no more than the pool has connections.
     app.state.db_limiter = anyio.CapacityLimiter(settings.pool_max_size)
+    app.state.auth = auth.Authenticator(app.state.auth_settings or load_auth_settings(),
+                                        database, app.state.db_limiter)
+    app.state.auth.usage.start()
     log.info("serving the %s database %s (%s)", database.endpoint.name,
              database.endpoint.masked, settings.environment)
     try:
         yield
     finally:
+        app.state.auth.usage.stop()
         checker.close()
         watcher.stop()
         database.close()
         metrics.mark_worker_dead()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None,
+               auth_settings: AuthSettings | None = None) -> FastAPI:
     """The application; ``settings`` default to the environment (read at start-up)."""
     app = FastAPI(title="CESAR API", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan)
     app.state.settings = settings
+    app.state.auth_settings = auth_settings
     app.include_router(agents.router)
-    app.add_api_route("/health", health, methods=["GET"], response_model=Health,
+    # A key is optional here: the security requirement lists "none" as an alternative.
+    app.add_api_route("/health", health, methods=["GET"], response_model=Health | PublicHealth,
                       tags=["operations"], summary="Readiness: the database and the schema",
-                      responses={503: {"model": Health,
-                                       "description": "The database is unreachable."}})
+                      openapi_extra={"security": [{}, {auth.SCHEME_NAME: []}]},
+                      responses={503: {"model": Health | PublicHealth,
+                                       "description": "The database is unreachable."},
+                                 401: auth.RESPONSES[401], 429: auth.RESPONSES[429]})
     app.add_api_route("/health/live", live, methods=["GET"], response_model=Liveness,
                       tags=["operations"], summary="Liveness: the process answers")
     app.add_api_route("/metrics", prometheus_metrics, methods=["GET"],
                       response_class=PlainTextResponse, tags=["operations"],
-                      summary="Prometheus metrics (text exposition format 0.0.4)")
+                      dependencies=[Security(auth.metrics_access)], responses=auth.JSON_RESPONSES,
+                      summary="Prometheus metrics (text exposition format 0.0.4); the scope "
+                              "metrics:read, or the Prometheus credential")
     app.add_exception_handler(OperationFailed, _unavailable)
     app.add_exception_handler(psycopg.Error, _database_error)
     app.add_exception_handler(Exception, _internal_error)
@@ -89,11 +105,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 # ----------------------------------------------------------------------------- routes
-async def health(request: Request, response: Response) -> Health:
+async def health(request: Request, response: Response,
+                 principal: Annotated[auth.Principal | None, Depends(auth.optional_principal)],
+                 ) -> Health | PublicHealth:
     checker: HealthChecker = request.app.state.health
     report = await checker.check()
     response.status_code = checker.http_status(report)
     response.headers.update(_NO_STORE)
+    if principal is None or "health:detail" not in principal.scopes:
+        return PublicHealth.model_validate(
+            {"status": report.status, "components": {"database": report.components.database}})
     return report
 
 

@@ -101,5 +101,19 @@ class Health(BaseModel):
     problems: list[str] = Field(description="One line per unhealthy component; empty when ok.")
 
 
+class PublicComponents(BaseModel):
+    database: Engine | None = Field(
+        description="The engine serving queries (`SELECT version()`); null until it has answered."
+    )
+
+
+class PublicHealth(BaseModel):
+    """What /health shows a caller without a key that has `health:detail`: only the status and
+    the engine. The details (connection, pool, migrations, sync lag, problems) need the scope."""
+
+    status: Literal["ok", "degraded"]
+    components: PublicComponents
+
+
 class Liveness(BaseModel):
     status: Literal["alive"]

@@ -118,6 +118,9 @@ def serve(host: str, port: int, workers: int, log_level: str, access_log: bool) 
 
     settings = load_settings()
     db.route(settings)  # a missing or unsafe URL is refused here, not in every worker
+    from cesar.api.settings import load_auth_settings
+
+    load_auth_settings().metrics_secret()  # so are bad auth settings and an unreadable token
     check_port(host, port)
     directory, temporary = _metrics_dir(workers)
     if directory is not None:
@@ -162,10 +165,12 @@ def api(host: str | None, port: int | None, workers: int | None, log_level: str,
     workers = workers or defaults.workers
     if check:
         from cesar import db
+        from cesar.api.settings import load_auth_settings
         from cesar.config import load_settings
 
         settings = load_settings()
         primary = db.route(settings).primary
+        load_auth_settings().metrics_secret()
         check_port(host, port)
         click.echo(f"would serve http://{host}:{port} with {workers} worker(s), "
                    f"ENVIRONMENT={settings.environment}, database {primary.name} "

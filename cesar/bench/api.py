@@ -11,6 +11,10 @@ server on a small machine; it runs in this process, on the same machine.
 
 Targets (issue 4): p95 of ``/agents`` at 50 clients under 20 ms, and within 3x of the bare
 endpoint's p95 at 50 clients.
+
+Authentication is on, as in production: the run creates an API key (``agents:read``,
+``health:detail``) in the configured database, sends it with every ``/health`` and ``/agents``
+request, and revokes it at the end; ``/health/live`` needs none.
 """
 
 from __future__ import annotations
@@ -62,10 +66,15 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
+#: The header lines sent with every request but the bare endpoint's (the run's API key).
+AUTH_HEADER: list[str] = []
+
+
 async def _client(host: str, port: int, path: str, stop_at: float, record_from: float,
                   latencies: list[float], errors: list[int]) -> None:
     reader, writer = await asyncio.open_connection(host, port)
-    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    extra = "" if path == ENDPOINTS["bare"] else "".join(f"{h}\r\n" for h in AUTH_HEADER)
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}\r\n".encode()
     try:
         while True:
             started = time.perf_counter()
@@ -109,6 +118,26 @@ def measure(host: str, port: int, name: str, clients: int, seconds: float,
     return Figures(name, path, clients, len(ms), len(errors), elapsed,
                    round(percentile(ms, 50), 2), round(percentile(ms, 95), 2),
                    round(percentile(ms, 99), 2), round(ms[-1] if ms else float("nan"), 2))
+
+
+# ------------------------------------------------------------------------------ the key
+def _make_key() -> str:
+    from cesar import db, keys
+    from cesar.config import load_settings
+
+    settings = load_settings()
+    with db.connect(db.route(settings).primary, settings, autocommit=True) as conn:
+        return keys.create(conn, "bench", ["agents:read", "health:detail"],
+                           actor=f"invoke bench ({keys.operator()})").key
+
+
+def _revoke(key: str) -> None:
+    from cesar import db, keys
+    from cesar.config import load_settings
+
+    settings = load_settings()
+    with db.connect(db.route(settings).primary, settings, autocommit=True) as conn:
+        keys.revoke(conn, keys.prefix_of(key), actor=f"invoke bench ({keys.operator()})")
 
 
 # ------------------------------------------------------------------------------ server
@@ -188,11 +217,16 @@ def main(argv: list[str]) -> int:
     port = free_port()
     rows: list[Figures] = []
     started = time.perf_counter()
-    with Server(port, args.workers):
-        for clients in levels:
-            for name in ENDPOINTS:
-                rows.append(measure("127.0.0.1", port, name, clients, args.seconds,
-                                    args.warmup))
+    key = _make_key()
+    AUTH_HEADER[:] = [f"Authorization: Bearer {key}"]
+    try:
+        with Server(port, args.workers):
+            for clients in levels:
+                for name in ENDPOINTS:
+                    rows.append(measure("127.0.0.1", port, name, clients, args.seconds,
+                                        args.warmup))
+    finally:
+        _revoke(key)
     bare = {f.clients: f.p95_ms for f in rows if f.endpoint == "bare"}
     agents_top = next((f for f in rows if f.endpoint == "agents" and f.clients == max(levels)),
                       None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -22,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 import uvicorn
 
 from cesar import migrate
 from cesar.api.app import create_app
+from cesar.api.settings import AuthSettings
 from cesar.config import Settings
 from cesar.embedded import free_port
 from tests.conftest import REPO, PgStack, make_settings
@@ -36,10 +39,44 @@ from tests.conftest import REPO, PgStack, make_settings
 class ApiServer:
     url: str
     server: uvicorn.Server
+    #: A key with every scope, created in the served database when it could be (else one of the
+    #: right shape that no database knows: its lookup then meets the database's state).
+    key: str = ""
+    #: The monitoring credential (CESAR_API_METRICS_TOKEN) this server accepts.
+    monitor: str = ""
 
-    def get(self, path: str, **kwargs: object) -> httpx.Response:
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def get(self, path: str, *, key: str | None = None, **kwargs: object) -> httpx.Response:
+        """GET with the server's key (``key=""``: none; or another key)."""
+        chosen = self.key if key is None else key
+        headers = dict(kwargs.pop("headers", None) or {})  # type: ignore[call-overload]
+        if chosen:
+            headers.setdefault("Authorization", f"Bearer {chosen}")
         return httpx.get(f"{self.url}{path}", timeout=kwargs.pop("timeout", 5.0),  # type: ignore[arg-type]
-                         **kwargs)  # type: ignore[arg-type]
+                         headers=headers, **kwargs)  # type: ignore[arg-type]
+
+
+def make_key(url: str, *scopes: str, name: str = "tests", **kwargs: object) -> str:
+    """A new API key in the database at ``url`` (every scope unless given)."""
+    from cesar import keys
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return keys.create(conn, name, list(scopes or keys.SCOPES), actor="tests",
+                           **kwargs).key  # type: ignore[arg-type]
+
+
+def server_key(url: str | None) -> str:
+    from cesar import keys
+
+    if url:
+        try:
+            return make_key(url)
+        except psycopg.Error:  # down or not migrated: the test is about that
+            pass
+    return keys.generate()[0]
 
 
 def settings_for(url: str, tmp: Path, **overrides: object) -> Settings:
@@ -48,10 +85,14 @@ def settings_for(url: str, tmp: Path, **overrides: object) -> Settings:
 
 
 @contextmanager
-def serve(settings: Settings) -> Iterator[ApiServer]:
+def serve(settings: Settings, auth: AuthSettings | None = None) -> Iterator[ApiServer]:
     """The application under uvicorn (real HTTP) on a free port, for the block's duration."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+    key = server_key(settings.local_db_url)
+    monitor = secrets.token_urlsafe(24)
+    auth = auth or AuthSettings(_env_file=None, metrics_token=monitor)  # type: ignore[call-arg]
+    secret = auth.metrics_token.get_secret_value() if auth.metrics_token else ""
+    config = uvicorn.Config(create_app(settings, auth), host="127.0.0.1", port=port,
                             log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
@@ -62,7 +103,7 @@ def serve(settings: Settings) -> Iterator[ApiServer]:
             raise RuntimeError("uvicorn did not start (see the captured log)")
         time.sleep(0.02)
     try:
-        yield ApiServer(f"http://127.0.0.1:{port}", server)
+        yield ApiServer(f"http://127.0.0.1:{port}", server, key, secret)
     finally:
         server.should_exit = True
         thread.join(timeout=15)

@@ -107,7 +107,10 @@ def test_an_unmigrated_database_is_503_not_500(fresh_db: str, tmp_path: Path) ->
         assert r.status_code == 503
         assert r.json() == {"detail": "the database schema is not migrated; see /health"}
         assert server.get(f"/agents/{uuid.uuid4()}").status_code == 503
-        health = server.get("/health")
+        # No key can be checked without the schema: the monitoring credential sees the details.
+        assert server.get("/health").json() == {"status": "degraded",
+                                                "components": {"database": "postgresql"}}
+        health = server.get("/health", key=server.monitor)
         assert health.status_code == 200  # the database answers: the instance is not dead
         body = health.json()
         assert body["status"] == "degraded"
@@ -140,8 +143,8 @@ def test_health_reports_the_engine_the_server_says(api: ApiServer, migrated_url:
 def test_liveness_does_not_touch_the_database(tmp_path: Path) -> None:
     dead = f"postgresql://nobody:pw@127.0.0.1:{closed_port()}/none?sslmode=disable"
     with serve(settings_for(dead, tmp_path, pool_timeout=0.5)) as server:
-        assert server.get("/health/live").json() == {"status": "alive"}
-        health = server.get("/health")
+        assert server.get("/health/live", key="").json() == {"status": "alive"}
+        health = server.get("/health", key=server.monitor)
         assert health.status_code == 503
         assert health.json()["components"]["connection"]["reachable"] is False
         assert health.json()["components"]["database"] is None  # never answered: unknown
@@ -198,9 +201,16 @@ def test_openapi_describes_every_route_and_its_status_codes(api: ApiServer) -> N
     doc = api.get("/openapi.json").json()
     assert set(doc["paths"]) == ROUTES
     codes = {path: set(ops["get"]["responses"]) for path, ops in doc["paths"].items()}
-    assert codes["/agents"] == {"200", "422", "503"}
-    assert codes["/agents/{agent_id}"] == {"200", "404", "422", "503"}
-    assert codes["/health"] == {"200", "503"}
+    assert codes["/agents"] == {"200", "401", "403", "422", "429", "503"}
+    assert codes["/agents/{agent_id}"] == {"200", "401", "403", "404", "422", "429", "503"}
+    assert codes["/health"] == {"200", "401", "429", "503"}
+    assert codes["/metrics"] == {"200", "401", "403", "429"}
+    assert doc["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer",
+        "description": doc["components"]["securitySchemes"]["bearerAuth"]["description"]}
+    assert doc["paths"]["/agents"]["get"]["security"] == [{"bearerAuth": ["agents:read"]}]
+    assert doc["paths"]["/health"]["get"]["security"] == [{}, {"bearerAuth": []}]
+    assert "security" not in doc["paths"]["/health/live"]["get"]
     assert codes["/health/live"] == {"200"}
     assert set(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
     limit = next(p for p in doc["paths"]["/agents"]["get"]["parameters"] if p["name"] == "limit")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -52,9 +53,13 @@ def wait_healthy(url: str, proc: subprocess.Popen[str], seconds: float = 30) -> 
     raise AssertionError(f"{url}/health never answered 200")
 
 
+#: The monitoring credential the servers started here accept on /metrics (generated per run).
+MONITOR = secrets.token_urlsafe(24)
+
+
 def base_env(url: str, tmp: Path) -> dict[str, str]:
     return {"ENVIRONMENT": "development", "LOCAL_DB_URL": url,
-            "CESAR_STATE_DIR": str(tmp / "state")}
+            "CESAR_STATE_DIR": str(tmp / "state"), "CESAR_API_METRICS_TOKEN": MONITOR}
 
 
 def test_several_workers_share_one_view_of_the_metrics(migrated_url: str,
@@ -78,7 +83,8 @@ def test_several_workers_share_one_view_of_the_metrics(migrated_url: str,
             pids = {p.stem.rsplit("_", 1)[-1] for p in metrics_dir.glob("histogram_*.db")}
         assert len(pids) == 2, f"expected both workers to have served requests, got {pids}"
         for _ in range(6):  # whichever worker answers the scrape, it reports the sum
-            text = httpx.get(f"{url}/metrics", headers={"Connection": "close"}).text
+            text = httpx.get(f"{url}/metrics", headers={"Connection": "close",
+                                                        "Authorization": f"Bearer {MONITOR}"}).text
             assert sample(text, "cesar_http_request_duration_seconds_count",
                           'route="/health/live",status="200"') == n
             assert sample(text, "cesar_db_up") == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cesar import stack
+from cesar import smoke, stack
 from cesar.config import Settings
 from cesar.embedded import free_port
 from cesar.errors import OperationFailed
@@ -59,7 +59,12 @@ def test_up_status_down(dev_stack: tuple[Settings, int]) -> None:
     assert f"started the API on {url} (pid {pid}," in " ".join(first.actions)
     assert int(state.joinpath("api.pid").read_text()) == pid
     assert "Application startup complete" in state.joinpath("log", "api.log").read_text()
-    assert httpx.get(f"{url}/agents").json()["total"] == 24
+    assert httpx.get(f"{url}/agents").status_code == 401  # no key, no agents
+    key = smoke.development_key(settings)  # what `invoke smoke` finds or makes
+    assert key and (state / smoke.SMOKE_KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert smoke.development_key(settings) == key  # found, not made again
+    headers = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(f"{url}/agents", headers=headers).json()["total"] == 24
 
     second = stack.up(settings)
     assert f"the API is already running on {url} (pid {pid})" in second.actions

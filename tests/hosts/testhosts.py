@@ -429,6 +429,9 @@ def _write_inventory(run: Run, keys: Keys, db: dict[str, str], sync_hosts: int) 
                 "cesar_api_cockroach_db_url": db["cluster"],
                 "cesar_api_db_ca_cert": db["ca_cert"],
                 "cesar_api_expected_engine": "postgresql",
+                # The monitoring credential (generated per run): checks/test_api.py reads /health's
+                # details with it, as Prometheus reads /metrics.
+                "cesar_api_metrics_token": secrets.token_urlsafe(32),
                 "cesar_sync_environment": "staging",
                 "cesar_sync_cockroach_db_url": db["cluster"],
                 "cesar_sync_local_db_url": db["local"],

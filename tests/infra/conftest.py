@@ -78,5 +78,6 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         secrets = root / "prometheus" / "secrets"
         secrets.mkdir()
         (secrets / "cockroach-cloud-api-key").write_text("stand-in\n")
+        (secrets / "cesar-api-metrics-token").write_text("stand-in\n")
         out[stack] = root
     return out

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import pulumi
 import pytest
+import yaml
 
 from cesar import cockroach, scram
 from cesar.errors import ConfigError
@@ -401,3 +402,19 @@ def test_a_failed_bootstrap_fails_the_update_in_one_line(stack: str, container: 
     assert isinstance(caught.value, pulumi.RunError)
     assert str(caught.value).startswith(f"the one-shot container {container} exited with code 1")
     assert f"docker logs {container}" in str(caught.value)
+
+
+@pytest.mark.parametrize("stack", ["dev", "production"])
+def test_prometheus_scrapes_the_api_with_a_secret_credential(runs, stack: str) -> None:
+    """The API's /metrics needs a credential: Prometheus reads it from a secret file, and the
+    same value is a secret output for the hosts' CESAR_API_METRICS_TOKEN."""
+    run = runs[stack]
+    prometheus = containers(run)[f"cesar-{stack}-prometheus"]
+    config = yaml.safe_load(upload(prometheus, "/etc/prometheus/prometheus.yml")["content"])
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "cesar-api")
+    assert job["authorization"] == {"type": "Bearer",
+                                    "credentials_file": "secrets/cesar-api-metrics-token"}
+    token = upload(prometheus, "/etc/prometheus/secrets/cesar-api-metrics-token")
+    assert (token["owner"], token["permissions"]) == ("65534", "0400")
+    assert len(token["content"]) >= 32
+    assert token["content"] not in upload(prometheus, "/etc/prometheus/prometheus.yml")["content"]

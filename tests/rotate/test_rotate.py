@@ -34,6 +34,10 @@ def cesar(env: dict[str, str], *args: str, extra: dict[str, str] | None = None,
                           timeout=timeout)
 
 
+#: The API key the load sends (made by the stack fixture: the API needs one).
+LOAD_HEADERS: dict[str, str] = {}
+
+
 @dataclass
 class Load:
     """GET /agents in a loop (each request touches the database) until stopped."""
@@ -47,7 +51,7 @@ class Load:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=5) as client:
+        with httpx.Client(base_url=self.url, timeout=5, headers=LOAD_HEADERS) as client:
             while not self._stop.is_set():
                 try:
                     r = client.get("/agents", params={"limit": 5})
@@ -121,6 +125,10 @@ def stack() -> Iterator[Stack]:
     with psycopg.connect(pg.superuser_conninfo(), autocommit=True) as su:
         su.execute("ALTER SYSTEM SET log_statement = 'all'")
         su.execute("SELECT pg_reload_conf()")
+    made = cesar(env, "keys", "create", "--name", "rotate-load", "--scopes", "agents:read",
+                     "--json")
+    assert made.returncode == 0, made.stderr
+    LOAD_HEADERS["Authorization"] = f"Bearer {json.loads(made.stdout)['key']}"
     try:
         yield Stack(env, state_dir, pg, f"http://127.0.0.1:{port}")
     finally:

@@ -133,14 +133,15 @@ def sessions_of(admin: psycopg.Connection, login: str) -> list[Session]:
     Only columns every role that may list other users' sessions can read are used: PostgreSQL's
     ``pg_stat_activity`` shows ``pid``, ``usename``, ``datname`` to any role and ``client_addr``,
     ``application_name`` to members of ``pg_read_all_stats`` (NULL otherwise); CockroachDB's
-    ``crdb_internal.cluster_sessions`` lists other users' sessions to a role with
+    ``SHOW CLUSTER SESSIONS`` (a statement, not ``crdb_internal``, which v26.1 denies by
+    default; its ``status`` column since v23.1) lists other users' sessions to a role with
     ``VIEWACTIVITY`` or ``VIEWACTIVITYREDACTED`` (or ``admin``) and is read without its query
     columns, which ``VIEWACTIVITYREDACTED`` would redact anyway.
     """
     if db.detect_engine(admin) == "cockroachdb":
         rows = admin.execute(
             "SELECT session_id::STRING, NULL::STRING, application_name, client_address "
-            "FROM crdb_internal.cluster_sessions "
+            "FROM [SHOW CLUSTER SESSIONS] "
             "WHERE user_name = %s AND status != 'CLOSED' ORDER BY session_start",
             [login]).fetchall()
     else:

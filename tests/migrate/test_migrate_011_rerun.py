@@ -51,6 +51,11 @@ def _capture_triggers(url: str) -> int:
 def test_011_runs_again_where_its_triggers_exist(
     pg_stack: PgStack, fresh_db: str, migrations: Path, cli, mode: str
 ) -> None:
+    # 011 as the newest migration: the set as it stood when a cluster first applied it, so that
+    # losing its tracking row makes it pending again rather than out of order.
+    for later in migrations.glob("*.sql"):
+        if later.name > NAME + "~":
+            later.unlink()
     args = ("--url", fresh_db, "--migrations-dir", str(migrations), "--mode", mode)
     _with_cockroach_rule(pg_stack, fresh_db)
     assert cli("up", *args).code == 0

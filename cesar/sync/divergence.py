@@ -60,29 +60,53 @@ class Found:
                 "cluster_rows": self.cluster_rows}
 
 
+#: Longest wait for the table lock the guard's DDL needs (SHARE ROW EXCLUSIVE, which blocks the
+#: application's writes while it is queued): behind a long transaction the run gives up and
+#: tries again on its next run instead of stalling the application's writes.
+GUARD_LOCK_TIMEOUT = "1s"
+
+
 def ensure_truncate_guard(conn: psycopg.Connection, specs: Sequence[TableSpec]) -> list[str]:
-    """PostgreSQL: a BEFORE TRUNCATE trigger on every synced table that lacks one. Returns the
-    tables guarded now. Without the privilege to create it, a warning (the count check still
-    reports a truncated table)."""
-    have = {r[0] for r in conn.execute(
-        "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+    """PostgreSQL: a BEFORE TRUNCATE trigger, enabled, on every synced table. Returns the tables
+    guarded (or re-enabled) now. Each table's DDL waits at most :data:`GUARD_LOCK_TIMEOUT` for
+    its lock; a table whose lock is held, or without the privilege, gets a warning and is tried
+    again on the next run (the count check still reports a truncated table meanwhile)."""
+    have = {r[0]: r[1] for r in conn.execute(
+        "SELECT c.relname, t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
         "WHERE t.tgname = %s AND c.relnamespace = current_schema()::regnamespace",
         [GUARD]).fetchall()}
-    missing = [s for s in specs if s.name not in have]
-    if not missing:
+    todo = [s for s in specs if have.get(s.name) not in ("O", "A")]
+    if not todo:
         return []
-    try:
-        with conn.transaction():
-            conn.execute(GUARD_FUNCTION)  # type: ignore[arg-type]
-            for spec in missing:
-                conn.execute(sql.SQL("CREATE TRIGGER {} BEFORE TRUNCATE ON {} FOR EACH STATEMENT "
-                                     "EXECUTE FUNCTION {}()").format(
-                    sql.Identifier(GUARD), spec.ident, sql.Identifier(GUARD)))
-    except (pgerrors.InsufficientPrivilege, pgerrors.DuplicateObject) as exc:
-        log.warning("could not add the TRUNCATE guard (%s); a TRUNCATE is then reported by the "
-                    "divergence check, not refused", str(exc).strip().splitlines()[0])
-        return []
-    return [s.name for s in missing]
+    done = []
+    for spec in todo:
+        disabled = spec.name in have
+        if disabled:
+            log.warning("the TRUNCATE guard on %s was disabled: enabling it again", spec.name)
+            stmt = sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(
+                spec.ident, sql.Identifier(GUARD))
+        else:
+            stmt = sql.SQL("CREATE TRIGGER {} BEFORE TRUNCATE ON {} FOR EACH STATEMENT "
+                           "EXECUTE FUNCTION {}()").format(
+                sql.Identifier(GUARD), spec.ident, sql.Identifier(GUARD))
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+                    sql.Literal(GUARD_LOCK_TIMEOUT)))
+                conn.execute(GUARD_FUNCTION)  # type: ignore[arg-type]
+                conn.execute(stmt)
+        except pgerrors.LockNotAvailable:
+            log.warning("could not add the TRUNCATE guard on %s: a transaction holds a lock on "
+                        "it (waited %s); the next run tries again", spec.name,
+                        GUARD_LOCK_TIMEOUT)
+            continue
+        except (pgerrors.InsufficientPrivilege, pgerrors.DuplicateObject) as exc:
+            log.warning("could not add the TRUNCATE guard on %s (%s); a TRUNCATE is then "
+                        "reported by the divergence check, not refused", spec.name,
+                        str(exc).strip().splitlines()[0])
+            continue
+        done.append(spec.name)
+    return done
 
 
 def count_check(local: psycopg.Connection, cluster: psycopg.Connection,

@@ -1,7 +1,8 @@
 """Divergence is never silent: a cheap check on every run, a precise one on every ``--full``,
 and TRUNCATE (which no row trigger sees) refused on PostgreSQL.
 
-- Every run, per table, once nothing is pending on either side (no captured change in flight:
+- Every run, per table and side, the live version rows whose row is gone (one snapshot: works
+  on a busy table). Once nothing is pending on either side (no captured change in flight:
   the run holds the lease, so nothing else acknowledges), both sides' ``count(*)`` are compared
   and the difference is recorded in ``sync_divergence`` (method ``count``) on both sides. It
   finds rows removed or added behind the capture (a TRUNCATE, a restore, hand edits with the
@@ -111,24 +112,44 @@ def ensure_truncate_guard(conn: psycopg.Connection, specs: Sequence[TableSpec]) 
 
 def count_check(local: psycopg.Connection, cluster: psycopg.Connection,
                 specs: Sequence[TableSpec]) -> list[Found]:
-    """The tables whose counts could be compared with nothing pending on either side."""
+    """Every table, every run: on each side, the live version rows whose row is gone (read in
+    one snapshot: the capture writes a row and its version in one transaction, so they agree
+    however busy the table is); and, for the tables with nothing pending on either side, the
+    difference of the two sides' row counts. The larger of the two is recorded."""
     def quiet() -> set[str]:
         busy = set(pending_summary(local)) | set(pending_summary(cluster))
         return {s.name for s in specs if s.name not in busy}
 
     before = quiet()
-    if not before:
-        return []
-    counts = {}
-    for spec in specs:
-        if spec.name in before:
-            counts[spec.name] = tuple(
-                int(c.execute(sql.SQL("SELECT count(*) FROM {}").format(spec.ident)
-                              ).fetchone()[0])  # type: ignore[index]
-                for c in (local, cluster))
+    sides = {spec.name: (_orphans(local, spec), _orphans(cluster, spec)) for spec in specs}
     after = quiet()
-    return [Found(t, abs(n[0] - n[1]), "count", n[0], n[1])
-            for t, n in counts.items() if t in after]
+    found = []
+    for spec in specs:
+        (local_rows, local_gone), (cluster_rows, cluster_gone) = sides[spec.name]
+        for side, gone in (("local", local_gone), ("cluster", cluster_gone)):
+            if gone:
+                log.warning("%s: %d rows gone on the %s side behind the capture (their versions "
+                            "are live): run `cesar sync run --full`", spec.name, gone, side)
+        divergent = local_gone + cluster_gone
+        if spec.name in before and spec.name in after:
+            divergent = max(divergent, abs(local_rows - cluster_rows))
+        found.append(Found(spec.name, divergent, "count", local_rows, cluster_rows))
+    return found
+
+
+def _orphans(conn: psycopg.Connection, spec: TableSpec) -> tuple[int, int]:
+    """(rows, live version rows without their row) of one side, in one snapshot. Rows without
+    a version row are not counted as wrong: rows older than the capture have none."""
+    pk_type = sql.SQL(str(spec.pk_type))
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = conn.execute(sql.SQL(
+            "SELECT (SELECT count(*) FROM {t}), (SELECT count(*) FROM sync_versions AS v "
+            "WHERE v.table_name = %s AND NOT v.deleted AND NOT EXISTS "
+            "(SELECT 1 FROM {t} AS t WHERE t.id = CAST(v.pk AS {pk})))").format(
+            t=spec.ident, pk=pk_type), [spec.name]).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
 def record(conns: Iterable[psycopg.Connection], found: Sequence[Found]) -> None:

@@ -510,7 +510,8 @@ class Lease:
                 except (psycopg.Error, OperationFailed) as exc:
                     if time.monotonic() - self._renewed >= self.seconds:
                         # The row may have expired and been taken: stop the work.
-                        self._lose(f"its heartbeat failed for {self.seconds:g} s: {exc}")
+                        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                        self._lose(f"its heartbeat failed for {self.seconds:g} s: {first}")
                         return
                     log.warning("%s heartbeat failed (will retry): %s", self.table.what, exc)
                     if conn is not None:

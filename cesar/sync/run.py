@@ -316,7 +316,12 @@ class Run:
                              engines=(local.engine, cluster.engine))
             skew = clock.measure(local.conn, cluster.conn)
             report.clock_skew_ms = skew.ms
-            clock.check(skew, self.sync.max_clock_skew_ms, local.masked, cluster.masked)
+            try:
+                clock.check(skew, self.sync.max_clock_skew_ms, local.masked, cluster.masked)
+            except OperationFailed as refused:
+                if not opts.dry_run:
+                    self._record_refusal(specs, str(refused))
+                raise
             if not opts.dry_run:
                 try:
                     self.lease = lease.SyncLease.acquire(
@@ -525,6 +530,22 @@ class Run:
         for side in self.sides.values():
             state.write_state(side.conn, rows)
         self._check_divergence(specs, report)
+
+    def _record_refusal(self, specs: list[TableSpec], error: str) -> None:
+        """A run refused before moving anything: ``sync_state.last_error`` says why, so
+        `cesar sync status` and /health show it (the lag keeps growing meanwhile)."""
+        now = datetime.now(UTC)
+        pending = {role: capture.pending_summary(s.conn) for role, s in self.sides.items()}
+        rows = [state.StateRow(spec.name, direction, now, False, None, 0, 0,
+                               pending[src].get(spec.name, Pending()).total,
+                               pending[src].get(spec.name, Pending()).oldest, error)
+                for spec in specs for src, _, direction in DIRECTIONS]
+        for side in self.sides.values():
+            try:
+                state.write_state(side.conn, rows)
+            except psycopg.Error as exc:
+                log.warning("could not record the refusal in sync_state: %s",
+                            (str(exc).strip().splitlines() or [""])[0])
 
     def _check_divergence(self, specs: list[TableSpec], report: RunReport) -> None:
         """Record how many rows the sides differ by: the count check, and what a reconcile

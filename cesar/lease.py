@@ -93,7 +93,46 @@ class Process:
 
     @property
     def holder(self) -> str:
-        return f"{self.host}:{self.pid}:{self.token}"
+        return holder_name(self.host, self.pid, self.token)
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip().replace("-", "")
+    except OSError:
+        return ""
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat (clock ticks since boot): None when there is no such pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # the command name (field 2) may hold spaces and parentheses: split after its end
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except FileNotFoundError:
+        return None
+    except (OSError, IndexError):
+        return ""
+
+
+def process_mark(pid: int | None = None) -> str:
+    """What tells this process apart from another with the same hostname and pid: the boot,
+    the pid namespace (containers, nspawn and pods may share a hostname) and the start time
+    (a pid reused after the holder died)."""
+    return f"{_boot_id()}.{_pid_namespace()}.{_start_time(pid or os.getpid()) or ''}"
+
+
+def holder_name(host: str, pid: int, token: str) -> str:
+    """``host:pid:token:mark`` (:func:`process_mark`), unique per take."""
+    return f"{host}:{pid}:{token}:{process_mark(pid)}"
 
 
 @dataclass(frozen=True)
@@ -154,8 +193,21 @@ class LeaseInfo:
         return self.host == socket.gethostname()
 
     def holder_is_gone(self) -> bool:
-        """Whether the holder is a process of this host that no longer exists."""
-        return self.on_this_host and self.pid != os.getpid() and not _pid_alive(self.pid)
+        """Whether the holder is certainly a process that no longer exists: same hostname,
+        same boot and pid namespace as this process (seen in its holder name), and its pid is
+        absent or belongs to a process started at another time. Anything else (another
+        container sharing the hostname, a holder name without that mark) waits for expiry."""
+        if not self.on_this_host:
+            return False
+        parts = self.holder.split(":")
+        mark = parts[3].split(".") if len(parts) >= 4 else []
+        if len(mark) != 3 or not mark[0] or not mark[1] or not mark[2]:
+            return False
+        boot, namespace, started = mark
+        if boot != _boot_id() or namespace != _pid_namespace():
+            return False
+        now = _start_time(self.pid)
+        return now is None or (now != "" and now != started)
 
     def describe(self) -> str:
         when = (f"expired {-self.seconds_left:.0f} s ago" if self.expired
@@ -170,18 +222,6 @@ class LeaseInfo:
                 "expires_at": self.expires_at.isoformat(), "generation": self.generation,
                 "seconds_left": round(self.seconds_left, 1), "expired": self.expired,
                 **{k: v for k, v in self.extra.items()}}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    except OSError:
-        return True
-    return True
 
 
 def read(conn: psycopg.Connection, table: LeaseTable) -> LeaseInfo | None:
@@ -470,7 +510,8 @@ class Lease:
                 except (psycopg.Error, OperationFailed) as exc:
                     if time.monotonic() - self._renewed >= self.seconds:
                         # The row may have expired and been taken: stop the work.
-                        self._lose(f"its heartbeat failed for {self.seconds:g} s: {exc}")
+                        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                        self._lose(f"its heartbeat failed for {self.seconds:g} s: {first}")
                         return
                     log.warning("%s heartbeat failed (will retry): %s", self.table.what, exc)
                     if conn is not None:

@@ -758,9 +758,12 @@ class Runner:
                      and row.attempt_checksum == m.file_checksum(step.direction))
         detail = {"direction": step.direction, "mode": "transactional", "in_doubt": True,
                   "sqlstate": exc.sqlstate, "message": _first_line(exc), "committed": committed}
-        db.run_transaction(self.conn, lambda c: insert_event(
-            c, self.identity, "resume" if committed else "fail", m.name, self.reason, detail),
-            **self._retry)
+        def record(c: psycopg.Connection) -> None:
+            self._lease_held().check(c)  # fenced like every progress record
+            insert_event(c, self.identity, "resume" if committed else "fail", m.name,
+                         self.reason, detail)
+
+        db.run_transaction(self.conn, record, **self._retry)
         if committed:
             self.progress(f"{m.name}: its commit was in doubt ({exc.sqlstate}); its tracking row "
                           "shows it committed")
@@ -789,10 +792,13 @@ class Runner:
         if not db.run_transaction(self.conn, claim, **self._retry):
             return False
         if step.resume:
-            db.run_transaction(self.conn, lambda c: insert_event(
-                c, self.identity, "resume", step.name, self.reason,
-                {"direction": step.direction, "from_statement": start + 1,
-                 "previous": step.resume}), **self._retry)
+            def resumed(conn: psycopg.Connection) -> None:
+                lease.check(conn)  # fenced: a runner that lost the lease records nothing
+                insert_event(conn, self.identity, "resume", step.name, self.reason,
+                             {"direction": step.direction, "from_statement": start + 1,
+                              "previous": step.resume})
+
+            db.run_transaction(self.conn, resumed, **self._retry)
         # the first statement may have run already: the last run was killed after sending it,
         # or the server could not say whether it committed (40003)
         in_doubt = step.resume in ("interrupted", IN_DOUBT)
@@ -821,9 +827,12 @@ class Runner:
                         note = f", already done by {by}: {skipped.sqlstate}"
                         detail = {"statement": st.index, "in_doubt": True,
                                   "sqlstate": skipped.sqlstate, "message": _first_line(skipped)}
-                        db.run_transaction(self.conn, lambda c, d=detail: insert_event(
-                            c, self.identity, "resume", step.name, self.reason, d),
-                            **self._retry)
+                        def skipped_event(c: psycopg.Connection,
+                                          d: dict[str, Any] = detail) -> None:
+                            lease.check(c)
+                            insert_event(c, self.identity, "resume", step.name, self.reason, d)
+
+                        db.run_transaction(self.conn, skipped_event, **self._retry)
                     db.run_transaction(self.conn, lambda c, st=st: self._record_progress(
                         c, step, statements, st.index), **self._retry)
                 else:
@@ -951,16 +960,23 @@ class Runner:
 
     def _finish(self, conn: psycopg.Connection, step: Step, mode: str, total: int,
                 started: float) -> None:
+        # Fenced, and only our own claim: a runner paused past its lease must not mark done
+        # (and release) a migration that another runner now holds.
+        self._lease_held().check(conn)
         ms = int((time.perf_counter() - started) * 1000)
         status = "succeeded" if step.direction == "up" else "rolled_back"
-        conn.execute(
+        row = conn.execute(
             f"UPDATE {TRACKING_TABLE} SET status = %s, statements_done = %s, "
             "progress_checksum = NULL, resumable = false, error_sqlstate = NULL, "
             "error_message = NULL, error_statement = NULL, error_line = NULL, "
             "finished_at = clock_timestamp(), duration_ms = %s, holder = NULL, "
-            "updated_at = now() WHERE name = %s",
-            [status, total if step.direction == "up" else 0, ms, step.name],
-        )
+            "updated_at = now() WHERE name = %s AND holder = %s RETURNING name",
+            [status, total if step.direction == "up" else 0, ms, step.name,
+             self.identity.holder],
+        ).fetchone()
+        if row is None:
+            self._lease_held().check(conn)  # raises LeaseLost if that is why
+            raise OperationFailed(f"the tracking row of {step.name} changed under this runner")
         insert_event(conn, self.identity, "apply" if step.direction == "up" else "rollback",
                      step.name, self.reason,
                      {"mode": mode, "statements": total, "duration_ms": ms,
@@ -988,6 +1004,8 @@ class Runner:
                      and previous is not None and previous.applied and not in_doubt)
 
         def work(conn: psycopg.Connection) -> None:
+            # Fenced: once another runner holds the lease, the row and its outcome are its own.
+            self._lease_held().check(conn)
             if step.direction == "down" and mode == "transactional" and not in_doubt:
                 # Nothing was rolled back: the migration stays applied; only the event says so.
                 conn.execute(f"UPDATE {TRACKING_TABLE} SET holder = NULL WHERE name = %s",

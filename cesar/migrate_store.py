@@ -24,6 +24,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from cesar.errors import OperationFailed
+from cesar.lease import holder_name
 
 #: The runner's tables are always named with their schema, so that a migration changing
 #: ``search_path`` (pg_dump's header does) cannot make them disappear from under the runner.
@@ -116,7 +117,7 @@ class Identity:
 
     @property
     def holder(self) -> str:
-        return f"{self.host}:{self.pid}:{self.token}"
+        return holder_name(self.host, self.pid, self.token)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Divergence is never silent: a cheap check on every run, a precise one on every ``--full``,
 and TRUNCATE (which no row trigger sees) refused on PostgreSQL.
 
-- Every run, per table, once nothing is pending on either side (no captured change in flight:
+- Every run, per table and side, the live version rows whose row is gone (one snapshot: works
+  on a busy table). Once nothing is pending on either side (no captured change in flight:
   the run holds the lease, so nothing else acknowledges), both sides' ``count(*)`` are compared
   and the difference is recorded in ``sync_divergence`` (method ``count``) on both sides. It
   finds rows removed or added behind the capture (a TRUNCATE, a restore, hand edits with the
@@ -60,51 +61,95 @@ class Found:
                 "cluster_rows": self.cluster_rows}
 
 
+#: Longest wait for the table lock the guard's DDL needs (SHARE ROW EXCLUSIVE, which blocks the
+#: application's writes while it is queued): behind a long transaction the run gives up and
+#: tries again on its next run instead of stalling the application's writes.
+GUARD_LOCK_TIMEOUT = "1s"
+
+
 def ensure_truncate_guard(conn: psycopg.Connection, specs: Sequence[TableSpec]) -> list[str]:
-    """PostgreSQL: a BEFORE TRUNCATE trigger on every synced table that lacks one. Returns the
-    tables guarded now. Without the privilege to create it, a warning (the count check still
-    reports a truncated table)."""
-    have = {r[0] for r in conn.execute(
-        "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+    """PostgreSQL: a BEFORE TRUNCATE trigger, enabled, on every synced table. Returns the tables
+    guarded (or re-enabled) now. Each table's DDL waits at most :data:`GUARD_LOCK_TIMEOUT` for
+    its lock; a table whose lock is held, or without the privilege, gets a warning and is tried
+    again on the next run (the count check still reports a truncated table meanwhile)."""
+    have = {r[0]: r[1] for r in conn.execute(
+        "SELECT c.relname, t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
         "WHERE t.tgname = %s AND c.relnamespace = current_schema()::regnamespace",
         [GUARD]).fetchall()}
-    missing = [s for s in specs if s.name not in have]
-    if not missing:
+    todo = [s for s in specs if have.get(s.name) not in ("O", "A")]
+    if not todo:
         return []
-    try:
-        with conn.transaction():
-            conn.execute(GUARD_FUNCTION)  # type: ignore[arg-type]
-            for spec in missing:
-                conn.execute(sql.SQL("CREATE TRIGGER {} BEFORE TRUNCATE ON {} FOR EACH STATEMENT "
-                                     "EXECUTE FUNCTION {}()").format(
-                    sql.Identifier(GUARD), spec.ident, sql.Identifier(GUARD)))
-    except (pgerrors.InsufficientPrivilege, pgerrors.DuplicateObject) as exc:
-        log.warning("could not add the TRUNCATE guard (%s); a TRUNCATE is then reported by the "
-                    "divergence check, not refused", str(exc).strip().splitlines()[0])
-        return []
-    return [s.name for s in missing]
+    done = []
+    for spec in todo:
+        disabled = spec.name in have
+        if disabled:
+            log.warning("the TRUNCATE guard on %s was disabled: enabling it again", spec.name)
+            stmt = sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(
+                spec.ident, sql.Identifier(GUARD))
+        else:
+            stmt = sql.SQL("CREATE TRIGGER {} BEFORE TRUNCATE ON {} FOR EACH STATEMENT "
+                           "EXECUTE FUNCTION {}()").format(
+                sql.Identifier(GUARD), spec.ident, sql.Identifier(GUARD))
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+                    sql.Literal(GUARD_LOCK_TIMEOUT)))
+                conn.execute(GUARD_FUNCTION)  # type: ignore[arg-type]
+                conn.execute(stmt)
+        except pgerrors.LockNotAvailable:
+            log.warning("could not add the TRUNCATE guard on %s: a transaction holds a lock on "
+                        "it (waited %s); the next run tries again", spec.name,
+                        GUARD_LOCK_TIMEOUT)
+            continue
+        except (pgerrors.InsufficientPrivilege, pgerrors.DuplicateObject) as exc:
+            log.warning("could not add the TRUNCATE guard on %s (%s); a TRUNCATE is then "
+                        "reported by the divergence check, not refused", spec.name,
+                        str(exc).strip().splitlines()[0])
+            continue
+        done.append(spec.name)
+    return done
 
 
 def count_check(local: psycopg.Connection, cluster: psycopg.Connection,
                 specs: Sequence[TableSpec]) -> list[Found]:
-    """The tables whose counts could be compared with nothing pending on either side."""
+    """Every table, every run: on each side, the live version rows whose row is gone (read in
+    one snapshot: the capture writes a row and its version in one transaction, so they agree
+    however busy the table is); and, for the tables with nothing pending on either side, the
+    difference of the two sides' row counts. The larger of the two is recorded."""
     def quiet() -> set[str]:
         busy = set(pending_summary(local)) | set(pending_summary(cluster))
         return {s.name for s in specs if s.name not in busy}
 
     before = quiet()
-    if not before:
-        return []
-    counts = {}
-    for spec in specs:
-        if spec.name in before:
-            counts[spec.name] = tuple(
-                int(c.execute(sql.SQL("SELECT count(*) FROM {}").format(spec.ident)
-                              ).fetchone()[0])  # type: ignore[index]
-                for c in (local, cluster))
+    sides = {spec.name: (_orphans(local, spec), _orphans(cluster, spec)) for spec in specs}
     after = quiet()
-    return [Found(t, abs(n[0] - n[1]), "count", n[0], n[1])
-            for t, n in counts.items() if t in after]
+    found = []
+    for spec in specs:
+        (local_rows, local_gone), (cluster_rows, cluster_gone) = sides[spec.name]
+        for side, gone in (("local", local_gone), ("cluster", cluster_gone)):
+            if gone:
+                log.warning("%s: %d rows gone on the %s side behind the capture (their versions "
+                            "are live): run `cesar sync run --full`", spec.name, gone, side)
+        divergent = local_gone + cluster_gone
+        if spec.name in before and spec.name in after:
+            divergent = max(divergent, abs(local_rows - cluster_rows))
+        found.append(Found(spec.name, divergent, "count", local_rows, cluster_rows))
+    return found
+
+
+def _orphans(conn: psycopg.Connection, spec: TableSpec) -> tuple[int, int]:
+    """(rows, live version rows without their row) of one side, in one snapshot. Rows without
+    a version row are not counted as wrong: rows older than the capture have none."""
+    pk_type = sql.SQL(str(spec.pk_type))
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = conn.execute(sql.SQL(
+            "SELECT (SELECT count(*) FROM {t}), (SELECT count(*) FROM sync_versions AS v "
+            "WHERE v.table_name = %s AND NOT v.deleted AND NOT EXISTS "
+            "(SELECT 1 FROM {t} AS t WHERE t.id = CAST(v.pk AS {pk})))").format(
+            t=spec.ident, pk=pk_type), [spec.name]).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
 def record(conns: Iterable[psycopg.Connection], found: Sequence[Found]) -> None:

@@ -41,6 +41,9 @@ class SyncLag(BaseModel):
     pending: int
     rows_total: int
     conflicts_total: int
+    last_error: str | None = Field(
+        default=None, description="Why the last run of this table and direction failed or "
+        "was refused (a clock-skew refusal included); null after a successful run.")
 
 
 class SyncDivergence(BaseModel):
@@ -78,7 +81,7 @@ def probe(conn: psycopg.Connection) -> dict[str, Any]:
         "table": r["table_name"], "direction": r["direction"], "lag_seconds": r["lag_seconds"],
         "last_sync_at": r["last_sync_at"].isoformat() if r["last_sync_at"] else None,
         "pending": int(r["pending"]), "rows_total": int(r["rows_total"]),
-        "conflicts_total": int(r["conflicts_total"]),
+        "conflicts_total": int(r["conflicts_total"]), "last_error": r["last_error"],
         "_last_sync_epoch": r["last_sync_at"].timestamp() if r["last_sync_at"] else None,
     } for r in rows]
     lags = [t["lag_seconds"] for t in tables if t["lag_seconds"] is not None]
@@ -101,6 +104,9 @@ def problems(value: dict[str, Any]) -> list[str]:
             out.append(f"sync: {t['table']} {t['direction']} lag {lag:.0f} s is over the "
                        f"{limit:.0f} s limit (is the `cesar sync run` cron job running? "
                        "see `cesar sync status`)")
+        if t.get("last_error"):
+            out.append(f"sync: {t['table']} {t['direction']}: the last run failed: "
+                       f"{t['last_error']}")
     for d in value.get("divergence", []):
         if d["divergent_rows"]:
             out.append(f"sync: {d['table']}: the two sides differ by {d['divergent_rows']} "

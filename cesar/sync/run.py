@@ -316,7 +316,12 @@ class Run:
                              engines=(local.engine, cluster.engine))
             skew = clock.measure(local.conn, cluster.conn)
             report.clock_skew_ms = skew.ms
-            clock.check(skew, self.sync.max_clock_skew_ms, local.masked, cluster.masked)
+            try:
+                clock.check(skew, self.sync.max_clock_skew_ms, local.masked, cluster.masked)
+            except OperationFailed as refused:
+                if not opts.dry_run:
+                    self._record_refusal(specs, str(refused))
+                raise
             if not opts.dry_run:
                 try:
                     self.lease = lease.SyncLease.acquire(
@@ -526,13 +531,32 @@ class Run:
             state.write_state(side.conn, rows)
         self._check_divergence(specs, report)
 
+    def _record_refusal(self, specs: list[TableSpec], error: str) -> None:
+        """A run refused before moving anything: ``sync_state.last_error`` says why, so
+        `cesar sync status` and /health show it (the lag keeps growing meanwhile)."""
+        now = datetime.now(UTC)
+        pending = {role: capture.pending_summary(s.conn) for role, s in self.sides.items()}
+        rows = [state.StateRow(spec.name, direction, now, False, None, 0, 0,
+                               pending[src].get(spec.name, Pending()).total,
+                               pending[src].get(spec.name, Pending()).oldest, error)
+                for spec in specs for src, _, direction in DIRECTIONS]
+        for side in self.sides.values():
+            try:
+                state.write_state(side.conn, rows)
+            except psycopg.Error as exc:
+                log.warning("could not record the refusal in sync_state: %s",
+                            (str(exc).strip().splitlines() or [""])[0])
+
     def _check_divergence(self, specs: list[TableSpec], report: RunReport) -> None:
         """Record how many rows the sides differ by: the count check, and what a reconcile
         found and could not repair (the larger of the two, when both ran)."""
         found = {f.table: f for f in divergence.count_check(
             self.sides["local"].conn, self.sides["cluster"].conn, specs)}
         for r in report.reconcile:
-            left = max(0, r.keys_differing - r.repaired_local - r.repaired_cluster)
+            # A deferred key was written meanwhile (or is held by a writer): it moves on the
+            # next run, so it is not a divergence the reconcile left behind.
+            left = max(0, r.keys_differing - r.repaired_local - r.repaired_cluster
+                       - r.deferred)
             counted = found.get(r.table)
             found[r.table] = divergence.Found(
                 r.table, max(left, counted.divergent_rows if counted else 0), "full",

@@ -133,8 +133,78 @@ def test_a_heartbeat_that_keeps_failing_stops_the_work(fresh_db: str) -> None:
                     lease.check()
                 except LeaseLost as lost:
                     assert "heartbeat failed" in str(lost)
+                    # one line (psycopg's connection errors span several)
+                    assert "\n" not in str(lost), str(lost)
                     break
                 assert time.monotonic() < deadline, "a failing heartbeat never stopped the work"
                 time.sleep(0.1)
         finally:
             lease.release()
+
+
+#: `cesar migrate ARGS` that stops itself on entering the migration's `_finish` (every statement
+#: run and its progress recorded; the tracking row not yet marked done).
+FINISH_PAUSER = """
+import os, signal, sys
+from cesar import migrate
+real = migrate.Runner._finish
+
+def finish(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return real(self, *args, **kwargs)
+
+migrate.Runner._finish = finish
+from cesar.cli import main
+main(["migrate", *sys.argv[1:]])
+"""
+
+
+def test_a_runner_paused_after_its_last_statement_does_not_finish_a_taken_over_migration(
+        fresh_db: str, migrations: Path, tmp_path: Path, runner_for) -> None:
+    runner_for(fresh_db).up()
+    (migrations / "901_paused.up.sql").write_text(TWO_TABLES)
+    (migrations / "901_paused.down.sql").write_text("SELECT 1;\n")
+    args = ["up", "--url", fresh_db, "--migrations-dir", str(migrations),
+            "--mode", "per-statement"]
+    procs: list[subprocess.Popen[str]] = []
+
+    def pauser(*extra: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(FINISH_PAUSER), *args, *extra],
+            cwd=tmp_path, env=child_env(), text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        procs.append(proc)
+        return proc
+
+    row = ("SELECT status, holder FROM schema_migrations WHERE name = '901_paused'")
+    try:
+        first = pauser("--lease-seconds", "1")
+        wait_stopped(first)  # both statements run and recorded, not yet marked done
+        time.sleep(1.5)      # its lease expires
+        second = pauser("--lease-seconds", "60", "--wait-seconds", "30")
+        wait_stopped(second)  # took over, resumed past the last statement, about to finish
+        status, holder = query(fresh_db, row)[0]
+        assert status == "running" and holder.split(":")[1] == str(second.pid)
+
+        os.kill(first.pid, signal.SIGCONT)
+        _, err = first.communicate(timeout=60)
+        assert first.returncode == 1, err
+        assert "lost the migration lease" in err and "Traceback" not in err
+        # The late runner neither marked it done nor released the new holder's claim.
+        status, holder = query(fresh_db, row)[0]
+        assert status == "running" and holder.split(":")[1] == str(second.pid)
+        assert query(fresh_db, "SELECT count(*) FROM schema_migration_events WHERE "
+                               "migration = '901_paused' AND event = 'apply'") == [(0,)]
+
+        os.kill(second.pid, signal.SIGCONT)
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 0, err
+        assert query(fresh_db, row) == [("succeeded", None)]
+        assert query(fresh_db, "SELECT count(*) FROM schema_migration_events WHERE "
+                               "migration = '901_paused' AND event = 'apply'") == [(1,)]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+            proc.wait()

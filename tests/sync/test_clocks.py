@@ -38,3 +38,23 @@ def test_lag_and_last_sync_at_come_from_each_database_s_clock(skewed_pair: Pair)
         # would make it SKEW_SECONDS on the cluster side, or negative on the other).
         assert -0.5 < low <= high < 2 and -0.5 < age < 2, (side, rows)
     assert abs(report.as_dict()["clock_skew_ms"] / 1000 - SKEW_SECONDS) < 1  # reported
+
+
+def test_a_clock_refusal_is_recorded_for_status_and_health(skewed_pair: Pair) -> None:
+    from cesar.sync import health as sync_health
+
+    with pytest.raises(OperationFailed):
+        skewed_pair.sync(max_clock_skew_ms=1000)
+
+    for side in ("local", "cluster"):
+        errors = skewed_pair.sql(side, "SELECT DISTINCT last_error FROM sync_state "
+                                       "WHERE table_name = 'items'")
+        assert len(errors) == 1 and "CESAR_SYNC_MAX_CLOCK_SKEW_MS=1000" in errors[0][0], errors
+    with skewed_pair.connect("local") as conn:
+        problems = sync_health.problems(sync_health.probe(conn))
+    assert any("items" in p and "the last run failed" in p and "clocks" in p
+               for p in problems), problems
+
+    skewed_pair.sync()  # within the default bound: the error is cleared
+    assert skewed_pair.sql("local", "SELECT DISTINCT last_error FROM sync_state "
+                                    "WHERE table_name = 'items'") == [(None,)]

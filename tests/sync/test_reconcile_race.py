@@ -46,3 +46,31 @@ def test_a_write_between_the_reconcile_s_reads_is_not_stamped_on_an_old_image(
         assert synced.sql(side, "SELECT val FROM items WHERE id = %s", [key]) == [("C",)], side
     synced.assert_identical()
     assert synced.pending("local") == synced.pending("cluster") == 0
+
+
+def test_a_key_deferred_by_the_reconcile_is_not_reported_as_divergence(
+        synced: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``--full`` under load defers keys written meanwhile; they move on the next run and
+    must not raise the divergence alarm."""
+    key = str(uuid.uuid4())
+    synced.sql("local", "INSERT INTO items (id, val) VALUES (%s, 'A')", [key])
+    synced.sync()
+    bypass(synced, "cluster", ("UPDATE items SET val = 'B' WHERE id = %s", [key]))
+
+    real = reconcile._versions
+    written: list[bool] = []
+
+    def write_then_read(conn, spec, keys):  # type: ignore[no-untyped-def]
+        if not written:
+            written.append(True)
+            synced.sql("local", "UPDATE items SET val = 'C' WHERE id = %s", [key])
+        return real(conn, spec, keys)
+
+    monkeypatch.setattr(reconcile, "_versions", write_then_read)
+    report = synced.sync(full=True)
+    monkeypatch.undo()
+
+    deferred = [r.deferred for r in report.reconcile if r.table == "items"]
+    assert deferred == [1], report.reconcile
+    assert [d.divergent_rows for d in report.divergence if d.table == "items"] == [0], \
+        report.divergence

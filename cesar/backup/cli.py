@@ -111,7 +111,7 @@ def restore_command(to: str, into: str, force: bool, database: str | None, dry_r
     restore.check_name(into)
     server = _server()
     if database:
-        server = replace(server, database=restore.check_name(database))
+        server = replace(server, database=restore.check_name(database, target=False))
     if dry_run:
         restore.preflight(server, into, force)
         chosen = restore.choose_backup(server, target)

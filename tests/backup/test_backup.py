@@ -298,3 +298,30 @@ def test_failing_archiving_shows_in_status_and_metrics(bk: BackupStack, tmp_path
     finally:
         wal.chmod(mode)
     assert segment
+
+
+@pytest.mark.parametrize("into", [
+    "dbname=cesar_local application_name=a",
+    "postgresql://localhost/cesar_local",
+    "postgres",
+    "template1",
+])
+def test_restore_into_a_connection_string_or_reserved_name_is_refused(
+        bk: BackupStack, into: str) -> None:
+    """A name the client tools would read as a connection string (pointing at the live
+    database) or a reserved database is refused before anything is written."""
+    base.take(bk.server)
+    with bk.su() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS canary (v text)")
+        conn.execute("TRUNCATE canary")
+        conn.execute("INSERT INTO canary VALUES ('live')")
+    before = count(bk, "cesar_local")
+    out = bk.invoke("restore", "--to", datetime.now(UTC).isoformat(), "--into", into,
+                    "--force")
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cesar: error: --into"), lines
+    with bk.su() as conn:
+        assert conn.execute("SELECT v FROM canary").fetchall() == [("live",)]
+        conn.execute("DROP TABLE canary")
+    assert count(bk, "cesar_local") == before

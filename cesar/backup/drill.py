@@ -28,6 +28,8 @@ from cesar.backup.settings import Server
 from cesar.errors import CesarError
 
 LAST_DRILL = "last-drill.json"
+# The whole row as ``alias.*``: a bare alias would name a column of that name instead.
+_ROW = sql.Identifier("_cesar_row")
 
 
 def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
@@ -46,7 +48,7 @@ def _order_by(conn: psycopg.Connection, schema: str, table: str) -> sql.Composab
         [sql.Identifier(schema, table).as_string(conn)]).fetchall()]
     if cols:
         return sql.SQL(", ").join(sql.Identifier(c) for c in cols)
-    return sql.SQL("t::text")
+    return sql.SQL("ROW({}.*)::text").format(_ROW)
 
 
 def fingerprint(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
@@ -54,9 +56,9 @@ def fingerprint(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for schema, table in user_tables(conn):
         query = sql.SQL(
-            "SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY {order})), '') "
-            "FROM {table} AS t").format(order=_order_by(conn, schema, table),
-                                        table=sql.Identifier(schema, table))
+            "SELECT count(*), coalesce(md5(string_agg(md5(ROW({r}.*)::text), '' "
+            "ORDER BY {order})), '') FROM {table} AS {r}").format(
+                order=_order_by(conn, schema, table), table=sql.Identifier(schema, table), r=_ROW)
         rows, digest = conn.execute(query).fetchone()
         out[f"{schema}.{table}"] = {"rows": int(rows), "hash": digest}
     return out

@@ -325,3 +325,17 @@ def test_restore_into_a_connection_string_or_reserved_name_is_refused(
         assert conn.execute("SELECT v FROM canary").fetchall() == [("live",)]
         conn.execute("DROP TABLE canary")
     assert count(bk, "cesar_local") == before
+
+
+def test_the_drill_fingerprint_covers_every_column_even_one_named_t(bk: BackupStack) -> None:
+    """A table with a column named like the query's alias: the fingerprint must still cover
+    the other columns, so a difference in them is a mismatch."""
+    with bk.su() as conn:
+        conn.execute("CREATE TABLE aliased (t int, body text)")  # no primary key
+        conn.execute("INSERT INTO aliased VALUES (1, 'same'), (2, 'same')")
+        before = drill.fingerprint(conn)["public.aliased"]
+        conn.execute("UPDATE aliased SET body = 'changed' WHERE t = 2")
+        after = drill.fingerprint(conn)["public.aliased"]
+        conn.execute("DROP TABLE aliased")
+    assert before["rows"] == after["rows"] == 2
+    assert before["hash"] != after["hash"]

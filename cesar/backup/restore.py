@@ -201,20 +201,30 @@ def _swap_in(server: Server, temp: str, into: str, force: bool) -> str | None:
             # No new sessions while it is renamed aside; the ones open are ended (forced).
             conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
                 sql.Identifier(into)))
-            for attempt in range(50):
-                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             "WHERE datname = %s AND pid <> pg_backend_pid()", [into])
-                try:
-                    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                        sql.Identifier(into), sql.Identifier(aside)))
-                    break
-                except psycopg.errors.ObjectInUse:
-                    if attempt == 49:
-                        raise OperationFailed(f"database {into} kept sessions open; the "
-                                              f"restored copy is kept as {temp}") from None
-                    time.sleep(0.1)
-            conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
-                sql.Identifier(aside)))
+            renamed = False
+            try:
+                for attempt in range(50):
+                    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE datname = %s AND pid <> pg_backend_pid()", [into])
+                    try:
+                        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            sql.Identifier(into), sql.Identifier(aside)))
+                        renamed = True
+                        break
+                    except psycopg.errors.ObjectInUse:
+                        if attempt == 49:
+                            raise OperationFailed(f"database {into} kept sessions open; the "
+                                                  f"restored copy is kept as {temp}") from None
+                        time.sleep(0.1)
+                    except psycopg.Error as exc:
+                        first = (str(exc).strip().splitlines() or ["?"])[0]
+                        raise OperationFailed(f"could not rename {into} aside to {aside} "
+                                              f"({first}); the restored copy is kept as "
+                                              f"{temp}") from None
+            finally:
+                # Whatever happened, the database keeps accepting connections under its name.
+                conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
+                    sql.Identifier(aside if renamed else into)))
         conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
             sql.Identifier(temp), sql.Identifier(into)))
     return aside

@@ -339,3 +339,30 @@ def test_the_drill_fingerprint_covers_every_column_even_one_named_t(bk: BackupSt
         conn.execute("DROP TABLE aliased")
     assert before["rows"] == after["rows"] == 2
     assert before["hash"] != after["hash"]
+
+
+def test_a_forced_restore_whose_rename_fails_leaves_the_database_accepting_connections(
+        bk: BackupStack) -> None:
+    """The old database is closed to connections while it is renamed aside; when the rename
+    fails (here: every aside name it could pick is taken) it must be open again."""
+    now = int(time.time())
+    asides = [f"swapdst_before_restore_{t}" for t in range(now, now + 20)]
+    with bk.su("postgres") as conn:
+        for name in ("swapsrc", "swapdst", *asides):
+            conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with pytest.raises(Exception) as failed:  # noqa: PT011 - its kind is checked below
+            restore._swap_in(bk.server, "swapsrc", "swapdst", True)
+        with bk.su("postgres") as conn:
+            allowed = conn.execute("SELECT datallowconn FROM pg_database "
+                                   "WHERE datname = 'swapdst'").fetchone()
+        assert allowed == (True,)
+        assert isinstance(failed.value, restore.OperationFailed)  # one line, no traceback
+        assert "could not rename swapdst aside" in str(failed.value)
+        with bk.su("swapdst") as conn:  # and it really does
+            conn.execute("SELECT 1")
+    finally:
+        with bk.su("postgres") as conn:
+            for name in ("swapsrc", "swapdst", *asides):
+                conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+                conn.execute(f'DROP DATABASE "{name}"')

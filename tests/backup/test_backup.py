@@ -366,3 +366,51 @@ def test_a_forced_restore_whose_rename_fails_leaves_the_database_accepting_conne
             for name in ("swapsrc", "swapdst", *asides):
                 conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
                 conn.execute(f'DROP DATABASE "{name}"')
+
+
+def test_a_drill_failing_in_an_unexpected_way_records_a_failure(
+        bk: BackupStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error outside the expected kinds (a tool timing out) must still overwrite the last
+    drill's success, or the metrics keep saying the drill passes."""
+    import subprocess
+
+    base.take(bk.server)
+    (bk.server.repo / "state" / drill.LAST_DRILL).write_text(json.dumps({"ok": True}))
+
+    def times_out(*args: object, **kwargs: object) -> None:
+        raise subprocess.TimeoutExpired("pg_verifybackup", 60)
+
+    monkeypatch.setattr(drill.base, "verify", times_out)
+    result = drill.run(bk.server)
+    assert not result["ok"]
+    kept = drill.last(bk.server.repo)
+    assert kept is not None and kept["ok"] is False
+    assert any("TimeoutExpired" in p for p in kept["problems"]), kept["problems"]
+
+
+def test_a_drill_stopped_by_sigterm_records_a_failure(bk: BackupStack) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    base.take(bk.server)
+    (bk.server.repo / "state" / drill.LAST_DRILL).write_text(json.dumps({"ok": True}))
+    proc = subprocess.Popen([sys.executable, "-m", "cesar.cli", "backup", "drill", "--json"],
+                            cwd=REPO, env=bk.env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    scratch_dir = bk.server.repo / "scratch"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if scratch_dir.exists() and any(scratch_dir.iterdir()):
+            break  # the scratch server is being made: the drill is mid-way
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    kept = drill.last(bk.server.repo)
+    assert kept is not None and kept["ok"] is False
+    assert any("SIGTERM" in p for p in kept["problems"]), kept["problems"]
+    assert not list(scratch_dir.iterdir()), "the scratch server was left behind"

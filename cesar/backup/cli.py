@@ -246,8 +246,10 @@ def _metrics(server, path: str | None) -> None:  # noqa: ANN001
               help="restore/drill: the new database (default: cesar_restored / cesar_drill).")
 @click.option("--database", default="cesar", show_default=True, help="The cluster's database.")
 @click.option("--table", "tables", multiple=True, help="drill: a table to fingerprint.")
+@click.option("--subdir", default=None, metavar="PATH",
+              help="restore: the backup collection from SHOW BACKUPS IN (default LATEST).")
 def cockroach_sql_command(what: str, to: str | None, into: str | None, database: str,
-                          tables: tuple[str, ...]) -> None:
+                          tables: tuple[str, ...], subdir: str | None) -> None:
     """Print the CockroachDB SQL for the cluster's backups (run it with `cockroach sql`): the
     schedule (storage named by the external connection cesar_backups), SHOW BACKUP with
     check_files, the verification restore, a point-in-time restore, the drill."""
@@ -259,7 +261,8 @@ def cockroach_sql_command(what: str, to: str | None, into: str | None, database:
             raise click.UsageError(f"cockroach-sql {what} needs --to TIMESTAMP")
         at = restore.parse_time(to)
         if what == "restore":
-            click.echo(cockroach.restore_sql(plan, at, into or f"{database}_restored"), nl=False)
+            click.echo(cockroach.restore_sql(plan, at, into or f"{database}_restored", subdir),
+                       nl=False)
         else:
             click.echo(cockroach.drill_sql(plan, at, into or f"{database}_drill",
                                            list(tables) or ["agents"]), nl=False)

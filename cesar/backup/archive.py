@@ -102,17 +102,30 @@ def config_lines(repo: Path, archive_timeout: int) -> str:
             f"archive_timeout = {int(archive_timeout)}\n")
 
 
-def enable(conn: psycopg.Connection, repo: Path, archive_timeout: int) -> list[str]:
+def enable(conn: psycopg.Connection, repo: Path, archive_timeout: int,
+           force: bool = False) -> list[str]:
     """ALTER SYSTEM the archiving settings on a server not started by cesar; returns what changed
-    (``archive_mode`` needs a restart, which the caller names)."""
-    wanted = {"wal_level": "replica", "archive_mode": "on",
-              "archive_command": archive_command(repo), "archive_timeout": f"{archive_timeout}s"}
+    (``archive_mode`` and ``wal_level`` need a restart, which the caller names). An operator's
+    settings are kept: ``wal_level`` is only raised from ``minimal`` (``logical`` already
+    archives), and a different ``archive_command`` is refused unless ``force``."""
+
+    def current(name: str) -> str | None:
+        row = conn.execute("SELECT setting, unit FROM pg_settings WHERE name = %s",
+                           [name]).fetchone()
+        return f"{row[0]}{'s' if row[1] == 's' else ''}" if row else None
+
+    command = archive_command(repo)
+    have_command = current("archive_command")
+    if have_command not in (None, "", "(disabled)", command) and not force:
+        raise ConfigError(f"the server already has archive_command {have_command!r}; refusing "
+                          "to replace it: archive with one command only, or pass --force")
+    wanted = {"archive_mode": "on", "archive_command": command,
+              "archive_timeout": f"{archive_timeout}s"}
+    if current("wal_level") == "minimal":
+        wanted["wal_level"] = "replica"
     changed = []
     for name, value in wanted.items():
-        current = conn.execute("SELECT setting, unit FROM pg_settings WHERE name = %s",
-                               [name]).fetchone()
-        have = f"{current[0]}{'s' if current and current[1] == 's' else ''}" if current else None
-        if have != value:
+        if current(name) != value:
             conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name),
                                                                    sql.Literal(value)))
             changed.append(name)

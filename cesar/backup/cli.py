@@ -204,7 +204,9 @@ def status_command(as_json: bool, metrics_file: str | None) -> None:
 
 @backup_group.command("setup")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def setup_command(as_json: bool) -> None:
+@click.option("--force", is_flag=True,
+              help="Replace an archive_command the server already has with a different one.")
+def setup_command(as_json: bool, force: bool) -> None:
     """Prepare the repository and turn WAL archiving on (ALTER SYSTEM) for a server of your own;
     says when the server must restart. The embedded stack needs none: `invoke up` does it."""
     from cesar.backup import archive
@@ -212,7 +214,7 @@ def setup_command(as_json: bool) -> None:
     server = _server()
     archive.prepare_repo(server.repo, server.owner)
     with server.connect() as conn:
-        changed = archive.enable(conn, server.repo, server.archive_timeout)
+        changed = archive.enable(conn, server.repo, server.archive_timeout, force)
         pending = [n for (n,) in conn.execute(
             "SELECT name FROM pg_settings WHERE pending_restart")]
     out = {"repo": str(server.repo), "changed": changed, "restart_required": bool(pending),

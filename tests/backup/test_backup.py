@@ -414,3 +414,32 @@ def test_a_drill_stopped_by_sigterm_records_a_failure(bk: BackupStack) -> None:
     assert kept is not None and kept["ok"] is False
     assert any("SIGTERM" in p for p in kept["problems"]), kept["problems"]
     assert not list(scratch_dir.iterdir()), "the scratch server was left behind"
+
+
+def test_setup_keeps_the_operators_settings(bk: BackupStack, tmp_path: Path) -> None:
+    """`backup setup` never downgrades wal_level (logical archives too) and never silently
+    replaces another archive_command."""
+    from tests.backup.conftest import drop_stack, make_stack
+
+    # Another command: refused, unless forced (checked on the shared server, changing nothing).
+    with bk.su("postgres") as conn:
+        with pytest.raises(archive.ConfigError, match="already has archive_command"):
+            archive.enable(conn, tmp_path, bk.server.archive_timeout)
+        assert conn.execute("SHOW archive_command").fetchone()[0] == archive.archive_command(
+            bk.server.repo)
+
+    stack = make_stack("setup")
+    try:
+        with stack.su("postgres") as conn:
+            conn.execute("ALTER SYSTEM SET wal_level = 'logical'")
+        stack.pg.down()
+        stack.pg.up()
+        with stack.su("postgres") as conn:
+            assert conn.execute("SHOW wal_level").fetchone()[0] == "logical"
+            changed = archive.enable(conn, stack.server.repo, stack.server.archive_timeout)
+            assert "wal_level" not in changed
+            pending = conn.execute("SELECT count(*) FROM pg_settings WHERE pending_restart"
+                                   ).fetchone()[0]
+            assert pending == 0  # nothing asks for a restart
+    finally:
+        drop_stack(stack)

@@ -31,12 +31,32 @@ SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
 # Idempotent as PostgreSQL asks: an identical file already archived is a success (a crash
 # between the rename and the server noting success retries the same segment); a different one
 # is an error that stops archiving instead of overwriting history.
+# The archive belongs to one database system: a segment carries its server's system identifier
+# (bytes 24-31 of its first page), recorded by the first segment archived. A new cluster on an
+# old archive (re-initialised data directory) restarts at timeline 1 with the same names, so it
+# is refused with a line saying so instead of colliding segment by segment.
 ARCHIVE_SCRIPT = """#!/bin/sh
 # archive_command for PostgreSQL, written by cesar: archive-wal %p %f
 set -eu
 src="$1"; name="$2"
 dir="$(dirname "$0")/../wal"
 dest="$dir/$name.gz"
+case "$name" in
+    [0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F]\
+[0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F])
+        sysid="$(od -An -tu8 -j24 -N8 "$src" | tr -d ' ')"
+        mark="$dir/.system-identifier"
+        if [ ! -s "$mark" ]; then
+            printf '%s\\n' "$sysid" > "$mark.$$"; mv "$mark.$$" "$mark"
+        fi
+        if [ "$(cat "$mark")" != "$sysid" ]; then
+        printf '%s %s, %s %s %s\\n' "archive-wal: the archive $dir belongs to database system" \\
+                "$(cat "$mark")" "this server is $sysid (a new cluster?):" \\
+                "move the repository aside (or set another CESAR_BACKUP_REPO)," \\
+                "then take a backup" >&2
+            exit 1
+        fi;;
+esac
 if [ -f "$dest" ]; then
     if gzip -dc "$dest" | cmp -s - "$src"; then exit 0; fi
     echo "archive-wal: $dest exists with different content; refusing to overwrite" >&2
@@ -46,8 +66,12 @@ tmp="$dir/.$name.$$.tmp"
 trap 'rm -f "$tmp"' EXIT
 gzip -1 -c "$src" > "$tmp"
 sync "$tmp"
-mv "$tmp" "$dest"
-trap - EXIT
+# ln fails when the name exists: two archivers never replace each other's file.
+if ! ln "$tmp" "$dest" 2>/dev/null; then
+    if gzip -dc "$dest" | cmp -s - "$src"; then exit 0; fi
+    echo "archive-wal: $dest appeared with different content; refusing to overwrite" >&2
+    exit 1
+fi
 sync "$dir"
 """
 

@@ -213,6 +213,39 @@ def test_restore_picks_the_newest_backup_before_the_target(bk: BackupStack) -> N
     assert restore.choose_backup(bk.server, datetime.now(UTC)).label == found[-1].label
 
 
+def fake_segment(bk: BackupStack, fill: bytes, sysid: int | None = None) -> bytes:
+    """A segment's first bytes: a page header carrying the system identifier, then ``fill``."""
+    import struct
+
+    if sysid is None:
+        with bk.su() as conn:
+            sysid = int(conn.execute("SELECT system_identifier FROM pg_control_system()"
+                                     ).fetchone()[0])
+    return b"\0" * 24 + struct.pack("=Q", sysid) + fill * 992
+
+
+def test_a_new_cluster_on_an_old_archive_is_refused_with_one_clear_line(
+        bk: BackupStack, tmp_path: Path) -> None:
+    """A re-initialised server (another system identifier) starts at timeline 1 again: its
+    segments must not be mixed into the archive of the old one."""
+    import subprocess
+
+    base.take(bk.server)  # the archive has the live server's segments
+    name = "00000001000000FE000000FE"
+    seg = tmp_path / name
+    seg.write_bytes(fake_segment(bk, b"n", sysid=1234567890123456789))
+    out = subprocess.run([str(bk.server.repo / "bin" / "archive-wal"), str(seg), name],
+                         capture_output=True, text=True)
+    try:
+        assert out.returncode != 0
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and "belongs to database system" in lines[0], lines
+        assert "1234567890123456789" in lines[0]
+        assert not (bk.server.repo / "wal" / f"{name}.gz").exists()
+    finally:
+        (bk.server.repo / "wal" / f"{name}.gz").unlink(missing_ok=True)
+
+
 def test_wal_archive_command_is_idempotent_and_refuses_different_content(
     bk: BackupStack, tmp_path: Path
 ) -> None:
@@ -222,12 +255,13 @@ def test_wal_archive_command_is_idempotent_and_refuses_different_content(
 
     name = "00000001000000FF000000FF"
     seg = tmp_path / name
-    seg.write_bytes(b"a" * 1024)
+    seg.write_bytes(fake_segment(bk, b"a"))
     cmd = [str(bk.server.repo / "bin" / "archive-wal"), str(seg), name]
     try:
+        first = subprocess.run(cmd, capture_output=True, text=True)
+        assert first.returncode == 0, first.stderr
         assert subprocess.run(cmd, capture_output=True).returncode == 0
-        assert subprocess.run(cmd, capture_output=True).returncode == 0
-        seg.write_bytes(b"b" * 1024)
+        seg.write_bytes(fake_segment(bk, b"b"))
         again = subprocess.run(cmd, capture_output=True, text=True)
         assert again.returncode != 0 and "refusing to overwrite" in again.stderr
     finally:

@@ -477,3 +477,28 @@ def test_setup_keeps_the_operators_settings(bk: BackupStack, tmp_path: Path) -> 
             assert pending == 0  # nothing asks for a restart
     finally:
         drop_stack(stack)
+
+
+def test_a_re_initialised_embedded_server_archives_into_a_fresh_repository() -> None:
+    """`rm -rf .cesar/pgdata && invoke up`: the old archive is kept aside and the new cluster
+    archives (and backs up) without colliding with the old segment names."""
+    import shutil
+
+    from tests.backup.conftest import drop_stack, make_stack
+
+    stack = make_stack("reinit")
+    try:
+        base.take(stack.server)
+        stack.pg.down()
+        shutil.rmtree(stack.pg.pgdata)
+        stack.pg.up()
+        with stack.su() as conn:
+            segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+            conn.execute("SELECT pg_switch_wal()")
+            archive.wait_archived(conn, segment, timeout=30)
+            failed = conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()[0]
+        assert failed == 0
+        aside = [p for p in stack.state_dir.iterdir() if p.name.startswith("backups.before-")]
+        assert len(aside) == 1 and any((aside[0] / "wal").iterdir())
+    finally:
+        drop_stack(stack)

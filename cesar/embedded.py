@@ -287,9 +287,11 @@ class EmbeddedPostgres:
     def _archive_config(self, state: StackState) -> str:
         """Continuous WAL archiving into ``backups/`` (cesar.backup): on from the first start,
         so any moment since the first base backup can be restored."""
-        from cesar.backup import archive
+        from cesar.backup import archive, base
 
         archive.prepare_repo(self.backup_repo, _server_owner())
+        # Development has no backup timer: without this the archive only grows.
+        base.prune_wal(self.backup_repo)
         return archive.config_lines(self.backup_repo, ARCHIVE_TIMEOUT)
 
     @property

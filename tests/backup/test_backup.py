@@ -502,3 +502,23 @@ def test_a_re_initialised_embedded_server_archives_into_a_fresh_repository() -> 
         assert len(aside) == 1 and any((aside[0] / "wal").iterdir())
     finally:
         drop_stack(stack)
+
+
+def test_archived_wal_no_backup_needs_is_pruned(bk: BackupStack, tmp_path: Path) -> None:
+    """The embedded stack has no backup timer: `up` prunes the WAL before the oldest backup,
+    and with no backup keeps only the newest segments."""
+    repo = tmp_path / "repo"
+    archive.prepare_repo(repo)
+    names = [archive.segment_name(1, n, 16 * 1024 * 1024) for n in range(1, 41)]
+    for name in names:
+        (repo / "wal" / f"{name}.gz").write_bytes(b"")
+    assert base.prune_wal(repo, keep_without_backup=32) == 8
+    assert archive.archived(repo) == names[8:]
+
+    base.take(bk.server)
+    oldest = base.backups(bk.server.repo)[0].start_segment
+    stale = bk.server.repo / "wal" / "000000010000000000000000.gz"  # before any backup
+    stale.write_bytes(b"")
+    bk.pg.up()  # `invoke up` again, on the running stack
+    assert not stale.exists()
+    assert oldest in archive.archived(bk.server.repo)  # what the backups need is kept

@@ -222,6 +222,12 @@ class EmbeddedPostgres:
         return path
 
     def _initdb(self, bindir: Path, owner: pwd.struct_passwd | None) -> None:
+        # A new cluster is a new database system: the old archive and backups cannot serve it
+        # (its WAL restarts at timeline 1 under the same names), so they are kept aside.
+        wal = self.backup_repo / "wal"
+        if wal.is_dir() and any(not p.name.startswith(".") for p in wal.iterdir()):
+            aside = self.backup_repo.with_name(f"backups.before-{int(time.time())}")
+            self.backup_repo.rename(aside)
         self.pgdata.mkdir(mode=0o700, exist_ok=True)
         (self.state_dir / "log").mkdir(exist_ok=True)
         if owner is not None:
@@ -281,9 +287,11 @@ class EmbeddedPostgres:
     def _archive_config(self, state: StackState) -> str:
         """Continuous WAL archiving into ``backups/`` (cesar.backup): on from the first start,
         so any moment since the first base backup can be restored."""
-        from cesar.backup import archive
+        from cesar.backup import archive, base
 
         archive.prepare_repo(self.backup_repo, _server_owner())
+        # Development has no backup timer: without this the archive only grows.
+        base.prune_wal(self.backup_repo)
         return archive.config_lines(self.backup_repo, ARCHIVE_TIMEOUT)
 
     @property

@@ -29,6 +29,7 @@ NODE_CERT_DAYS = 30
 CA_CERT_DAYS = 90
 STORE_AVAILABLE_RATIO = 0.15
 CLUSTER_AVAILABLE_RATIO = 0.20
+DRILL_MAX_AGE_DAYS = 14  # drills run weekly: one missed run is tolerated, two are not
 BACKUP_AGE_SCHEDULES = 2  # the newest good backup may be this many schedule periods old
 
 
@@ -186,6 +187,17 @@ def backup_alerts() -> tuple[Alert, ...]:
             "The last restore drill of the database behind {{ $labels.instance }} failed",
             "A restore of the newest backup did not reproduce every table. Run "
             "`invoke dr.drill` and read the table or file it names (docs/backup.md).",
+        ),
+        Alert(
+            "BackupDrillStale",
+            f"time() - max by (instance) (cesar_backup_drill_timestamp_seconds{{{job}}}) "
+            f"> {DRILL_MAX_AGE_DAYS} * 86400",
+            "warning",
+            "The last restore drill of the database behind {{ $labels.instance }} is "
+            "{{ $value | humanizeDuration }} old",
+            f"No restore drill has run for more than {DRILL_MAX_AGE_DAYS} days, so its success "
+            "says nothing about today's backups (a drill killed outright records nothing). "
+            "Check `systemctl status cesar-backup-drill.timer` and run `invoke dr.drill`.",
         ),
     )
 

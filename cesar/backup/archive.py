@@ -31,12 +31,32 @@ SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
 # Idempotent as PostgreSQL asks: an identical file already archived is a success (a crash
 # between the rename and the server noting success retries the same segment); a different one
 # is an error that stops archiving instead of overwriting history.
+# The archive belongs to one database system: a segment carries its server's system identifier
+# (bytes 24-31 of its first page), recorded by the first segment archived. A new cluster on an
+# old archive (re-initialised data directory) restarts at timeline 1 with the same names, so it
+# is refused with a line saying so instead of colliding segment by segment.
 ARCHIVE_SCRIPT = """#!/bin/sh
 # archive_command for PostgreSQL, written by cesar: archive-wal %p %f
 set -eu
 src="$1"; name="$2"
 dir="$(dirname "$0")/../wal"
 dest="$dir/$name.gz"
+case "$name" in
+    [0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F]\
+[0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F])
+        sysid="$(od -An -tu8 -j24 -N8 "$src" | tr -d ' ')"
+        mark="$dir/.system-identifier"
+        if [ ! -s "$mark" ]; then
+            printf '%s\\n' "$sysid" > "$mark.$$"; mv "$mark.$$" "$mark"
+        fi
+        if [ "$(cat "$mark")" != "$sysid" ]; then
+        printf '%s %s, %s %s %s\\n' "archive-wal: the archive $dir belongs to database system" \\
+                "$(cat "$mark")" "this server is $sysid (a new cluster?):" \\
+                "move the repository aside (or set another CESAR_BACKUP_REPO)," \\
+                "then take a backup" >&2
+            exit 1
+        fi;;
+esac
 if [ -f "$dest" ]; then
     if gzip -dc "$dest" | cmp -s - "$src"; then exit 0; fi
     echo "archive-wal: $dest exists with different content; refusing to overwrite" >&2
@@ -46,8 +66,12 @@ tmp="$dir/.$name.$$.tmp"
 trap 'rm -f "$tmp"' EXIT
 gzip -1 -c "$src" > "$tmp"
 sync "$tmp"
-mv "$tmp" "$dest"
-trap - EXIT
+# ln fails when the name exists: two archivers never replace each other's file.
+if ! ln "$tmp" "$dest" 2>/dev/null; then
+    if gzip -dc "$dest" | cmp -s - "$src"; then exit 0; fi
+    echo "archive-wal: $dest appeared with different content; refusing to overwrite" >&2
+    exit 1
+fi
 sync "$dir"
 """
 
@@ -102,17 +126,30 @@ def config_lines(repo: Path, archive_timeout: int) -> str:
             f"archive_timeout = {int(archive_timeout)}\n")
 
 
-def enable(conn: psycopg.Connection, repo: Path, archive_timeout: int) -> list[str]:
+def enable(conn: psycopg.Connection, repo: Path, archive_timeout: int,
+           force: bool = False) -> list[str]:
     """ALTER SYSTEM the archiving settings on a server not started by cesar; returns what changed
-    (``archive_mode`` needs a restart, which the caller names)."""
-    wanted = {"wal_level": "replica", "archive_mode": "on",
-              "archive_command": archive_command(repo), "archive_timeout": f"{archive_timeout}s"}
+    (``archive_mode`` and ``wal_level`` need a restart, which the caller names). An operator's
+    settings are kept: ``wal_level`` is only raised from ``minimal`` (``logical`` already
+    archives), and a different ``archive_command`` is refused unless ``force``."""
+
+    def current(name: str) -> str | None:
+        row = conn.execute("SELECT setting, unit FROM pg_settings WHERE name = %s",
+                           [name]).fetchone()
+        return f"{row[0]}{'s' if row[1] == 's' else ''}" if row else None
+
+    command = archive_command(repo)
+    have_command = current("archive_command")
+    if have_command not in (None, "", "(disabled)", command) and not force:
+        raise ConfigError(f"the server already has archive_command {have_command!r}; refusing "
+                          "to replace it: archive with one command only, or pass --force")
+    wanted = {"archive_mode": "on", "archive_command": command,
+              "archive_timeout": f"{archive_timeout}s"}
+    if current("wal_level") == "minimal":
+        wanted["wal_level"] = "replica"
     changed = []
     for name, value in wanted.items():
-        current = conn.execute("SELECT setting, unit FROM pg_settings WHERE name = %s",
-                               [name]).fetchone()
-        have = f"{current[0]}{'s' if current and current[1] == 's' else ''}" if current else None
-        if have != value:
+        if current(name) != value:
             conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name),
                                                                    sql.Literal(value)))
             changed.append(name)

@@ -186,3 +186,28 @@ def prune(server: Server) -> list[str]:
         if remaining and removed:
             archive.remove_before(server.repo, remaining[0].start_segment)
     return removed
+
+
+# With no base backup, archived WAL restores nothing; the newest segments are kept for a backup
+# starting now (512 MiB at the default 16 MiB segments).
+WAL_KEEP_WITHOUT_BACKUP = 32
+
+
+def prune_wal(repo: Path, keep_without_backup: int = WAL_KEEP_WITHOUT_BACKUP) -> int:
+    """Delete archived WAL no backup needs: before the oldest backup's start, or with no backup
+    (and none being taken) all but the newest ``keep_without_backup`` segments. Returns how
+    many segments were removed."""
+    repo = Path(repo)
+    with repo_lock(repo, exclusive=True):
+        found = backups(repo)
+        if found:
+            return archive.remove_before(repo, found[0].start_segment)
+        if any((repo / "base").glob(".partial-*")):
+            return 0  # a backup is being taken: its start segment must stay
+        segments = sorted((n for n in archive.archived(repo) if archive.SEGMENT_RE.match(n)),
+                          key=lambda n: (n[8:], n[:8]))
+        old = segments[:-keep_without_backup] if keep_without_backup > 0 else segments
+        for name in old:
+            (repo / "wal" / f"{name}.gz").unlink(missing_ok=True)
+        return len(old)
+

@@ -111,7 +111,7 @@ def restore_command(to: str, into: str, force: bool, database: str | None, dry_r
     restore.check_name(into)
     server = _server()
     if database:
-        server = replace(server, database=restore.check_name(database))
+        server = replace(server, database=restore.check_name(database, target=False))
     if dry_run:
         restore.preflight(server, into, force)
         chosen = restore.choose_backup(server, target)
@@ -204,7 +204,9 @@ def status_command(as_json: bool, metrics_file: str | None) -> None:
 
 @backup_group.command("setup")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def setup_command(as_json: bool) -> None:
+@click.option("--force", is_flag=True,
+              help="Replace an archive_command the server already has with a different one.")
+def setup_command(as_json: bool, force: bool) -> None:
     """Prepare the repository and turn WAL archiving on (ALTER SYSTEM) for a server of your own;
     says when the server must restart. The embedded stack needs none: `invoke up` does it."""
     from cesar.backup import archive
@@ -212,7 +214,7 @@ def setup_command(as_json: bool) -> None:
     server = _server()
     archive.prepare_repo(server.repo, server.owner)
     with server.connect() as conn:
-        changed = archive.enable(conn, server.repo, server.archive_timeout)
+        changed = archive.enable(conn, server.repo, server.archive_timeout, force)
         pending = [n for (n,) in conn.execute(
             "SELECT name FROM pg_settings WHERE pending_restart")]
     out = {"repo": str(server.repo), "changed": changed, "restart_required": bool(pending),
@@ -246,8 +248,10 @@ def _metrics(server, path: str | None) -> None:  # noqa: ANN001
               help="restore/drill: the new database (default: cesar_restored / cesar_drill).")
 @click.option("--database", default="cesar", show_default=True, help="The cluster's database.")
 @click.option("--table", "tables", multiple=True, help="drill: a table to fingerprint.")
+@click.option("--subdir", default=None, metavar="PATH",
+              help="restore: the backup collection from SHOW BACKUPS IN (default LATEST).")
 def cockroach_sql_command(what: str, to: str | None, into: str | None, database: str,
-                          tables: tuple[str, ...]) -> None:
+                          tables: tuple[str, ...], subdir: str | None) -> None:
     """Print the CockroachDB SQL for the cluster's backups (run it with `cockroach sql`): the
     schedule (storage named by the external connection cesar_backups), SHOW BACKUP with
     check_files, the verification restore, a point-in-time restore, the drill."""
@@ -259,7 +263,8 @@ def cockroach_sql_command(what: str, to: str | None, into: str | None, database:
             raise click.UsageError(f"cockroach-sql {what} needs --to TIMESTAMP")
         at = restore.parse_time(to)
         if what == "restore":
-            click.echo(cockroach.restore_sql(plan, at, into or f"{database}_restored"), nl=False)
+            click.echo(cockroach.restore_sql(plan, at, into or f"{database}_restored", subdir),
+                       nl=False)
         else:
             click.echo(cockroach.drill_sql(plan, at, into or f"{database}_drill",
                                            list(tables) or ["agents"]), nl=False)

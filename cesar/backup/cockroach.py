@@ -120,13 +120,25 @@ def verify_sql(plan: BackupPlan) -> str:
             f"DROP DATABASE IF EXISTS {plan.database}_verify CASCADE;\n")
 
 
-def restore_sql(plan: BackupPlan, as_of: datetime, into: str) -> str:
-    """Restore the database as it was at ``as_of`` into a new database ``into``."""
+_SUBDIR_RE = re.compile(r"^/?[0-9]{4}/[0-9]{2}/[0-9]{2}-[0-9]{6}\.[0-9]{2}$")
+
+
+def restore_sql(plan: BackupPlan, as_of: datetime, into: str, subdir: str | None = None) -> str:
+    """Restore the database as it was at ``as_of`` into a new database ``into``, from the
+    backup collection ``subdir`` (a path listed by ``SHOW BACKUPS IN``), default LATEST.
+    After a lost cluster, LATEST may be the new empty cluster's first full backup: name the
+    subdirectory then."""
     if as_of.tzinfo is None:
         raise ConfigError("the restore time needs a time zone")
     _ident(into, "restore target database")
+    source = "LATEST"
+    if subdir is not None:
+        if not _SUBDIR_RE.match(subdir):
+            raise ConfigError(f"backup subdirectory {subdir!r} is not one SHOW BACKUPS IN "
+                              "lists (e.g. /2026/11/30-101500.00)")
+        source = _literal(subdir)
     stamp = as_of.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
-    return (f"RESTORE DATABASE {plan.database} FROM LATEST IN {_literal(plan.uri)}\n"
+    return (f"RESTORE DATABASE {plan.database} FROM {source} IN {_literal(plan.uri)}\n"
             f"  AS OF SYSTEM TIME {_literal(stamp)}\n"
             f"  WITH new_db_name = {_literal(into)};\n")
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +30,8 @@ from cesar.backup.settings import Server
 from cesar.errors import CesarError
 
 LAST_DRILL = "last-drill.json"
+# The whole row as ``alias.*``: a bare alias would name a column of that name instead.
+_ROW = sql.Identifier("_cesar_row")
 
 
 def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
@@ -46,7 +50,7 @@ def _order_by(conn: psycopg.Connection, schema: str, table: str) -> sql.Composab
         [sql.Identifier(schema, table).as_string(conn)]).fetchall()]
     if cols:
         return sql.SQL(", ").join(sql.Identifier(c) for c in cols)
-    return sql.SQL("t::text")
+    return sql.SQL("ROW({}.*)::text").format(_ROW)
 
 
 def fingerprint(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
@@ -54,9 +58,9 @@ def fingerprint(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for schema, table in user_tables(conn):
         query = sql.SQL(
-            "SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY {order})), '') "
-            "FROM {table} AS t").format(order=_order_by(conn, schema, table),
-                                        table=sql.Identifier(schema, table))
+            "SELECT count(*), coalesce(md5(string_agg(md5(ROW({r}.*)::text), '' "
+            "ORDER BY {order})), '') FROM {table} AS {r}").format(
+                order=_order_by(conn, schema, table), table=sql.Identifier(schema, table), r=_ROW)
         rows, digest = conn.execute(query).fetchone()
         out[f"{schema}.{table}"] = {"rows": int(rows), "hash": digest}
     return out
@@ -108,6 +112,11 @@ def run(server: Server) -> dict[str, Any]:
         "backup": None, "rpo_seconds": None, "rto_seconds": None, "restore_point": None,
         "tables": [], "problems": [],
     }
+    terminated = False
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # A drill stopped by its timer (SIGTERM) must still record that it failed.
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         _drill(server, result)
     except CesarError as exc:
@@ -115,11 +124,30 @@ def run(server: Server) -> dict[str, Any]:
     except psycopg.Error as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         result["problems"].append(f"database error: {first}")
+    except _Terminated:
+        terminated = True
+        result["problems"].append("the drill was stopped (SIGTERM) before it finished")
+    except Exception as exc:  # noqa: BLE001 - any failure is a failed drill, recorded below
+        first = (str(exc).strip().splitlines() or [""])[0]
+        result["problems"].append(f"the drill failed: {type(exc).__name__}: {first}")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     result["ok"] = not result["problems"] and bool(result["tables"]) and all(
         t["match"] for t in result["tables"])
     result["seconds"] = round((datetime.now(UTC) - started_at).total_seconds(), 3)
     save(server.repo, result)
+    if terminated:
+        raise SystemExit(128 + signal.SIGTERM)
     return result
+
+
+class _Terminated(Exception):  # noqa: N818 - a signal, not an error of the drill's own
+    pass
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 def _drill(server: Server, result: dict[str, Any]) -> None:

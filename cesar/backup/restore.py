@@ -38,9 +38,19 @@ def parse_time(text: str) -> datetime:
     return value.astimezone(UTC)
 
 
-def check_name(name: str) -> str:
+_RESERVED = ("postgres", "template0", "template1")
+
+
+def check_name(name: str, *, target: bool = True) -> str:
+    """A plain database name. Client tools read a name holding ``=`` or a URI prefix as a
+    connection string, which could point them at another database (the live one)."""
     if not name or len(name.encode()) > _NAME_MAX or "\x00" in name:
         raise ConfigError(f"--into {name!r} is not a database name (1 to {_NAME_MAX} bytes)")
+    if "=" in name or name.lower().startswith(("postgres://", "postgresql://")):
+        raise ConfigError(f"--into {name!r} looks like a connection string, not a database "
+                          "name; give a plain name, e.g. cesar_restored")
+    if target and name in _RESERVED:
+        raise ConfigError(f"--into {name!r} is a reserved database; restore into a new name")
     return name
 
 
@@ -102,7 +112,7 @@ def restore(server: Server, target: datetime, into: str, *, force: bool = False,
     if database:
         from dataclasses import replace
 
-        server = replace(server, database=check_name(database))
+        server = replace(server, database=check_name(database, target=False))
     check_name(into)
     preflight(server, into, force)
     if target > datetime.now(UTC):
@@ -150,16 +160,20 @@ def seal(server: Server) -> None:
 
 def _copy(server: Server, s: scratch.Scratch, into: str) -> None:
     """pg_dump from the scratch server piped into pg_restore on the live server."""
-    dump_cmd = [str(server.bindir / "pg_dump"), "-h", str(s.socket_dir), "-p", str(s.port),
-                "-U", server.user, "-Fc", "-Z", "0", server.database]
+    # Both tools get a built connection string, so no name is ever parsed as one.
+    source = psycopg.conninfo.make_conninfo(dbname=server.database, host=str(s.socket_dir),
+                                            port=str(s.port), user=server.user)
+    dump_cmd = [str(server.bindir / "pg_dump"), "-Fc", "-Z", "0", f"--dbname={source}"]
     env_owner = server.owner
     dump = subprocess.Popen(dump_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             user=env_owner.pw_uid if env_owner else None,
                             group=env_owner.pw_gid if env_owner else None, cwd="/")
     failure: OperationFailed | None = None
     try:
-        run_as([str(server.bindir / "pg_restore"), "-h", server.host, "-p", str(server.port),
-                "-U", server.user, "-d", into, "--exit-on-error", "--no-password"],
+        target = psycopg.conninfo.make_conninfo(dbname=into, host=server.host,
+                                                port=str(server.port), user=server.user)
+        run_as([str(server.bindir / "pg_restore"), f"--dbname={target}", "--exit-on-error",
+                "--no-password"],
                server.owner, "pg_restore into the new database", stdin=dump.stdout)
     except OperationFailed as exc:
         failure = exc
@@ -187,20 +201,30 @@ def _swap_in(server: Server, temp: str, into: str, force: bool) -> str | None:
             # No new sessions while it is renamed aside; the ones open are ended (forced).
             conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
                 sql.Identifier(into)))
-            for attempt in range(50):
-                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             "WHERE datname = %s AND pid <> pg_backend_pid()", [into])
-                try:
-                    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                        sql.Identifier(into), sql.Identifier(aside)))
-                    break
-                except psycopg.errors.ObjectInUse:
-                    if attempt == 49:
-                        raise OperationFailed(f"database {into} kept sessions open; the "
-                                              f"restored copy is kept as {temp}") from None
-                    time.sleep(0.1)
-            conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
-                sql.Identifier(aside)))
+            renamed = False
+            try:
+                for attempt in range(50):
+                    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE datname = %s AND pid <> pg_backend_pid()", [into])
+                    try:
+                        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            sql.Identifier(into), sql.Identifier(aside)))
+                        renamed = True
+                        break
+                    except psycopg.errors.ObjectInUse:
+                        if attempt == 49:
+                            raise OperationFailed(f"database {into} kept sessions open; the "
+                                                  f"restored copy is kept as {temp}") from None
+                        time.sleep(0.1)
+                    except psycopg.Error as exc:
+                        first = (str(exc).strip().splitlines() or ["?"])[0]
+                        raise OperationFailed(f"could not rename {into} aside to {aside} "
+                                              f"({first}); the restored copy is kept as "
+                                              f"{temp}") from None
+            finally:
+                # Whatever happened, the database keeps accepting connections under its name.
+                conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
+                    sql.Identifier(aside if renamed else into)))
         conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
             sql.Identifier(temp), sql.Identifier(into)))
     return aside

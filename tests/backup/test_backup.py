@@ -213,6 +213,39 @@ def test_restore_picks_the_newest_backup_before_the_target(bk: BackupStack) -> N
     assert restore.choose_backup(bk.server, datetime.now(UTC)).label == found[-1].label
 
 
+def fake_segment(bk: BackupStack, fill: bytes, sysid: int | None = None) -> bytes:
+    """A segment's first bytes: a page header carrying the system identifier, then ``fill``."""
+    import struct
+
+    if sysid is None:
+        with bk.su() as conn:
+            sysid = int(conn.execute("SELECT system_identifier FROM pg_control_system()"
+                                     ).fetchone()[0])
+    return b"\0" * 24 + struct.pack("=Q", sysid) + fill * 992
+
+
+def test_a_new_cluster_on_an_old_archive_is_refused_with_one_clear_line(
+        bk: BackupStack, tmp_path: Path) -> None:
+    """A re-initialised server (another system identifier) starts at timeline 1 again: its
+    segments must not be mixed into the archive of the old one."""
+    import subprocess
+
+    base.take(bk.server)  # the archive has the live server's segments
+    name = "00000001000000FE000000FE"
+    seg = tmp_path / name
+    seg.write_bytes(fake_segment(bk, b"n", sysid=1234567890123456789))
+    out = subprocess.run([str(bk.server.repo / "bin" / "archive-wal"), str(seg), name],
+                         capture_output=True, text=True)
+    try:
+        assert out.returncode != 0
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and "belongs to database system" in lines[0], lines
+        assert "1234567890123456789" in lines[0]
+        assert not (bk.server.repo / "wal" / f"{name}.gz").exists()
+    finally:
+        (bk.server.repo / "wal" / f"{name}.gz").unlink(missing_ok=True)
+
+
 def test_wal_archive_command_is_idempotent_and_refuses_different_content(
     bk: BackupStack, tmp_path: Path
 ) -> None:
@@ -222,12 +255,13 @@ def test_wal_archive_command_is_idempotent_and_refuses_different_content(
 
     name = "00000001000000FF000000FF"
     seg = tmp_path / name
-    seg.write_bytes(b"a" * 1024)
+    seg.write_bytes(fake_segment(bk, b"a"))
     cmd = [str(bk.server.repo / "bin" / "archive-wal"), str(seg), name]
     try:
+        first = subprocess.run(cmd, capture_output=True, text=True)
+        assert first.returncode == 0, first.stderr
         assert subprocess.run(cmd, capture_output=True).returncode == 0
-        assert subprocess.run(cmd, capture_output=True).returncode == 0
-        seg.write_bytes(b"b" * 1024)
+        seg.write_bytes(fake_segment(bk, b"b"))
         again = subprocess.run(cmd, capture_output=True, text=True)
         assert again.returncode != 0 and "refusing to overwrite" in again.stderr
     finally:
@@ -298,3 +332,193 @@ def test_failing_archiving_shows_in_status_and_metrics(bk: BackupStack, tmp_path
     finally:
         wal.chmod(mode)
     assert segment
+
+
+@pytest.mark.parametrize("into", [
+    "dbname=cesar_local application_name=a",
+    "postgresql://localhost/cesar_local",
+    "postgres",
+    "template1",
+])
+def test_restore_into_a_connection_string_or_reserved_name_is_refused(
+        bk: BackupStack, into: str) -> None:
+    """A name the client tools would read as a connection string (pointing at the live
+    database) or a reserved database is refused before anything is written."""
+    base.take(bk.server)
+    with bk.su() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS canary (v text)")
+        conn.execute("TRUNCATE canary")
+        conn.execute("INSERT INTO canary VALUES ('live')")
+    before = count(bk, "cesar_local")
+    out = bk.invoke("restore", "--to", datetime.now(UTC).isoformat(), "--into", into,
+                    "--force")
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cesar: error: --into"), lines
+    with bk.su() as conn:
+        assert conn.execute("SELECT v FROM canary").fetchall() == [("live",)]
+        conn.execute("DROP TABLE canary")
+    assert count(bk, "cesar_local") == before
+
+
+def test_the_drill_fingerprint_covers_every_column_even_one_named_t(bk: BackupStack) -> None:
+    """A table with a column named like the query's alias: the fingerprint must still cover
+    the other columns, so a difference in them is a mismatch."""
+    with bk.su() as conn:
+        conn.execute("CREATE TABLE aliased (t int, body text)")  # no primary key
+        conn.execute("INSERT INTO aliased VALUES (1, 'same'), (2, 'same')")
+        before = drill.fingerprint(conn)["public.aliased"]
+        conn.execute("UPDATE aliased SET body = 'changed' WHERE t = 2")
+        after = drill.fingerprint(conn)["public.aliased"]
+        conn.execute("DROP TABLE aliased")
+    assert before["rows"] == after["rows"] == 2
+    assert before["hash"] != after["hash"]
+
+
+def test_a_forced_restore_whose_rename_fails_leaves_the_database_accepting_connections(
+        bk: BackupStack) -> None:
+    """The old database is closed to connections while it is renamed aside; when the rename
+    fails (here: every aside name it could pick is taken) it must be open again."""
+    now = int(time.time())
+    asides = [f"swapdst_before_restore_{t}" for t in range(now, now + 20)]
+    with bk.su("postgres") as conn:
+        for name in ("swapsrc", "swapdst", *asides):
+            conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with pytest.raises(Exception) as failed:  # noqa: PT011 - its kind is checked below
+            restore._swap_in(bk.server, "swapsrc", "swapdst", True)
+        with bk.su("postgres") as conn:
+            allowed = conn.execute("SELECT datallowconn FROM pg_database "
+                                   "WHERE datname = 'swapdst'").fetchone()
+        assert allowed == (True,)
+        assert isinstance(failed.value, restore.OperationFailed)  # one line, no traceback
+        assert "could not rename swapdst aside" in str(failed.value)
+        with bk.su("swapdst") as conn:  # and it really does
+            conn.execute("SELECT 1")
+    finally:
+        with bk.su("postgres") as conn:
+            for name in ("swapsrc", "swapdst", *asides):
+                conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+                conn.execute(f'DROP DATABASE "{name}"')
+
+
+def test_a_drill_failing_in_an_unexpected_way_records_a_failure(
+        bk: BackupStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error outside the expected kinds (a tool timing out) must still overwrite the last
+    drill's success, or the metrics keep saying the drill passes."""
+    import subprocess
+
+    base.take(bk.server)
+    (bk.server.repo / "state" / drill.LAST_DRILL).write_text(json.dumps({"ok": True}))
+
+    def times_out(*args: object, **kwargs: object) -> None:
+        raise subprocess.TimeoutExpired("pg_verifybackup", 60)
+
+    monkeypatch.setattr(drill.base, "verify", times_out)
+    result = drill.run(bk.server)
+    assert not result["ok"]
+    kept = drill.last(bk.server.repo)
+    assert kept is not None and kept["ok"] is False
+    assert any("TimeoutExpired" in p for p in kept["problems"]), kept["problems"]
+
+
+def test_a_drill_stopped_by_sigterm_records_a_failure(bk: BackupStack) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    base.take(bk.server)
+    (bk.server.repo / "state" / drill.LAST_DRILL).write_text(json.dumps({"ok": True}))
+    proc = subprocess.Popen([sys.executable, "-m", "cesar.cli", "backup", "drill", "--json"],
+                            cwd=REPO, env=bk.env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    scratch_dir = bk.server.repo / "scratch"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if scratch_dir.exists() and any(scratch_dir.iterdir()):
+            break  # the scratch server is being made: the drill is mid-way
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    kept = drill.last(bk.server.repo)
+    assert kept is not None and kept["ok"] is False
+    assert any("SIGTERM" in p for p in kept["problems"]), kept["problems"]
+    assert not list(scratch_dir.iterdir()), "the scratch server was left behind"
+
+
+def test_setup_keeps_the_operators_settings(bk: BackupStack, tmp_path: Path) -> None:
+    """`backup setup` never downgrades wal_level (logical archives too) and never silently
+    replaces another archive_command."""
+    from tests.backup.conftest import drop_stack, make_stack
+
+    # Another command: refused, unless forced (checked on the shared server, changing nothing).
+    with bk.su("postgres") as conn:
+        with pytest.raises(archive.ConfigError, match="already has archive_command"):
+            archive.enable(conn, tmp_path, bk.server.archive_timeout)
+        assert conn.execute("SHOW archive_command").fetchone()[0] == archive.archive_command(
+            bk.server.repo)
+
+    stack = make_stack("setup")
+    try:
+        with stack.su("postgres") as conn:
+            conn.execute("ALTER SYSTEM SET wal_level = 'logical'")
+        stack.pg.down()
+        stack.pg.up()
+        with stack.su("postgres") as conn:
+            assert conn.execute("SHOW wal_level").fetchone()[0] == "logical"
+            changed = archive.enable(conn, stack.server.repo, stack.server.archive_timeout)
+            assert "wal_level" not in changed
+            pending = conn.execute("SELECT count(*) FROM pg_settings WHERE pending_restart"
+                                   ).fetchone()[0]
+            assert pending == 0  # nothing asks for a restart
+    finally:
+        drop_stack(stack)
+
+
+def test_a_re_initialised_embedded_server_archives_into_a_fresh_repository() -> None:
+    """`rm -rf .cesar/pgdata && invoke up`: the old archive is kept aside and the new cluster
+    archives (and backs up) without colliding with the old segment names."""
+    import shutil
+
+    from tests.backup.conftest import drop_stack, make_stack
+
+    stack = make_stack("reinit")
+    try:
+        base.take(stack.server)
+        stack.pg.down()
+        shutil.rmtree(stack.pg.pgdata)
+        stack.pg.up()
+        with stack.su() as conn:
+            segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+            conn.execute("SELECT pg_switch_wal()")
+            archive.wait_archived(conn, segment, timeout=30)
+            failed = conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()[0]
+        assert failed == 0
+        aside = [p for p in stack.state_dir.iterdir() if p.name.startswith("backups.before-")]
+        assert len(aside) == 1 and any((aside[0] / "wal").iterdir())
+    finally:
+        drop_stack(stack)
+
+
+def test_archived_wal_no_backup_needs_is_pruned(bk: BackupStack, tmp_path: Path) -> None:
+    """The embedded stack has no backup timer: `up` prunes the WAL before the oldest backup,
+    and with no backup keeps only the newest segments."""
+    repo = tmp_path / "repo"
+    archive.prepare_repo(repo)
+    names = [archive.segment_name(1, n, 16 * 1024 * 1024) for n in range(1, 41)]
+    for name in names:
+        (repo / "wal" / f"{name}.gz").write_bytes(b"")
+    assert base.prune_wal(repo, keep_without_backup=32) == 8
+    assert archive.archived(repo) == names[8:]
+
+    base.take(bk.server)
+    oldest = base.backups(bk.server.repo)[0].start_segment
+    stale = bk.server.repo / "wal" / "000000010000000000000000.gz"  # before any backup
+    stale.write_bytes(b"")
+    bk.pg.up()  # `invoke up` again, on the running stack
+    assert not stale.exists()
+    assert oldest in archive.archived(bk.server.repo)  # what the backups need is kept

@@ -30,6 +30,8 @@ CASES = {
     "show.sql": lambda: cockroach.show_sql(PLAN),
     "verify.sql": lambda: cockroach.verify_sql(PLAN),
     "restore.sql": lambda: cockroach.restore_sql(PLAN, AT, "cesar_restored"),
+    "restore_subdir.sql": lambda: cockroach.restore_sql(PLAN, AT, "cesar_restored",
+                                                        "/2026/11/29-100000.00"),
     "drill.sql": lambda: cockroach.drill_sql(PLAN, AT, "cesar_drill", ["agents", "tasks"]),
 }
 
@@ -53,6 +55,12 @@ def test_restore_time_is_normalised_to_utc_and_needs_a_zone() -> None:
     assert cockroach.restore_sql(PLAN, local, "x") == cockroach.restore_sql(PLAN, AT, "x")
     with pytest.raises(ConfigError, match="time zone"):
         cockroach.restore_sql(PLAN, AT.replace(tzinfo=None), "x")
+
+
+@pytest.mark.parametrize("subdir", ["LATEST", "/2026/11/29-100000.00' --", "../x"])
+def test_restore_subdirectory_must_be_a_listed_path(subdir: str) -> None:
+    with pytest.raises(ConfigError, match="subdirectory"):
+        cockroach.restore_sql(PLAN, AT, "x", subdir)
 
 
 @pytest.mark.parametrize("kwargs, fragment", [

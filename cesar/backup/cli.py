@@ -215,8 +215,11 @@ def setup_command(as_json: bool, force: bool) -> None:
     archive.prepare_repo(server.repo, server.owner)
     with server.connect() as conn:
         changed = archive.enable(conn, server.repo, server.archive_timeout, force)
+        # pg_reload_conf() only signals: pending_restart may not show this run's changes yet,
+        # so a changed setting that only a restart applies counts by its context.
         pending = [n for (n,) in conn.execute(
-            "SELECT name FROM pg_settings WHERE pending_restart")]
+            "SELECT name FROM pg_settings WHERE pending_restart "
+            "OR (context = 'postmaster' AND name = ANY(%s)) ORDER BY name", [changed])]
     out = {"repo": str(server.repo), "changed": changed, "restart_required": bool(pending),
            "pending_restart": pending}
     if as_json:

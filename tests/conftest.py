@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +46,24 @@ def child_env() -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = str(REPO)
     return env
+
+
+def stopped(proc: subprocess.Popen[str]) -> bool:
+    """Whether the process is stopped (SIGSTOP): state ``T`` in /proc/PID/stat."""
+    with open(f"/proc/{proc.pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def wait_stopped(proc: subprocess.Popen[str], what: str, timeout: float = 60) -> None:
+    """Wait until ``proc`` has paused itself; fail if it exits or never pauses."""
+    deadline = time.monotonic() + timeout
+    while not stopped(proc):
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"{what} exited ({proc.returncode}) instead of pausing: {err}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} never paused")
+        time.sleep(0.05)
 
 
 def make_settings(**overrides: object) -> Settings:

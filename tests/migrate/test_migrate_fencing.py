@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import psycopg
-import pytest
+
+from tests.conftest import wait_stopped
 
 from .conftest import child_env, query
 
@@ -46,21 +47,6 @@ main(["migrate", *sys.argv[2:]])
 TWO_TABLES = "CREATE TABLE paused_a (id INT);\n\nCREATE TABLE paused_b (id INT);\n"
 
 
-def stopped(proc: subprocess.Popen[str]) -> bool:
-    with open(f"/proc/{proc.pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] == "T"
-
-
-def wait_stopped(proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not stopped(proc):
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"the runner exited ({proc.returncode}) instead of pausing: {err}")
-        if time.monotonic() > deadline:
-            pytest.fail("the runner never paused")
-        time.sleep(0.05)
-
 
 def test_a_runner_paused_between_renewal_and_ddl_runs_no_statement_after_a_takeover(
         fresh_db: str, migrations: Path, runner_for, tmp_path: Path) -> None:
@@ -81,12 +67,12 @@ def test_a_runner_paused_between_renewal_and_ddl_runs_no_statement_after_a_takeo
 
     try:
         first = pauser(2, "--lease-seconds", "1")
-        wait_stopped(first)  # renewed for paused_a, not yet run it
+        wait_stopped(first, "the runner")  # renewed for paused_a, not yet run it
         time.sleep(1.5)      # its lease expires (database clock)
         # The second runner takes the expired lease over, claims the migration, and pauses
         # at the same point, holding a fresh lease.
         second = pauser(2, "--lease-seconds", "60", "--wait-seconds", "30")
-        wait_stopped(second)
+        wait_stopped(second, "the runner")
         assert query(fresh_db, "SELECT holder FROM schema_migrations WHERE name = "
                                "'900_paused'")[0][0].split(":")[1] == str(second.pid)
 
@@ -179,10 +165,11 @@ def test_a_runner_paused_after_its_last_statement_does_not_finish_a_taken_over_m
     row = ("SELECT status, holder FROM schema_migrations WHERE name = '901_paused'")
     try:
         first = pauser("--lease-seconds", "1")
-        wait_stopped(first)  # both statements run and recorded, not yet marked done
+        wait_stopped(first, "the runner")  # both statements run and recorded, not yet marked done
         time.sleep(1.5)      # its lease expires
         second = pauser("--lease-seconds", "60", "--wait-seconds", "30")
-        wait_stopped(second)  # took over, resumed past the last statement, about to finish
+        # took over, resumed past the last statement, about to finish
+        wait_stopped(second, "the runner")
         status, holder = query(fresh_db, row)[0]
         assert status == "running" and holder.split(":")[1] == str(second.pid)
 

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from tests.conftest import wait_stopped
 from tests.sync.conftest import Pair, child_env
 
 #: `cesar sync run` that stops itself the first time it reaches ``point`` (apply: a batch is
@@ -80,21 +81,6 @@ def runs(synced: Pair) -> Runs:
     r.close()
 
 
-def stopped(proc: subprocess.Popen[str]) -> bool:
-    with open(f"/proc/{proc.pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] == "T"
-
-
-def wait_stopped(proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not stopped(proc):
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            pytest.fail(f"the run exited ({proc.returncode}) instead of pausing: {err}")
-        if time.monotonic() > deadline:
-            pytest.fail("the run never paused")
-        time.sleep(0.05)
-
 
 def write_rows(pair: Pair, n: int = 5) -> None:
     pair.sql("local", "INSERT INTO items (id, val) SELECT gen_random_uuid(), 'v' || g "
@@ -106,7 +92,7 @@ def take_over(runs: Runs, point: str) -> subprocess.Popen[str]:
     holding a lease of a minute."""
     time.sleep(1.5)  # the first run's lease of 1 s has expired (database clock)
     second = runs.start(point, 60, "--wait", "30")
-    wait_stopped(second)
+    wait_stopped(second, "the run")
     holder = runs.pair.sql("cluster", "SELECT pid FROM sync_lease")
     assert holder == [(second.pid,)]
     return second
@@ -124,7 +110,7 @@ def test_a_paused_run_s_late_apply_fails_after_a_takeover(runs: Runs) -> None:
     pair = runs.pair
     write_rows(pair)
     first = runs.start("apply", 1)
-    wait_stopped(first)  # it has read the batch and is about to apply it on the cluster
+    wait_stopped(first, "the run")  # it has read the batch and is about to apply it on the cluster
     second = take_over(runs, "apply")
 
     os.kill(first.pid, signal.SIGCONT)
@@ -141,7 +127,8 @@ def test_a_paused_run_s_late_acknowledgement_fails_after_a_takeover(runs: Runs) 
     pair = runs.pair
     write_rows(pair)
     first = runs.start("acknowledge", 1)
-    wait_stopped(first)  # the cluster has committed the batch; the local side is not acked
+    # the cluster has committed the batch; the local side is not acked
+    wait_stopped(first, "the run")
     assert len(pair.rows("cluster", "items")) == 5
     second = take_over(runs, "apply")
 

@@ -9,6 +9,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.sync.conftest import CliResult, Pair, child_env
 
@@ -33,10 +34,12 @@ elif point == "before-target-commit":   # the target's transaction has written, 
 elif point == "during-first-reconcile":
     from cesar.sync import reconcile
     reconcile.reconcile_table = die
-elif point == "slow-acknowledge":       # hold the lease for a while
+elif point == "slow-acknowledge":       # hold the lease until the gate file exists
     real_ack = capture.acknowledge
     def slow(*args, **kwargs):
-        time.sleep(float(os.environ.get("SLOW_SECONDS", "3")))
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.environ["GATE_FILE"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
         return real_ack(*args, **kwargs)
     capture.acknowledge = slow
 from cesar.cli import main
@@ -169,10 +172,12 @@ def test_an_expired_lease_of_a_dead_run_is_taken_over(
     assert synced.sql("cluster", "SELECT count(*) FROM sync_lease") == [(0,)]
 
 
-def test_two_real_runs_at_once_do_not_interleave(synced: Pair) -> None:
+def test_two_real_runs_at_once_do_not_interleave(synced: Pair, tmp_path: Path) -> None:
     for i in range(50):
         synced.sql("local", "INSERT INTO items (id, val) VALUES (gen_random_uuid(), %s)", [str(i)])
-    first = spawn(synced, "slow-acknowledge", SLOW_SECONDS="3")
+    # The first run holds its lease until the second has ended, however slowly it starts.
+    gate = tmp_path / "gate"
+    first = spawn(synced, "slow-acknowledge", GATE_FILE=str(gate))
     deadline = time.monotonic() + 30
     while not synced.sql("cluster", "SELECT holder FROM sync_lease"):
         assert first.poll() is None and time.monotonic() < deadline
@@ -181,6 +186,7 @@ def test_two_real_runs_at_once_do_not_interleave(synced: Pair) -> None:
         [sys.executable, "-m", "cesar.cli", "sync", "run", "--local-url", synced.local_url,
          "--remote-url", synced.cluster_url], env=child_env(), text=True, capture_output=True,
         timeout=60)
+    gate.touch()
     out, err = first.communicate(timeout=60)
 
     assert second.returncode == 0 and "another sync run is in progress" in second.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -71,11 +72,30 @@ def test_six_concurrent_runners_apply_each_migration_exactly_once(
     fresh_db: str, migrations: Path, spawn: Spawn, mode: str
 ) -> None:
     _add(migrations, "900_counter", COUNTER)
-    # Long enough that every runner starts while the first still holds the lease.
-    _add(migrations, "901_pause", "SELECT pg_sleep(2);\n")
-    procs = [spawn("up", "--url", fresh_db, "--migrations-dir", str(migrations), "--mode", mode,
-                   "--lease-seconds", "5", "--wait-seconds", "120") for _ in range(6)]
-    results = [finish(p) for p in procs]
+    # 901 waits on a table the test keeps locked until a runner has been seen waiting for the
+    # lease: the runners overlap however slowly they start.
+    query(fresh_db, "CREATE TABLE overlap_gate (x INT)")
+    _add(migrations, "901_pause", "SELECT count(*) FROM overlap_gate;\n")
+    with psycopg.connect(fresh_db) as gate:
+        gate.execute("LOCK TABLE overlap_gate IN ACCESS EXCLUSIVE MODE")
+        procs = [spawn("up", "--url", fresh_db, "--migrations-dir", str(migrations), "--mode",
+                       mode, "--lease-seconds", "5", "--wait-seconds", "120")
+                 for _ in range(6)]
+        outs: list[list[str]] = [[] for _ in procs]
+        errs: list[list[str]] = [[] for _ in procs]
+        readers = [threading.Thread(target=lambda s=s, o=o: o.extend(s), daemon=True)
+                   for p, o, e in zip(procs, outs, errs, strict=True)
+                   for s, o in ((p.stdout, o), (p.stderr, e))]
+        for reader in readers:
+            reader.start()
+        wait_until(lambda: any("waiting for the migration lease" in line
+                               for o in outs for line in list(o)),
+                   timeout=60, what="a runner waiting for the lease")
+        gate.rollback()
+    for reader in readers:
+        reader.join(timeout=120)
+    results = [(p.wait(timeout=30), "".join(o), "".join(e))
+               for p, o, e in zip(procs, outs, errs, strict=True)]
     n = file_count() + 2
     for code, out, err in results:
         assert code == 0, err
@@ -174,16 +194,31 @@ def test_heartbeat_keeps_a_long_migration_s_lease_from_being_taken_over(
     fresh_db: str, migrations: Path, runner_for, spawn: Spawn
 ) -> None:
     runner_for(fresh_db).up()
-    # Longer than several leases of 1.5 s: only the heartbeat keeps it held.
-    _add(migrations, "900_long", "SELECT pg_sleep(5);\n")
+    # The migration waits on a table the test keeps locked until the second runner has been
+    # seen waiting and several leases of 1.5 s have passed: only the heartbeat keeps it held,
+    # however slowly either runner starts.
+    query(fresh_db, "CREATE TABLE heartbeat_gate (x INT)")
+    _add(migrations, "900_long", "SELECT count(*) FROM heartbeat_gate;\n")
     args = ("up", "--url", fresh_db, "--migrations-dir", str(migrations),
             "--lease-seconds", "1.5")
-    first = spawn(*args)
-    wait_until(lambda: bool(lease_row(fresh_db)), what="the first runner's lease")
-    holder = lease_row(fresh_db)[0][0]
-    second = spawn(*args, "--wait-seconds", "60")
+    with psycopg.connect(fresh_db) as gate:
+        gate.execute("LOCK TABLE heartbeat_gate IN ACCESS EXCLUSIVE MODE")
+        first = spawn(*args)
+        wait_until(lambda: bool(lease_row(fresh_db)), what="the first runner's lease")
+        held_since = time.monotonic()
+        holder = lease_row(fresh_db)[0][0]
+        second = spawn(*args, "--wait-seconds", "60")
+        seen = []
+        assert second.stdout is not None
+        for line in second.stdout:
+            seen.append(line)
+            if "waiting for the migration lease" in line:
+                break
+        time.sleep(max(0.0, 5 - (time.monotonic() - held_since)))
+        gate.rollback()
     code1, _, err1 = finish(first)
     code2, out2, err2 = finish(second)
+    out2 = "".join(seen) + out2
     assert code1 == 0, err1
     assert code2 == 0, err2
     assert "waiting for the migration lease held by " + holder in out2

@@ -173,7 +173,7 @@ def test_run_pages_and_filters(work_api: ApiServer, key: str, migrated_url: str)
     ({**FINISH, "tokens_in": -1}, "tokens_in"), ({**FINISH, "tokens_out": 2**63}, "tokens_out"),
     ({**FINISH, "cost_usd": "-0.01"}, "cost_usd"), ({**FINISH, "cost_usd": "0.0000001"},
                                                     "cost_usd"),
-    ({**FINISH, "cost_usd": "1e20"}, "cost_usd"), ({**FINISH, "cost_usd": "NaN"}, "cost_usd"),
+    ({**FINISH, "cost_usd": 1e20}, "cost_usd"), ({**FINISH, "cost_usd": "NaN"}, "cost_usd"),
     ({**FINISH, "cost_usd": "cheap"}, "cost_usd"), ({**FINISH, "error": "e\x00"}, "error"),
     ({k: v for k, v in FINISH.items() if k != "tokens_in"}, "tokens_in"),
 ])

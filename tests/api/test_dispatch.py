@@ -64,7 +64,7 @@ def _dispatcher_process(url: str, barrier: Any, out: Any) -> None:
 
     got: list[dict[str, str]] = []
     with psycopg.connect(url) as conn:
-        barrier.wait()
+        barrier.wait(timeout=60)
         while True:
             done = db.run_transaction(conn, lambda c: work.dispatch(c, actor="cli:proc",
                                                                     limit=2))
@@ -91,7 +91,7 @@ def test_concurrent_dispatchers_assign_each_task_once(migrated_db: str, tmp_path
         errors: list[str] = []
 
         def through_api() -> None:
-            barrier.wait()
+            barrier.wait(timeout=60)
             while True:
                 r = call(api.url, key, "POST", "/dispatch", params={"limit": 2})
                 if r.status_code != 200:

@@ -402,3 +402,25 @@ def test_prune_keeps_what_is_younger_than_the_retention(migrated_db: str) -> Non
         assert elog.bounds(conn).pruned_through == 0
         assert uuid.UUID(conn.execute("SELECT pk FROM event_log ORDER BY id DESC LIMIT 1")
                          .fetchone()[0])  # type: ignore[index]
+
+
+def test_cesar_events_prune_and_status(migrated_db: str) -> None:
+    from tests.api.conftest import run_cesar
+
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        new_task(conn, "to prune")
+    ids = log_ids(migrated_db)
+    env = {"LOCAL_DB_URL": migrated_db}
+    dry = run_cesar("events", "prune", "--older-than", "0", "--dry-run", "--json",
+                    "--url", migrated_db, env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["deleted"] == len(ids) and log_ids(migrated_db) == ids
+    done = run_cesar("events", "prune", "--older-than", "0", "--json", "--url", migrated_db,
+                     env=env)
+    assert json.loads(done.stdout) == {"deleted": len(ids), "pruned_through": ids[-1],
+                                       "older_than_hours": 0.0, "dry_run": False}
+    status = run_cesar("events", "status", "--json", "--url", migrated_db, env=env)
+    assert json.loads(status.stdout)["pruned_through"] == ids[-1]
+    bad = run_cesar("events", "prune", "--older-than", "-1", "--url", migrated_db, env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("cesar: error:")

@@ -157,6 +157,8 @@ SUBCOMMANDS: dict[str, str] = {
     "backup": "cesar.backup.cli:backup_group",
     "keys": "cesar.keys_cli:keys_group",
     "events": "cesar.events.cli:events_group",
+    "dispatch": "cesar.work_cli:dispatch_command",
+    "demo": "cesar.demo:demo_command",
 }
 
 

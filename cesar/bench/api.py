@@ -213,6 +213,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--no-events", action="store_true",
                         help="skip the /events figures (cesar/bench/events.py)")
+    parser.add_argument("--no-tasks", action="store_true",
+                        help="skip the POST /tasks rows (cesar/bench/api_tasks.py)")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.clients.split(",") if c]
 
@@ -227,6 +229,9 @@ def main(argv: list[str]) -> int:
                 for name in ENDPOINTS:
                     rows.append(measure("127.0.0.1", port, name, clients, args.seconds,
                                         args.warmup))
+            if not args.no_tasks:  # the write path: POST /tasks at 10 and 50 clients
+                from cesar.bench import api_tasks
+                rows.extend(api_tasks.run("127.0.0.1", port, args.seconds, args.warmup))
     finally:
         _revoke(key)
     bare = {f.clients: f.p95_ms for f in rows if f.endpoint == "bare"}

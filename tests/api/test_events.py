@@ -225,14 +225,55 @@ def _writer(url: str, seed: int, changes: int, made: list[tuple[str, str, str]],
         errors.append(exc)
 
 
+def _api_writer(url: str, key: str, seed: int, changes: int,
+                made: list[tuple[str, str, str]], errors: list[BaseException]) -> None:
+    """Changes through the API's work routes: tasks created and cancelled, runs started, with
+    progress events, finished."""
+    rnd = random.Random(seed)
+    auth = {"Authorization": f"Bearer {key}"}
+    try:
+        with httpx.Client(base_url=url, headers=auth, timeout=30) as http:
+            def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+                response = http.post(path, json=body)
+                assert response.status_code in (200, 201), (path, response.text)
+                return dict(response.json())
+
+            done = 0
+            while done < changes:
+                task = post("/tasks", {"title": f"api {seed}", "priority": rnd.randint(1, 5)})
+                made.append(("tasks", "insert", task["id"]))
+                done += 1
+                if rnd.random() < 0.3:
+                    post(f"/tasks/{task['id']}/cancel", {})
+                    made.append(("tasks", "update", task["id"]))
+                    done += 1
+                    continue
+                run = post("/runs", {"agent_id": AGENT})
+                made.append(("agent_runs", "insert", run["id"]))
+                event = post(f"/runs/{run['id']}/events",
+                             {"kind": "message", "payload": {"n": done}})
+                made.append(("agent_run_events", "insert", event["id"]))
+                post(f"/runs/{run['id']}/finish", {"status": "succeeded", "tokens_in": 10,
+                                                   "tokens_out": 20, "cost_usd": "0.001"})
+                made.append(("agent_runs", "update", run["id"]))
+                done += 3
+    except BaseException as exc:  # noqa: BLE001 - reported by the test
+        errors.append(exc)
+
+
 def test_a_thousand_changes_through_a_hundred_forced_disconnects_lose_and_repeat_none(
         events_api: ApiServer, migrated_db: str) -> None:
     key = make_key(migrated_db, "agents:read")
+    writer_key = make_key(migrated_db, "agents:read", "tasks:write")
     start = last_id(migrated_db)
     made: list[tuple[str, str, str]] = []
     errors: list[BaseException] = []
-    writers = [threading.Thread(target=_writer, args=(migrated_db, seed, 250, made, errors))
-               for seed in range(4)]
+    # Two writers through the API, two with plain SQL, at once.
+    writers = [threading.Thread(target=_api_writer,
+                                args=(events_api.url, writer_key, seed, 250, made, errors))
+               for seed in range(2)]
+    writers += [threading.Thread(target=_writer, args=(migrated_db, seed, 250, made, errors))
+                for seed in range(2, 4)]
     for w in writers:
         w.start()
     received: list[tuple[int, dict[str, Any]]] = []

@@ -465,3 +465,23 @@ def test_cesar_events_prune_and_status(migrated_db: str) -> None:
     bad = run_cesar("events", "prune", "--older-than", "-1", "--url", migrated_db, env=env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("cesar: error:")
+
+
+def test_resuming_from_an_id_this_worker_has_not_reached_repeats_nothing(
+        events_api: ApiServer, migrated_db: str) -> None:
+    """Another worker may be ahead: a client it served resumes here with an id this worker's
+    reader has not published yet. It must get only what follows that id."""
+    key = make_key(migrated_db, "agents:read")
+    hub = hub_of(events_api)
+    with psycopg.connect(migrated_db) as a, psycopg.connect(migrated_db, autocommit=True) as b:
+        new_task(a, "held open")  # the reader stops before this id
+        seen_elsewhere = new_task(b, "committed")
+        ahead = log_ids(migrated_db)[-1]
+        assert hub.position is not None and hub.position < ahead
+        with SseStream(events_api.url, key, last_id=ahead) as stream:
+            wait_for(lambda: len(hub.subscribers) == 1, "the subscriber")
+            a.commit()  # both ids are published now, then a new one
+            fresh = new_task(b, "after")
+            got = stream.events(1)
+        assert seen_elsewhere != fresh
+        assert [m.json["pk"] for m in got] == [fresh]

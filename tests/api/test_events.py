@@ -485,3 +485,21 @@ def test_resuming_from_an_id_this_worker_has_not_reached_repeats_nothing(
             got = stream.events(1)
         assert seen_elsewhere != fresh
         assert [m.json["pk"] for m in got] == [fresh]
+
+
+def test_the_reader_reconnects_when_its_connection_is_killed(events_api: ApiServer,
+                                                             migrated_db: str,
+                                                             pg_stack: Any) -> None:
+    key = make_key(migrated_db, "agents:read")
+    dbname = migrated_db.rsplit("/", 1)[1].split("?")[0]
+    with SseStream(events_api.url, key) as stream, \
+            psycopg.connect(migrated_db, autocommit=True) as conn, pg_stack.superuser() as su:
+        before = new_task(conn, "before")
+        assert stream.events(1)[0].json["pk"] == before
+        killed = su.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = %s AND application_name = 'cesar-events'",
+                            (dbname,)).fetchall()
+        assert killed == [(True,)]
+        during = new_task(conn, "while the reader is away")
+        got = stream.events(1)
+        assert got[0].json["pk"] == during  # nothing lost, nothing repeated

@@ -522,3 +522,28 @@ def test_the_cockroachdb_rule_settles_a_gap_after_its_window_only(migrated_db: s
         assert [e.pk for e in got] == [committed]  # the open one's id is given up
         a.commit()
         assert tail.read(reader) == []  # and is not delivered late, out of order
+
+
+def test_the_reader_starts_only_once_writers_open_at_its_start_have_ended(
+        migrated_db: str, tmp_path: Path) -> None:
+    """A writer holds an id while a later one commits, and the API starts between the two:
+    starting at the newest id would leave the held one below the reader's position forever."""
+    key = make_key(migrated_db, "agents:read")
+    with psycopg.connect(migrated_db) as a, psycopg.connect(migrated_db, autocommit=True) as b:
+        before = last_id(migrated_db)
+        held = new_task(a, "open across the start")
+        later = new_task(b, "committed before the start")
+        with serve_events(migrated_db, tmp_path) as api:
+            got: list[Any] = []
+
+            def subscribe() -> None:
+                with SseStream(api.url, key, last_id=before, timeout=20) as stream:
+                    got.extend(stream.events(2))
+
+            client = threading.Thread(target=subscribe)
+            client.start()
+            time.sleep(1.0)
+            assert hub_of(api).position is None  # not ready while the writer is open
+            a.commit()
+            client.join(timeout=30)
+        assert [m.json["pk"] for m in got] == [held, later]

@@ -144,8 +144,8 @@ def test_websocket_delivers_the_same_events_and_resumes_with_after(events_api: A
     ws_url = events_api.url.replace("http://", "ws://") + "/events"
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         start = last_id(migrated_db)
-        with ws_connect(ws_url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
-            time.sleep(0.3)  # subscribed before the writes (else they are still in the backlog)
+        with ws_connect(f"{ws_url}?after={start}",
+                        additional_headers={"Authorization": f"Bearer {key}"}) as ws:
             tasks = [new_task(conn, f"ws {i}") for i in range(3)]
             got = [json.loads(ws.recv(timeout=10)) for _ in range(3)]
         assert [(m["type"], m["table"], m["pk"]) for m in got] == [

@@ -520,14 +520,15 @@ def test_the_cockroachdb_rule_settles_a_gap_after_its_window_only(migrated_db: s
     itself, run here on PostgreSQL (the SQL it issues is the same on both engines)."""
     with psycopg.connect(migrated_db) as a, psycopg.connect(migrated_db, autocommit=True) as b, \
             psycopg.connect(migrated_db, autocommit=True) as reader:
-        tail = elog.Tail("cockroachdb", gap_seconds=1.0)
+        tail = elog.Tail("cockroachdb", gap_seconds=1.5)
         tail.read(reader)  # the start: nothing open, so it starts at the newest id
         assert tail.position == last_id(migrated_db)
         new_task(a, "open")
         committed = new_task(b, "committed")
+        assert tail.read(reader) == []  # the gap is seen: its window starts
         assert tail.read(reader) == []  # held back while the window runs
         assert tail.waiting
-        time.sleep(1.1)
+        time.sleep(1.6)
         got = tail.read(reader)
         assert [e.pk for e in got] == [committed]  # the open one's id is given up
         a.commit()

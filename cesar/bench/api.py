@@ -211,6 +211,8 @@ def main(argv: list[str]) -> int:
                         help="concurrency levels, comma-separated (default 1,10,50)")
     parser.add_argument("--workers", type=int, default=1, help="`cesar api --workers` (1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--no-events", action="store_true",
+                        help="skip the /events figures (cesar/bench/events.py)")
     parser.add_argument("--no-tasks", action="store_true",
                         help="skip the POST /tasks rows (cesar/bench/api_tasks.py)")
     args = parser.parse_args(argv)
@@ -244,12 +246,18 @@ def main(argv: list[str]) -> int:
             "met": agents_top.p95_ms < TARGET_P95_MS and ratio <= TARGET_RATIO,
             "clients": agents_top.clients,
         }
+    events_figures = None
+    if not args.no_events:  # the live stream: its own server, after the request rows
+        from cesar.bench import events as events_bench
+
+        events_figures = events_bench.run()
     if args.json:
         print(json.dumps({
             "workers": args.workers, "seconds_per_run": args.seconds, "cpus": os.cpu_count(),
             "load_average": os.getloadavg(),
             "results": [{**asdict(f), "rps": round(f.rps, 1)} for f in rows],
             "target": verdict,
+            "events": events_figures,
         }, indent=2))
     else:
         print(f"cesar api, {args.workers} worker(s), {os.cpu_count()} CPUs, load average "
@@ -261,5 +269,7 @@ def main(argv: list[str]) -> int:
             print(f"target {state}: /agents p95 at {verdict['clients']} clients "
                   f"{verdict['agents_p95_ms']:.2f} ms (< {TARGET_P95_MS:g} ms), "
                   f"{verdict['p95_ratio_to_bare']:.2f}x the bare endpoint (<= {TARGET_RATIO:g}x)")
+        if events_figures is not None:
+            print(events_bench.report(events_figures))
         print(f"total {time.perf_counter() - started:.1f} s")
     return 0

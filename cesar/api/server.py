@@ -121,6 +121,9 @@ def serve(host: str, port: int, workers: int, log_level: str, access_log: bool) 
     from cesar.api.settings import load_auth_settings
 
     load_auth_settings().metrics_secret()  # so are bad auth settings and an unreadable token
+    from cesar.api.aio import load_read_settings
+
+    load_read_settings()
     check_port(host, port)
     directory, temporary = _metrics_dir(workers)
     if directory is not None:

@@ -150,9 +150,10 @@ def test_the_no_transaction_header(header: str, transaction: bool) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("-- cesar:notransaction\nSELECT 1;", "f.sql:1: unknown directive `-- cesar:notransaction`; "
-     "the known one is `-- cesar:no-transaction`"),
+     "the known ones are `-- cesar:no-transaction` and `-- cesar:postgresql-only`"),
     ("-- cesar: no-transaction, please\nSELECT 1;", "f.sql:1: unknown directive `-- "
-     "cesar:no-transaction, please`; the known one is `-- cesar:no-transaction`"),
+     "cesar:no-transaction, please`; the known ones are `-- cesar:no-transaction` and "
+     "`-- cesar:postgresql-only`"),
     ("SELECT 1;\n-- cesar:no-transaction\nSELECT 2;", "f.sql:2: `-- cesar:no-transaction` must "
      "come before the first statement (in the file's header comment)"),
     ("SELECT 1;\nSELECT E'\\u00';", "f.sql:2: PostgreSQL's lexer cannot read it: invalid "

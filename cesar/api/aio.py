@@ -17,6 +17,12 @@ The pool does not check each connection with a round trip at checkout (what
   without the client noticing) makes the pool check all its idle connections, and is run once
   more on a fresh one. These reads change nothing, so running one twice is harmless; a second
   failure is the outage itself (503).
+
+After an outage, psycopg_pool retries its connections with an exponential backoff (1, 2, 4, ...
+seconds): a database back after a minute could wait another minute for the pool. So a read that
+found no connection while none was in use (the pool is failing, not exhausted) tries one direct
+connection; if that works the database is back, and a fresh pool replaces the failing one at
+once (the old one is closed).
 """
 
 from __future__ import annotations
@@ -24,8 +30,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import psycopg
@@ -61,6 +66,12 @@ class AsyncReads:
         self.read_pool = (self._make_pool(database.route.read_replica)
                           if database.read_pool is not None and database.route.read_replica
                           else None)
+        self._in_use: dict[str, int] = {"primary": 0, "replica": 0}
+        self._reviving = False
+        #: Pools replaced after an outage (see :meth:`_revive`).
+        self.replaced = 0
+        #: Told of each replacement (the metrics' pool watcher).
+        self.on_replace: Callable[[AsyncConnectionPool, AsyncConnectionPool], None] | None = None
 
     def _make_pool(self, endpoint: Endpoint) -> AsyncConnectionPool:
         s = self.settings
@@ -109,17 +120,25 @@ class AsyncReads:
             await AsyncConnectionPool.check_connection(conn)
 
     # ---------------------------------------------------------------- use
-    @asynccontextmanager
-    async def _connection(self, pool: AsyncConnectionPool, endpoint: Endpoint
-                          ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        try:
-            async with pool.connection() as conn:
-                yield conn
-        except PoolTimeout:
-            raise OperationFailed(
-                f"no connection to the {endpoint.name} database {endpoint.masked} within "
-                f"{self.settings.pool_timeout:g} s (is it up? is the pool exhausted?)"
-            ) from None
+    def _pick(self, read_only: bool) -> tuple[str, AsyncConnectionPool, Endpoint]:
+        if read_only and self.read_pool is not None and self.database.route.read_replica:
+            return "replica", self.read_pool, self.database.route.read_replica
+        return "primary", self.pool, self.database.endpoint
+
+    async def _run(self, which: str, pool: AsyncConnectionPool,
+                   queries: Sequence[tuple[str, Sequence[Any]]]) -> list[list[dict[str, Any]]]:
+        async with pool.connection() as conn:
+            self._in_use[which] += 1
+            try:
+                out = []
+                async with conn.cursor(row_factory=dict_row) as cur:
+                    for query, params in queries:
+                        await cur.execute(query, params,  # type: ignore[arg-type]
+                                          prepare=self.prepare or None)
+                        out.append(await cur.fetchall())
+                return out
+            finally:
+                self._in_use[which] -= 1
 
     async def fetch(self, queries: Sequence[tuple[str, Sequence[Any]]], *,
                     read_only: bool = True) -> list[list[dict[str, Any]]]:
@@ -127,27 +146,59 @@ class AsyncReads:
 
         A connection error makes the pool check its idle connections, then the reads run once
         more (they change nothing); a second error propagates (503 upstream)."""
-        pool, endpoint = self.pool, self.database.endpoint
-        if read_only and self.read_pool is not None and self.database.route.read_replica:
-            pool, endpoint = self.read_pool, self.database.route.read_replica
-        for attempt in (1, 2):
+        which, pool, endpoint = self._pick(read_only)
+        checked = revived = False
+        while True:
             try:
-                async with self._connection(pool, endpoint) as conn:
-                    out = []
-                    async with conn.cursor(row_factory=dict_row) as cur:
-                        for query, params in queries:
-                            await cur.execute(query, params,  # type: ignore[arg-type]
-                                              prepare=self.prepare or None)
-                            out.append(await cur.fetchall())
-                    return out
+                return await self._run(which, pool, queries)
+            # PoolTimeout is an OperationalError: it comes first.
+            except PoolTimeout:
+                if revived or self._in_use[which] or not await self._revive(which, endpoint):
+                    raise OperationFailed(
+                        f"no connection to the {endpoint.name} database {endpoint.masked} "
+                        f"within {self.settings.pool_timeout:g} s (is it up? is the pool "
+                        "exhausted?)") from None
+                revived = True
+                which, pool, endpoint = self._pick(read_only)
             except psycopg.OperationalError as exc:
-                if attempt == 2:
+                if checked:
                     raise
+                checked = True
                 log.info("a pooled connection to the %s database failed (%s); checking the "
                          "pool and reading again", endpoint.name,
                          (str(exc).strip().splitlines() or [type(exc).__name__])[0])
                 await pool.check()
-        raise AssertionError("unreachable")
+
+    async def _revive(self, which: str, endpoint: Endpoint) -> bool:
+        """The pool gave no connection while none was in use: if the database answers a direct
+        connection now, replace the pool (its reconnection may be backing off). True if so."""
+        if self._reviving:
+            return False
+        self._reviving = True
+        try:
+            url = self.database._current_url(endpoint.name)
+            try:
+                conn = await psycopg.AsyncConnection.connect(url, **connect_kwargs(self.settings))
+            except psycopg.OperationalError:
+                return False
+            await conn.close()
+            old = self.pool if which == "primary" else self.read_pool
+            fresh = self._make_pool(endpoint)
+            await fresh.open(wait=False)
+            if which == "primary":
+                self.pool = fresh
+            else:
+                self.read_pool = fresh
+            self.replaced += 1
+            if self.on_replace is not None and old is not None:
+                self.on_replace(old, fresh)
+            log.warning("the %s database answers again; its connection pool was replaced "
+                        "(the old one was still backing off)", endpoint.name)
+            if old is not None:
+                await old.close(timeout=0)
+            return True
+        finally:
+            self._reviving = False
 
     async def lookup_key(self, digest: str) -> keys.KeyRecord | None:
         """:func:`cesar.keys.lookup` on the primary (a revocation is read where it is made)."""

@@ -59,6 +59,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.reads = reads
     pools: list[Any] = [p for p in (database.pool, database.read_pool) if p is not None]
     watcher = metrics.PoolWatcher([*pools, *(reads.pools if reads else [])]).start()
+    if reads is not None:
+        reads.on_replace = watcher.replace
     checker = HealthChecker(database, watcher)
     app.state.database, app.state.health = database, checker
     # Worker threads doing database work: no more than the pool has connections.

@@ -140,3 +140,15 @@ def test_statement_capture_moves_through_the_sync_like_the_row_capture(synced: P
     got = synced.sql("cluster", sql.SQL("SELECT count(*) FILTER (WHERE mob_alias = 'moved'), "
                                         "count(*) FROM agents WHERE role = 'e2e'").as_string())
     assert got == [(100, 150)]
+
+
+def test_a_run_refuses_a_statement_capture_missing_a_companion(pair: Pair) -> None:
+    import pytest
+
+    from cesar.errors import ConfigError
+
+    with _superuser(pair) as conn:
+        conn.execute("ALTER TABLE agents DISABLE TRIGGER sync_capture_update")
+    with pytest.raises(ConfigError, match="sync_capture_update on 'agents' is missing or "
+                                          "disabled in the local database"):
+        pair.sync()

@@ -1,10 +1,11 @@
 """``/agents``: the 24 CESAR agents and their mob aliases, read from the ``agents`` table.
 
-Each request checks a connection out of the async pool on the event loop (read replica when
-configured; see :mod:`cesar.api.aio`), runs one autocommit ``SELECT`` (no BEGIN/COMMIT round
-trips, prepared), validates the rows against the response model and encodes the JSON.
-With ``CESAR_API_READ_PATH=threads`` the same work runs the older way, for comparison: one hop
-to a worker thread per request, on the threaded pool, the hops limited to the pool's size.
+Each request makes one hop to a worker thread, which checks a connection out of the pool (read
+replica when configured), runs one autocommit ``SELECT`` (no BEGIN/COMMIT round trips),
+validates the rows against the response model and encodes the JSON; the event loop only sends
+the bytes. The hops are limited to the pool's size, so surplus requests wait on the event loop
+instead of parking threads on the pool. With ``CESAR_API_READ_PATH=async`` the same work runs
+on the event loop instead, on the async pool (:mod:`cesar.api.aio`).
 """
 
 from __future__ import annotations

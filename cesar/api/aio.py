@@ -1,4 +1,5 @@
-"""The API's hot reads on the event loop: psycopg's async pool, no worker thread per request.
+"""The API's hot reads on the event loop: psycopg's async pool, no worker thread per request
+(``CESAR_API_READ_PATH=async``; the default is still the threaded path, see ReadSettings).
 
 ``/agents``, ``/agents/{id}`` and the API-key lookup run here. Per request that is one pooled
 connection checked out on the event loop, one autocommit statement (prepared on each connection
@@ -211,17 +212,18 @@ READ_PATHS = ("async", "async-checked", "async-unprepared", "threads")
 
 
 class ReadSettings(BaseSettings):
-    """``CESAR_API_READ_PATH``: how the hot reads run. ``async`` (the default) as above;
-    the others exist to measure each lever against it (``invoke bench --suite api``):
-    ``async-checked`` (a round trip at every checkout), ``async-unprepared`` (psycopg's default
-    of preparing a statement after its fifth use), ``threads`` (the threaded pool, one worker
-    thread per request)."""
+    """``CESAR_API_READ_PATH``: how the hot reads run. ``threads`` (the default: the threaded
+    pool, one worker thread per request), ``async`` as above, and two variants of it to measure
+    each lever (``invoke bench --suite api_levers``): ``async-checked`` (a round trip at every
+    checkout), ``async-unprepared`` (psycopg's default of preparing a statement after its fifth
+    use). The default stays ``threads`` until ``async`` is measured faster: on the shared
+    2-core machine it was not (docs/performance.md)."""
 
     model_config = SettingsConfigDict(env_prefix="CESAR_API_", env_file=ENV_FILES,
                                       env_file_encoding="utf-8", extra="ignore", frozen=True)
 
     read_path: Literal["async", "async-checked", "async-unprepared", "threads"] = Field(
-        "async", description="CESAR_API_READ_PATH: " + ", ".join(READ_PATHS))
+        "threads", description="CESAR_API_READ_PATH: " + ", ".join(READ_PATHS))
 
 
 def load_read_settings() -> ReadSettings:
@@ -230,7 +232,7 @@ def load_read_settings() -> ReadSettings:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"CESAR_API_READ_PATH={first.get('input')!r} is not valid: use one of "
-                          f"{', '.join(READ_PATHS)} (or leave it unset: async)") from None
+                          f"{', '.join(READ_PATHS)} (or leave it unset: threads)") from None
 
 
 async def open_reads(database: Database, settings: ReadSettings) -> AsyncReads | None:

@@ -168,12 +168,14 @@ def api(host: str | None, port: int | None, workers: int | None, log_level: str,
     workers = workers or defaults.workers
     if check:
         from cesar import db
+        from cesar.api.aio import load_read_settings
         from cesar.api.settings import load_auth_settings
         from cesar.config import load_settings
 
         settings = load_settings()
         primary = db.route(settings).primary
         load_auth_settings().metrics_secret()
+        load_read_settings()
         check_port(host, port)
         click.echo(f"would serve http://{host}:{port} with {workers} worker(s), "
                    f"ENVIRONMENT={settings.environment}, database {primary.name} "

@@ -3,6 +3,8 @@ request when the server drops the pooled connections, nor a slow return after an
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +16,9 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from cesar.api import aio
+from cesar.embedded import free_port
 from tests.api.conftest import ApiServer, serve, settings_for
-from tests.conftest import PgStack
+from tests.conftest import PgStack, child_env
 
 
 @pytest.fixture
@@ -33,8 +36,11 @@ def checks(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @pytest.fixture
-def served(migrated_url: str, tmp_path: Path, checks: list[float]) -> Iterator[ApiServer]:
+def served(migrated_url: str, tmp_path: Path, checks: list[float],
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiServer]:
+    monkeypatch.setenv("CESAR_API_READ_PATH", "async")
     with serve(settings_for(migrated_url, tmp_path, pool_timeout=2.0)) as server:
+        assert server.server.config.app.state.reads is not None  # type: ignore[attr-defined]
         yield server
 
 
@@ -78,3 +84,15 @@ def test_connections_dropped_by_the_server_cost_no_failed_request(
         assert ended and ended[0] > 0
         codes = [client.get(f"{served.url}/agents").status_code for _ in range(20)]
     assert codes == [200] * 20
+
+
+def test_a_bad_read_path_is_one_line_and_exit_2(migrated_url: str, tmp_path: Path) -> None:
+    env = {**child_env(), "ENVIRONMENT": "development", "LOCAL_DB_URL": migrated_url,
+           "CESAR_STATE_DIR": str(tmp_path), "CESAR_API_READ_PATH": "fibers"}
+    done = subprocess.run([sys.executable, "-m", "cesar.cli", "api", "--check", "--port",
+                           str(free_port())], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "cesar: error: CESAR_API_READ_PATH='fibers' is not valid: use one of async, "
+        "async-checked, async-unprepared, threads (or leave it unset: threads)"]

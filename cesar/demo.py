@@ -244,7 +244,7 @@ def _development_key(settings: Settings) -> str:
     return created.key
 
 
-def _seconds(text: str) -> float:
+def _seconds(_ctx: click.Context, _param: click.Parameter, text: str) -> float:
     from cesar import keys
 
     cleaned = text.strip()
@@ -266,12 +266,12 @@ def _seconds(text: str) -> float:
 @click.option("--rate", type=click.FloatRange(0.01, MAX_RATE), default=2.0, show_default=True,
               help="Tasks created per second.")
 @click.option("--duration", default="60", show_default=True, metavar="DURATION",
-              help="How long: seconds (30) or 90s, 5m, 1h.")
+              callback=_seconds, help="How long: seconds (30) or 90s, 5m, 1h.")
 @click.option("--api-url", default=None, metavar="URL",
               help="The API (default: CESAR_API_URL, else the API `invoke up` started).")
 @click.option("--seed", type=int, default=None, help="Seed of the random choices.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary at the end.")
-def demo_command(rate: float, duration: str, api_url: str | None, seed: int | None,
+def demo_command(rate: float, duration: float, api_url: str | None, seed: int | None,
                  as_json: bool) -> None:
     """Drive realistic activity through the API: tasks, dispatch, runs with progress events,
     tokens and costs, for DURATION at RATE tasks per second."""
@@ -279,7 +279,7 @@ def demo_command(rate: float, duration: str, api_url: str | None, seed: int | No
     from cesar.config import load_settings
     from cesar.smoke import default_api_url
 
-    seconds = _seconds(duration)
+    seconds = duration
     settings = load_settings()
     url = (api_url or default_api_url(settings)).rstrip("/")
     key = demo_key(settings)

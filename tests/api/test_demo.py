@@ -52,4 +52,6 @@ def test_demo_bad_usage_is_one_line(args: list[str], capsys: pytest.CaptureFixtu
         main(["demo", *args])
     assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("cesar: error:")
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and line.startswith("cesar: error:")
+    assert f"'{args[0]}'" in line  # names the option at fault

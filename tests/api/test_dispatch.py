@@ -11,7 +11,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.api.conftest import closed_port, make_key, run_cesar, serve, settings_for
+import pytest
+
+from cesar.cli import main
+from tests.api.conftest import closed_port, make_key, serve, settings_for
 from tests.api.work_helpers import active_agents, call, rows
 
 
@@ -39,6 +42,8 @@ def test_priority_then_age_and_the_preferred_agent(migrated_db: str, tmp_path: P
             if got["assigned"][0]["task_id"] == mid_first:
                 assert got["assigned"][0]["agent_id"] == agents[4]
         assert order == [urgent_late, mid_first, mid_second, old_low]
+        owned = call(api.url, key, "GET", "/tasks", params={"agent": agents[4]}).json()
+        assert [t["id"] for t in owned["items"]] == [mid_first]
         assert call(api.url, key, "POST", "/dispatch").json() == {"assigned": []}
         # Least loaded: 23 more tasks go to the 23 agents that had none (the preferred agent
         # is paused now, so its task goes elsewhere too).
@@ -64,7 +69,7 @@ def _dispatcher_process(url: str, barrier: Any, out: Any) -> None:
 
     got: list[dict[str, str]] = []
     with psycopg.connect(url) as conn:
-        barrier.wait()
+        barrier.wait(timeout=60)
         while True:
             done = db.run_transaction(conn, lambda c: work.dispatch(c, actor="cli:proc",
                                                                     limit=2))
@@ -76,7 +81,7 @@ def _dispatcher_process(url: str, barrier: Any, out: Any) -> None:
 
 def test_concurrent_dispatchers_assign_each_task_once(migrated_db: str, tmp_path: Path) -> None:
     key = make_key(migrated_db, "tasks:write")
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("fork")
     with serve(settings_for(migrated_db, tmp_path)) as api:
         made = {r["id"] for r in rows(
             migrated_db, "INSERT INTO tasks (title, requested_by) SELECT 't' || i, 'tests' "
@@ -91,7 +96,7 @@ def test_concurrent_dispatchers_assign_each_task_once(migrated_db: str, tmp_path
         errors: list[str] = []
 
         def through_api() -> None:
-            barrier.wait()
+            barrier.wait(timeout=60)
             while True:
                 r = call(api.url, key, "POST", "/dispatch", params={"limit": 2})
                 if r.status_code != 200:
@@ -125,25 +130,38 @@ def test_concurrent_dispatchers_assign_each_task_once(migrated_db: str, tmp_path
     assert sum(1 for share in shares if share) >= 2, [len(share) for share in shares]
 
 
-def test_dispatch_command_dry_run_and_errors(migrated_db: str, tmp_path: Path) -> None:
-    env = cli_env(migrated_db, tmp_path)
+def cesar_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``cesar ARGS`` in this process (its error boundary included): code, stdout, stderr."""
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def test_dispatch_command_dry_run_and_errors(migrated_db: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    for name, value in cli_env(migrated_db, tmp_path).items():
+        monkeypatch.setenv(name, value)
     task = "00000000-0000-4000-8000-00000000d15a"
     rows(migrated_db, "INSERT INTO tasks (id, title, requested_by) VALUES (%s, 'x', 'tests')",
          (task,))
-    dry = run_cesar("dispatch", "--dry-run", "--json", env=env)
-    assert dry.returncode == 0, dry.stderr
-    assert json.loads(dry.stdout)["assigned"][0]["task_id"] == task
-    assert json.loads(dry.stdout)["dry_run"] is True
+    code, out, err = cesar_main(["dispatch", "--dry-run", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["assigned"][0]["task_id"] == task
+    assert json.loads(out)["dry_run"] is True
     assert rows(migrated_db, "SELECT status FROM tasks WHERE id = %s",
                 (task,)) == [{"status": "queued"}]
-    text = run_cesar("dispatch", env=env)
-    assert text.returncode == 0 and text.stdout.startswith("assigned 1 task(s)")
-    assert run_cesar("dispatch", env=env).stdout.startswith("no queued task")
-    bad = run_cesar("dispatch", "--limit", "0", env=env)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    down = run_cesar("dispatch", env={**env, "LOCAL_DB_URL":
-                                      f"postgresql://u:secretpw@127.0.0.1:{closed_port()}/x",
-                                      "CESAR_CONNECT_TIMEOUT": "2"})
-    assert down.returncode == 1, down.stderr
-    assert down.stderr.startswith("cesar: error: ") and "secretpw" not in down.stderr
-    assert len(down.stderr.strip().splitlines()) == 1
+    code, out, _ = cesar_main(["dispatch"], capsys)
+    assert code == 0 and out.startswith("assigned 1 task(s)")
+    assert rows(migrated_db, "SELECT actor FROM audit_log WHERE target_id = %s",
+                (task,))[0]["actor"].startswith("cli:")
+    assert cesar_main(["dispatch"], capsys)[1].startswith("no queued task")
+    code, _, err = cesar_main(["dispatch", "--limit", "0"], capsys)
+    assert code == 2 and "Traceback" not in err
+    monkeypatch.setenv("LOCAL_DB_URL", f"postgresql://u:secretpw@127.0.0.1:{closed_port()}/x")
+    monkeypatch.setenv("CESAR_CONNECT_TIMEOUT", "2")
+    code, _, err = cesar_main(["dispatch"], capsys)
+    assert code == 1, err
+    assert err.startswith("cesar: error: ") and "secretpw" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -203,7 +203,13 @@ def test_unknown_paths_share_one_route_label(api: ApiServer) -> None:
 def test_openapi_describes_every_route_and_its_status_codes(api: ApiServer) -> None:
     doc = api.get("/openapi.json").json()
     assert set(doc["paths"]) == ROUTES
-    codes = {path: set(ops["get"]["responses"]) for path, ops in doc["paths"].items()}
+    codes = {path: set(ops["get"]["responses"]) for path, ops in doc["paths"].items()
+             if "get" in ops}
+    posts = {path: set(ops["post"]["responses"]) for path, ops in doc["paths"].items()
+             if "post" in ops}
+    assert posts["/tasks"] == {"201", "400", "401", "403", "422", "429", "503"}
+    assert posts["/tasks/{task_id}/cancel"] >= {"200", "404", "409", "422"}
+    assert posts["/runs/{run_id}/finish"] >= {"200", "404", "409", "422"}
     assert codes["/agents"] == {"200", "401", "403", "422", "429", "503"}
     assert codes["/agents/{agent_id}"] == {"200", "401", "403", "404", "422", "429", "503"}
     assert codes["/health"] == {"200", "401", "429", "503"}

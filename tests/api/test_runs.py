@@ -123,11 +123,11 @@ def test_a_paused_agent_cannot_start_a_run(work_api: ApiServer, key: str,
 
 def test_unknown_runs_are_404(work_api: ApiServer, key: str) -> None:
     missing = uuid.uuid4()
-    assert call(work_api.url, key, "GET", f"/runs/{missing}").status_code == 404
-    assert call(work_api.url, key, "POST", f"/runs/{missing}/events",
-                json={"kind": "message"}).status_code == 404
-    assert call(work_api.url, key, "POST", f"/runs/{missing}/finish",
-                json=FINISH).status_code == 404
+    for method, path, body in (("GET", f"/runs/{missing}", None),
+                               ("POST", f"/runs/{missing}/events", {"kind": "message"}),
+                               ("POST", f"/runs/{missing}/finish", FINISH)):
+        r = call(work_api.url, key, method, path, json=body)
+        assert r.status_code == 404 and r.json()["detail"] == f"no run with id {missing}"
 
 
 def test_the_database_refuses_to_change_a_finished_run(migrated_url: str) -> None:

@@ -232,7 +232,8 @@ def test_cancelling_a_finished_task_is_409_with_its_status(work_api: ApiServer, 
 
 
 def test_cancelling_an_unknown_task_is_404(work_api: ApiServer, writer: str) -> None:
-    assert call(work_api.url, writer, "POST", f"/tasks/{uuid.uuid4()}/cancel").status_code == 404
+    r = call(work_api.url, writer, "POST", f"/tasks/{uuid.uuid4()}/cancel")
+    assert r.status_code == 404 and r.json()["detail"].startswith("no task with id")
 
 
 # ------------------------------------------------------------------------------ the guard

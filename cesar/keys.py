@@ -21,6 +21,7 @@ import re
 import secrets
 import socket
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,11 +257,18 @@ _LOOKUP = ("SELECT id, key_prefix, name, key_hash, scopes, revoked_at IS NOT NUL
            "ORDER BY revoked_at IS NULL LIMIT 1")
 
 
+#: The lookup's statement, for callers with their own (async) connection.
+LOOKUP = _LOOKUP
+
+
 def lookup(conn: psycopg.Connection[Any], key_hash: str) -> KeyRecord | None:
     """The key whose hash is ``key_hash`` (a revoked duplicate first: revocation wins)."""
     row = conn.execute(_LOOKUP, (key_hash,)).fetchone()
-    if row is None:
-        return None
+    return None if row is None else record_of(row)
+
+
+def record_of(row: Sequence[Any]) -> KeyRecord:
+    """A :data:`LOOKUP` row as a record."""
     key_id, prefix, name, stored, scopes, revoked, left = row
     return KeyRecord(key_id, prefix, name, stored, frozenset(scopes), bool(revoked),
                      None if left is None else float(left))

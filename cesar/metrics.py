@@ -207,6 +207,13 @@ class PoolWatcher:
                 DB_POOL_WAITING.set(figures["waiting"])
             return figures
 
+    def replace(self, old: StatsSource, new: StatsSource) -> None:
+        """A pool was replaced by a fresh one: watch the new one in its place."""
+        with self._lock:
+            for i, pool in enumerate(self.pools):
+                if pool is old:
+                    self.pools[i], self._errors_seen[i] = new, 0
+
     def start(self) -> PoolWatcher:
         self.refresh()  # every worker's gauges exist from its start, not from its first tick
         self._thread = threading.Thread(target=self._run, name="cesar-pool-watcher", daemon=True)

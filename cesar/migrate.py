@@ -699,7 +699,7 @@ class Runner:
         """Apply or roll back one migration. False when another runner already did it."""
         m, direction = step.migration, step.direction
         script = m.script(direction)
-        statements = script.statements
+        statements = script.for_engine(self.engine())
         effective = step_mode(mode, script.transaction, step.start)
         verb = "applying" if direction == "up" else "rolling back"
         after = {"failed": "after a failed run", "interrupted": "after an interrupted run",
@@ -708,6 +708,8 @@ class Runner:
                   if step.start and step.resume else
                   (f", starting again {after[step.resume]}" if step.resume else ""))
         count = plural(len(statements), "statement")
+        if script.engine is not None and not statements:
+            count += f": the file is for {script.engine} only"
         self.progress(f"{verb} {m.name} ({effective}, {count}{resume})")
         self._lease_held().renew(migration=m.name)  # `lock status` names what is being applied
         started = time.perf_counter()

@@ -21,7 +21,9 @@ anything runs, with the file, the line and the construct: psql meta-commands (``
 (backslashes would change where strings end), and transaction control (the runner owns the
 transactions). A header comment ``-- cesar:no-transaction`` lets a file run outside a
 transaction; statements that can never run inside one (``CREATE INDEX CONCURRENTLY``,
-``VACUUM``, ...) are refused in a file without it.
+``VACUUM``, ...) are refused in a file without it. A header comment ``-- cesar:postgresql-only``
+marks a file whose statements exist on PostgreSQL alone (statement-level triggers): on
+CockroachDB it is recorded as applied without running any of them.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ DDL_KEYWORDS = frozenset({"CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE
                           "REINDEX", "REFRESH"})
 #: The header directive for a file that must run outside a transaction.
 NO_TRANSACTION = "no-transaction"
-DIRECTIVES = (NO_TRANSACTION,)
+#: The header directive for a file that runs on PostgreSQL only (nothing to do elsewhere).
+POSTGRESQL_ONLY = "postgresql-only"
+DIRECTIVES = (NO_TRANSACTION, POSTGRESQL_ONLY)
 
 _WORD = re.compile(r"[A-Za-z_]+")
 _DIRECTIVE = re.compile(r"^--\s*cesar:\s*(?P<name>.*?)\s*$")
@@ -109,10 +113,16 @@ class Statement:
 
 @dataclass(frozen=True)
 class Script:
-    """A whole file: its statements, and whether it runs inside a transaction."""
+    """A whole file: its statements, whether it runs inside a transaction, and the one engine
+    it is for (None: every engine)."""
 
     statements: list[Statement]
     transaction: bool = True
+    engine: str | None = None
+
+    def for_engine(self, engine: str) -> list[Statement]:
+        """The statements to run on ``engine``: none when the file is for another engine."""
+        return self.statements if self.engine in (None, engine) else []
 
 
 def split(text: str, source: str = "<sql>") -> list[Statement]:
@@ -131,7 +141,9 @@ def parse(text: str, source: str = "<sql>") -> Script:
         raise ConfigError(f"{source}:{text.count(chr(10), 0, nul) + 1}: a NUL character (0x00) "
                           "found; the server cannot receive it in a statement: remove it")
     tokens = _scan(text, source)
-    transaction = _header(text, tokens, source)
+    found = _header(text, tokens, source)
+    transaction = NO_TRANSACTION not in found
+    engine = "postgresql" if POSTGRESQL_ONLY in found else None
     groups = _groups(text, tokens)
     statements: list[Statement] = []
     for group, end in groups:
@@ -150,7 +162,7 @@ def parse(text: str, source: str = "<sql>") -> Script:
                     "statement by statement outside one (see docs/migrations.md, writing a "
                     "migration)"
                 )
-    return Script(statements, transaction)
+    return Script(statements, transaction, engine)
 
 
 def lexer_split(text: str) -> list[str]:
@@ -209,9 +221,9 @@ def _word(text: str, token: pg.Token) -> str | None:
     return None
 
 
-def _header(text: str, tokens: list[pg.Token], source: str) -> bool:
-    """Read ``-- cesar:...`` directives; True when the file runs in a transaction."""
-    transaction = True
+def _header(text: str, tokens: list[pg.Token], source: str) -> set[str]:
+    """Read ``-- cesar:...`` directives: the set of those found in the header comment."""
+    found: set[str] = set()
     in_header = True
     for token in tokens:
         if token.name not in _COMMENTS:
@@ -223,12 +235,13 @@ def _header(text: str, tokens: list[pg.Token], source: str) -> bool:
         line = text.count("\n", 0, token.start) + 1
         if m["name"] not in DIRECTIVES:
             raise ConfigError(f"{source}:{line}: unknown directive `-- cesar:{m['name']}`; the "
-                              f"known one is `-- cesar:{NO_TRANSACTION}`")
+                              f"known ones are `-- cesar:{NO_TRANSACTION}` and "
+                              f"`-- cesar:{POSTGRESQL_ONLY}`")
         if not in_header:
             raise ConfigError(f"{source}:{line}: `-- cesar:{m['name']}` must come before the "
                               "first statement (in the file's header comment)")
-        transaction = False
-    return transaction
+        found.add(m["name"])
+    return found
 
 
 def _groups(text: str, tokens: list[pg.Token]) -> list[tuple[list[pg.Token], int]]:

@@ -24,7 +24,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cesar import __version__, metrics
-from cesar.api import agents, auth
+from cesar.api import agents, aio, auth
 from cesar.api import events as events_routes
 from cesar.api import runs as work_runs
 from cesar.api import tasks as work_tasks
@@ -61,14 +61,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Settings read from the environment and files are re-read when those files change, so a
     # password rotation reaches new connections without a restart (cesar/rotate.py).
     database = Database(settings, reloadable=app.state.settings is None).open(wait=False)
-    pools = [p for p in (database.pool, database.read_pool) if p is not None]
-    watcher = metrics.PoolWatcher(pools).start()
+    # The hot reads (/agents, the key lookup) on the event loop: cesar/api/aio.py.
+    reads = await aio.open_reads(database, app.state.read_settings or aio.load_read_settings())
+    app.state.reads = reads
+    pools: list[Any] = [p for p in (database.pool, database.read_pool) if p is not None]
+    watcher = metrics.PoolWatcher([*pools, *(reads.pools if reads else [])]).start()
+    if reads is not None:
+        reads.on_replace = watcher.replace
     checker = HealthChecker(database, watcher)
     app.state.database, app.state.health = database, checker
     # Worker threads doing database work: no more than the pool has connections.
     app.state.db_limiter = anyio.CapacityLimiter(settings.pool_max_size)
     app.state.auth = auth.Authenticator(app.state.auth_settings or load_auth_settings(),
-                                        database, app.state.db_limiter)
+                                        database, app.state.db_limiter, reads)
     app.state.auth.usage.start()
     app.state.events = _event_hub(app, database)
     log.info("serving the %s database %s (%s)", database.endpoint.name,
@@ -80,19 +85,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.auth.usage.stop()
         checker.close()
         watcher.stop()
+        if reads is not None:
+            await reads.close()
         database.close()
         metrics.mark_worker_dead()
 
 
 def create_app(settings: Settings | None = None,
                auth_settings: AuthSettings | None = None,
-               event_settings: EventSettings | None = None) -> FastAPI:
+               event_settings: EventSettings | None = None,
+               read_settings: aio.ReadSettings | None = None) -> FastAPI:
     """The application; ``settings`` default to the environment (read at start-up)."""
     app = FastAPI(title="CESAR API", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan)
     app.state.settings = settings
     app.state.auth_settings = auth_settings
     app.state.event_settings = event_settings
+    app.state.read_settings = read_settings
     app.include_router(agents.router)
     app.include_router(events_routes.router)
     app.include_router(work_tasks.router)

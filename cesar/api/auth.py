@@ -44,6 +44,7 @@ from fastapi import HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cesar import keys, metrics
+from cesar.api.aio import AsyncReads
 from cesar.api.models import Error
 from cesar.api.settings import AuthSettings
 from cesar.db import Database
@@ -222,10 +223,11 @@ class Authenticator:
     """One per application (worker process): the cache, the throttle and the usage batches."""
 
     def __init__(self, settings: AuthSettings, database: Database,
-                 limiter: anyio.CapacityLimiter) -> None:
+                 limiter: anyio.CapacityLimiter, reads: AsyncReads | None = None) -> None:
         self.settings = settings
         self.database = database
         self.limiter = limiter
+        self.reads = reads
         self.cache = KeyCache(settings.key_cache_seconds)
         self.throttle = Throttle(settings.auth_failure_limit,
                                  settings.auth_failure_window_seconds,
@@ -274,8 +276,11 @@ class Authenticator:
         if not hit:
             now = time.monotonic()
             try:
-                record = await anyio.to_thread.run_sync(self._lookup, digest,
-                                                        limiter=self.limiter)
+                if self.reads is not None:
+                    record = await self.reads.lookup_key(digest)
+                else:
+                    record = await anyio.to_thread.run_sync(self._lookup, digest,
+                                                            limiter=self.limiter)
             except (OperationFailed, psycopg.OperationalError):
                 hit, record, fetched = self.cache.get(digest, STALE_HEALTH_SECONDS)
                 if not (stale_ok and hit):

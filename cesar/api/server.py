@@ -127,6 +127,9 @@ def serve(host: str, port: int, workers: int, log_level: str, access_log: bool) 
     from cesar.events.settings import load_event_settings
 
     load_event_settings()  # and bad CESAR_EVENTS_* settings
+    from cesar.api.aio import load_read_settings
+
+    load_read_settings()  # and a bad CESAR_API_READ_PATH
     check_port(host, port)
     directory, temporary = _metrics_dir(workers)
     if directory is not None:
@@ -172,12 +175,14 @@ def api(host: str | None, port: int | None, workers: int | None, log_level: str,
     workers = workers or defaults.workers
     if check:
         from cesar import db
+        from cesar.api.aio import load_read_settings
         from cesar.api.settings import load_auth_settings
         from cesar.config import load_settings
 
         settings = load_settings()
         primary = db.route(settings).primary
         load_auth_settings().metrics_secret()
+        load_read_settings()
         check_port(host, port)
         click.echo(f"would serve http://{host}:{port} with {workers} worker(s), "
                    f"ENVIRONMENT={settings.environment}, database {primary.name} "

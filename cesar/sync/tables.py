@@ -70,6 +70,12 @@ class SyncSettings(BaseSettings):
     lock_wait_budget_ms: int = Field(
         10_000, ge=0, description="CESAR_SYNC_LOCK_WAIT_BUDGET_MS: a run's total lock waiting; "
         "spent, every later lock conflict defers its key at once")
+    bulk_threshold: int = Field(
+        10_000, ge=0, description="CESAR_SYNC_BULK_THRESHOLD: pending upserts of a table from "
+        "which a run moves them with COPY and set-based statements (PostgreSQL on both sides; "
+        "0: never)")
+    bulk_chunk: int = Field(100_000, ge=1_000, le=10_000_000,
+                            description="CESAR_SYNC_BULK_CHUNK: keys per bulk transaction")
     max_clock_skew_ms: int = Field(
         1000, ge=0, description="CESAR_SYNC_MAX_CLOCK_SKEW_MS: refuse to run when the two "
         "databases' clocks differ by more (last writer wins compares their timestamps)")
@@ -215,6 +221,9 @@ def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: str) -> dic
             [CAPTURE_TRIGGER, list(names)],
         ).fetchall()
     }
+    if engine == "postgresql":
+        for table, problem in statement_capture_gaps(conn, names).items():
+            triggers[table] = problem
     refs: dict[str, set[str]] = {}
     for table, referenced in conn.execute(
         "SELECT tc.table_name, ccu.table_name FROM information_schema.table_constraints AS tc "
@@ -229,6 +238,35 @@ def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: str) -> dic
             cols[table] = [c for c in cols.get(table, []) if c.name != REGION_COLUMN]
     return {"columns": cols, "pks": pks, "triggers": triggers, "refs": refs,
             "unique_id": unique_id, "engine": engine}
+
+
+#: PostgreSQL's statement-level capture (migration 017): sync_capture serves INSERT only, and
+#: these two the other events (transition tables allow one event per trigger).
+STATEMENT_COMPANIONS = ("sync_capture_update", "sync_capture_delete")
+
+
+def statement_capture_gaps(conn: psycopg.Connection, names: Sequence[str]) -> dict[str, str]:
+    """Tables whose ``sync_capture`` is a statement-level trigger but one of its companions is
+    missing or disabled: table -> the companion's name."""
+    rows = conn.execute(
+        "SELECT c.relname, t.tgname, t.tgenabled, (t.tgtype & 1) = 1 FROM pg_catalog.pg_trigger t "
+        "JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid "
+        "WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(%s) "
+        "AND t.tgname = ANY(%s)", [list(names), [CAPTURE_TRIGGER, *STATEMENT_COMPANIONS]],
+    ).fetchall()
+    found: dict[str, dict[str, tuple[str, bool]]] = {}
+    for table, trigger, enabled, per_row in rows:
+        found.setdefault(table, {})[trigger] = (enabled, per_row)
+    gaps = {}
+    for table, have in found.items():
+        main = have.get(CAPTURE_TRIGGER)
+        if main is None or main[1]:
+            continue  # none at all, or the row-level capture of 011: judged by the caller
+        for companion in STATEMENT_COMPANIONS:
+            if have.get(companion, ("D", False))[0] == "D":
+                gaps[table] = companion
+                break
+    return gaps
 
 
 def _check_side(side: str, names: Sequence[str], cat: dict[str, object]) -> None:
@@ -266,6 +304,12 @@ def _check_side(side: str, names: Sequence[str], cat: dict[str, object]) -> None
                 f"of {', '.join(sorted(PK_TYPES))}: they order the same way on both engines)"
             )
         enabled = triggers.get(name)
+        if enabled is not None and enabled.startswith("sync_capture_"):
+            raise ConfigError(
+                f"the capture trigger {enabled} on {name!r} is missing or disabled in the "
+                f"{side} database, so those writes would not be synced; run `cesar migrate up` "
+                "there (migration 017_sync_capture_statement), or enable it"
+            )
         if enabled is None or enabled == "D":
             state = "disabled" if enabled == "D" else "missing"
             raise ConfigError(

@@ -150,9 +150,10 @@ def test_the_no_transaction_header(header: str, transaction: bool) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("-- cesar:notransaction\nSELECT 1;", "f.sql:1: unknown directive `-- cesar:notransaction`; "
-     "the known one is `-- cesar:no-transaction`"),
+     "the known ones are `-- cesar:no-transaction` and `-- cesar:postgresql-only`"),
     ("-- cesar: no-transaction, please\nSELECT 1;", "f.sql:1: unknown directive `-- "
-     "cesar:no-transaction, please`; the known one is `-- cesar:no-transaction`"),
+     "cesar:no-transaction, please`; the known ones are `-- cesar:no-transaction` and "
+     "`-- cesar:postgresql-only`"),
     ("SELECT 1;\n-- cesar:no-transaction\nSELECT 2;", "f.sql:2: `-- cesar:no-transaction` must "
      "come before the first statement (in the file's header comment)"),
     ("SELECT 1;\nSELECT E'\\u00';", "f.sql:2: PostgreSQL's lexer cannot read it: invalid "
@@ -184,3 +185,15 @@ def test_statements_that_can_never_run_in_a_transaction_are_recognised(
     from cesar.migrate_sql import parse
 
     assert parse(f"-- cesar:no-transaction\n{sql};\n").statements[0].no_transaction == construct
+
+
+def test_a_postgresql_only_file_runs_nothing_on_cockroachdb() -> None:
+    from cesar.migrate_sql import parse
+
+    script = parse("-- cesar:postgresql-only\n-- statement-level triggers\n"
+                   "CREATE TABLE IF NOT EXISTS t (id INT);\nSELECT 1;\n", "f.sql")
+    assert script.engine == "postgresql" and script.transaction is True
+    assert [s.sql for s in script.for_engine("postgresql")] == [
+        "CREATE TABLE IF NOT EXISTS t (id INT)", "SELECT 1"]
+    assert script.for_engine("cockroachdb") == []
+    assert parse("SELECT 1;\n").for_engine("cockroachdb")[0].sql == "SELECT 1"

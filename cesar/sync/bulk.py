@@ -1,0 +1,228 @@
+"""The bulk path of a run: a large backlog of upserts moved with COPY and set-based statements.
+
+Used when a table has at least ``CESAR_SYNC_BULK_THRESHOLD`` pending upserts in one direction
+and both databases are PostgreSQL (CockroachDB takes the batch path: see docs/sync.md). The
+backlog moves in chunks of ``CESAR_SYNC_BULK_CHUNK`` keys, in key order; per chunk:
+
+1. **read**: one ``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)`` on the source: each pending
+   version row joined to its row (one statement: one snapshot, so a row and its version agree);
+2. **apply**, in one target transaction (``cesar.sync_apply = on``: not captured; the run's
+   ``lock_timeout``): the bytes are piped into a temporary staging table with ``COPY FROM``, then
+   a few set-based statements write, for the keys the rule lets through *without a conflict*,
+   the rows and their version rows (the incoming version, ``pending = false``), taking locks in
+   a writer's order (the row, then its version row: no deadlock with a writer of one key):
+
+   - keys the target has neither a row nor a version row for (a first copy): inserted;
+   - keys whose target version row is not pending and older than the incoming version (a
+     change the target has already acknowledged an older version of): updated.
+
+   Every other key (the target holds the same version, a newer one, an unsent change of its
+   own, a row older than the capture, or a writer holds it) is left pending on the source and
+   moves by the batch path right after, which decides, records conflicts and defers exactly as
+   always. The written keys and versions are kept in a second temporary table; the run's lease
+   is checked last in the transaction (fencing), then it commits;
+3. **acknowledge**, on the source: those keys and versions are piped back with ``COPY`` and one
+   ``UPDATE ... FROM`` clears ``pending`` where the version row still holds the version that was
+   sent (a key written again since keeps ``pending``); fenced the same way. If a writer holds
+   one of those version rows past the short ``lock_timeout``, the batch path's careful
+   acknowledgement (``SKIP LOCKED``) takes over for that chunk.
+
+A chunk whose apply fails (a unique violation from a writer's concurrent insert, a lock wait
+past ``lock_timeout``) is rolled back whole and left to the batch path. Killed at any point, a
+run leaves every unacknowledged key pending: the next run finds the target already holding that
+version (the same write: acknowledged, nothing written twice).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg import sql
+
+from cesar.sync import capture
+from cesar.sync.apply import ROW_ERRORS, Target
+from cesar.sync.capture import Change
+from cesar.sync.tables import TableSpec
+
+log = logging.getLogger(__name__)
+
+STAGE = sql.Identifier("cesar_sync_stage")
+WRITTEN = sql.Identifier("cesar_sync_written")
+ACKED = sql.Identifier("cesar_sync_acked")
+#: What the source waits, at most, for a writer's lock while acknowledging a chunk at once.
+ACK_LOCK_TIMEOUT = "200ms"
+
+
+@dataclass
+class BulkResult:
+    applied: int = 0
+    acknowledged: int = 0
+    chunks: int = 0
+    left_to_batches: int = 0      # chunks whose apply failed and were left to the batch path
+    position: datetime | None = None
+
+
+def _bounds(source: psycopg.Connection, spec: TableSpec, after: str,
+            chunk: int) -> tuple[int, str | None]:
+    """How many pending upserts follow ``after`` (at most ``chunk``) and the last key of them."""
+    row = source.execute(
+        "SELECT count(*), max(pk) FROM (SELECT pk FROM sync_versions WHERE table_name = %s "
+        "AND pending AND NOT deleted AND pk > %s ORDER BY pk LIMIT %s) AS c",
+        [spec.name, after, chunk]).fetchone()
+    return (int(row[0]), row[1]) if row else (0, None)
+
+
+def _read_query(spec: TableSpec, after: str, last: str) -> sql.Composed:
+    return sql.SQL(
+        "COPY (SELECT v.pk, v.version, v.origin, {cols} FROM sync_versions AS v "
+        "JOIN {t} AS t ON t.id = CAST(v.pk AS {pk_type}) WHERE v.table_name = {name} "
+        "AND v.pending AND NOT v.deleted AND v.pk > {after} AND v.pk <= {last}) "
+        "TO STDOUT (FORMAT BINARY)").format(
+        cols=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c.name))
+                                for c in spec.columns),
+        t=spec.ident, pk_type=sql.SQL(spec.pk_type), name=sql.Literal(spec.name),
+        after=sql.Literal(after), last=sql.Literal(last))
+
+
+def _merge_queries(spec: TableSpec) -> list[sql.Composed]:
+    """The statements that write every key applying without a conflict, in a writer's lock
+    order (the row, then its version row), recording each in WRITTEN (key, version, origin)."""
+    staged = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c.name))
+                                for c in spec.columns)
+    names = {"name": sql.Literal(spec.name), "stage": STAGE, "t": spec.ident,
+             "cols": spec.column_list, "staged": staged, "updates": spec.update_list,
+             "written": WRITTEN}
+    return [sql.SQL(q).format(**names) for q in (
+        # The rows the target has of these keys, locked first, as a writer locks them.
+        "SELECT count(*) FROM (SELECT 1 FROM {t} AS t JOIN {stage} AS s ON t.id = s.id "
+        "FOR UPDATE OF t) AS locked",
+        # Keys whose version row is acknowledged and older: the incoming version, not pending
+        # (re-checked against the latest committed version row, which is locked by the update).
+        "WITH newer AS (UPDATE sync_versions AS v SET version = s.sync_version, "
+        "origin = s.sync_origin, deleted = false, pending = false FROM {stage} AS s "
+        "WHERE v.table_name = {name} AND v.pk = s.sync_pk AND NOT v.pending "
+        "AND (v.version < s.sync_version OR (v.version = s.sync_version "
+        "AND v.origin COLLATE \"C\" < s.sync_origin COLLATE \"C\")) "
+        "RETURNING v.pk, v.version, v.origin) "
+        "INSERT INTO {written} SELECT pk, version, origin FROM newer",
+        "INSERT INTO {t} ({cols}) SELECT {staged} FROM {stage} AS s JOIN {written} AS w "
+        "ON w.pk = s.sync_pk ON CONFLICT (id) DO UPDATE SET {updates}",
+        # Keys the target has never seen: the row first, then its version row.
+        "WITH fresh AS (INSERT INTO {t} ({cols}) SELECT {staged} FROM {stage} AS s "
+        "WHERE NOT EXISTS (SELECT 1 FROM sync_versions AS v WHERE v.table_name = {name} "
+        "AND v.pk = s.sync_pk) ON CONFLICT (id) DO NOTHING RETURNING id), "
+        "versions AS (INSERT INTO sync_versions (table_name, pk, version, origin, deleted, "
+        "pending) SELECT {name}, s.sync_pk, s.sync_version, s.sync_origin, false, false "
+        "FROM {stage} AS s JOIN fresh AS f ON f.id = s.id "
+        "ON CONFLICT (table_name, pk) DO NOTHING RETURNING pk, version, origin) "
+        "INSERT INTO {written} SELECT pk, version, origin FROM versions",
+    )]
+
+
+def apply_chunk(source: psycopg.Connection, target: Target, spec: TableSpec, after: str,
+                last: str) -> int:
+    """Steps 1 and 2 for the keys in (``after``, ``last``]: returns how many were written (their
+    keys and versions are then in the target session's WRITTEN table)."""
+    conn = target.conn
+    with conn.transaction():
+        conn.execute("SELECT set_config('cesar.sync_apply', 'on', true), "
+                     "set_config('lock_timeout', %s, true)", [f"{target.lock_timeout()}ms"])
+        conn.execute(sql.SQL(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS {} (pk TEXT, version TIMESTAMPTZ, "
+            "origin TEXT) ON COMMIT PRESERVE ROWS").format(WRITTEN))
+        conn.execute(sql.SQL("TRUNCATE {}").format(WRITTEN))
+        conn.execute(sql.SQL(
+            "CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT CAST(NULL AS TEXT) AS sync_pk, "
+            "CAST(NULL AS TIMESTAMPTZ) AS sync_version, CAST(NULL AS TEXT) AS sync_origin, "
+            "{} FROM {} WITH NO DATA").format(STAGE, spec.column_list, spec.ident))
+        with source.cursor().copy(_read_query(spec, after, last)) as out, \
+                conn.cursor().copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(
+                    STAGE)) as into:
+            for data in out:
+                into.write(data)
+        conn.execute(sql.SQL("ANALYZE {}").format(STAGE))
+        for query in _merge_queries(spec):
+            conn.execute(query)
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(WRITTEN)).fetchone()
+        if target.fence is not None:
+            target.fence(conn)
+    return int(row[0]) if row else 0
+
+
+def acknowledge_chunk(source: psycopg.Connection, target: Target, spec: TableSpec,
+                      fence: Callable[[psycopg.Connection], None] | None,
+                      retry: dict[str, float]) -> tuple[int, datetime | None]:
+    """Step 3: clear ``pending`` on the source for what the target committed (WRITTEN).
+    Returns how many were acknowledged and the newest version among them."""
+    newest = target.conn.execute(sql.SQL("SELECT max(version) FROM {}").format(WRITTEN)
+                                 ).fetchone()
+    position = newest[0] if newest else None
+    try:
+        with source.transaction():
+            source.execute("SELECT set_config('lock_timeout', %s, true)", [ACK_LOCK_TIMEOUT])
+            source.execute(sql.SQL(
+                "CREATE TEMPORARY TABLE IF NOT EXISTS {} (pk TEXT, version TIMESTAMPTZ, "
+                "origin TEXT) ON COMMIT DELETE ROWS").format(ACKED))
+            with target.conn.cursor().copy(sql.SQL("COPY {} TO STDOUT (FORMAT BINARY)").format(
+                    WRITTEN)) as out, \
+                    source.cursor().copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(
+                        ACKED)) as into:
+                for data in out:
+                    into.write(data)
+            done = source.execute(sql.SQL(
+                "UPDATE sync_versions AS v SET pending = false FROM {} AS a "
+                "WHERE v.table_name = %s AND v.pk = a.pk AND v.pending "
+                "AND v.version = a.version AND v.origin = a.origin").format(ACKED),
+                [spec.name]).rowcount
+            if fence is not None:
+                fence(source)
+        return done, position
+    except (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected):
+        pass
+    # A writer holds some of them: the careful acknowledgement, batch by batch.
+    changes = [Change(pk, version, origin, False, None) for pk, version, origin in
+               target.conn.execute(sql.SQL("SELECT pk, version, origin FROM {} ORDER BY pk")
+                                   .format(WRITTEN)).fetchall()]
+    done = 0
+    for i in range(0, len(changes), 5000):
+        done += capture.acknowledge(source, spec, changes[i:i + 5000], fence=fence,
+                                    **retry)
+    return done, position
+
+
+def move(source: psycopg.Connection, target: Target, spec: TableSpec, *, chunk: int,
+         check: Callable[[], None], fence: Callable[[psycopg.Connection], None] | None,
+         retry: dict[str, float], progress: Callable[[str], None]) -> BulkResult:
+    """The whole backlog of pending upserts of ``spec``, chunk by chunk (see the module)."""
+    result = BulkResult()
+    after = ""
+    while True:
+        check()
+        count, last = _bounds(source, spec, after, chunk)
+        if count == 0 or last is None:
+            break
+        result.chunks += 1
+        try:
+            written = apply_chunk(source, target, spec, after, last)
+        except ROW_ERRORS as exc:
+            # Whole chunk rolled back: its keys are still pending and take the batch path.
+            result.left_to_batches += 1
+            log.info("bulk chunk of %s after %r left to the batch path: %s", spec.name, after,
+                     (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+            written = 0
+        if written:
+            acked, position = acknowledge_chunk(source, target, spec, fence, retry)
+            result.applied += written
+            result.acknowledged += acked
+            if position is not None and (result.position is None or position > result.position):
+                result.position = position
+            progress(f"  bulk {spec.name}: {result.applied} rows so far")
+        if count < chunk:
+            break
+        after = last
+    return result

@@ -1,0 +1,140 @@
+"""The dashboard (``web/``) on the development stack: build it when its sources change, serve it.
+
+The API serves the static export itself under ``/ui/`` (``mount``), so the page and the API share
+one origin: no CORS, and the key travels only in the ``Authorization`` header of same-origin
+requests. ``build`` runs ``npm ci`` when ``package-lock.json`` changed and ``next build`` when any
+source changed (a hash stamp in the state directory), then swaps the export into
+``<state>/web`` in one rename, so a running API never serves a half-written build. On hosts nginx
+serves the same export (ansible role ``cesar_web``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from cesar.errors import ConfigError, OperationFailed
+
+#: Where the dashboard lives in the API's URL space (``basePath`` in web/next.config.mjs).
+BASE_PATH = "/ui"
+WEB_SOURCE = Path(__file__).resolve().parent.parent / "web"
+#: What the build depends on; node_modules, .next and out are its products.
+_SOURCES = ("package.json", "package-lock.json", "next.config.mjs", "tsconfig.json", "src",
+            "public")
+#: Seconds npm ci and next build may take.
+BUILD_TIMEOUT = 600
+
+
+def served_dir() -> Path:
+    """The export the API serves: ``CESAR_WEB_DIR``, else ``<state dir>/web``."""
+    explicit = os.environ.get("CESAR_WEB_DIR")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("CESAR_STATE_DIR") or ".cesar") / "web"
+
+
+def mount(app: FastAPI) -> None:
+    """Serve the export under ``/ui/`` when it exists (checked per request: a build made after
+    the API started is served without a restart)."""
+    app.mount(BASE_PATH, StaticFiles(directory=served_dir(), html=True, check_dir=False),
+              name="dashboard")
+
+
+def sources_hash(source: Path = WEB_SOURCE) -> str:
+    digest = hashlib.sha256()
+    for name in _SOURCES:
+        top = source / name
+        paths = sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else [top]
+        for path in paths:
+            if not path.is_file():
+                continue
+            digest.update(str(path.relative_to(source)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _lock_hash(source: Path) -> str:
+    return hashlib.sha256((source / "package-lock.json").read_bytes()).hexdigest()
+
+
+def _run(cmd: list[str], cwd: Path, what: str) -> None:
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=BUILD_TIMEOUT,
+                              env={**os.environ, "NEXT_TELEMETRY_DISABLED": "1"})
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{what} needs `{cmd[0]}` (Node.js 20 with npm); install nodejs and "
+                          "npm, or set CESAR_WEB=off to start the stack without the dashboard"
+                          ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise OperationFailed(f"{what} took more than {BUILD_TIMEOUT} s; run `{' '.join(cmd)}` "
+                              f"in {cwd} to see why") from exc
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
+        raise OperationFailed(f"{what} failed ({tail}); run `{' '.join(cmd)}` in {cwd}")
+
+
+def install(source: Path = WEB_SOURCE, stamp_dir: Path | None = None) -> bool:
+    """``npm ci`` unless node_modules matches the lock file. True when it ran."""
+    stamp = (stamp_dir or source / "node_modules") / ".cesar-lock-hash"
+    want = _lock_hash(source)
+    if (source / "node_modules").is_dir() and stamp.is_file() and stamp.read_text() == want:
+        return False
+    _run(["npm", "ci", "--no-audit", "--no-fund"], source, "installing the dashboard's packages")
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(want)
+    return True
+
+
+def build(target: Path, source: Path = WEB_SOURCE, force: bool = False) -> list[str]:
+    """Make ``target`` hold the export of the current sources; what it did, as actions."""
+    actions: list[str] = []
+    if not (source / "package.json").is_file():
+        raise ConfigError(f"no dashboard sources in {source}")
+    want = sources_hash(source)
+    stamp = target.parent / f".{target.name}.hash"
+    if not force and (target / "index.html").is_file() and stamp.is_file() \
+            and stamp.read_text() == want:
+        return actions
+    if install(source):
+        actions.append("installed the dashboard's packages (npm ci)")
+    _run(["npm", "run", "--silent", "build"], source, "building the dashboard")
+    out = source / "out"
+    if not (out / "index.html").is_file():
+        raise OperationFailed(f"the dashboard build left no {out / 'index.html'}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fresh = target.parent / f".{target.name}.new"
+    old = target.parent / f".{target.name}.old"
+    shutil.rmtree(fresh, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.copytree(out, fresh)
+    if target.exists():
+        target.rename(old)
+    fresh.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    stamp.write_text(want)
+    actions.append(f"built the dashboard into {target}")
+    return actions
+
+
+def enabled() -> bool:
+    return os.environ.get("CESAR_WEB", "on").lower() not in {"off", "0", "false", "no"}
+
+
+def dashboard_url(api_url: str, target: Path, answers: bool) -> str | None:
+    """The URL while the running API serves a build, else None."""
+    if answers and (target / "index.html").is_file():
+        return f"{api_url}{BASE_PATH}/"
+    return None
+
+
+def status_fields(api_status: dict[str, Any], target: Path) -> dict[str, Any]:
+    api = api_status.get("api") or {}
+    return {"dashboard_url": dashboard_url(str(api_status.get("api_url")), target,
+                                           bool(api.get("answers")))}

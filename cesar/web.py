@@ -138,3 +138,28 @@ def status_fields(api_status: dict[str, Any], target: Path) -> dict[str, Any]:
     api = api_status.get("api") or {}
     return {"dashboard_url": dashboard_url(str(api_status.get("api_url")), target,
                                            bool(api.get("answers")))}
+
+
+CLIENT_SCHEMA = WEB_SOURCE / "src" / "lib" / "api-schema.ts"
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document the API serves at /openapi.json (no database needed to make it)."""
+    from cesar.api.app import create_app
+
+    return create_app().openapi()
+
+
+def generate_client(out: Path = CLIENT_SCHEMA, source: Path = WEB_SOURCE) -> Path:
+    """Write the typed client's schema with openapi-typescript from the API's document."""
+    import json
+    import tempfile
+
+    install(source)
+    generator = source / "node_modules" / ".bin" / "openapi-typescript"
+    with tempfile.TemporaryDirectory() as tmp:
+        doc = Path(tmp) / "openapi.json"
+        doc.write_text(json.dumps(openapi_document(), indent=2))
+        _run([str(generator), str(doc), "-o", str(out)], source,
+             "generating the dashboard's API client")
+    return out

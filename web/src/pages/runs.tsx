@@ -1,23 +1,23 @@
 import { useCallback, useEffect, useState } from "react";
-import { errorText } from "@/lib/api";
+import { api, errorText } from "@/lib/api";
 import { useLiveTables } from "@/lib/useLive";
-import { call, mergeRow, type Page, type Run, type RunEvent } from "@/lib/work";
+import { mergeRow, type Run, type RunEvent, type RunWithEvents } from "@/lib/work";
 import { when } from "@/components/format";
 
 export default function RunsPage() {
   const [runs, setRuns] = useState<Run[] | null>(null);
   const [error, setError] = useState<string | null>(null);
-  const [open, setOpen] = useState<Run | null>(null);
+  const [open, setOpen] = useState<RunWithEvents | null>(null);
 
   const load = useCallback(async () => {
-    const r = await call<Page<Run>>("GET", "/runs?limit=100");
+    const r = await api.GET("/runs", { params: { query: { limit: 100 } } });
     if (r.data) {
       setRuns(r.data.items);
       setError(null);
-    } else setError(errorText(r.error, r.status));
+    } else setError(errorText(r.error, r.response.status));
   }, []);
   const show = useCallback(async (runId: string) => {
-    const r = await call<Run>("GET", `/runs/${runId}`);
+    const r = await api.GET("/runs/{run_id}", { params: { path: { run_id: runId } } });
     if (r.data) setOpen(r.data);
   }, []);
   useEffect(() => { void load(); }, [load]);

@@ -1,7 +1,7 @@
 import { useCallback, useEffect, useId, useState, type FormEvent } from "react";
-import { errorText } from "@/lib/api";
+import { api, errorText } from "@/lib/api";
 import { useLiveTables } from "@/lib/useLive";
-import { call, mergeRow, OPEN_STATUSES, type Page, type Task } from "@/lib/work";
+import { mergeRow, OPEN_STATUSES, type Task } from "@/lib/work";
 import { when } from "@/components/format";
 
 function newIdempotencyKey(): string {
@@ -23,11 +23,11 @@ export default function TasksPage() {
   const id = useId();
 
   const load = useCallback(async () => {
-    const r = await call<Page<Task>>("GET", "/tasks?limit=100");
+    const r = await api.GET("/tasks", { params: { query: { limit: 100 } } });
     if (r.data) {
       setTasks(r.data.items);
       setError(null);
-    } else setError(errorText(r.error, r.status));
+    } else setError(errorText(r.error, r.response.status));
   }, []);
   useEffect(() => { void load(); }, [load]);
   useLiveTables(["tasks", "task_assignments"], (e) => {
@@ -35,7 +35,7 @@ export default function TasksPage() {
       setTasks((list) => list && mergeRow(list, e.op, e.pk, e.row as Partial<Task> | null));
     } else if (e.row && typeof e.row.task_id === "string") {
       const taskId = e.row.task_id;
-      void call<Task>("GET", `/tasks/${taskId}`).then((r) => {
+      void api.GET("/tasks/{task_id}", { params: { path: { task_id: taskId } } }).then((r) => {
         if (r.data) setTasks((list) => list && mergeRow(list, "update", taskId, r.data ?? null));
       });
     }
@@ -45,27 +45,27 @@ export default function TasksPage() {
     e.preventDefault();
     if (!title.trim()) return;
     setBusy(true);
-    const r = await call<Task>("POST", "/tasks", { title: title.trim(), priority },
-                               { "Idempotency-Key": idemKey });
+    const r = await api.POST("/tasks", { body: { title: title.trim(), description: "", priority },
+                                         params: { header: { "idempotency-key": idemKey } } });
     setBusy(false);
-    if (r.status === 403) setCanWrite(false);
+    if (r.response.status === 403) setCanWrite(false);
     if (r.data) {
       const task = r.data;
       setTasks((list) => list && mergeRow(list, "insert", task.id, task));
       setNotice(`Created “${task.title}”.`);
       setTitle("");
       setIdemKey(newIdempotencyKey());
-    } else setNotice(errorText(r.error, r.status));
+    } else setNotice(errorText(r.error, r.response.status));
   };
 
   const cancel = async (task: Task) => {
-    const r = await call<Task>("POST", `/tasks/${task.id}/cancel`);
-    if (r.status === 403) setCanWrite(false);
+    const r = await api.POST("/tasks/{task_id}/cancel", { params: { path: { task_id: task.id } } });
+    if (r.response.status === 403) setCanWrite(false);
     if (r.data) {
       const done = r.data;
       setTasks((list) => list && mergeRow(list, "update", done.id, done));
       setNotice(`Cancelled “${task.title}”.`);
-    } else setNotice(errorText(r.error, r.status));
+    } else setNotice(errorText(r.error, r.response.status));
   };
 
   return (

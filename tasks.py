@@ -395,3 +395,22 @@ dr = Collection("dr", dr_drill, dr_status)
 ns.add_collection(backup)
 ns.add_task(restore)
 ns.add_collection(dr)
+
+
+# ----------------------------------------------------------------------------- dashboard
+@task(name="build", help={"out": "Directory for the export (default: <state dir>/web).",
+                          "force": "Build even when web/ did not change.",
+                          "json": "Print one JSON object."})
+def web_build(c, out="", force=False, json=False):
+    """Build the dashboard's static export (npm ci + next build, only when web/ changed)."""
+    cesar("web", "build", *(["--out", out] if out else []), *(["--force"] if force else []),
+          *(["--json"] if json else []))
+
+
+@task(name="client")
+def web_client(c):
+    """Regenerate the dashboard's typed API client from the API's /openapi.json."""
+    cesar("web", "client")
+
+
+ns.add_collection(Collection("web", web_build, web_client))

@@ -160,6 +160,7 @@ SUBCOMMANDS: dict[str, str] = {
     "doctor": "cesar.doctor:doctor_command",
     "backup": "cesar.backup.cli:backup_group",
     "keys": "cesar.keys_cli:keys_group",
+    "web": "cesar.web_cli:web_group",
 }
 
 

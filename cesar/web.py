@@ -93,7 +93,13 @@ def install(source: Path = WEB_SOURCE, stamp_dir: Path | None = None) -> bool:
 
 
 def build(target: Path, source: Path = WEB_SOURCE, force: bool = False) -> list[str]:
-    """Make ``target`` hold the export of the current sources; what it did, as actions."""
+    """Make ``target`` hold the export of the current sources; what it did, as actions.
+
+    The export in ``web/out`` is made once per change of the sources (a hash stamp beside it)
+    and copied to each target, so several state directories (tests) share one build; a file
+    lock keeps two builds of the same checkout from interleaving."""
+    import fcntl
+
     actions: list[str] = []
     if not (source / "package.json").is_file():
         raise ConfigError(f"no dashboard sources in {source}")
@@ -102,24 +108,32 @@ def build(target: Path, source: Path = WEB_SOURCE, force: bool = False) -> list[
     if not force and (target / "index.html").is_file() and stamp.is_file() \
             and stamp.read_text() == want:
         return actions
-    if install(source):
-        actions.append("installed the dashboard's packages (npm ci)")
-    _run(["npm", "run", "--silent", "build"], source, "building the dashboard")
-    out = source / "out"
-    if not (out / "index.html").is_file():
-        raise OperationFailed(f"the dashboard build left no {out / 'index.html'}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fresh = target.parent / f".{target.name}.new"
-    old = target.parent / f".{target.name}.old"
-    shutil.rmtree(fresh, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.copytree(out, fresh)
+    with (source / ".cesar-build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        out = source / "out"
+        built = source / ".cesar-build-hash"
+        if force or not (out / "index.html").is_file() or not built.is_file() \
+                or built.read_text() != want:
+            if install(source):
+                actions.append("installed the dashboard's packages (npm ci)")
+            built.unlink(missing_ok=True)
+            _run(["npm", "run", "--silent", "build"], source, "building the dashboard")
+            if not (out / "index.html").is_file():
+                raise OperationFailed(f"the dashboard build left no {out / 'index.html'}")
+            built.write_text(want)
+            actions.append("built the dashboard (next build)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fresh = target.parent / f".{target.name}.new"
+        old = target.parent / f".{target.name}.old"
+        shutil.rmtree(fresh, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.copytree(out, fresh)
     if target.exists():
         target.rename(old)
     fresh.rename(target)
     shutil.rmtree(old, ignore_errors=True)
     stamp.write_text(want)
-    actions.append(f"built the dashboard into {target}")
+    actions.append(f"deployed the dashboard to {target}")
     return actions
 
 

@@ -11,7 +11,7 @@ import pytest
 from cesar import db, migrate
 from tests.api.conftest import ApiServer, closed_port, sample, serve, settings_for
 
-ROUTES = {"/agents", "/agents/{agent_id}", "/health", "/health/live", "/metrics"}
+ROUTES = {"/agents", "/agents/{agent_id}", "/events", "/health", "/health/live", "/metrics"}
 
 
 def agents_in(url: str) -> dict[str, dict[str, object]]:

@@ -193,6 +193,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Changes as they commit: Server-Sent Events, a WebSocket, or a JSON page */
+        get: operations["events_events_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/health": {
         parameters: {
             query?: never;
@@ -438,6 +455,41 @@ export interface components {
              */
             detail: string;
         };
+        /** Event */
+        Event: {
+            /**
+             * Id
+             * @description Monotonic: resume after it with Last-Event-ID or ?after=.
+             */
+            id: number;
+            /**
+             * Table
+             * @description The table: agents, tasks, task_assignments, agent_runs, agent_run_events, sync_state, sync_conflicts.
+             */
+            table: string;
+            /**
+             * Op
+             * @description insert, update or delete.
+             */
+            op: string;
+            /**
+             * Pk
+             * @description The row's key (sync_state: `table/direction`).
+             */
+            pk: string;
+            /**
+             * Row
+             * @description The row after the change; null: deleted.
+             */
+            row: {
+                [key: string]: unknown;
+            } | null;
+            /**
+             * At
+             * @description When the change was written (ISO 8601).
+             */
+            at: string;
+        };
         /** EventIn */
         EventIn: {
             /**
@@ -449,6 +501,21 @@ export interface components {
             payload?: {
                 [key: string]: unknown;
             };
+        };
+        /** EventPage */
+        EventPage: {
+            /** Items */
+            items: components["schemas"]["Event"][];
+            /**
+             * Next After
+             * @description Pass as ?after= to read on.
+             */
+            next_after: number;
+            /**
+             * Reset
+             * @description True: events after ?after may be gone (pruned, or the id was never issued here): reload, then read from next_after.
+             */
+            reset: boolean;
         };
         /** HTTPValidationError */
         HTTPValidationError: {
@@ -1801,6 +1868,77 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ConflictPage"];
+                };
+            };
+            /** @description No key, or an unknown, expired or revoked one (`WWW-Authenticate: Bearer`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The key lacks the route's scope. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description Too many failed authentications from this address (`Retry-After`). */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database is unavailable. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    events_events_get: {
+        parameters: {
+            query?: {
+                /** @description Resume after this event id (either transport). */
+                after?: number | null;
+                /** @description JSON page: events at most. */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A JSON page, or (with `Accept: text/event-stream`) the live stream. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventPage"];
+                    "text/event-stream": string;
                 };
             };
             /** @description No key, or an unknown, expired or revoked one (`WWW-Authenticate: Bearer`). */

@@ -104,8 +104,8 @@ def up(settings: Settings) -> UpResult:
             report.agents = int(row[0]) if row else 0
         result.databases.append(report)
     result.sync = _sync_pass(settings)
-    if web.enabled():  # the API serves the dashboard's export (cesar/web.py)
-        result.actions.extend(web.build(settings.state_dir / "web"))
+    # The API serves the dashboard's export under /ui/ (cesar/web.py).
+    result.actions.extend(web.stack_up(settings.state_dir / "web"))
     api = _api_service(settings)
     result.actions.extend(api.start())
     api_status = api.status()

@@ -137,6 +137,19 @@ def build(target: Path, source: Path = WEB_SOURCE, force: bool = False) -> list[
     return actions
 
 
+def stack_up(target: Path) -> list[str]:
+    """What ``invoke up`` does for the dashboard: build and deploy it, or say why not.
+
+    Without Node.js the rest of the stack still comes up (the dashboard is an addition, not a
+    dependency of the API); a build that fails is an error, not a silent stale page."""
+    if not enabled():
+        return []
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        return ["the dashboard is not built: no `node`/`npm` here (install Node.js 18.17+ with "
+                "npm, or set CESAR_WEB=off to silence this)"]
+    return build(target)
+
+
 def enabled() -> bool:
     return os.environ.get("CESAR_WEB", "on").lower() not in {"off", "0", "false", "no"}
 

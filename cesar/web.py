@@ -155,10 +155,17 @@ def enabled() -> bool:
 
 
 def dashboard_url(api_url: str, target: Path, answers: bool) -> str | None:
-    """The URL while the running API serves a build, else None."""
-    if answers and (target / "index.html").is_file():
-        return f"{api_url}{BASE_PATH}/"
-    return None
+    """The URL while the running API serves a build (asked, not assumed), else None."""
+    if not (answers and (target / "index.html").is_file()):
+        return None
+    import httpx
+
+    url = f"{api_url}{BASE_PATH}/"
+    try:
+        served = httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        served = False
+    return url if served else None
 
 
 def status_fields(api_status: dict[str, Any], target: Path) -> dict[str, Any]:

@@ -107,10 +107,15 @@ def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     context.set_default_timeout(15_000)
     pg = context.new_page()
+    violations: list[str] = []
+    pg.on("console", lambda m: violations.append(m.text)
+          if "Content Security Policy" in m.text else None)
     try:
         yield pg
     finally:
         context.close()
+    # The API serves the page under the CSP nginx sets on hosts: nothing may break it.
+    assert not violations, violations
 
 
 def sign_in(page: Any, stack_: WebStack, key: str | None = None, path: str = "") -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from cesar import web
 from tests.conftest import REPO, child_env
@@ -27,6 +28,15 @@ def test_status_json_has_dashboard_url_while_served(web_stack: WebStack) -> None
     assert info["dashboard_url"] == web_stack.dashboard_url
     page = httpx.get(info["dashboard_url"])
     assert page.status_code == 200 and "/ui/_next/static/" in page.text
+
+
+def test_served_with_the_headers_nginx_sets_on_hosts(web_stack: WebStack) -> None:
+    role = yaml.safe_load((REPO / "ansible" / "roles" / "cesar_web" / "defaults" / "main.yml")
+                          .read_text())
+    page = httpx.get(web_stack.dashboard_url)
+    assert page.headers["content-security-policy"] == role["cesar_web_csp"]
+    assert page.headers["referrer-policy"] == role["cesar_web_referrer_policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
 
 
 def test_no_dashboard_url_when_nothing_serves_it(tmp_path: Path) -> None:

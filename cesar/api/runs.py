@@ -14,12 +14,12 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from cesar import work
 from cesar.api import auth
-from cesar.api.tasks import _no_nul, _storable
 from cesar.api.work_http import CONFLICT, NOT_FOUND, READ, RESPONSES, WRITE, read, write
+from cesar.api.work_types import Cost, Payload, Text
 
 RunStatus = Literal["running", "succeeded", "failed", "cancelled"]
 FinalStatus = Literal["succeeded", "failed", "cancelled"]
@@ -38,9 +38,7 @@ class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: EventKind
-    payload: dict[str, Any] = Field(default_factory=dict)
-
-    _json = field_validator("payload")(_storable)
+    payload: Payload = Field(default_factory=dict, description="Free JSON (at most 64 KiB).")
 
 
 class RunFinish(BaseModel):
@@ -49,11 +47,8 @@ class RunFinish(BaseModel):
     status: FinalStatus
     tokens_in: int = Field(ge=0, le=MAX_TOKENS)
     tokens_out: int = Field(ge=0, le=MAX_TOKENS)
-    cost_usd: Decimal = Field(ge=0, max_digits=12, decimal_places=6,
-                              description="US dollars, at most 6 decimals (a string or a number).")
-    error: str | None = Field(None, max_length=10_000)
-
-    _text = field_validator("error")(_no_nul)
+    cost_usd: Cost
+    error: Text | None = Field(None, max_length=10_000)
 
 
 class RunEvent(BaseModel):
@@ -129,7 +124,8 @@ async def list_runs(
     status: Annotated[RunStatus | None, Query()] = None,
     task: Annotated[uuid.UUID | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(pattern=work.CURSOR_PATTERN, description="The "
+                                                 "`next_cursor` of the previous page.")] = None,
 ) -> Any:
     return await read(request, lambda conn: work.list_runs(
         conn, agent=agent, status=status, task=task, limit=limit, cursor=cursor))

@@ -11,11 +11,12 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from cesar import work
 from cesar.api import auth
 from cesar.api.work_http import CONFLICT, NOT_FOUND, READ, RESPONSES, WRITE, read, write
+from cesar.api.work_types import Payload, Text
 
 TaskStatus = Literal["queued", "assigned", "running", "done", "failed", "cancelled"]
 
@@ -23,32 +24,16 @@ TaskStatus = Literal["queued", "assigned", "running", "done", "failed", "cancell
 IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7E]{1,255}$"
 
 
-def _no_nul(value: str | None) -> str | None:
-    if value is not None and "\x00" in value:
-        raise ValueError("must not contain NUL characters (\\u0000)")
-    return value
-
-
-def _storable(value: dict[str, Any]) -> dict[str, Any]:
-    problem = work.json_problem(value)
-    if problem:
-        raise ValueError(problem)
-    return value
-
-
 class TaskCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    title: str = Field(min_length=1, max_length=200)
-    description: str = Field("", max_length=10_000)
+    title: Text = Field(min_length=1, max_length=200)
+    description: Text = Field("", max_length=10_000)
     priority: int = Field(3, ge=1, le=5, description="1 is the most urgent.")
-    payload: dict[str, Any] = Field(default_factory=dict,
-                                    description="Free JSON for the agent (at most 64 KiB).")
+    payload: Payload = Field(default_factory=dict,
+                             description="Free JSON for the agent (at most 64 KiB, no NUL).")
     agent_id: uuid.UUID | None = Field(None, description="The preferred agent: dispatch gives "
                                                          "the task to it while it is active.")
-
-    _text = field_validator("title", "description")(_no_nul)
-    _json = field_validator("payload")(_storable)
 
 
 class Task(BaseModel):
@@ -117,7 +102,8 @@ async def list_tasks(
     since: Annotated[dt.datetime | None, Query(
         description="Tasks changed at or after this time (ISO 8601).")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(pattern=work.CURSOR_PATTERN, description="The "
+                                                 "`next_cursor` of the previous page.")] = None,
 ) -> Any:
     return await read(request, lambda conn: work.list_tasks(
         conn, status=status, agent=agent, since=since, limit=limit, cursor=cursor))

@@ -34,6 +34,7 @@ class ConflictError(BaseModel):
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
     **auth.RESPONSES,
+    400: {"model": Error, "description": "The body could not be read (not UTF-8)."},
     503: {"model": Error, "description": "The database is unavailable."},
 }
 NOT_FOUND = {404: {"model": Error, "description": "No such row."}}

@@ -12,6 +12,11 @@ from cesar import db, migrate
 from tests.api.conftest import ApiServer, closed_port, sample, serve, settings_for
 
 ROUTES = {"/agents", "/agents/{agent_id}", "/events", "/health", "/health/live", "/metrics"}
+#: The work routes (tasks, runs, dispatch): tests/api/test_tasks.py, test_runs.py, test_dispatch.py.
+ROUTES |= {"/tasks", "/tasks/{task_id}", "/tasks/{task_id}/cancel", "/dispatch", "/runs",
+           "/runs/{run_id}", "/runs/{run_id}/events", "/runs/{run_id}/finish"}
+#: The sync's conflicts, read-only (the dashboard's conflicts page): tests/web/.
+ROUTES |= {"/conflicts"}
 
 
 def agents_in(url: str) -> dict[str, dict[str, object]]:

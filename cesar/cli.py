@@ -160,6 +160,7 @@ SUBCOMMANDS: dict[str, str] = {
     "doctor": "cesar.doctor:doctor_command",
     "backup": "cesar.backup.cli:backup_group",
     "keys": "cesar.keys_cli:keys_group",
+    "events": "cesar.events.cli:events_group",
     "dispatch": "cesar.work_cli:dispatch_command",
     "demo": "cesar.demo:demo_command",
     "web": "cesar.web_cli:web_group",

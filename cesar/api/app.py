@@ -94,10 +94,10 @@ def create_app(settings: Settings | None = None,
     app.state.auth_settings = auth_settings
     app.state.event_settings = event_settings
     app.include_router(agents.router)
+    app.include_router(events_routes.router)
     app.include_router(work_tasks.router)
     app.include_router(work_runs.router)
     app.include_router(conflicts.router)
-    app.include_router(events_routes.router)
     # A key is optional here: the security requirement lists "none" as an alternative.
     app.add_api_route("/health", health, methods=["GET"], response_model=Health | PublicHealth,
                       tags=["operations"], summary="Readiness: the database and the schema",

@@ -28,6 +28,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 #: Seconds uvicorn lets open requests finish on SIGTERM before closing them.
 GRACEFUL_SHUTDOWN = 10
+#: Seconds a worker may take to answer the supervisor's health check (uvicorn's default, 5,
+#: kills and restarts workers still importing on a loaded host, over and over).
+WORKER_HEALTHCHECK = 30
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +139,8 @@ def serve(host: str, port: int, workers: int, log_level: str, access_log: bool) 
         uvicorn.run(APP, factory=True, host=host, port=port, workers=workers,
                     log_config=log_config(log_level), log_level=log_level,
                     access_log=access_log, server_header=False,
-                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN)
+                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+                    timeout_worker_healthcheck=WORKER_HEALTHCHECK)
     finally:
         if temporary and directory is not None:
             shutil.rmtree(directory, ignore_errors=True)

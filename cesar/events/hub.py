@@ -142,8 +142,10 @@ class Hub:
     # ------------------------------------------------------------ the reader (its thread)
     def _connect(self) -> psycopg.Connection:
         url = self.database._current_url(self.database.endpoint.name)
-        conn = psycopg.connect(url, **{**db.connect_kwargs(self.database.settings),
-                                       "autocommit": True})
+        kwargs = db.connect_kwargs(self.database.settings)
+        # Its own name: an operator sees (and may end) the reader in pg_stat_activity.
+        kwargs["application_name"] = f"{kwargs['application_name']}-events"[:63]
+        conn = psycopg.connect(url, **{**kwargs, "autocommit": True})
         self.engine = db.detect_engine(conn)
         self.mode = ("notify" if self.engine == "postgresql" and self.settings.source == "notify"
                      else "poll")

@@ -205,11 +205,13 @@ def test_unknown_paths_share_one_route_label(api: ApiServer) -> None:
 def test_openapi_describes_every_route_and_its_status_codes(api: ApiServer) -> None:
     doc = api.get("/openapi.json").json()
     assert set(doc["paths"]) == ROUTES
-    codes = {path: set(ops["get"]["responses"]) for path, ops in doc["paths"].items()}
+    codes = {path: set(ops["get"]["responses"]) for path, ops in doc["paths"].items()
+             if "get" in ops}
     assert codes["/agents"] == {"200", "401", "403", "422", "429", "503"}
     assert codes["/agents/{agent_id}"] == {"200", "401", "403", "404", "422", "429", "503"}
     assert codes["/health"] == {"200", "401", "429", "503"}
     assert codes["/metrics"] == {"200", "401", "403", "429"}
+    assert codes["/events"] == {"200", "401", "403", "422", "429", "503"}
     assert doc["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http", "scheme": "bearer",
         "description": doc["components"]["securitySchemes"]["bearerAuth"]["description"]}

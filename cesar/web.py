@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -226,4 +227,17 @@ def generate_client(out: Path = CLIENT_SCHEMA, source: Path = WEB_SOURCE) -> Pat
         doc.write_text(json.dumps(openapi_document(), indent=2))
         _run([str(generator), str(doc), "-o", str(out)], source,
              "generating the dashboard's API client")
+    out.write_text(_break_self_references(out.read_text()))
     return out
+
+
+_SELF_REFERENCE = re.compile(
+    r'^( +)(\w+): ([^\n]*components\["schemas"\]\["\2"\][^\n]*(?:\n\1 +[^\n]*)*?\n\1}[^\n]*;)$',
+    re.MULTILINE)
+
+
+def _break_self_references(text: str) -> str:
+    """A schema that refers to itself (JSON values: arrays and objects of JSON values) comes out
+    as a type that indexes itself, which TypeScript rejects (TS2502); the client reads such
+    values as ``unknown``, which is what they are to it."""
+    return _SELF_REFERENCE.sub(r"\1\2: unknown;", text)

@@ -38,6 +38,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Changes as they commit: Server-Sent Events, a WebSocket, or a JSON page */
+        get: operations["events_events_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/tasks": {
         parameters: {
             query?: never;
@@ -185,23 +202,6 @@ export interface paths {
         };
         /** The sync's conflicts, newest first (read-only) */
         get: operations["list_conflicts_conflicts_get"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/events": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** Changes as they commit: Server-Sent Events, a WebSocket, or a JSON page */
-        get: operations["events_events_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -497,9 +497,12 @@ export interface components {
              * @enum {string}
              */
             kind: "message" | "tool_call" | "tool_result" | "error" | "status";
-            /** Payload */
+            /**
+             * Payload
+             * @description Free JSON (at most 64 KiB).
+             */
             payload?: {
-                [key: string]: unknown;
+                [key: string]: components["schemas"]["JsonValue"];
             };
         };
         /** EventPage */
@@ -547,6 +550,7 @@ export interface components {
              */
             problems: string[];
         };
+        JsonValue: unknown;
         /** Liveness */
         Liveness: {
             /**
@@ -690,7 +694,7 @@ export interface components {
             tokens_out: number;
             /**
              * Cost Usd
-             * @description US dollars, at most 6 decimals (a string or a number).
+             * @description US dollars: a number (rounded to 6 decimals) or a decimal string with at most 6 decimals, e.g. "0.0125".
              */
             cost_usd: number | string;
             /** Error */
@@ -880,10 +884,10 @@ export interface components {
             priority: number;
             /**
              * Payload
-             * @description Free JSON for the agent (at most 64 KiB).
+             * @description Free JSON for the agent (at most 64 KiB, no NUL).
              */
             payload?: {
-                [key: string]: unknown;
+                [key: string]: components["schemas"]["JsonValue"];
             };
             /**
              * Agent Id
@@ -1073,6 +1077,77 @@ export interface operations {
             };
         };
     };
+    events_events_get: {
+        parameters: {
+            query?: {
+                /** @description Resume after this event id (either transport). */
+                after?: number | null;
+                /** @description JSON page: events at most. */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A JSON page, or (with `Accept: text/event-stream`) the live stream. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventPage"];
+                    "text/event-stream": string;
+                };
+            };
+            /** @description No key, or an unknown, expired or revoked one (`WWW-Authenticate: Bearer`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The key lacks the route's scope. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description Too many failed authentications from this address (`Retry-After`). */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database is unavailable. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     list_tasks_tasks_get: {
         parameters: {
             query?: {
@@ -1082,6 +1157,7 @@ export interface operations {
                 /** @description Tasks changed at or after this time (ISO 8601). */
                 since?: string | null;
                 limit?: number;
+                /** @description The `next_cursor` of the previous page. */
                 cursor?: string | null;
             };
             header?: never;
@@ -1097,6 +1173,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["TaskPage"];
+                };
+            };
+            /** @description The body could not be read (not UTF-8). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
             /** @description No key, or an unknown, expired or revoked one (`WWW-Authenticate: Bearer`). */
@@ -1171,6 +1256,15 @@ export interface operations {
                     "application/json": components["schemas"]["Task"];
                 };
             };
+            /** @description The body could not be read (not UTF-8). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description No key, or an unknown, expired or revoked one (`WWW-Authenticate: Bearer`). */
             401: {
                 headers: {
@@ -1234,6 +1328,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Task"];
+                };
+            };
+            /** @description The body could not be read (not UTF-8). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
             /** @description No key, or an unknown, expired or revoked one (`WWW-Authenticate: Bearer`). */
@@ -1310,6 +1413,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Task"];
+                };
+            };
+            /** @description The body could not be read (not UTF-8). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
             /** @description No key, or an unknown, expired or revoked one (`WWW-Authenticate: Bearer`). */
@@ -1397,6 +1509,15 @@ export interface operations {
                     "application/json": components["schemas"]["Dispatched"];
                 };
             };
+            /** @description The body could not be read (not UTF-8). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description No key, or an unknown, expired or revoked one (`WWW-Authenticate: Bearer`). */
             401: {
                 headers: {
@@ -1451,6 +1572,7 @@ export interface operations {
                 status?: ("running" | "succeeded" | "failed" | "cancelled") | null;
                 task?: string | null;
                 limit?: number;
+                /** @description The `next_cursor` of the previous page. */
                 cursor?: string | null;
             };
             header?: never;
@@ -1466,6 +1588,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["RunPage"];
+                };
+            };
+            /** @description The body could not be read (not UTF-8). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
             /** @description No key, or an unknown, expired or revoked one (`WWW-Authenticate: Bearer`). */
@@ -1535,6 +1666,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Run"];
+                };
+            };
+            /** @description The body could not be read (not UTF-8). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
             /** @description No key, or an unknown, expired or revoked one (`WWW-Authenticate: Bearer`). */
@@ -1615,6 +1755,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["RunEvent"];
+                };
+            };
+            /** @description The body could not be read (not UTF-8). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
             /** @description No key, or an unknown, expired or revoked one (`WWW-Authenticate: Bearer`). */
@@ -1706,6 +1855,15 @@ export interface operations {
                     "application/json": components["schemas"]["Run"];
                 };
             };
+            /** @description The body could not be read (not UTF-8). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description No key, or an unknown, expired or revoked one (`WWW-Authenticate: Bearer`). */
             401: {
                 headers: {
@@ -1791,6 +1949,15 @@ export interface operations {
                     "application/json": components["schemas"]["RunWithEvents"];
                 };
             };
+            /** @description The body could not be read (not UTF-8). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description No key, or an unknown, expired or revoked one (`WWW-Authenticate: Bearer`). */
             401: {
                 headers: {
@@ -1868,77 +2035,6 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ConflictPage"];
-                };
-            };
-            /** @description No key, or an unknown, expired or revoked one (`WWW-Authenticate: Bearer`). */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description The key lacks the route's scope. */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
-            /** @description Too many failed authentications from this address (`Retry-After`). */
-            429: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description The database is unavailable. */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-        };
-    };
-    events_events_get: {
-        parameters: {
-            query?: {
-                /** @description Resume after this event id (either transport). */
-                after?: number | null;
-                /** @description JSON page: events at most. */
-                limit?: number;
-            };
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description A JSON page, or (with `Accept: text/event-stream`) the live stream. */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["EventPage"];
-                    "text/event-stream": string;
                 };
             };
             /** @description No key, or an unknown, expired or revoked one (`WWW-Authenticate: Bearer`). */

@@ -416,3 +416,22 @@ def demo(c, rate=2.0, duration="60", json=False):
 
 ns.add_task(dispatch)
 ns.add_task(demo)
+
+
+# ----------------------------------------------------------------------------- dashboard
+@task(name="build", help={"out": "Directory for the export (default: <state dir>/web).",
+                          "force": "Build even when web/ did not change.",
+                          "json": "Print one JSON object."})
+def web_build(c, out="", force=False, json=False):
+    """Build the dashboard's static export (npm ci + next build, only when web/ changed)."""
+    cesar("web", "build", *(["--out", out] if out else []), *(["--force"] if force else []),
+          *(["--json"] if json else []))
+
+
+@task(name="client")
+def web_client(c):
+    """Regenerate the dashboard's typed API client from the API's /openapi.json."""
+    cesar("web", "client")
+
+
+ns.add_collection(Collection("web", web_build, web_client))

@@ -81,6 +81,8 @@ def up(as_json: bool) -> None:
     if result.api:
         click.echo(f"  api      {result.api['api']['database'] or '-':<11} "
                    f"health={result.api['api']['health_status']}  {result.api['api_url']}")
+        if result.api.get("dashboard_url"):
+            click.echo(f"  web      dashboard  {result.api['dashboard_url']}")
     click.echo("next: `uv run invoke status --json`, `uv run invoke test`")
 
 
@@ -139,6 +141,8 @@ def _print_status(info: dict[str, Any]) -> None:
                  else "not answering")
         pid = f", pid {api['pid']}" if api["pid"] else ""
         click.echo(f"api              {info['api_url']}  {state}{pid}")
+    if info.get("dashboard_url"):
+        click.echo(f"dashboard        {info['dashboard_url']}")
 
 
 # Subcommands are imported only when used, so `cesar sync run` (cron, every 5 minutes) does not
@@ -159,6 +163,7 @@ SUBCOMMANDS: dict[str, str] = {
     "events": "cesar.events.cli:events_group",
     "dispatch": "cesar.work_cli:dispatch_command",
     "demo": "cesar.demo:demo_command",
+    "web": "cesar.web_cli:web_group",
 }
 
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cesar import db, migrate, urls
+from cesar import db, migrate, urls, web
 from cesar.config import Settings
 from cesar.embedded import EmbeddedPostgres
 from cesar.errors import ConfigError, OperationFailed
@@ -104,9 +104,12 @@ def up(settings: Settings) -> UpResult:
             report.agents = int(row[0]) if row else 0
         result.databases.append(report)
     result.sync = _sync_pass(settings)
+    # The API serves the dashboard's export under /ui/ (cesar/web.py).
+    result.actions.extend(web.stack_up(settings.state_dir / "web"))
     api = _api_service(settings)
     result.actions.extend(api.start())
-    result.api = api.status()
+    api_status = api.status()
+    result.api = {**api_status, **web.status_fields(api_status, settings.state_dir / "web")}
     result.seconds = time.perf_counter() - started
     return result
 
@@ -219,5 +222,10 @@ def status(settings: Settings) -> dict[str, Any]:
         "embedded": embedded_status(settings),
         "databases": {e.name: probe(e, settings).as_dict() for e in (local, cluster) if e},
         "sync": sync_status(cluster or local, settings) if (cluster or local) else None,
-        **_api_service(settings).status(),  # api_url, api
+        **_api_status(settings),  # api_url, api, dashboard_url
     }
+
+
+def _api_status(settings: Settings) -> dict[str, Any]:
+    api_status = _api_service(settings).status()
+    return {**api_status, **web.status_fields(api_status, settings.state_dir / "web")}

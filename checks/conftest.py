@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 ROLES = Path(__file__).resolve().parent.parent / "ansible" / "roles"
-ROLE_NAMES = ("cesar_release", "cesar_api", "cesar_sync", "cesar_firewall", "cesar_log_metrics")
+ROLE_NAMES = ("cesar_release", "cesar_api", "cesar_sync", "cesar_firewall", "cesar_log_metrics",
+              "cesar_web")
 
 
 class Expected(dict):
@@ -90,6 +91,13 @@ def api_host(host, expected: Expected) -> Expected:
 def sync_host(host, expected: Expected) -> Expected:
     if "cesar_sync" not in expected.groups:
         pytest.skip("not in the cesar_sync group")
+    return expected
+
+
+@pytest.fixture
+def web_host(host, expected: Expected) -> Expected:
+    if "cesar_web" not in expected.groups:
+        pytest.skip("not in the cesar_web group")
     return expected
 
 

@@ -23,8 +23,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cesar import __version__, metrics
-from cesar.api import agents, aio, auth
+from cesar import __version__, metrics, web
+from cesar.api import agents, aio, auth, conflicts
 from cesar.api import events as events_routes
 from cesar.api import runs as work_runs
 from cesar.api import tasks as work_tasks
@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None,
     app.include_router(events_routes.router)
     app.include_router(work_tasks.router)
     app.include_router(work_runs.router)
+    app.include_router(conflicts.router)
     # A key is optional here: the security requirement lists "none" as an alternative.
     app.add_api_route("/health", health, methods=["GET"], response_model=Health | PublicHealth,
                       tags=["operations"], summary="Readiness: the database and the schema",
@@ -120,6 +121,7 @@ def create_app(settings: Settings | None = None,
                       dependencies=[Security(auth.metrics_access)], responses=auth.JSON_RESPONSES,
                       summary="Prometheus metrics (text exposition format 0.0.4); the scope "
                               "metrics:read, or the Prometheus credential")
+    web.mount(app)  # the dashboard's static export under /ui/, same origin as the API
     app.add_exception_handler(WorkError, work_error)
     app.add_exception_handler(OperationFailed, _unavailable)
     app.add_exception_handler(psycopg.Error, _database_error)

@@ -15,6 +15,8 @@ ROUTES = {"/agents", "/agents/{agent_id}", "/events", "/health", "/health/live",
 #: The work routes (tasks, runs, dispatch): tests/api/test_tasks.py, test_runs.py, test_dispatch.py.
 ROUTES |= {"/tasks", "/tasks/{task_id}", "/tasks/{task_id}/cancel", "/dispatch", "/runs",
            "/runs/{run_id}", "/runs/{run_id}/events", "/runs/{run_id}/finish"}
+#: The sync's conflicts, read-only (the dashboard's conflicts page): tests/web/.
+ROUTES |= {"/conflicts"}
 
 
 def agents_in(url: str) -> dict[str, dict[str, object]]:

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import yaml
 
-from cesar import urls, wheelhouse
+from cesar import urls, web, wheelhouse
 from cesar.embedded import CLUSTER_DB, LOCAL_DB, EmbeddedPostgres
 from cesar.errors import ConfigError, OperationFailed
 
@@ -239,6 +239,8 @@ def up(count: int = 2, *, owner: str = "invoke", sync_hosts: int = 1,
         pg_urls = _database(run, progress)
         progress("building the wheelhouse the hosts install from")
         wheelhouse.build(run.path / "wheelhouse", project_dir=REPO)
+        progress("building the dashboard's export the web host serves")
+        web.build(run.path / "web")
         for host in run.hosts:
             _wait_ready(run, host, keys)
         progress(f"{count} hosts up in {time.monotonic() - started:.1f} s: "
@@ -425,6 +427,7 @@ def _write_inventory(run: Run, keys: Keys, db: dict[str, str], sync_hosts: int) 
                 "ansible_ssh_common_args": ssh_args,
                 "ansible_python_interpreter": "/usr/bin/python3",
                 "cesar_release_wheelhouse": str(run.path / "wheelhouse"),
+                "cesar_web_build_dir": str(run.path / "web"),
                 "cesar_api_environment": "staging",
                 "cesar_api_cockroach_db_url": db["cluster"],
                 "cesar_api_db_ca_cert": db["ca_cert"],
@@ -444,6 +447,8 @@ def _write_inventory(run: Run, keys: Keys, db: dict[str, str], sync_hosts: int) 
                 "cesar_sync": {"hosts": {h.name: {} for h in run.hosts[:sync_hosts]}},
                 # The host that owns the local database (Debian's PostgreSQL in the image).
                 "cesar_backup": {"hosts": {run.hosts[0].name: {}}},
+                # nginx serving the dashboard in front of that host's API.
+                "cesar_web": {"hosts": {run.hosts[0].name: {}}},
             },
             "hosts": hosts,
         }

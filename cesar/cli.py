@@ -156,6 +156,7 @@ SUBCOMMANDS: dict[str, str] = {
     "doctor": "cesar.doctor:doctor_command",
     "backup": "cesar.backup.cli:backup_group",
     "keys": "cesar.keys_cli:keys_group",
+    "soak": "cesar.soak.cli:soak_command",
 }
 
 

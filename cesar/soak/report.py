@@ -139,7 +139,8 @@ def verdict(*, unexplained: int, lost_rows: int, max_p95_ms: float | None,
                 f"recovery {f.recovery_s if f.recovery_s is None else round(f.recovery_s, 1)} s"
                 f" (limit {RECOVERY_LIMIT_S:g}){': ' + f.detail if f.detail else ''}")
     v.check("sync_lag", max_lag_s is not None and max_lag_s <= LAG_LIMIT_S,
-            f"sync lag reached {max_lag_s} s compressed (limit {LAG_LIMIT_S:g} s)")
+            f"sync lag reached {max_lag_s} s compressed outside fault windows (limit "
+            f"{LAG_LIMIT_S:g} s)")
     return v
 
 

@@ -34,8 +34,10 @@ RuntimeError: printed straight to stderr
 
 OWN_LOG = """\
 2026-11-30T11:00:10.000000+00:00 INFO sync-cron: pid 7: sync done in 0.05 s: moved 3 rows
-2026-11-30T11:00:11.000000+00:00 ERROR writer-cluster: OperationalError: server closed the connection unexpectedly
-2026-11-30T11:00:12.000000+00:00 INFO sync-cron: pid 8: cesar: error: cannot connect to the cluster database
+2026-11-30T11:00:11.000000+00:00 ERROR writer-cluster: OperationalError: server closed the c\
+onnection unexpectedly
+2026-11-30T11:00:12.000000+00:00 INFO sync-cron: pid 8: cesar: error: cannot connect to the cl\
+uster database
 """
 
 

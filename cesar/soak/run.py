@@ -368,15 +368,25 @@ class Soak:
         return Injected(time.time(), f"SIGKILL to sync run pid {proc.pid} holding the lease")
 
     def _fault_sync_sigstop(self) -> Injected:
+        """Pause a run holding the lease until another run has taken the lease over, then
+        continue it: it must notice at its next write and stop (exit 1, "lost the sync
+        lease") instead of writing under a lease that is no longer its own."""
         with self.scheduler.hold:
             proc, started = self._sync_run_holding_lease()
             proc.send_signal(signal.SIGSTOP)
-        time.sleep(LEASE_S + 2)  # past its lease: the scheduler's next run takes over
-        proc.send_signal(signal.SIGCONT)
-        ended = time.time()
-        run = self.launcher.finish(proc, "fault", started)
-        return Injected(ended, f"sync run pid {proc.pid} stopped {LEASE_S + 2} s (lease "
-                               f"{LEASE_S} s), then continued: exit {run.returncode}")
+            time.sleep(LEASE_S + 0.5)  # its lease has expired
+            takeover = self.launcher.run_once("fault")
+            proc.send_signal(signal.SIGCONT)
+            ended = time.time()
+            run = self.launcher.finish(proc, "fault", started)
+        fenced = run.returncode == 1 and not run.succeeded
+        detail = (f"sync run pid {proc.pid} stopped past its {LEASE_S} s lease, taken over "
+                  f"({'ok' if takeover.succeeded else 'failed'}), continued: exit "
+                  f"{run.returncode}")
+        if not (fenced and takeover.succeeded):
+            raise OperationFailed(detail + "; expected the takeover to succeed and the "
+                                           "continued run to stop with exit 1")
+        return Injected(ended, detail)
 
     def _fault_api_worker_killed(self) -> Injected:
         workers = self.api_workers()

@@ -21,6 +21,7 @@ from tests.conftest import REPO, child_env
 
 @pytest.mark.soak
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_five_minute_soak_fails_on_the_injected_error_and_on_nothing_else(
         tmp_path: Path) -> None:
     out = REPO / ".cesar" / "tests" / f"soak-{tmp_path.name}"

@@ -397,6 +397,27 @@ ns.add_task(restore)
 ns.add_collection(dr)
 
 
+# ----------------------------------------------------------------------------- work (tasks, runs)
+@task(help={"limit": "Most tasks to assign (default 100).", "dry_run": "Change nothing.",
+            "json": "Print one JSON object."})
+def dispatch(c, limit=100, dry_run=False, json=False):
+    """Assign queued tasks to agents, priority then age (`cesar dispatch`)."""
+    cesar("dispatch", "--limit", str(limit), *(["--dry-run"] if dry_run else []),
+          *(["--json"] if json else []))
+
+
+@task(help={"rate": "Tasks created per second (default 2).",
+            "duration": "How long: seconds or 90s, 5m, 1h (default 60).",
+            "json": "Print one JSON summary."})
+def demo(c, rate=2.0, duration="60", json=False):
+    """Drive realistic activity through the API so the stack has live data (`cesar demo`)."""
+    cesar("demo", "--rate", str(rate), "--duration", str(duration), *(["--json"] if json else []))
+
+
+ns.add_task(dispatch)
+ns.add_task(demo)
+
+
 # ---------------------------------------------------------------- soak (docs/soak.md)
 @task(help={"duration": "How long the load and the faults run (5m, 30m, 90s).",
             "compress": "Time compression: the sync runs every 300/COMPRESS s (default 48).",

@@ -156,6 +156,8 @@ SUBCOMMANDS: dict[str, str] = {
     "doctor": "cesar.doctor:doctor_command",
     "backup": "cesar.backup.cli:backup_group",
     "keys": "cesar.keys_cli:keys_group",
+    "dispatch": "cesar.work_cli:dispatch_command",
+    "demo": "cesar.demo:demo_command",
     "soak": "cesar.soak.cli:soak_command",
 }
 

@@ -25,12 +25,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cesar import __version__, metrics
 from cesar.api import agents, auth
+from cesar.api import runs as work_runs
+from cesar.api import tasks as work_tasks
 from cesar.api.health import HealthChecker
 from cesar.api.models import Error, Health, Liveness, PublicHealth
 from cesar.api.settings import AuthSettings, load_auth_settings
+from cesar.api.work_http import work_error
 from cesar.config import Settings, load_settings
 from cesar.db import Database
 from cesar.errors import OperationFailed
+from cesar.work import WorkError
 
 log = logging.getLogger("cesar.api")
 
@@ -83,6 +87,8 @@ def create_app(settings: Settings | None = None,
     app.state.settings = settings
     app.state.auth_settings = auth_settings
     app.include_router(agents.router)
+    app.include_router(work_tasks.router)
+    app.include_router(work_runs.router)
     # A key is optional here: the security requirement lists "none" as an alternative.
     app.add_api_route("/health", health, methods=["GET"], response_model=Health | PublicHealth,
                       tags=["operations"], summary="Readiness: the database and the schema",
@@ -97,6 +103,7 @@ def create_app(settings: Settings | None = None,
                       dependencies=[Security(auth.metrics_access)], responses=auth.JSON_RESPONSES,
                       summary="Prometheus metrics (text exposition format 0.0.4); the scope "
                               "metrics:read, or the Prometheus credential")
+    app.add_exception_handler(WorkError, work_error)
     app.add_exception_handler(OperationFailed, _unavailable)
     app.add_exception_handler(psycopg.Error, _database_error)
     app.add_exception_handler(Exception, _internal_error)

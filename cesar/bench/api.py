@@ -211,6 +211,8 @@ def main(argv: list[str]) -> int:
                         help="concurrency levels, comma-separated (default 1,10,50)")
     parser.add_argument("--workers", type=int, default=1, help="`cesar api --workers` (1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--no-tasks", action="store_true",
+                        help="skip the POST /tasks rows (cesar/bench/api_tasks.py)")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.clients.split(",") if c]
 
@@ -225,6 +227,9 @@ def main(argv: list[str]) -> int:
                 for name in ENDPOINTS:
                     rows.append(measure("127.0.0.1", port, name, clients, args.seconds,
                                         args.warmup))
+            if not args.no_tasks:  # the write path: POST /tasks at 10 and 50 clients
+                from cesar.bench import api_tasks
+                rows.extend(api_tasks.run("127.0.0.1", port, args.seconds, args.warmup))
     finally:
         _revoke(key)
     bare = {f.clients: f.p95_ms for f in rows if f.endpoint == "bare"}

@@ -12,6 +12,9 @@ from cesar import db, migrate
 from tests.api.conftest import ApiServer, closed_port, sample, serve, settings_for
 
 ROUTES = {"/agents", "/agents/{agent_id}", "/health", "/health/live", "/metrics"}
+#: The work routes (tasks, runs, dispatch): tests/api/test_tasks.py, test_runs.py, test_dispatch.py.
+ROUTES |= {"/tasks", "/tasks/{task_id}", "/tasks/{task_id}/cancel", "/dispatch", "/runs",
+           "/runs/{run_id}", "/runs/{run_id}/events", "/runs/{run_id}/finish"}
 
 
 def agents_in(url: str) -> dict[str, dict[str, object]]:

@@ -159,6 +159,7 @@ SUBCOMMANDS: dict[str, str] = {
     "dispatch": "cesar.work_cli:dispatch_command",
     "demo": "cesar.demo:demo_command",
     "soak": "cesar.soak.cli:soak_command",
+    "events": "cesar.events.cli:events_group",
 }
 
 

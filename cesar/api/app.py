@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cesar import __version__, metrics
 from cesar.api import agents, auth
+from cesar.api import events as events_routes
 from cesar.api import runs as work_runs
 from cesar.api import tasks as work_tasks
 from cesar.api.health import HealthChecker
@@ -34,6 +35,8 @@ from cesar.api.work_http import work_error
 from cesar.config import Settings, load_settings
 from cesar.db import Database
 from cesar.errors import OperationFailed
+from cesar.events.hub import Hub
+from cesar.events.settings import EventSettings, load_event_settings
 from cesar.work import WorkError
 
 log = logging.getLogger("cesar.api")
@@ -67,11 +70,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.auth = auth.Authenticator(app.state.auth_settings or load_auth_settings(),
                                         database, app.state.db_limiter)
     app.state.auth.usage.start()
+    app.state.events = _event_hub(app, database)
     log.info("serving the %s database %s (%s)", database.endpoint.name,
              database.endpoint.masked, settings.environment)
     try:
         yield
     finally:
+        app.state.events.stop()
         app.state.auth.usage.stop()
         checker.close()
         watcher.stop()
@@ -80,15 +85,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None,
-               auth_settings: AuthSettings | None = None) -> FastAPI:
+               auth_settings: AuthSettings | None = None,
+               event_settings: EventSettings | None = None) -> FastAPI:
     """The application; ``settings`` default to the environment (read at start-up)."""
     app = FastAPI(title="CESAR API", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan)
     app.state.settings = settings
     app.state.auth_settings = auth_settings
+    app.state.event_settings = event_settings
     app.include_router(agents.router)
     app.include_router(work_tasks.router)
     app.include_router(work_runs.router)
+    app.include_router(events_routes.router)
     # A key is optional here: the security requirement lists "none" as an alternative.
     app.add_api_route("/health", health, methods=["GET"], response_model=Health | PublicHealth,
                       tags=["operations"], summary="Readiness: the database and the schema",
@@ -109,6 +117,11 @@ def create_app(settings: Settings | None = None,
     app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(RequestMetrics)
     return app
+
+
+def _event_hub(app: FastAPI, database: Database) -> Hub:
+    """The process's one reader of the event log (``/events``)."""
+    return Hub(database, app.state.event_settings or load_event_settings()).start()
 
 
 # ----------------------------------------------------------------------------- routes

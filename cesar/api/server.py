@@ -121,6 +121,9 @@ def serve(host: str, port: int, workers: int, log_level: str, access_log: bool) 
     from cesar.api.settings import load_auth_settings
 
     load_auth_settings().metrics_secret()  # so are bad auth settings and an unreadable token
+    from cesar.events.settings import load_event_settings
+
+    load_event_settings()  # and bad CESAR_EVENTS_* settings
     check_port(host, port)
     directory, temporary = _metrics_dir(workers)
     if directory is not None:

@@ -213,6 +213,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--no-tasks", action="store_true",
                         help="skip the POST /tasks rows (cesar/bench/api_tasks.py)")
+    parser.add_argument("--no-events", action="store_true",
+                        help="skip the /events figures (cesar/bench/events.py)")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.clients.split(",") if c]
 
@@ -262,4 +264,8 @@ def main(argv: list[str]) -> int:
                   f"{verdict['agents_p95_ms']:.2f} ms (< {TARGET_P95_MS:g} ms), "
                   f"{verdict['p95_ratio_to_bare']:.2f}x the bare endpoint (<= {TARGET_RATIO:g}x)")
         print(f"total {time.perf_counter() - started:.1f} s")
+    if not args.no_events:
+        from cesar.bench import events as events_bench
+
+        return events_bench.main(["--json"] if args.json else [])
     return 0

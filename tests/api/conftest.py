@@ -32,6 +32,7 @@ from cesar.api.app import create_app
 from cesar.api.settings import AuthSettings
 from cesar.config import Settings
 from cesar.embedded import free_port
+from cesar.events.settings import EventSettings
 from tests.conftest import REPO, PgStack, make_settings
 
 
@@ -85,15 +86,16 @@ def settings_for(url: str, tmp: Path, **overrides: object) -> Settings:
 
 
 @contextmanager
-def serve(settings: Settings, auth: AuthSettings | None = None) -> Iterator[ApiServer]:
+def serve(settings: Settings, auth: AuthSettings | None = None,
+          events: EventSettings | None = None) -> Iterator[ApiServer]:
     """The application under uvicorn (real HTTP) on a free port, for the block's duration."""
     port = free_port()
     key = server_key(settings.local_db_url)
     monitor = secrets.token_urlsafe(24)
     auth = auth or AuthSettings(_env_file=None, metrics_token=monitor)  # type: ignore[call-arg]
     secret = auth.metrics_token.get_secret_value() if auth.metrics_token else ""
-    config = uvicorn.Config(create_app(settings, auth), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on")
+    config = uvicorn.Config(create_app(settings, auth, events), host="127.0.0.1", port=port,
+                            log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

@@ -12,6 +12,7 @@ import json
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,11 +190,15 @@ class SqlWriter(threading.Thread):
             if event is not None:
                 self.ledger.acked("agent_run_events", event, ("message",))
 
+    #: The next status of a task (the database's guard allows only these transitions).
+    NEXT = {"queued": "assigned", "assigned": "running", "running": "done"}
+
     def _update_task(self, conn: psycopg.Connection) -> None:
         i = self.rng.randrange(len(self.tasks))
-        task_id, (title, _, _) = self.tasks[i]
-        state = (title, self.rng.choice(["queued", "assigned", "running", "done"]),
-                 self.rng.randint(1, 5))
+        task_id, (title, status, _) = self.tasks[i]
+        if status in self.NEXT and self.rng.random() < 0.6:
+            status = self.NEXT[status]
+        state = (title, status, self.rng.randint(1, 5))
         self._update(conn, "tasks", task_id, state,
                      "UPDATE tasks SET status = %s, priority = %s, updated_at = now() "
                      "WHERE id = %s", [state[1], state[2], task_id])
@@ -203,12 +208,11 @@ class SqlWriter(threading.Thread):
         if not self.runs:
             return self._insert(conn)
         i = self.rng.randrange(len(self.runs))
-        run_id, _ = self.runs[i]
+        run_id, _ = self.runs.pop(i)  # a finished run is final: never updated again
         state = (self.rng.choice(["succeeded", "failed"]), self.rng.randint(1, 10_000))
         self._update(conn, "agent_runs", run_id, state,
                      "UPDATE agent_runs SET status = %s, tokens_in = %s, finished_at = now(), "
                      "updated_at = now() WHERE id = %s", [state[0], state[1], run_id])
-        self.runs[i] = (run_id, state)
         return None
 
     def _update(self, conn: psycopg.Connection, table: str, key: str,
@@ -265,3 +269,155 @@ class Poller(threading.Thread):
                 value = None
             self.values.append((at, value))
             self.stop.wait(self.interval)
+
+
+class ApiWriter(threading.Thread):
+    """Writes through the API as an agent's client would: POST /tasks (with an
+    Idempotency-Key, retried with the same key until acknowledged), then a run with an event,
+    finished. Only what the API answered 2xx for goes into the ledger."""
+
+    ATTEMPTS = 8
+
+    def __init__(self, base_url: str, key: str, ledger: Ledger, log: Log,
+                 stop: threading.Event, *, rate: float, seed: int) -> None:
+        super().__init__(name="writer-api", daemon=True)
+        self.base_url, self.key, self.ledger, self.log, self.stop = (
+            base_url, key, ledger, log, stop)
+        self.interval = 1.0 / rate
+        self.rng = random.Random(seed)
+        self.created: list[str] = []  # task ids the API acknowledged (the subscriber's check)
+        self.failures = 0
+        self.gave_up = 0
+        self.paused = threading.Event()
+
+    def run(self) -> None:
+        headers = {"Authorization": f"Bearer {self.key}"}
+        with httpx.Client(base_url=self.base_url, headers=headers, timeout=5.0) as client:
+            agents: list[str] = []
+            n = 0
+            while not self.stop.is_set():
+                started = time.monotonic()
+                if not self.paused.is_set():
+                    try:
+                        if not agents:
+                            page = self._call(client, "GET", "/agents", None, None)
+                            agents = [a["id"] for a in (page or {}).get("items", [])
+                                      if a.get("status") == "active"]
+                        n += 1
+                        self._one(client, n, agents)
+                    except _GaveUp as exc:
+                        self.gave_up += 1
+                        self.log.error("writer-api", f"gave up: {exc}")
+                self.stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def _one(self, client: httpx.Client, n: int, agents: list[str]) -> None:
+        title = f"soak api {n}"
+        body = {"title": title, "priority": self.rng.randint(1, 5), "payload": {"n": n}}
+        task = self._call(client, "POST", "/tasks", body, str(uuid.uuid4()))
+        if task is None:
+            return
+        self.ledger.acked("tasks", task["id"], (task["title"], task["status"],
+                                                task["priority"]))
+        self.created.append(task["id"])
+        if not agents or self.rng.random() < 0.5:
+            return
+        run = self._call(client, "POST", "/runs", {"agent_id": self.rng.choice(agents)}, None)
+        if run is None:
+            return
+        self.ledger.acked("agent_runs", run["id"], (run["status"], run["tokens_in"]))
+        event = self._call(client, "POST", f"/runs/{run['id']}/events",
+                           {"kind": "message", "payload": {"text": title}}, None)
+        if event is not None:
+            self.ledger.acked("agent_run_events", event["id"], (event["kind"],))
+        done = self._call(client, "POST", f"/runs/{run['id']}/finish",
+                          {"status": "succeeded", "tokens_in": self.rng.randint(1, 9999),
+                           "tokens_out": 1, "cost_usd": "0.001000"}, None)
+        if done is not None:
+            self.ledger.acked("agent_runs", done["id"], (done["status"], done["tokens_in"]))
+
+    def _call(self, client: httpx.Client, method: str, path: str, body: Any,
+              idempotency_key: str | None) -> Any:
+        """The answer's JSON; a failure is retried (POST /tasks with the same key; the other
+        writes are retried only when nothing reached the server: a refused connection)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        for attempt in range(self.ATTEMPTS):
+            try:
+                r = client.request(method, path, json=body, headers=headers)
+            except httpx.ConnectError as exc:
+                self._failed(method, path, f"{type(exc).__name__}: {exc}")
+            except httpx.HTTPError as exc:
+                self._failed(method, path, f"{type(exc).__name__}: {exc}")
+                if idempotency_key is None and method != "GET":
+                    return None  # may have been applied: not acknowledged, so not owed
+            else:
+                if r.status_code < 300:
+                    return r.json()
+                self._failed(method, path, f"HTTP {r.status_code}: {r.text[:200]}")
+                if r.status_code < 500 or (idempotency_key is None and method != "GET"):
+                    return None
+            if self.stop.wait(min(2.0, 0.2 * 2 ** attempt)):
+                return None
+        raise _GaveUp(f"{method} {path} failed {self.ATTEMPTS} times")
+
+    def _failed(self, method: str, path: str, why: str) -> None:
+        self.failures += 1
+        self.log.error("writer-api", f"{method} {path}: {why}")
+
+
+class _GaveUp(Exception):
+    pass
+
+
+class Subscriber(threading.Thread):
+    """Follows GET /events (SSE) and resumes with Last-Event-ID after any disconnect; keeps
+    the primary keys it saw per table, so every acknowledged write can be looked for."""
+
+    def __init__(self, base_url: str, key: str, log: Log, stop: threading.Event) -> None:
+        super().__init__(name="subscriber", daemon=True)
+        self.base_url, self.key, self.log, self.stop = base_url, key, log, stop
+        self.seen: dict[str, set[str]] = {}
+        self.events = 0
+        self.reconnects = 0
+        self.resets = 0
+        self.last_id: str | None = None
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            headers = {"Authorization": f"Bearer {self.key}", "Accept": "text/event-stream"}
+            if self.last_id is not None:
+                headers["Last-Event-ID"] = self.last_id
+            try:
+                with httpx.stream("GET", self.base_url + "/events", headers=headers,
+                                  timeout=httpx.Timeout(5.0, read=30.0)) as r:
+                    if r.status_code != 200:
+                        raise httpx.HTTPError(f"HTTP {r.status_code}")
+                    self._read(r.iter_lines())
+            except httpx.HTTPError as exc:
+                if self.stop.is_set():
+                    return
+                self.log.info("subscriber", f"stream ended ({type(exc).__name__}: {exc}); "
+                                            f"resuming after {self.last_id}")
+            self.reconnects += 1
+            self.stop.wait(0.5)
+
+    def _read(self, lines: Any) -> None:
+        event_type, event_id = "message", None
+        for line in lines:
+            if self.stop.is_set():
+                return
+            if line.startswith("id:"):
+                event_id = line[3:].strip()
+            elif line.startswith("event:"):
+                event_type = line[6:].strip()
+            elif line.startswith("data:"):
+                if event_type == "reset":
+                    self.resets += 1
+                    self.log.info("subscriber", "reset: the stream asks for a reload")
+                else:
+                    data = json.loads(line[5:])
+                    self.seen.setdefault(data.get("table", "?"), set()).add(str(data.get("pk")))
+                    self.events += 1
+                if event_id is not None:
+                    self.last_id = event_id
+            elif line == "":
+                event_type, event_id = "message", None

@@ -36,7 +36,16 @@ from cesar.config import Settings
 from cesar.embedded import CLUSTER_DB, LOCAL_DB, EmbeddedPostgres, StackState, free_port
 from cesar.errors import ConfigError, OperationFailed
 from cesar.soak import logscan, report
-from cesar.soak.load import Ledger, Log, Poller, Reader, SqlWriter, missing_or_stale
+from cesar.soak.load import (
+    ApiWriter,
+    Ledger,
+    Log,
+    Poller,
+    Reader,
+    SqlWriter,
+    Subscriber,
+    missing_or_stale,
+)
 from cesar.soak.proxy import FaultProxy
 from cesar.soak.sync import Scheduler, SyncLauncher, child_env
 
@@ -53,13 +62,16 @@ RECOVERY_DEADLINE_S = 60.0
 SLACK_S = 2.0
 READERS = 2
 READ_RATE = 10.0  # per reader, per second
-WRITE_RATE = 5.0  # per writer, per second
+WRITE_RATE = 5.0  # per SQL writer, per second
+API_WRITE_RATE = 3.0  # tasks per second through the API (each maybe with a run and an event)
 
 ALL_FAULTS = ("pg_restart", "cluster_unreachable", "sync_sigkill", "sync_sigstop",
               "api_worker_killed", "password_rotation", "backup", "additive_migration")
 
 # Error lines each fault explains, as `source: line` regular expressions. Connection errors
 # of clients are explained only by faults that break connections.
+_HTTP = (r"HTTP 503|ConnectError|RemoteProtocolError|ReadError|ReadTimeout|WriteError"
+         r"|Server disconnected|Connection reset")
 _CONNECTION = (r"server closed the connection|connection (?:is )?(?:lost|refused|reset|failed)"
                r"|Connection refused|consuming input failed|terminating connection"
                r"|the database system is (?:shutting down|starting up|not yet accepting)"
@@ -71,6 +83,7 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
         r"^postgresql: .*FATAL:\s+the database system is (?:shutting down|starting up)",
         r"^(?:writer-\w+|sync-\w+): .*(?:" + _CONNECTION + ")",
         r'^api: .*access: .*" 503',
+        r"^writer-api: .*(?:" + _HTTP + ")",
     ),
     "cluster_unreachable": (
         r"^(?:writer-cluster|sync-\w+): .*(?:" + _CONNECTION + ")",
@@ -79,7 +92,9 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
     "sync_sigstop": (
         r"^sync-fault: .*lost the sync lease",
     ),
-    "api_worker_killed": (),
+    "api_worker_killed": (
+        r"^writer-api: .*(?:" + _HTTP + ")",
+    ),
     "password_rotation": (),
     "backup": (),
     "additive_migration": (),
@@ -218,6 +233,9 @@ class Soak:
         with psycopg.connect(self.local_url(), autocommit=True) as conn:
             self.read_key = keys.create(conn, "soak-reader", ["agents:read"], None,
                                         actor="soak").key
+            # The contract's client: agents:read and tasks:write create, read and subscribe.
+            self.write_key = keys.create(conn, "soak-writer", ["agents:read", "tasks:write"],
+                                         None, actor="soak").key
         self._start_api()
         assert self.api_proc is not None
         progress(f"API on {self.api_url} with 2 workers (pid {self.api_proc.pid})")
@@ -285,12 +303,15 @@ class Soak:
 
     # ------------------------------------------------------------------ faults
     def _schedule(self) -> list[tuple[float, str]]:
-        """(seconds since start, fault) at even intervals between a warm-up and a cool-down."""
+        """(seconds since start, fault) at even intervals between a warm-up and a cool-down;
+        the list is repeated while each fault still gets 90 s (a 30-minute run: twice)."""
         names = list(self.options.faults)
         d = self.options.duration_s
         first, last = min(20.0, d * 0.1), d - min(40.0, d * 0.15)
         if not names:
             return []
+        rounds = max(1, int((last - first) // (len(names) * 90.0)))
+        names = names * rounds
         step = (last - first) / len(names)
         return [(first + i * step, name) for i, name in enumerate(names)]
 
@@ -464,15 +485,20 @@ class Soak:
             SqlWriter("cluster", self.cluster_url, self.ledger, self.log, self.stop,
                       rate=WRITE_RATE, seed=opts.seed * 2 + 2),
         ]
+        self.api_writer = ApiWriter(self.api_url, self.write_key, self.ledger, self.log,
+                                    self.stop, rate=API_WRITE_RATE, seed=opts.seed * 2 + 3)
+        self.subscriber = Subscriber(self.api_url, self.write_key, self.log, self.stop)
         self.cluster_poller = Poller("cluster-probe", self.cluster_probe, self.stop, 0.5)
         self.lag_poller = Poller("lag", self.lag_probe, self.stop, 1.0)
         self.scheduler = Scheduler(self.launcher, opts.cycle_s, self.stop)
-        threads: list[threading.Thread] = [*self.readers, *self.writers, self.cluster_poller,
+        threads: list[threading.Thread] = [*self.readers, *self.writers, self.api_writer,
+                                           self.subscriber, self.cluster_poller,
                                            self.lag_poller, self.scheduler]
         for t in threads:
             t.start()
         progress(f"load running: {READERS} readers x {READ_RATE:g}/s, 2 SQL writers x "
-                 f"{WRITE_RATE:g}/s, sync every {opts.cycle_s:.2f} s")
+                 f"{WRITE_RATE:g}/s, an API writer {API_WRITE_RATE:g} tasks/s, a subscriber "
+                 f"on /events, sync every {opts.cycle_s:.2f} s")
         schedule = self._schedule()
         inject_at = None
         if opts.inject_unexplained:
@@ -499,7 +525,8 @@ class Soak:
             progress("stopping the load; final sync and checks")
             for w in self.writers:
                 w.paused.set()
-            time.sleep(0.5)
+            self.api_writer.paused.set()
+            time.sleep(3)  # the last writes' events reach the subscriber
             self.stop.set()
             for t in threads:
                 t.join(timeout=130)
@@ -555,7 +582,14 @@ class Soak:
         v.check("reads_outside_faults", not failed_outside,
                 f"{len(failed_outside)} read(s) failed outside every fault window")
         v.check("final_sync", finals[-1].succeeded, "the final sync run failed")
-        v.check("faults_run", len(self.faults) == len(self.options.faults),
+        seen = self.subscriber.seen.get("tasks", set())
+        unseen = [t for t in self.api_writer.created if t not in seen]
+        v.check("events", not unseen and self.subscriber.resets == 0 and
+                self.subscriber.events > 0,
+                f"/events: {len(unseen)} task(s) created through the API never reached the "
+                f"subscriber ({self.subscriber.resets} reset(s), {self.subscriber.events} "
+                "events)")
+        v.check("faults_run", len(self.faults) == len(self._schedule()),
                 "not every scheduled fault ran")
         plot = self.dir / "soak.png"
         report.plot(plot, origin=self.started, minutes=minutes, samples=samples, lag=lag,
@@ -581,7 +615,13 @@ class Soak:
                       "failed_outside_faults": len(failed_outside)},
             "writes": {"acknowledged": self.ledger.acknowledged,
                        "in_doubt": self.ledger.in_doubt, "rows_checked": len(rows),
-                       "writer_failures": {w.side: w.failures for w in self.writers}},
+                       "through_api": len(self.api_writer.created),
+                       "writer_failures": {**{w.side: w.failures for w in self.writers},
+                                           "api": self.api_writer.failures},
+                       "api_gave_up": self.api_writer.gave_up},
+            "events": {"received": self.subscriber.events,
+                       "reconnects": self.subscriber.reconnects,
+                       "resets": self.subscriber.resets, "api_tasks_unseen": len(unseen)},
             "lost": lost[:20],
             "sync_runs": {"total": len(self.launcher.runs),
                           "succeeded": sum(r.succeeded for r in self.launcher.runs)},

@@ -42,6 +42,8 @@ def test_five_minute_soak_fails_on_the_injected_error_and_on_nothing_else(
             for e in report["unexplained_errors"]] == [("postgresql", True)]
     assert report["lost_rows"] == 0
     assert report["writes"]["acknowledged"] > 1000
+    assert report["writes"]["through_api"] > 300  # POST /tasks acknowledged
+    assert report["events"]["received"] > 1000 and report["events"]["api_tasks_unseen"] == 0
     assert report["reads"]["count"] > 2000
     assert report["max_p95_ms"] < 200
     assert [f["name"] for f in report["faults"]] == list(ALL_FAULTS)

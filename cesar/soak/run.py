@@ -51,8 +51,10 @@ from cesar.soak.sync import Scheduler, SyncLauncher, child_env
 
 #: The sync's cycle on the hosts (cron, every 5 minutes); ``--compress`` divides it.
 CYCLE_S = 300.0
-#: The sync lease during a soak: short, so that a run paused past it is taken over quickly.
-LEASE_S = 3
+#: The sync lease during a soak: shorter than the hosts' 30 s, so that a run paused past it
+#: is taken over within a fault's window; not shorter, or a run slowed by a loaded machine
+#: (3 s was tried) loses its lease to the next one without any fault.
+LEASE_S = 10
 #: How long the cluster stays unreachable (real seconds).
 CUT_S = 4.0
 #: Seconds given to each fault's recovery before it counts as never recovered.
@@ -88,9 +90,14 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
     "cluster_unreachable": (
         r"^(?:writer-cluster|sync-\w+): .*(?:" + _CONNECTION + ")",
     ),
-    "sync_sigkill": (),
+    # A run taking over the lease can wait for the row lock of the run it replaces (paused,
+    # or killed before its server noticed) and give up at its lock timeout.
+    "sync_sigkill": (
+        r'^postgresql: .*ERROR:\s+canceling statement due to lock timeout.*"sync_lease"',
+    ),
     "sync_sigstop": (
         r"^sync-fault: .*lost the sync lease",
+        r'^postgresql: .*ERROR:\s+canceling statement due to lock timeout.*"sync_lease"',
     ),
     "api_worker_killed": (
         r"^writer-api: .*(?:" + _HTTP + ")",

@@ -102,7 +102,14 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
     "api_worker_killed": (
         r"^writer-api: .*(?:" + _HTTP + ")",
     ),
-    "password_rotation": (),
+    # A process that read the previous credential before the switch and opens a connection
+    # after the grace period ends (a sync run spanning the rotation: its lease heartbeat)
+    # is refused once; the next run reads the new credential.
+    "password_rotation": (
+        r'^postgresql: .*FATAL:\s+password authentication failed for user "cesar_app_[ab]".*'
+        r"has no password assigned",
+        r"^sync-\w+: .*password authentication failed",
+    ),
     "backup": (),
     "additive_migration": (),
     # The migration runner's first look at an empty database reads its tracking table before
@@ -628,7 +635,11 @@ class Soak:
                        "api_gave_up": self.api_writer.gave_up},
             "events": {"received": self.subscriber.events,
                        "reconnects": self.subscriber.reconnects,
-                       "resets": self.subscriber.resets, "api_tasks_unseen": len(unseen)},
+                       "resets": self.subscriber.resets, "api_tasks_unseen": len(unseen),
+                       # Where the unseen ones were among the API's tasks (0: first).
+                       "unseen_positions": [self.api_writer.created.index(t)
+                                            for t in unseen[:10]],
+                       "api_tasks": len(self.api_writer.created)},
             "lost": lost[:20],
             "sync_runs": {"total": len(self.launcher.runs),
                           "succeeded": sum(r.succeeded for r in self.launcher.runs)},

@@ -382,7 +382,8 @@ class Subscriber(threading.Thread):
         self.events = 0
         self.reconnects = 0
         self.resets = 0
-        self.last_id: str | None = None
+        # From the log's start: a write made before the first connection is still seen.
+        self.last_id: str | None = "0"
 
     def run(self) -> None:
         while not self.stop.is_set():

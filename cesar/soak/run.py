@@ -97,6 +97,7 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
     ),
     "sync_sigstop": (
         r"^sync-fault: .*lost the sync lease",
+        r"^postgresql: .*FATAL:\s+terminating connection due to idle-in-transaction timeout",
         r'^postgresql: .*ERROR:\s+canceling statement due to lock timeout.*"sync_lease"',
     ),
     "api_worker_killed": (

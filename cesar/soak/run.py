@@ -83,6 +83,8 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
     "pg_restart": (
         r"^postgresql: .*FATAL:\s+terminating connection due to administrator command",
         r"^postgresql: .*FATAL:\s+the database system is (?:shutting down|starting up)",
+        # A connection still authenticating when the shutdown began is ended this way.
+        r"^postgresql: .*FATAL:\s+canceling authentication due to timeout",
         r"^(?:writer-\w+|sync-\w+): .*(?:" + _CONNECTION + ")",
         r'^api: .*access: .*" 503',
         r"^writer-api: .*(?:" + _HTTP + ")",

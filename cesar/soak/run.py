@@ -100,6 +100,8 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
     "sync_sigstop": (
         r"^sync-fault: .*lost the sync lease",
         r"^postgresql: .*FATAL:\s+terminating connection due to idle-in-transaction timeout",
+        # ... which the continued run then finds closed under it.
+        r"^sync-fault: .*server closed the connection unexpectedly",
         r'^postgresql: .*ERROR:\s+canceling statement due to lock timeout.*"sync_lease"',
     ),
     "api_worker_killed": (

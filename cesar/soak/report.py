@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Targets (issue 17): each is a check of the verdict.
+#: Targets: each is a check of the verdict.
 P95_LIMIT_MS = 200.0
 OUTAGE_LIMIT_S = 15.0
 RECOVERY_LIMIT_S = 30.0

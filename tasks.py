@@ -435,3 +435,24 @@ def web_client(c):
 
 
 ns.add_collection(Collection("web", web_build, web_client))
+
+
+# ---------------------------------------------------------------- soak (docs/soak.md)
+@task(help={"duration": "How long the load and the faults run (5m, 30m, 90s).",
+            "compress": "Time compression: the sync runs every 300/COMPRESS s (default 48).",
+            "json": "Print one JSON object: ok, unexplained_errors, lost_rows, max_p95_ms, "
+                    "faults, ...",
+            "seed": "Seed of the writers' choices and of the API worker killed.",
+            "faults": "Only these faults, comma-separated, in order ('none': no faults).",
+            "inject_unexplained": "Cause one real error outside every fault: the run must "
+                                  "fail."})
+def soak(c, duration="5m", compress="48", json=False, seed=0, faults="",
+         inject_unexplained=False):
+    """Run the whole stack under load and scheduled faults; exit 1 unless every check passes."""
+    cesar("soak", "--duration", duration, "--compress", compress, "--seed", str(seed),
+          *(["--faults", faults] if faults else []),
+          *(["--inject-unexplained"] if inject_unexplained else []),
+          *(["--json"] if json else []))
+
+
+ns.add_task(soak)

@@ -164,6 +164,7 @@ SUBCOMMANDS: dict[str, str] = {
     "dispatch": "cesar.work_cli:dispatch_command",
     "demo": "cesar.demo:demo_command",
     "web": "cesar.web_cli:web_group",
+    "soak": "cesar.soak.cli:soak_command",
 }
 
 

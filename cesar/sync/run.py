@@ -215,7 +215,11 @@ def connect(url: str, source: str, role: str, settings: Settings, sync: SyncSett
     kwargs: dict[str, Any] = {
         **db.connect_kwargs(settings), "autocommit": True,
         "application_name": "cesar-sync",
-        "options": f"-c statement_timeout={sync.statement_timeout_ms}",
+        # A run paused inside a transaction past its lease has lost the lease and can no longer
+        # commit (its writes are fenced), but its row locks would stall the run that took over
+        # until its session ended: the server ends such an idle transaction after one lease.
+        "options": f"-c statement_timeout={sync.statement_timeout_ms} "
+                   f"-c idle_in_transaction_session_timeout={int(sync.lease_seconds * 1000)}",
     }
     try:
         conn = psycopg.connect(url, **kwargs)

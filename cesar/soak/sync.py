@@ -1,0 +1,112 @@
+"""The sync on the compressed schedule: ``cesar sync run`` every ``cycle`` seconds.
+
+Each run is its own process, as cron starts it on the hosts, with the URLs in its environment
+(never on its command line, where ``ps`` would show the password). A run that fails or finds
+the lease taken is tried again after a quarter of a cycle instead of a whole one: with a lag
+limit of two cycles (600 s for 5-minute cycles), waiting a whole cycle after any miss would
+spend the limit on a single failure.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cesar.soak.load import Log
+
+#: Seconds a run may take before the scheduler kills it (far above a run's normal 0.1-1 s).
+RUN_TIMEOUT = 120.0
+
+
+@dataclass
+class SyncRun:
+    tag: str
+    started_at: float
+    ended_at: float
+    returncode: int
+    succeeded: bool
+
+
+class SyncLauncher:
+    """Starts ``cesar sync run`` processes with the current URLs; logs their output."""
+
+    def __init__(self, env: Callable[[], dict[str, str]], log: Log) -> None:
+        self.env, self.log = env, log
+        self.runs: list[SyncRun] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cesar.cli", "sync", "run", "-q"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=self.env(),
+        )
+
+    def finish(self, proc: subprocess.Popen[str], tag: str, started_at: float,
+               timeout: float = RUN_TIMEOUT) -> SyncRun:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            self.log.error(f"sync-{tag}", f"cesar: error: sync run pid {proc.pid} still running "
+                                          f"after {timeout:g} s; killed")
+        for line in (out + err).splitlines():
+            if line.strip():
+                level = "ERROR" if line.startswith(("cesar: error:", "Traceback")) else "INFO"
+                self.log.write(level, f"sync-{tag}", f"pid {proc.pid}: {line}")
+        code = proc.returncode
+        if code < 0:
+            self.log.info(f"sync-{tag}", f"pid {proc.pid} ended by signal "
+                                          f"{signal.Signals(-code).name}")
+        run = SyncRun(tag, started_at, time.time(), code,
+                      succeeded=code == 0 and "sync done" in out)
+        with self._lock:
+            self.runs.append(run)
+        return run
+
+    def run_once(self, tag: str) -> SyncRun:
+        started = time.time()
+        return self.finish(self.start(), tag, started)
+
+    def succeeded_after(self, at: float) -> SyncRun | None:
+        """The first successful run that started after ``at``."""
+        with self._lock:
+            for run in self.runs:
+                if run.succeeded and run.started_at >= at:
+                    return run
+        return None
+
+
+class Scheduler(threading.Thread):
+    """cron, compressed: a run every ``cycle`` seconds (a quarter cycle after a miss)."""
+
+    def __init__(self, launcher: SyncLauncher, cycle: float, stop: threading.Event) -> None:
+        super().__init__(name="sync-scheduler", daemon=True)
+        self.launcher, self.cycle, self.stop = launcher, cycle, stop
+        self.hold = threading.Lock()  # a fault holds it to start its own run undisturbed
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            with self.hold:
+                run = self.launcher.run_once("cron")
+            wait = self.cycle if run.succeeded else self.cycle / 4
+            self.stop.wait(max(0.0, wait - (time.monotonic() - started)))
+
+
+def child_env(base: dict[str, str], **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in base.items()
+           if k not in ("LOCAL_DB_URL", "COCKROACH_DB_URL", "COCKROACH_READ_REPLICA_URL",
+                        "DATABASE_TARGET", "ENVIRONMENT")}
+    env.update(extra)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+__all__ = ["Scheduler", "SyncLauncher", "SyncRun", "child_env"]

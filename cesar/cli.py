@@ -57,7 +57,7 @@ def cli(verbose: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def up(as_json: bool) -> None:
     """Start the development stack (embedded PostgreSQL unless URLs are set) and seed it."""
-    from cesar import stack
+    from cesar.dev import stack
 
     settings = load_settings()
     result = stack.up(settings)
@@ -87,7 +87,7 @@ def up(as_json: bool) -> None:
 @cli.command()
 def down() -> None:
     """Stop what `up` started. No data is lost."""
-    from cesar import stack
+    from cesar.dev import stack
 
     for line in stack.down(load_settings()):
         click.echo(line)
@@ -99,7 +99,7 @@ def status(as_json: bool) -> None:
     """Show the environment, the database URLs (passwords masked) and what is reachable.
 
     Exits 2 (after the report) when the configuration is invalid."""
-    from cesar import stack
+    from cesar.dev import stack
 
     info = stack.status(load_settings())
     if as_json:
@@ -146,11 +146,11 @@ def _print_status(info: dict[str, Any]) -> None:
 SUBCOMMANDS: dict[str, str] = {
     "api": "cesar.api.server:api",
     "smoke": "cesar.smoke:smoke",
-    "migrate": "cesar.migrate_cli:migrate_group",
-    "config": "cesar.configcheck:config_group",
+    "migrate": "cesar.migrate.cli:migrate_group",
+    "config": "cesar.deploy.configcheck:config_group",
     "deploy": "cesar.deploy:deploy_command",
-    "wheelhouse": "cesar.wheelhouse:wheelhouse_group",
-    "rotate-password": "cesar.rotate_cli:rotate_password",
+    "wheelhouse": "cesar.deploy.wheelhouse:wheelhouse_group",
+    "rotate-password": "cesar.rotate.cli:rotate_password",
     "infra": "cesar.provisioning:infra",
     "sync": "cesar.sync.cli:sync_group",
     "doctor": "cesar.doctor:doctor_command",

@@ -30,9 +30,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from cesar import scram
-from cesar.embedded import APP_ROLE, LOGINS
+from cesar.dev.embedded import APP_ROLE, LOGINS
 from cesar.errors import ConfigError
+from cesar.rotate import scram
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")

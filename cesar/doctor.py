@@ -20,9 +20,10 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from cesar import cockroach, db, urls
+from cesar import cockroach, db
 from cesar.cockroach import ServerVersion, Version
 from cesar.config import Settings
+from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
 from cesar.sync.tables import CAPTURE_TRIGGER
 
@@ -289,8 +290,8 @@ def probe_scram(p: Probe) -> str:
         return f"{PRE_HASHED_SETTING} = true"
     # PostgreSQL: set a throwaway verifier on this login, in a transaction rolled back (a role
     # may change its own password); read it back where this login may read pg_authid.
-    from cesar import scram
-    from cesar.embedded import new_password
+    from cesar.dev.embedded import new_password
+    from cesar.rotate import scram
 
     verifier = scram.verifier(new_password())
     try:

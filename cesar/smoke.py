@@ -33,8 +33,9 @@ import click
 import psycopg
 from psycopg import errors as pgerrors
 
-from cesar import db, urls
+from cesar import db
 from cesar.config import Settings, load_settings
+from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
 
 Status = Literal["pass", "warn", "fail", "skip"]
@@ -497,7 +498,7 @@ def cluster_url(settings: Settings) -> tuple[str, str]:
 
 def default_api_url(settings: Settings) -> str:
     from cesar.api.settings import load_api_settings
-    from cesar.service import ApiService
+    from cesar.dev.service import ApiService
 
     configured = load_api_settings()
     if configured.url:

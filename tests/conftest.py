@@ -20,7 +20,7 @@ import pytest
 from psycopg import sql
 
 from cesar.config import Settings
-from cesar.embedded import APP_ROLE, LOGINS, EmbeddedPostgres, StackState
+from cesar.dev.embedded import APP_ROLE, LOGINS, EmbeddedPostgres, StackState
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -125,7 +125,7 @@ def new_state_dir(prefix: str) -> Path:
 @pytest.fixture(scope="session")
 def pg_stack() -> Iterator[PgStack]:
     """One embedded PostgreSQL (pgserver's binaries) for the whole test session."""
-    from cesar.embedded import pg_bindir
+    from cesar.dev.embedded import pg_bindir
 
     try:
         pg_bindir()
@@ -143,7 +143,7 @@ def pg_stack() -> Iterator[PgStack]:
 
 def tls_bindir() -> Path | None:
     """A PostgreSQL build with SSL (Debian's postgresql package), for verify-full tests."""
-    from cesar.embedded import ssl_supported
+    from cesar.dev.embedded import ssl_supported
 
     for bindir in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
         if (bindir / "postgres").exists() and ssl_supported(bindir):

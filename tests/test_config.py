@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cesar import db, urls
+from cesar import db
 from cesar.config import load_settings
+from cesar.db import urls
 from cesar.errors import ConfigError
 from tests.conftest import make_settings
 

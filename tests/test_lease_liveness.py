@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from cesar import lease
+from cesar.db import lease
 
 TABLE = lease.LeaseTable("liveness_lease", what="the test lease")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cesar import db
-from cesar.embedded import CLUSTER_DB, LOCAL_DB, free_port
+from cesar.dev.embedded import CLUSTER_DB, LOCAL_DB, free_port
 from cesar.errors import ConfigError, OperationFailed
 from tests.conftest import PgStack, make_settings
 
@@ -129,7 +129,7 @@ def test_verify_full_rejects_a_server_whose_certificate_does_not_match(
 ) -> None:
     # Same server, but a CA it was not signed with: verify-full must refuse to talk to it.
     wrong_ca = empty_state / "other-ca.crt"
-    from cesar import tls
+    from cesar.dev import tls
 
     tls.ensure_server_certificates(empty_state / "other")
     wrong_ca.write_bytes((empty_state / "other" / "ca.crt").read_bytes())

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cesar.embedded import EmbeddedPostgres, free_port
+from cesar.dev.embedded import EmbeddedPostgres, free_port
 from tests.conftest import REPO, new_state_dir
 
 

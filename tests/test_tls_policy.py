@@ -196,7 +196,7 @@ def test_route_checks_local_db_url_outside_development() -> None:
 @pytest.mark.parametrize("environment", ["staging", "production"])
 def test_the_rotation_admin_url_obeys_the_same_rule(
         environment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cesar import rotate_cli
+    from cesar.rotate import cli as rotate_cli
 
     monkeypatch.chdir(tmp_path)
     settings = make_settings(

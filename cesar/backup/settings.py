@@ -16,8 +16,8 @@ import psycopg
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cesar import urls
 from cesar.config import ENV_FILES, Settings
+from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
 
 
@@ -129,7 +129,7 @@ def resolve(settings: Settings, backup: BackupSettings | None = None) -> Server:
     if settings.environment != "development":
         raise ConfigError(f"ENVIRONMENT={settings.environment} has no embedded server to back "
                           "up: set CESAR_BACKUP_PGHOST, CESAR_BACKUP_BINDIR and CESAR_BACKUP_REPO")
-    from cesar.embedded import LOCAL_DB, SUPERUSER, EmbeddedPostgres, pg_bindir
+    from cesar.dev.embedded import LOCAL_DB, SUPERUSER, EmbeddedPostgres, pg_bindir
 
     pg = EmbeddedPostgres(settings.state_dir, bindir=settings.pg_bindir)
     state = pg.load_state()

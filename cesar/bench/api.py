@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 
-from cesar.embedded import free_port
+from cesar.dev.embedded import free_port
 
 ENDPOINTS = {"bare": "/health/live", "health": "/health", "agents": "/agents"}
 TARGET_P95_MS = 20.0

@@ -35,8 +35,8 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from cesar import urls
 from cesar.config import Settings
+from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed, RetryExhausted
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Route:
 
 def embedded_urls(settings: Settings) -> tuple[str | None, str | None]:
     """The embedded stack's (local, cluster) URLs if ``invoke up`` has created it."""
-    from cesar.embedded import EmbeddedPostgres
+    from cesar.dev.embedded import EmbeddedPostgres
 
     pg = EmbeddedPostgres(settings.state_dir)
     state = pg.load_state()
@@ -253,7 +253,7 @@ def connect(endpoint: Endpoint, settings: Settings, **kwargs: object) -> psycopg
 def credential_files_stamp(settings: Settings) -> tuple[tuple[str, int], ...]:
     """Modification times of every file credentials can come from (cheap: a few stat calls)."""
     from cesar.config import ENV_FILES
-    from cesar.embedded import STATE_FILE
+    from cesar.dev.embedded import STATE_FILE
 
     out = []
     for path in (*map(Path, ENV_FILES), Path(settings.state_dir) / STATE_FILE):

@@ -71,7 +71,7 @@ class LeaseBusy(OperationFailed):
 
 
 class Owner(Protocol):
-    """Who takes a lease (``cesar.migrate_store.Identity`` is one)."""
+    """Who takes a lease (``cesar.migrate.store.Identity`` is one)."""
 
     @property
     def holder(self) -> str: ...  # unique per take: host, pid and a random token

@@ -223,8 +223,8 @@ def deploy_command(check: bool, diff: bool, limit: str | None, tags: str | None,
                    inventory: str | None, vault_password_file: str | None, wheelhouse_dir: Path,
                    no_build: bool, extra_vars: tuple[str, ...], dry_run: bool) -> None:
     """Deploy the API and the sync to ENVIRONMENT's hosts (ansible-playbook site.yml)."""
-    from cesar import wheelhouse
     from cesar.config import load_settings
+    from cesar.deploy import wheelhouse
 
     settings = load_settings()
     password_file = vault_password_file or (

@@ -47,7 +47,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from cesar import urls
+from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
 
 SUPERUSER = "postgres"
@@ -174,7 +174,7 @@ class EmbeddedPostgres:
         if state.tls:
             # Imported here: `cryptography` is a development dependency, and the hosts import
             # this module (through the CLI) with the runtime dependencies only.
-            from cesar import tls
+            from cesar.dev import tls
 
             tls.ensure_server_certificates(self.tls_dir, owner_uid=owner.pw_uid if owner else None,
                                            extra_ips=self.extra_listen)

@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cesar import db, migrate, urls
+from cesar import db, migrate
 from cesar.config import Settings
-from cesar.embedded import EmbeddedPostgres
+from cesar.db import urls
+from cesar.dev.embedded import EmbeddedPostgres
 from cesar.errors import ConfigError, OperationFailed
 
 
@@ -48,7 +49,7 @@ class UpResult:
     actions: list[str] = field(default_factory=list)
     databases: list[DatabaseReport] = field(default_factory=list)
     embedded: dict[str, Any] | None = None
-    api: dict[str, Any] | None = None  # cesar.service.ApiService.status()
+    api: dict[str, Any] | None = None  # cesar.dev.service.ApiService.status()
     sync: dict[str, Any] | None = None  # the sync pass after migrating (cesar.sync.run)
 
 
@@ -124,7 +125,7 @@ def _sync_pass(settings: Settings) -> dict[str, Any] | None:
 
 
 def _api_service(settings: Settings) -> Any:
-    from cesar.service import ApiService  # the API process of the stack (issue 4)
+    from cesar.dev.service import ApiService  # the API process of the stack (issue 4)
 
     return ApiService.for_settings(settings)
 

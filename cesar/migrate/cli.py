@@ -18,8 +18,8 @@ import click
 
 from cesar import migrate
 from cesar.config import load_settings
-from cesar.migrate_lease import DEFAULT_LEASE_SECONDS, DEFAULT_WAIT_SECONDS, LeaseInfo
-from cesar.migrate_store import Identity
+from cesar.migrate.lease import DEFAULT_LEASE_SECONDS, DEFAULT_WAIT_SECONDS, LeaseInfo
+from cesar.migrate.store import Identity
 
 F = TypeVar("F", bound=Callable[..., Any])
 

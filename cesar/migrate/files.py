@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Literal
 
 from cesar.errors import ConfigError, OperationFailed
-from cesar.migrate_sql import Script, Statement, parse
+from cesar.migrate.sql import Script, Statement, parse
 
 Direction = Literal["up", "down"]
 
 DEFAULT_DIR = Path("sql/migrations")
-PACKAGED_DIR = Path(__file__).parent / "_sql" / "migrations"
+PACKAGED_DIR = Path(__file__).resolve().parents[1] / "_sql" / "migrations"
 
 _UP_FILE = re.compile(r"^(?P<name>\d{3,}_[a-z0-9_]+)\.up\.sql$")
 _ANY_FILE = re.compile(r"^(?P<name>(?P<number>\d{3,})_[a-z0-9_]+)\.(?P<direction>up|down)\.sql$")
@@ -37,7 +37,7 @@ def resolve_dir(migrations_dir: Path | None = None) -> Path:
     if DEFAULT_DIR.is_dir():
         return DEFAULT_DIR
     # A source checkout run from another directory has no packaged copy, but has its own.
-    checkout = Path(__file__).resolve().parent.parent / DEFAULT_DIR
+    checkout = Path(__file__).resolve().parents[2] / DEFAULT_DIR
     return checkout if not PACKAGED_DIR.is_dir() and checkout.is_dir() else PACKAGED_DIR
 
 

@@ -19,10 +19,10 @@ from typing import Any
 import psycopg
 
 from cesar import db
-from cesar import lease as base
+from cesar.db import lease as base
+from cesar.db.lease import LeaseLost
 from cesar.errors import ConfigError, OperationFailed
-from cesar.lease import LeaseLost
-from cesar.migrate_store import LEASE_TABLE, Identity, insert_event
+from cesar.migrate.store import LEASE_TABLE, Identity, insert_event
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The plan: what the files and the tracking table say is to be done, and every reason to refuse.
 
-Computed from one read of ``schema_migrations`` (``cesar.migrate_store.read_tracked``) and the
+Computed from one read of ``schema_migrations`` (``cesar.migrate.store.read_tracked``) and the
 files (``cesar.migrate_files``), without touching the database: the dry run, ``status`` and the
 real run all start from it.
 """
@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from cesar.errors import OperationFailed
-from cesar.migrate_files import Direction, Migration
-from cesar.migrate_sql import prefix_checksum
-from cesar.migrate_store import APPLIED_STATUSES, Tracked
+from cesar.migrate.files import Direction, Migration
+from cesar.migrate.sql import prefix_checksum
+from cesar.migrate.store import APPLIED_STATUSES, Tracked
 
 #: The server cannot say whether the statement committed (CockroachDB: an ambiguous result).
 STATEMENT_COMPLETION_UNKNOWN = "40003"

@@ -45,11 +45,13 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from cesar import __version__, db, migrate_regions, urls
+from cesar import __version__, db
 from cesar.config import Settings
-from cesar.embedded import APP_ROLE
+from cesar.db import urls
+from cesar.dev.embedded import APP_ROLE
 from cesar.errors import ConfigError, OperationFailed
-from cesar.migrate_files import (
+from cesar.migrate import regions as migrate_regions
+from cesar.migrate.files import (
     DEFAULT_DIR,
     PACKAGED_DIR,
     Direction,
@@ -59,16 +61,16 @@ from cesar.migrate_files import (
     resolve_dir,
     sha256_file,
 )
-from cesar.migrate_lease import (
+from cesar.migrate.lease import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_WAIT_SECONDS,
     Lease,
     LeaseInfo,
     validate_seconds,
 )
-from cesar.migrate_lease import break_lease as _break_lease
-from cesar.migrate_lease import read as read_lease
-from cesar.migrate_plan import (
+from cesar.migrate.lease import break_lease as _break_lease
+from cesar.migrate.lease import read as read_lease
+from cesar.migrate.plan import (
     IN_DOUBT,
     STATEMENT_COMPLETION_UNKNOWN,
     Plan,
@@ -80,9 +82,9 @@ from cesar.migrate_plan import (
     make_plan,
     rollback_blocked,
 )
-from cesar.migrate_regions import Catalog, LocalityPlan, TableChange
-from cesar.migrate_sql import NO_TRANSACTION, Statement, prefix_checksum
-from cesar.migrate_store import (
+from cesar.migrate.regions import Catalog, LocalityPlan, TableChange
+from cesar.migrate.sql import NO_TRANSACTION, Statement, prefix_checksum
+from cesar.migrate.store import (
     APPLIED_STATUSES,
     EVENTS_TABLE,
     LEASE_TABLE,

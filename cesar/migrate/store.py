@@ -23,8 +23,8 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from cesar.db.lease import holder_name
 from cesar.errors import OperationFailed
-from cesar.lease import holder_name
 
 #: The runner's tables are always named with their schema, so that a migration changing
 #: ``search_path`` (pg_dump's header does) cannot make them disappear from under the runner.

@@ -9,9 +9,9 @@ import click
 
 from cesar import db, rotate
 from cesar.config import Settings, load_settings
-from cesar.embedded import EmbeddedPostgres
+from cesar.dev.embedded import EmbeddedPostgres
 from cesar.errors import ConfigError
-from cesar.secret_stores import (
+from cesar.rotate.stores import (
     AnsibleVaultStore,
     EmbeddedStore,
     EnvFileStore,

@@ -52,17 +52,18 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cesar import lease, rotate_record, scram
-from cesar.db import detect_engine, require_tls
-from cesar.embedded import LOGINS, new_password, write_private
+from cesar.db import detect_engine, lease, require_tls
+from cesar.dev.embedded import LOGINS, new_password, write_private
 from cesar.errors import ConfigError, OperationFailed
-from cesar.secret_stores import Credential, PrimaryStore, SecondaryStore
+from cesar.rotate import record as rotate_record
+from cesar.rotate import scram
+from cesar.rotate.stores import Credential, PrimaryStore, SecondaryStore
 
 STEPS = ("preflight", "create", "set", "test", "finish", "retire")
 STATE_FILE = "rotation.json"
 AUDIT_FILE = "rotation-audit.jsonl"
 # The rotation lock: one row of rotation_lease (migration 014) in the application's database,
-# so two operators, two checkouts or a CI job cannot rotate at once (cesar.lease: expiry by the
+# so two operators, two checkouts or a CI job cannot rotate at once (cesar.db.lease: expiry by the
 # database clock, a fencing generation checked inside the transaction that switches the record,
 # a killed holder of this host taken over at once, a dead one elsewhere after LOCK_SECONDS).
 LOCK_TABLE = lease.LeaseTable(

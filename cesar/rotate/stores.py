@@ -30,8 +30,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import psycopg
 
-from cesar import urls
-from cesar.embedded import CLUSTER_DB, HOST, LOCAL_DB, EmbeddedPostgres, write_private
+from cesar.db import urls
+from cesar.dev.embedded import CLUSTER_DB, HOST, LOCAL_DB, EmbeddedPostgres, write_private
 from cesar.errors import ConfigError, OperationFailed
 
 

@@ -99,7 +99,7 @@ class Target:
     simulated_written: frozenset[str] = frozenset()
     simulated_acknowledged: frozenset[str] = frozenset()
     #: Run inside every transaction that writes, last before its commit: raises unless this
-    #: run still holds the lease (cesar.lease.Lease.fence), so a paused run's late apply fails.
+    #: run still holds the lease (cesar.db.lease.Lease.fence), so a paused run's late apply fails.
     fence: Callable[[psycopg.Connection], None] | None = None
     #: Shared by the run's targets (None: wait up to lock_timeout_ms every time).
     budget: LockBudget | None = None

@@ -13,8 +13,8 @@ from typing import Any
 
 import psycopg
 
-from cesar import lease as base
-from cesar.lease import LeaseBusy, LeaseLost
+from cesar.db import lease as base
+from cesar.db.lease import LeaseBusy, LeaseLost
 
 __all__ = ["TABLE", "Holder", "LeaseBusy", "LeaseLost", "SyncLease", "new_holder_name", "read"]
 

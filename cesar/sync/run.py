@@ -28,8 +28,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cesar import db, urls
+from cesar import db
 from cesar.config import Settings
+from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
 from cesar.sync import capture, clock, divergence, lease, reconcile, state
 from cesar.sync.apply import LockBudget, Outcome, Target, apply_changes

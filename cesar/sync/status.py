@@ -35,7 +35,8 @@ class SideStatus:
 
 def _read_side(role: str, url: str, source: str, settings: Settings, sync: SyncSettings
                ) -> tuple[SideStatus, psycopg.Connection | None]:
-    from cesar import db, urls
+    from cesar import db
+    from cesar.db import urls
 
     side = SideStatus(role, urls.mask(url) or "")
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cesar.cli import main
-from cesar.configcheck import check, known_variables
+from cesar.deploy.configcheck import check, known_variables
 from cesar.errors import ConfigError
 
 CLUSTER = "postgresql://cesar_app_a:pw@db.example.invalid:26257/cesar"

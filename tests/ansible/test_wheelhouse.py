@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from cesar import wheelhouse
+from cesar.deploy import wheelhouse
 from tests.conftest import REPO, require
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from cesar.embedded import free_port
+from cesar.dev.embedded import free_port
 from tests.api.conftest import run_cesar, sample
 from tests.conftest import REPO
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import psycopg
 
-from cesar import smoke, tls, urls
+from cesar import smoke
+from cesar.db import urls
+from cesar.dev import tls
 from tests.api.conftest import (
     ApiServer,
     closed_port,

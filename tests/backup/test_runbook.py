@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cesar.embedded import EmbeddedPostgres, free_port
+from cesar.dev.embedded import EmbeddedPostgres, free_port
 from tests.conftest import REPO, child_env, new_state_dir, require
 
 RUNBOOK = REPO / "docs" / "runbook.md"

@@ -22,9 +22,9 @@ import pytest
 import yaml
 
 from cesar import deploy
-from cesar.embedded import EmbeddedPostgres
+from cesar.dev.embedded import EmbeddedPostgres
 from cesar.rotate import Rotator
-from cesar.secret_stores import AnsibleVaultStore, EmbeddedStore
+from cesar.rotate.stores import AnsibleVaultStore, EmbeddedStore
 from tests.conftest import REPO
 from tests.hosts import testhosts
 

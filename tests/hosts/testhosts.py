@@ -43,8 +43,9 @@ from pathlib import Path
 
 import yaml
 
-from cesar import urls, wheelhouse
-from cesar.embedded import CLUSTER_DB, LOCAL_DB, EmbeddedPostgres
+from cesar.db import urls
+from cesar.deploy import wheelhouse
+from cesar.dev.embedded import CLUSTER_DB, LOCAL_DB, EmbeddedPostgres
 from cesar.errors import ConfigError, OperationFailed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,7 +138,7 @@ def missing_requirements() -> list[str]:
 
 def tls_bindir() -> Path | None:
     """A PostgreSQL build with SSL (Debian's package): the hosts use it with verify-full."""
-    from cesar.embedded import ssl_supported
+    from cesar.dev.embedded import ssl_supported
 
     for bindir in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
         if (bindir / "postgres").exists() and ssl_supported(bindir):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cesar import tls
+from cesar.dev import tls
 from infra import monitoring_files, offline
 from infra import settings as stack_settings
 from tests.conftest import REPO, require

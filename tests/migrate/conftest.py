@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from cesar import migrate
-from cesar.embedded import pg_bindir
+from cesar.dev.embedded import pg_bindir
 from tests.conftest import REPO, PgStack, make_settings
 from tests.conftest import child_env as base_child_env
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cesar.migrate_files import EQUIVALENT_REVISIONS, load
+from cesar.migrate.files import EQUIVALENT_REVISIONS, load
 from tests.conftest import PgStack
 
 from .conftest import query

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from pglast import parser as pg
 
-from cesar.migrate_sql import lexer_split, parser_split, split
+from cesar.migrate.sql import lexer_split, parser_split, split
 from tests.conftest import require
 
 #: Below this many statements a source is not what this test was written against (a missing

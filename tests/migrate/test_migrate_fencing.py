@@ -26,7 +26,7 @@ from .conftest import child_env, query
 #: the migration's first DDL statement in per-statement mode.
 PAUSER = """
 import os, signal, sys
-from cesar import migrate_lease
+from cesar.migrate import lease as migrate_lease
 stop_at = int(sys.argv[1])
 real = migrate_lease.Lease.renew
 calls = 0
@@ -103,8 +103,8 @@ def test_a_runner_paused_between_renewal_and_ddl_runs_no_statement_after_a_takeo
 def test_a_heartbeat_that_keeps_failing_stops_the_work(fresh_db: str) -> None:
     """The heartbeat cannot reach the database (its connections are refused): once it has not
     renewed for a whole lease, the holder's next check stops the work."""
-    from cesar.migrate_lease import Lease, LeaseLost
-    from cesar.migrate_store import Identity, ensure_tables
+    from cesar.migrate.lease import Lease, LeaseLost
+    from cesar.migrate.store import Identity, ensure_tables
 
     def unreachable() -> psycopg.Connection:
         return psycopg.connect("host=127.0.0.1 port=1 dbname=none connect_timeout=1")

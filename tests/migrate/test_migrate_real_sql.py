@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cesar.embedded import pg_bindir
+from cesar.dev.embedded import pg_bindir
 from tests.conftest import PgStack
 
 from .conftest import child_env, full_dump, query, schema_dump

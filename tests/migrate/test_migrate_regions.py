@@ -26,7 +26,7 @@ from psycopg import sql
 
 from cesar import migrate
 from cesar.errors import ConfigError, OperationFailed
-from cesar.migrate_regions import (
+from cesar.migrate.regions import (
     REGIONAL_BY_ROW,
     REGIONAL_TABLES,
     Catalog,
@@ -35,8 +35,8 @@ from cesar.migrate_regions import (
     statements_for,
     validate_tables,
 )
-from cesar.migrate_sql import split
-from cesar.migrate_store import EVENTS_TABLE, widen_events_check
+from cesar.migrate.sql import split
+from cesar.migrate.store import EVENTS_TABLE, widen_events_check
 from cesar.sync.tables import SYNCED_TABLES
 from tests.conftest import PgStack, make_settings
 

@@ -10,7 +10,7 @@ import pytest
 
 from cesar import migrate
 from cesar.errors import ConfigError
-from cesar.migrate_sql import split
+from cesar.migrate.sql import split
 
 from .conftest import REPO_MIGRATIONS, query
 

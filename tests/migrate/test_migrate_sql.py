@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cesar.errors import ConfigError
-from cesar.migrate_sql import prefix_checksum, split
+from cesar.migrate.sql import prefix_checksum, split
 
 
 def test_semicolons_inside_quotes_comments_and_dollar_bodies_do_not_split() -> None:
@@ -117,7 +117,7 @@ CREATE FUNCTION f(a INT) RETURNS INT LANGUAGE SQL
 CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO l VALUES (1); INSERT INTO l VALUES (2));
 CREATE TABLE café (crème TEXT DEFAULT 'brûlée');
 """
-    from cesar.migrate_sql import parser_split
+    from cesar.migrate.sql import parser_split
 
     assert parser_split(text) is None
     statements = split(text)
@@ -142,7 +142,7 @@ def test_statements_the_old_splitter_refused_or_crashed_on_are_one_statement(
     ("-- no-transaction, said in prose only\n", True),
 ])
 def test_the_no_transaction_header(header: str, transaction: bool) -> None:
-    from cesar.migrate_sql import parse
+    from cesar.migrate.sql import parse
 
     script = parse(f"{header}CREATE INDEX IF NOT EXISTS i ON t (a);\n")
     assert script.transaction is transaction
@@ -181,6 +181,6 @@ def test_misplaced_or_unknown_directives_and_lexer_errors_are_refused(text: str,
 def test_statements_that_can_never_run_in_a_transaction_are_recognised(
     sql: str, construct: str | None
 ) -> None:
-    from cesar.migrate_sql import parse
+    from cesar.migrate.sql import parse
 
     assert parse(f"-- cesar:no-transaction\n{sql};\n").statements[0].no_transaction == construct

@@ -18,8 +18,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cesar import urls
-from cesar.embedded import APP_ROLE
+from cesar.db import urls
+from cesar.dev.embedded import APP_ROLE
 from tests.conftest import PgStack
 
 from .conftest import file_count, query

@@ -23,7 +23,7 @@ import httpx
 import psycopg
 import pytest
 
-from cesar.embedded import LOGINS, EmbeddedPostgres, free_port
+from cesar.dev.embedded import LOGINS, EmbeddedPostgres, free_port
 from tests.conftest import REPO, new_state_dir, require
 
 
@@ -334,8 +334,8 @@ def operator_copy(stack: Stack, where: Path) -> tuple[Path, dict[str, str]]:
     the credential in use now, for the same database (the embedded stack's cluster stand-in)."""
     from urllib.parse import quote
 
-    from cesar.embedded import CLUSTER_DB, SUPERUSER
-    from cesar.secret_stores import Credential, EmbeddedStore
+    from cesar.dev.embedded import CLUSTER_DB, SUPERUSER
+    from cesar.rotate.stores import Credential, EmbeddedStore
 
     state = stack.state()
     cred = Credential(state.active_login, state.passwords[state.active_login])
@@ -406,7 +406,7 @@ def test_two_rotations_at_once_from_two_checkouts(stack: Stack, tmp_path: Path) 
     assert now_gen == gen + 1 and now_login != login
     assert load.failures == [] and load.ok > 0, load.failures[:3]
     if results[1][0] == 0:  # the other operator won: the stack's file learns the new login
-        from cesar.secret_stores import EmbeddedStore, EnvFileStore
+        from cesar.rotate.stores import EmbeddedStore, EnvFileStore
 
         new = EnvFileStore(other_dir / ".env.cockroach", None).active()
         EmbeddedStore(stack.pg).activate(new)

@@ -19,7 +19,7 @@ from psycopg import sql
 from cesar import migrate
 from cesar.errors import ConfigError
 from cesar.rotate import Rotator
-from cesar.secret_stores import AnsibleVaultStore, EnvFileStore, url_credential
+from cesar.rotate.stores import AnsibleVaultStore, EnvFileStore, url_credential
 from tests.conftest import REPO, PgStack, make_settings, require
 
 ROTATOR = "cesar_rotator"

@@ -6,8 +6,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cesar import scram
-from cesar.embedded import new_password
+from cesar.dev.embedded import new_password
+from cesar.rotate import scram
 from tests.conftest import PgStack
 
 

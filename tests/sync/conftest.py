@@ -92,7 +92,7 @@ def skewed_stack() -> Iterator[PgStack]:
     libfaketime (Debian's ``faketime``): its clock is SKEW_SECONDS ahead of this host's."""
     lib = next((p for p in FAKETIME_LIBS if p.exists()), None)
     require(lib is not None, "libfaketime: apt-get install faketime")
-    from cesar.embedded import EmbeddedPostgres
+    from cesar.dev.embedded import EmbeddedPostgres
 
     state_dir = new_state_dir("skewed")
     pg = EmbeddedPostgres(state_dir)

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import sys
@@ -17,16 +16,8 @@ import psycopg
 
 from cesar import __version__
 from cesar.config import load_settings
+from cesar.console import emit_json, fail, first_line
 from cesar.errors import CesarError
-
-
-def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
-
-
-def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"cesar: error: {message}", err=True)
-    sys.exit(code)
 
 
 class LazyGroup(click.Group):
@@ -181,8 +172,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except psycopg.Error as exc:
         if debug:
             raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        fail(f"database error: {first} (SQLSTATE {exc.sqlstate or '?'})", 1)
+        fail(f"database error: {first_line(exc)} (SQLSTATE {exc.sqlstate or '?'})", 1)
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except BrokenPipeError:

@@ -30,7 +30,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from cesar.dev.embedded import APP_ROLE, LOGINS
+from cesar.credentials import APP_ROLE, LOGINS
 from cesar.errors import ConfigError
 from cesar.rotate import scram
 

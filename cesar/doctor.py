@@ -23,6 +23,7 @@ from psycopg import sql
 from cesar import cockroach, db
 from cesar.cockroach import ServerVersion, Version
 from cesar.config import Settings
+from cesar.console import first_line
 from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
 from cesar.sync.tables import CAPTURE_TRIGGER
@@ -290,7 +291,7 @@ def probe_scram(p: Probe) -> str:
         return f"{PRE_HASHED_SETTING} = true"
     # PostgreSQL: set a throwaway verifier on this login, in a transaction rolled back (a role
     # may change its own password); read it back where this login may read pg_authid.
-    from cesar.dev.embedded import new_password
+    from cesar.credentials import new_password
     from cesar.rotate import scram
 
     verifier = scram.verifier(new_password())
@@ -381,7 +382,7 @@ def check(conn: psycopg.Connection, tables: Sequence[str], *, url: str = "",
         except Missing as exc:
             report.results.append(Result(capability, False, str(exc), engine=server.engine))
         except psycopg.Error as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             what = f"{first} (SQLSTATE {exc.sqlstate or '?'})"
             if conn.closed or exc.sqlstate is None or exc.sqlstate[:2] in LOST:
                 # A lost connection or a timeout says nothing about the capability.
@@ -436,7 +437,7 @@ def run(settings: Settings, tables: Sequence[str], url: str | None = None,
     try:
         conn = psycopg.connect(chosen, **{**db.connect_kwargs(settings), "autocommit": True})
     except psycopg.OperationalError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise OperationFailed(f"cannot connect to {urls.mask(chosen)} ({source}): {first}"
                               ) from None
     with conn:
@@ -457,7 +458,7 @@ def doctor_command(url: str | None, local: bool, as_json: bool) -> None:
 
     report = run(load_settings(), load_sync_settings().tables, url, local)
     if as_json:
-        from cesar.cli import emit_json
+        from cesar.console import emit_json
 
         emit_json(report.as_dict())
     else:

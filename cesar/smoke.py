@@ -35,6 +35,7 @@ from psycopg import errors as pgerrors
 
 from cesar import db
 from cesar.config import Settings, load_settings
+from cesar.console import first_line
 from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
 
@@ -130,9 +131,6 @@ class Report:
 
 
 # ================================================================================ checks
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
@@ -247,7 +245,7 @@ def check_tls(ctx: Context) -> Outcome:
         except ssl.SSLCertVerificationError as exc:
             return "fail", f"the server's certificate is not trusted: {exc.verify_message}"
         except (ssl.SSLError, OSError) as exc:
-            return "fail", f"TLS handshake failed: {_first_line(exc)}"
+            return "fail", f"TLS handshake failed: {first_line(exc)}"
     detail = f"{version} {cipher}, sslmode={mode}"
     if cert:
         days = (ssl.cert_time_to_seconds(str(cert["notAfter"])) - time.time()) / 86400
@@ -268,7 +266,7 @@ def check_auth(ctx: Context) -> Outcome:
                                    connect_timeout=max(1, round(ctx.options.timeout)),
                                    application_name="cesar-smoke")
     except psycopg.OperationalError as exc:
-        message = _first_line(exc)
+        message = first_line(exc)
         if "authentication failed" in message or "no pg_hba.conf entry" in message:
             return "fail", f"the server refused user {user}: {message}"
         return "fail", f"cannot log in as {user}: {message}"
@@ -375,7 +373,7 @@ def check_api_health(ctx: Context) -> Outcome:
     try:
         response = _get(url, ctx.options.timeout, _auth_headers(ctx.options))
     except httpx.HTTPError as exc:
-        return "fail", (f"nothing answers on {url} ({_first_line(exc) or type(exc).__name__}); "
+        return "fail", (f"nothing answers on {url} ({first_line(exc) or type(exc).__name__}); "
                         "is the API running? (`invoke up` starts it; --api-url or CESAR_API_URL "
                         "point elsewhere)")
     try:
@@ -418,7 +416,7 @@ def check_api_latency(ctx: Context) -> Outcome:
                 try:
                     code = client.get(path).status_code
                 except httpx.HTTPError as exc:
-                    return "fail", f"{path}: {_first_line(exc) or type(exc).__name__}"
+                    return "fail", f"{path}: {first_line(exc) or type(exc).__name__}"
                 if code in (401, 403):
                     return "fail", (f"{path} answered {code}: the API refuses the smoke key; "
                                     "set CESAR_API_KEY to a valid key with agents:read and "
@@ -470,7 +468,7 @@ def run(options: Options, checks: list[Check] | None = None) -> Report:
                 try:
                     status, detail = check.run(ctx)
                 except (psycopg.Error, OSError) as exc:
-                    status, detail = "fail", f"{type(exc).__name__}: {_first_line(exc)}"
+                    status, detail = "fail", f"{type(exc).__name__}: {first_line(exc)}"
             results[check.name] = Result(check.name, status, detail,
                                          round((time.perf_counter() - t0) * 1000, 1))
     finally:

@@ -27,6 +27,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cesar import __version__, db, metrics
 from cesar.api import models
+from cesar.console import first_line
 from cesar.sync import health as sync_health
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class ConnectionProbe:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, PoolTimeout):
         return f"no connection from the pool within {CHECKOUT_TIMEOUT:g} s"
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = first_line(exc)
     return f"{type(exc).__name__}: {first}"
 
 

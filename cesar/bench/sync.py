@@ -35,7 +35,8 @@ from psycopg import sql
 
 from cesar import migrate
 from cesar.config import Settings
-from cesar.dev.embedded import APP_ROLE, EmbeddedPostgres
+from cesar.credentials import APP_ROLE
+from cesar.dev.embedded import EmbeddedPostgres
 from cesar.sync import run as sync_run
 from cesar.sync.tables import SYNCED_TABLES, SyncSettings
 

@@ -36,6 +36,7 @@ from psycopg import errors as pgerrors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cesar.config import Settings
+from cesar.console import first_line
 from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed, RetryExhausted
 
@@ -225,9 +226,6 @@ def detect_engine(conn: psycopg.Connection) -> Engine:
     return "cockroachdb" if engine == "cockroachdb" else "postgresql"
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
 
 def connect_kwargs(settings: Settings) -> dict[str, object]:
     """Session settings applied to every connection we open (pooled or not)."""
@@ -246,7 +244,7 @@ def connect(endpoint: Endpoint, settings: Settings, **kwargs: object) -> psycopg
     except psycopg.OperationalError as exc:
         raise OperationFailed(
             f"cannot connect to the {endpoint.name} database {endpoint.masked} "
-            f"({endpoint.variable}): {_first_line(exc)}"
+            f"({endpoint.variable}): {first_line(exc)}"
         ) from None
 
 
@@ -452,11 +450,11 @@ def run_transaction(
             if attempt == max_attempts:
                 raise RetryExhausted(
                     f"transaction still failed with SQLSTATE 40001 after {max_attempts} attempts "
-                    f"({_first_line(exc)}); reduce contention or raise CESAR_RETRY_MAX_ATTEMPTS"
+                    f"({first_line(exc)}); reduce contention or raise CESAR_RETRY_MAX_ATTEMPTS"
                 ) from exc
             delay = random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
             log.info("40001 on attempt %d, retrying in %.3f s: %s", attempt, delay,
-                     _first_line(exc))
+                     first_line(exc))
             if on_retry is not None:
                 on_retry(attempt, delay, exc)
             time.sleep(delay)

@@ -45,6 +45,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from cesar import db
+from cesar.console import first_line
 from cesar.errors import OperationFailed
 
 log = logging.getLogger(__name__)
@@ -510,7 +511,7 @@ class Lease:
                 except (psycopg.Error, OperationFailed) as exc:
                     if time.monotonic() - self._renewed >= self.seconds:
                         # The row may have expired and been taken: stop the work.
-                        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                        first = first_line(exc)
                         self._lose(f"its heartbeat failed for {self.seconds:g} s: {first}")
                         return
                     log.warning("%s heartbeat failed (will retry): %s", self.table.what, exc)

@@ -6,6 +6,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg.conninfo
 
+from cesar.console import first_line
 from cesar.errors import ConfigError
 
 
@@ -20,7 +21,7 @@ def parse(url: str, variable: str) -> dict[str, str]:
         return psycopg.conninfo.conninfo_to_dict(url)  # type: ignore[return-value]
     except psycopg.ProgrammingError as exc:
         raise ConfigError(
-            f"{variable} cannot be parsed ({_first_line(exc)}); check its syntax"
+            f"{variable} cannot be parsed ({first_line(exc)}); check its syntax"
         ) from None
 
 
@@ -51,6 +52,3 @@ def mask(url: str | None) -> str | None:
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -34,7 +34,6 @@ import ipaddress
 import json
 import os
 import pwd
-import secrets
 import shutil
 import socket
 import stat
@@ -47,12 +46,11 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from cesar.credentials import APP_ROLE, LOGINS, new_password, write_private
 from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
 
 SUPERUSER = "postgres"
-APP_ROLE = "cesar_app"
-LOGINS = ("cesar_app_a", "cesar_app_b")
 LOCAL_DB = "cesar_local"
 CLUSTER_DB = "cesar_cluster"
 HOST = "127.0.0.1"
@@ -420,22 +418,6 @@ def _replace_if_different(path: Path, text: str) -> bool:
     path.write_text(text)
     os.chown(path, st.st_uid, st.st_gid)
     return True
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` atomically to ``path`` with mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def new_password() -> str:
-    return secrets.token_urlsafe(24)
 
 
 def free_port(host: str = HOST) -> int:

@@ -25,7 +25,7 @@ import httpx
 from cesar.api.server import check_port
 from cesar.api.settings import load_api_settings
 from cesar.config import Settings
-from cesar.dev.embedded import write_private
+from cesar.credentials import write_private
 from cesar.errors import OperationFailed
 
 HOST = "127.0.0.1"

@@ -18,6 +18,7 @@ import click
 
 from cesar import migrate
 from cesar.config import load_settings
+from cesar.console import emit_json as _emit
 from cesar.migrate.lease import DEFAULT_LEASE_SECONDS, DEFAULT_WAIT_SECONDS, LeaseInfo
 from cesar.migrate.store import Identity
 
@@ -73,11 +74,6 @@ def _runner(url: str | None, migrations_dir: Path | None, command: str,
     with conn:
         yield runner
 
-
-def _emit(obj: Any) -> None:
-    from cesar.cli import emit_json
-
-    emit_json(obj)
 
 
 @click.group("migrate")

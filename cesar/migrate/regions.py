@@ -38,15 +38,16 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from cesar.console import first_line
 from cesar.errors import ConfigError, OperationFailed
-from cesar.sync.tables import SYNCED_TABLES
+from cesar.schema import SYNCED_TABLES
 
-#: The tables made REGIONAL BY ROW: the synced tables, declared once in cesar.sync.tables.
+#: The tables made REGIONAL BY ROW: the synced tables, declared once in cesar.schema.
 #: They are the ones written on both sides, with UUID keys chosen by the writer and no unique
 #: constraint two regions could break independently. The runner's and the sync's own
 #: bookkeeping tables stay in the primary region.
 REGIONAL_TABLES: tuple[str, ...] = SYNCED_TABLES
-DECLARED_IN = "cesar.sync.tables.SYNCED_TABLES"
+DECLARED_IN = "cesar.schema.SYNCED_TABLES"
 
 REGIONAL_BY_ROW = "REGIONAL BY ROW"
 REGION_COLUMN = "crdb_region"
@@ -95,7 +96,7 @@ def read_catalog(conn: psycopg.Connection, engine: str, tables: Sequence[str]) -
         row = conn.execute(CATALOG_QUERIES[0]).fetchone()
         rows = conn.execute(CATALOG_QUERIES[1], [list(tables)]).fetchall()
     except psycopg.Error as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise OperationFailed(
             f"cannot read the regions and table localities of {database} ({first}); the runner "
             "reads SHOW DATABASES and SHOW TABLES: run it as a login with privileges on the "

@@ -47,8 +47,9 @@ from psycopg import sql
 
 from cesar import __version__, db
 from cesar.config import Settings
+from cesar.console import first_line
+from cesar.credentials import APP_ROLE
 from cesar.db import urls
-from cesar.dev.embedded import APP_ROLE
 from cesar.errors import ConfigError, OperationFailed
 from cesar.migrate import regions as migrate_regions
 from cesar.migrate.files import (
@@ -161,7 +162,7 @@ def connect(url: str, settings: Settings, source: str = "--url") -> psycopg.Conn
     try:
         return psycopg.connect(url, **kwargs)
     except psycopg.OperationalError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise OperationFailed(f"cannot connect to {urls.mask(url)} ({source}): {first}") from None
 
 
@@ -421,11 +422,11 @@ class Runner:
         if connected:
             self._locality_event("fail", {
                 "table": change.table, "statement": st.index, "sql": st.sql,
-                "sqlstate": exc.sqlstate, "message": _first_line(exc)})
+                "sqlstate": exc.sqlstate, "message": first_line(exc)})
         raise OperationFailed(
             f"setting {change.table} REGIONAL BY ROW failed at statement {st.index}/"
             f"{len(change.statements)} ({st.summary(70)}) with SQLSTATE {exc.sqlstate}: "
-            f"{_first_line(exc)}; {kept}the next `cesar migrate up --regional-by-row` "
+            f"{first_line(exc)}; {kept}the next `cesar migrate up --regional-by-row` "
             "continues with the tables not yet converted (each statement is idempotent)"
         ) from None
 
@@ -663,7 +664,7 @@ class Runner:
         except psycopg.Error as exc:
             if self.conn.broken:
                 raise
-            log.info("running as the login, not %s: %s", self.group_role, _first_line(exc))
+            log.info("running as the login, not %s: %s", self.group_role, first_line(exc))
 
     def _autocommit_before_ddl(self) -> str | None:
         """The session's ``autocommit_before_ddl`` (``on``/``off``); None where the release
@@ -692,7 +693,7 @@ class Runner:
                 if self.engine() != "cockroachdb":
                     raise
                 self.progress(f"session reset: {statement} failed on this CockroachDB "
-                              f"({_first_line(exc)}); settings of one migration may reach the "
+                              f"({first_line(exc)}); settings of one migration may reach the "
                               "next")
         self._assume_group_role()
         self._tune_session()
@@ -759,7 +760,7 @@ class Runner:
         committed = (row is not None and row.status == done
                      and row.attempt_checksum == m.file_checksum(step.direction))
         detail = {"direction": step.direction, "mode": "transactional", "in_doubt": True,
-                  "sqlstate": exc.sqlstate, "message": _first_line(exc), "committed": committed}
+                  "sqlstate": exc.sqlstate, "message": first_line(exc), "committed": committed}
         def record(c: psycopg.Connection) -> None:
             self._lease_held().check(c)  # fenced like every progress record
             insert_event(c, self.identity, "resume" if committed else "fail", m.name,
@@ -774,7 +775,7 @@ class Runner:
         cmd = "up" if step.direction == "up" else "down --steps 1"
         raise MigrationFailed(
             f"{what} {m.name}: its commit was in doubt (SQLSTATE {exc.sqlstate}: "
-            f"{_first_line(exc)}) and its tracking row shows it did not commit, so nothing of "
+            f"{first_line(exc)}) and its tracking row shows it did not commit, so nothing of "
             f"it changed; run `cesar migrate {cmd}` again"
         ) from None
 
@@ -828,7 +829,7 @@ class Runner:
                               else "the interrupted run")
                         note = f", already done by {by}: {skipped.sqlstate}"
                         detail = {"statement": st.index, "in_doubt": True,
-                                  "sqlstate": skipped.sqlstate, "message": _first_line(skipped)}
+                                  "sqlstate": skipped.sqlstate, "message": first_line(skipped)}
                         def skipped_event(c: psycopg.Connection,
                                           d: dict[str, Any] = detail) -> None:
                             lease.check(c)
@@ -893,7 +894,7 @@ class Runner:
                 kept = "its transaction rolled back and the next run starts it again"
             raise OperationFailed(
                 f"lost the connection to the database during {step.name} statement {st.index} "
-                f"({_first_line(exc)}); {kept}, once this runner's lease expires (at most "
+                f"({first_line(exc)}); {kept}, once this runner's lease expires (at most "
                 f"{self.lease_seconds:g} s)"
             ) from None
         self._record_failure(step, mode, statements, st, exc, done=done)
@@ -994,7 +995,7 @@ class Runner:
         run certainly got and is left resumable: the next run executes that statement again
         and accepts it as done when it fails only because its effect is already there."""
         m = step.migration
-        message = _first_line(exc)
+        message = first_line(exc)
         detail = {"direction": step.direction, "mode": mode, "sqlstate": exc.sqlstate,
                   "message": message, "statement": st.index, "line": st.line,
                   "file": str(m.path(step.direction)), "statements_done": done}
@@ -1070,7 +1071,7 @@ class Runner:
         raise MigrationFailed(
             f"{'migration' if step.direction == 'up' else 'rollback'} {m.name}: statement "
             f"{st.index} ({m.path(step.direction)}:{st.line}) is in doubt: the server could not "
-            f"say whether it committed (SQLSTATE {exc.sqlstate}: {_first_line(exc)}); "
+            f"say whether it committed (SQLSTATE {exc.sqlstate}: {first_line(exc)}); "
             f"{_done(done)}"
             f"`cesar migrate {cmd}` runs it again and accepts it as done if its effect is "
             f"already there (check with `cesar migrate status`){settle}"
@@ -1094,7 +1095,7 @@ class Runner:
                     and exc.sqlstate in _DUPLICATE else "")
         return MigrationFailed(
             f"{what} {m.name} failed at statement {st.index} ({path}:{st.line}) with SQLSTATE "
-            f"{exc.sqlstate}: {_first_line(exc)}; {state}; fix the file and run "
+            f"{exc.sqlstate}: {first_line(exc)}; {state}; fix the file and run "
             f"`cesar migrate {cmd}` again, or `cesar migrate repair {m.name} --reason TEXT`"
             f"{baseline}"
         )
@@ -1212,9 +1213,6 @@ def _require_reason(reason: str | None, command: str) -> None:
         raise ConfigError(f"`cesar migrate {command}` needs --reason TEXT (it is recorded in "
                           f"{EVENTS_TABLE})")
 
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # ==================================================================== one-call entry points

@@ -86,7 +86,7 @@ def rotate_password(grace: float, wait: bool, retire_now: bool, max_attempts: in
                     skip: tuple[str, ...], show_status: bool, dry_run: bool,
                     as_json: bool) -> None:
     """Rotate the application's database password with no downtime."""
-    from cesar.cli import emit_json
+    from cesar.console import emit_json
 
     quiet = as_json or show_status or dry_run
     rotator = build(load_settings(), skip=set(skip), grace=grace, max_attempts=max_attempts,

@@ -52,8 +52,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from cesar.console import first_line
+from cesar.credentials import LOGINS, new_password, write_private
 from cesar.db import detect_engine, lease, require_tls
-from cesar.dev.embedded import LOGINS, new_password, write_private
 from cesar.errors import ConfigError, OperationFailed
 from cesar.rotate import record as rotate_record
 from cesar.rotate import scram
@@ -139,9 +140,6 @@ class Audit:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
 
 class Rotator:
     def __init__(
@@ -208,7 +206,7 @@ class Rotator:
         except psycopg.OperationalError as exc:
             raise OperationFailed(
                 f"preflight: the active credential ({active.login}) does not connect: "
-                f"{_first_line(exc)}; fix that before rotating") from None
+                f"{first_line(exc)}; fix that before rotating") from None
         self._own_sessions.add(rotate_record.session_id(conn))
         return conn
 
@@ -317,7 +315,7 @@ class Rotator:
                         if record is not None else "")
                 raise OperationFailed(
                     f"preflight: the active credential ({active.login}) does not connect: "
-                    f"{_first_line(exc)}{hint}; fix that before rotating") from None
+                    f"{first_line(exc)}{hint}; fix that before rotating") from None
         with self.primary.admin() as admin:
             if detect_engine(admin) == "cockroachdb" and not admin.pgconn.ssl_in_use:
                 raise ConfigError(
@@ -395,7 +393,7 @@ class Rotator:
                     sql.Identifier(pending.login), sql.Literal(scram.verifier(pending.password))))
             except psycopg.Error as exc:
                 raise OperationFailed(f"set: the database refused the new password for "
-                                      f"{pending.login}: {_first_line(exc)}") from None
+                                      f"{pending.login}: {first_line(exc)}") from None
         self._done(st, "set", login=pending.login)
 
     def _test(self, pending: Credential) -> None:
@@ -412,7 +410,7 @@ class Rotator:
                         _write_probe(conn)
             except psycopg.Error as exc:
                 raise OperationFailed(f"test: {pending.login} cannot work with its new "
-                                      f"password: {_first_line(exc)}") from None
+                                      f"password: {first_line(exc)}") from None
 
     def _undo(self, st: RotationState, exc: OperationFailed) -> None:
         """Put the inactive login back as it was and drop the pending credential."""

@@ -30,8 +30,9 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import psycopg
 
+from cesar.credentials import write_private
 from cesar.db import urls
-from cesar.dev.embedded import CLUSTER_DB, HOST, LOCAL_DB, EmbeddedPostgres, write_private
+from cesar.dev.embedded import CLUSTER_DB, HOST, LOCAL_DB, EmbeddedPostgres
 from cesar.errors import ConfigError, OperationFailed
 
 

@@ -27,6 +27,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from cesar import db
+from cesar.console import first_line
 from cesar.errors import RetryExhausted
 from cesar.sync.capture import Change
 from cesar.sync.rule import Action, Existing, Version, compare, decide
@@ -418,7 +419,7 @@ def _vparts(v: Version | None) -> tuple[Any, Any]:
 
 def _record_failure(target: Target, spec: TableSpec, ch: Change, exc: BaseException) -> int:
     """Record a change that cannot be applied, with the reason, in its own transaction."""
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    reason = first_line(exc)
     sqlstate = getattr(exc, "sqlstate", None)
 
     def work(c: psycopg.Connection) -> int:

@@ -23,18 +23,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cesar.config import ENV_FILES
 from cesar.errors import ConfigError
-
-#: The synced tables, parents first. agent_workload (009) is a view: each side computes it.
-SYNCED_TABLES: tuple[str, ...] = (
-    "agents",
-    "agent_capabilities",
-    "tasks",
-    "task_assignments",
-    "agent_runs",
-    "agent_run_events",
-    "api_keys",
-    "audit_log",
-)
+from cesar.schema import SYNCED_TABLES
 
 #: The capture trigger's name on every synced table (migration 011).
 CAPTURE_TRIGGER = "sync_capture"

@@ -62,7 +62,7 @@ def test_the_tables_are_the_synced_tables_declared_once() -> None:
 @pytest.mark.parametrize("bad", [(), ("agents", "agents"), ("agents", "Tasks"),
                                  ("agents", "tasks; DROP TABLE agents"), ("",)])
 def test_a_bad_table_list_is_refused_before_anything_runs(bad: tuple[str, ...]) -> None:
-    with pytest.raises(ConfigError, match="cesar.sync.tables.SYNCED_TABLES") as info:
+    with pytest.raises(ConfigError, match="cesar.schema.SYNCED_TABLES") as info:
         validate_tables(bad)
     assert "\n" not in str(info.value)
 

@@ -7,6 +7,7 @@ the same variables come from the systemd ``EnvironmentFile`` written by Ansible.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,10 @@ Environment = Literal["development", "staging", "production"]
 Target = Literal["local", "cluster"]
 
 ENV_FILES = (".env", ".env.cockroach")
+#: The development stack's state file under CESAR_STATE_DIR (mode 0600). The embedded stack
+#: writes its URLs into it; this module reads them back in development, and only there, so the
+#: connection layer never needs the development stack's code.
+DEV_STATE_FILE = "stack.json"
 
 
 def _alias(name: str) -> AliasChoices:
@@ -100,3 +105,24 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+
+
+def dev_urls(settings: Settings) -> tuple[str | None, str | None]:
+    """The embedded stack's (local, cluster) URLs, handed over in its state file by ``invoke up``;
+    ``(None, None)`` outside development, before the first ``invoke up``, or from a state file
+    written before the URLs were (the next ``invoke up`` adds them)."""
+    if settings.environment != "development":
+        return None, None
+    path = Path(settings.state_dir) / DEV_STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{path} is unreadable ({exc}); move it aside and run `invoke up` again"
+        ) from None
+    handed = data.get("urls") if isinstance(data, dict) else None
+    if not isinstance(handed, dict):
+        return None, None
+    return handed.get("local"), handed.get("cluster")

@@ -35,7 +35,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from cesar.config import Settings
+from cesar.config import Settings, dev_urls
 from cesar.console import first_line
 from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed, RetryExhausted
@@ -68,14 +68,9 @@ class Route:
 
 
 def embedded_urls(settings: Settings) -> tuple[str | None, str | None]:
-    """The embedded stack's (local, cluster) URLs if ``invoke up`` has created it."""
-    from cesar.dev.embedded import EmbeddedPostgres
-
-    pg = EmbeddedPostgres(settings.state_dir)
-    state = pg.load_state()
-    if state is None:
-        return None, None
-    return pg.local_url(state), pg.cluster_url(state)
+    """The embedded stack's (local, cluster) URLs if ``invoke up`` has created it (development
+    only: the stack hands them over in its state file, see :func:`cesar.config.dev_urls`)."""
+    return dev_urls(settings)
 
 
 LOOPBACK_HOSTS = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -250,11 +245,10 @@ def connect(endpoint: Endpoint, settings: Settings, **kwargs: object) -> psycopg
 
 def credential_files_stamp(settings: Settings) -> tuple[tuple[str, int], ...]:
     """Modification times of every file credentials can come from (cheap: a few stat calls)."""
-    from cesar.config import ENV_FILES
-    from cesar.dev.embedded import STATE_FILE
+    from cesar.config import DEV_STATE_FILE, ENV_FILES
 
     out = []
-    for path in (*map(Path, ENV_FILES), Path(settings.state_dir) / STATE_FILE):
+    for path in (*map(Path, ENV_FILES), Path(settings.state_dir) / DEV_STATE_FILE):
         try:
             out.append((str(path), path.stat().st_mtime_ns))
         except OSError:

@@ -46,6 +46,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from cesar.config import DEV_STATE_FILE
 from cesar.credentials import APP_ROLE, LOGINS, new_password, write_private
 from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
@@ -55,7 +56,7 @@ LOCAL_DB = "cesar_local"
 CLUSTER_DB = "cesar_cluster"
 HOST = "127.0.0.1"
 RUN_AS = "cesar-pg"  # system user that owns the server when we run as root
-STATE_FILE = "stack.json"
+STATE_FILE = DEV_STATE_FILE
 # The longest a committed transaction waits before its WAL segment is archived: the RPO bound.
 ARCHIVE_TIMEOUT = 10
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for ".s.PGSQL.NNNNN"
@@ -113,14 +114,19 @@ class EmbeddedPostgres:
         if not self.state_file.exists():
             return None
         try:
-            return StackState(**json.loads(self.state_file.read_text()))
-        except (ValueError, TypeError) as exc:
+            data = json.loads(self.state_file.read_text())
+            data.pop("urls", None)  # handed over for the configuration (save_state), not state
+            return StackState(**data)
+        except (ValueError, TypeError, AttributeError) as exc:
             raise ConfigError(
                 f"{self.state_file} is unreadable ({exc}); move it aside and run `invoke up` again"
             ) from None
 
     def save_state(self, state: StackState) -> None:
-        write_private(self.state_file, json.dumps(asdict(state), indent=2) + "\n")
+        # The URLs ride in the same 0600 file, written in one atomic replace, so a rotation's
+        # new password and the URL that carries it land together; config.dev_urls reads them.
+        handed = {"urls": {"local": self.local_url(state), "cluster": self.cluster_url(state)}}
+        write_private(self.state_file, json.dumps({**asdict(state), **handed}, indent=2) + "\n")
 
     @property
     def ca_file(self) -> Path:

@@ -35,6 +35,7 @@ MOVED: dict[str, str] = {
     "cesar.configcheck": "cesar.deploy.configcheck",
     "cesar.lease": "cesar.db.lease",
     "cesar.urls": "cesar.db.urls",
+    "tests.hosts.testhosts": "cesar.dev.testhosts",
 }
 
 

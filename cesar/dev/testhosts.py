@@ -452,7 +452,7 @@ def _write_inventory(run: Run, keys: Keys, db: dict[str, str], sync_hosts: int) 
     path = run.path / "inventory.yml"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(f"# cesar test hosts, run {run.id}: written by tests/hosts/testhosts.py; "
+        fh.write(f"# cesar test hosts, run {run.id}: written by cesar/dev/testhosts.py; "
                  "`invoke testhosts.down` removes it.\n")
         yaml.safe_dump(inventory, fh, sort_keys=False, width=1000)
     return path

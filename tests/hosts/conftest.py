@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from cesar.dev import testhosts
 from tests.conftest import require
-from tests.hosts import testhosts
 
 HOSTS = 2
 

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from cesar import deploy
+from cesar.dev import testhosts
 from tests.conftest import REPO
-from tests.hosts import testhosts
 
 pytestmark = [pytest.mark.hosts, pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from cesar.dev import testhosts
 from cesar.errors import ConfigError
-from tests.hosts import testhosts
 
 
 def test_missing_requirements_name_what_to_install(monkeypatch) -> None:

@@ -21,7 +21,7 @@ on a second run. It makes
 
 CockroachDB syntax (``IF NOT EXISTS`` forms, cluster settings, regions): PostgreSQL does not
 accept this script, so the tests check its shape and quoting; see docs/infra.md for what was
-verified where. The embedded PostgreSQL stack creates the same roles in ``cesar.embedded``.
+verified where. The embedded PostgreSQL stack creates the same roles in ``cesar.dev.embedded``.
 """
 
 from __future__ import annotations

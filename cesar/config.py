@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     )
     application_name: str = Field("cesar", validation_alias=_alias("CESAR_APPLICATION_NAME"))
 
-    # Password rotation (cesar/rotate.py): a role allowed to ALTER ROLE the application logins,
+    # Password rotation (cesar/rotate/): a role allowed to ALTER ROLE the application logins,
     # and the hosts' Ansible Vault file and the Pulumi stack that also hold the credential.
     admin_db_url: str | None = Field(None, validation_alias=_alias("CESAR_ADMIN_DB_URL"))
     vault_file: Path | None = Field(None, validation_alias=_alias("CESAR_VAULT_FILE"))
@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     retry_max_delay: float = Field(1.0, gt=0, validation_alias=_alias("CESAR_RETRY_MAX_DELAY"))
 
     # `cesar migrate up` makes the synced tables REGIONAL BY ROW on a multi-region CockroachDB
-    # (cesar/migrate_regions.py); per environment, like --regional-by-row.
+    # (cesar/migrate/regions.py); per environment, like --regional-by-row.
     regional_by_row: bool = Field(False, validation_alias=_alias("CESAR_REGIONAL_BY_ROW"))
 
 

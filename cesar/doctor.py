@@ -345,7 +345,7 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("read-committed", "the sync's sessions (cesar/sync/run.py)", _v("24.1"),
                "https://www.cockroachlabs.com/docs/v24.1/read-committed, GA in v24.1",
                probe_read_committed),
-    Capability("scram-sha-256", "password rotation's pre-hashed verifiers (cesar/scram.py)",
+    Capability("scram-sha-256", "password rotation's pre-hashed verifiers (cesar/rotate/scram.py)",
                _v("22.2"), "https://www.cockroachlabs.com/docs/v22.2/security-reference/scram-"
                "authentication", probe_scram),
 )

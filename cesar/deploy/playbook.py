@@ -4,7 +4,7 @@ The inventory follows ``ENVIRONMENT`` (``ansible/inventories/<environment>/hosts
 is named (e.g. the file ``invoke testhosts.up`` printed). When the inventory holds Ansible Vault
 files, the vault password comes from ``--vault-password-file``, else ``CESAR_VAULT_PASSWORD_FILE``
 or ``ANSIBLE_VAULT_PASSWORD_FILE``, else a prompt. The wheelhouse the hosts install is built first
-(``cesar.wheelhouse``) and handed to the play, so what is deployed is this checkout.
+(``cesar.deploy.wheelhouse``) and handed to the play, so what is deployed is this checkout.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ class StackState:
     passwords: dict[str, str]
     active_login: str = LOGINS[0]
     # A rotation in progress keeps its new credential here, as *pending*, before the database
-    # is touched (see cesar/rotate.py); the active login keeps serving until it is switched.
+    # is touched (see cesar/rotate/rotator.py); the active login keeps serving until it is switched.
     pending_login: str | None = None
     pending_password: str | None = None
     socket_dir: str = ""
@@ -248,7 +248,7 @@ class EmbeddedPostgres:
     def _write_config(self, state: StackState) -> bool:
         """Write our settings and pg_hba.conf; True when the running server must restart."""
         conf = (
-            "# Written by cesar (cesar/embedded.py) on every `invoke up`; edits are overwritten.\n"
+            "# Written by cesar (cesar/dev/embedded.py) on every `invoke up`; edits are lost.\n"
             f"listen_addresses = '{', '.join((HOST, *self.extra_listen))}'\n"
             f"port = {state.port}\n"
             f"unix_socket_directories = '{state.socket_dir}'\n"

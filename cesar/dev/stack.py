@@ -1,6 +1,6 @@
 """The development stack behind ``invoke up`` / ``down`` / ``status``.
 
-``up`` starts the embedded PostgreSQL when a URL is missing (see ``cesar.embedded``), brings the
+``up`` starts the embedded PostgreSQL when a URL is missing (see ``cesar.dev.embedded``), brings the
 schema of both databases (local and the cluster stand-in) up to date, and reports what it did.
 It is idempotent: a second run only checks. ``down`` stops what ``up`` started and keeps the data.
 """

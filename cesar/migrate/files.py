@@ -3,7 +3,7 @@
 A migration is a pair ``NNN_name.up.sql`` / ``NNN_name.down.sql`` in one directory, applied in
 name order. :func:`load` reads a directory strictly (a misnamed ``.sql`` file, a down file alone
 or two migrations with one number are configuration errors); :func:`migration_names` is lenient,
-for ``/health``. Statements are parsed only when needed (``cesar.migrate_sql``).
+for ``/health``. Statements are parsed only when needed (``cesar.migrate.sql``).
 """
 
 from __future__ import annotations

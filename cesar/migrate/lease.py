@@ -1,7 +1,7 @@
 """The migration lease: one runner at a time per database (``schema_migration_lease``, id 1).
 
 The lease itself (database-clock expiry, heartbeat, fencing generation, takeover of an expired
-or dead holder) is :mod:`cesar.lease`; this module adds what only the runner has: the columns
+or dead holder) is :mod:`cesar.db.lease`; this module adds what only the runner has: the columns
 naming the command and the migration being applied, the ``lease-takeover`` event, and
 ``lock break``. The runner fences every tracking-row write (:meth:`Lease.check` with its
 connection, inside that transaction), so a runner paused past its lease cannot record progress,

@@ -1,7 +1,7 @@
 """The plan: what the files and the tracking table say is to be done, and every reason to refuse.
 
 Computed from one read of ``schema_migrations`` (``cesar.migrate.store.read_tracked``) and the
-files (``cesar.migrate_files``), without touching the database: the dry run, ``status`` and the
+files (``cesar.migrate.files``), without touching the database: the dry run, ``status`` and the
 real run all start from it.
 """
 

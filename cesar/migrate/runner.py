@@ -4,13 +4,13 @@ Migrations are ``NNN_name.up.sql`` / ``NNN_name.down.sql`` pairs in a directory,
 name order and tracked in ``schema_migrations``. One runner at a time holds the lease; the
 others wait and then find nothing pending. This module executes; the rest is in its own:
 
-- ``cesar.migrate_files``: the directory and its files (names, checksums, statements)
-- ``cesar.migrate_sql``: splitting a file into statements
-- ``cesar.migrate_store``: the runner's tables (tracking rows, events, lease row)
-- ``cesar.migrate_plan``: files versus tracking rows: what is pending, what is refused
-- ``cesar.migrate_lease``: the lease and its heartbeat
-- ``cesar.migrate_regions``: ``--regional-by-row``: which tables, which statements, refusals
-- ``cesar.migrate_cli``: ``cesar migrate ...``
+- ``cesar.migrate.files``: the directory and its files (names, checksums, statements)
+- ``cesar.migrate.sql``: splitting a file into statements
+- ``cesar.migrate.store``: the runner's tables (tracking rows, events, lease row)
+- ``cesar.migrate.plan``: files versus tracking rows: what is pending, what is refused
+- ``cesar.migrate.lease``: the lease and its heartbeat
+- ``cesar.migrate.regions``: ``--regional-by-row``: which tables, which statements, refusals
+- ``cesar.migrate.cli``: ``cesar migrate ...``
 
 Execution modes (``--mode``):
 
@@ -304,7 +304,7 @@ class Runner:
     # ---------------------------------------------------------------- up
     def up(self, *, dry_run: bool = False, regional_by_row: bool = False) -> RunReport:
         """Apply the pending migrations; with ``regional_by_row``, then make the declared tables
-        REGIONAL BY ROW (``cesar.migrate_regions``). Its refusals (a bad table list, a
+        REGIONAL BY ROW (``cesar.migrate.regions``). Its refusals (a bad table list, a
         CockroachDB database without regions) come before any migration runs."""
         if not regional_by_row:
             return self._up(dry_run)

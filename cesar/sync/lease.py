@@ -1,4 +1,4 @@
-"""One sync run at a time: the lease row ``sync_lease`` (id 1) of :mod:`cesar.lease`.
+"""One sync run at a time: the lease row ``sync_lease`` (id 1) of :mod:`cesar.db.lease`.
 
 The lease is taken in the cluster database, which every run of a pair reaches; its token is
 then installed in the local database's ``sync_lease`` too, so that the writes on *both* sides

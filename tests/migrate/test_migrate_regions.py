@@ -1,4 +1,4 @@
-"""`cesar migrate up --regional-by-row` (cesar/migrate_regions.py).
+"""`cesar migrate up --regional-by-row` (cesar/migrate/regions.py).
 
 CockroachDB cannot run here, so the option is pinned three ways:
 

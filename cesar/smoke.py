@@ -1,4 +1,4 @@
-"""``cesar smoke`` / ``invoke smoke``: the seed's verification checklist as one command.
+"""``cesar smoke`` / ``invoke smoke``: the deployment verification checklist as one command.
 
 Against the configured cluster URL (``COCKROACH_DB_URL``; in development the embedded
 ``cesar_cluster`` stand-in): DNS, TCP, TLS, authentication, server version and engine, round-trip
@@ -10,7 +10,7 @@ Each check returns ``pass``, ``warn`` (worth reading, not failing: no TLS in dev
 degraded /health, a certificate close to expiry), ``fail``, or ``skip`` (a check it needs
 failed). The command exits 1 naming every failed check, 2 for bad usage or configuration.
 
-To add a check (the sync lag of issue 5): write ``def check_x(ctx: Context) -> Outcome`` and
+To add a check (as the sync lag does): write ``def check_x(ctx: Context) -> Outcome`` and
 append ``Check("x", check_x, needs=(...))`` to :data:`CHECKS`; ``needs`` names checks whose
 failure makes this one pointless (``"auth"`` for anything reading the database: it may then use
 ``ctx.conn``).
@@ -43,7 +43,7 @@ Status = Literal["pass", "warn", "fail", "skip"]
 Outcome = tuple[Status, str]
 ENGINES = ("cockroachdb", "postgresql")
 
-#: The seed's budget: p95 under 200 ms.
+#: The API's budget: p95 under 200 ms.
 DEFAULT_BUDGET_MS = 200.0
 DEFAULT_BURST = 20
 EXPECTED_AGENTS = 24
@@ -342,7 +342,7 @@ def check_agents(ctx: Context) -> Outcome:
 
 
 def check_sync_lag(ctx: Context) -> Outcome:
-    """Issue 5: every table and direction synced within CESAR_SYNC_LAG_LIMIT_SECONDS (600)."""
+    """Every table and direction synced within CESAR_SYNC_LAG_LIMIT_SECONDS (600)."""
     from cesar.sync import health as sync_health
 
     assert ctx.conn is not None

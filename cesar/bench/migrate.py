@@ -1,6 +1,6 @@
 """``invoke bench --suite migrate``: the cost of a no-op ``migrate up``.
 
-The goal (issue 3): a run with nothing to do costs one read of the tracking table, however many
+The goal: a run with nothing to do costs one read of the tracking table, however many
 migrations are applied. Measured for the repository's migrations and for 200 (the repository's
 plus generated ones), each on its own database:
 

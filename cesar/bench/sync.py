@@ -13,7 +13,7 @@ On an embedded PostgreSQL of its own (two fresh databases, every migration appli
 5. **empty**: runs with nothing to move (median of 5), with one synced table and with all ten;
 6. **full reconcile** of the equal tables (the nightly ``--full``), for scale.
 
-Targets (issue 5): initial sync within 3x the COPY pipe; the incremental run under 5% of the
+Targets: initial sync within 3x the COPY pipe; the incremental run under 5% of the
 initial one; the empty run under 100 ms plus a small constant per table.
 """
 

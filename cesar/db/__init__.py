@@ -1,4 +1,4 @@
-"""The connection layer (successor of the seed's ``api/database_v2.py``).
+"""The connection layer.
 
 Routing, decided by :func:`route` from the settings alone (no I/O):
 

@@ -113,7 +113,7 @@ def up(settings: Settings) -> UpResult:
 
 
 def _sync_pass(settings: Settings) -> dict[str, Any] | None:
-    """One sync run between the two databases (issue 5); None without both of them."""
+    """One sync run between the two databases; None without both of them."""
     from cesar.sync import run  # its errors are the operator's: one line, exit 1 or 2
 
     endpoints = {e.name: e.url for e in _endpoints(settings)}
@@ -125,7 +125,7 @@ def _sync_pass(settings: Settings) -> dict[str, Any] | None:
 
 
 def _api_service(settings: Settings) -> Any:
-    from cesar.dev.service import ApiService  # the API process of the stack (issue 4)
+    from cesar.dev.service import ApiService  # the API process of the stack
 
     return ApiService.for_settings(settings)
 

@@ -1,6 +1,6 @@
 """``cesar migrate up --regional-by-row``: the synced tables as REGIONAL BY ROW on CockroachDB.
 
-The seed's manual multi-region step (``ALTER TABLE agents SET LOCALITY REGIONAL BY ROW``) as a
+The manual multi-region step (``ALTER TABLE agents SET LOCALITY REGIONAL BY ROW``) as a
 runner option. After the pending migrations, on a CockroachDB database that has regions (Pulumi's
 stack config ``cesar:regions``, docs/infra.md), every table of :data:`REGIONAL_TABLES` that is not
 already REGIONAL BY ROW is converted; a second run finds them all converted and does nothing. On

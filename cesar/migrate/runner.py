@@ -1,4 +1,4 @@
-"""The migration runner (successor of the seed's ``apply_migrations_cockroach.sh``).
+"""The migration runner.
 
 Migrations are ``NNN_name.up.sql`` / ``NNN_name.down.sql`` pairs in a directory, applied in
 name order and tracked in ``schema_migrations``. One runner at a time holds the lease; the

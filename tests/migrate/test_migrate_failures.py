@@ -206,7 +206,7 @@ def test_a_failed_partial_migration_can_be_rolled_back_with_its_down_file(
 def test_mark_applied_baselines_a_migration_whose_objects_already_exist(
     fresh_db: str, migrations: Path, runner_for, cli
 ) -> None:
-    """The seed's "Migrations fail with 'already exists'", without hand-written SQL."""
+    """The old runbook's "Migrations fail with 'already exists'", without hand-written SQL."""
     args = ("--url", fresh_db, "--migrations-dir", str(migrations))
     runner_for(fresh_db).up()
     query(fresh_db, "CREATE TABLE existing_by_hand (id UUID PRIMARY KEY, legacy TEXT)")

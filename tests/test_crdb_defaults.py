@@ -18,7 +18,7 @@ from psycopg import sql
 
 from cesar import rotate
 from cesar.migrate import regions as migrate_regions
-from tests.conftest import REPO, PgStack
+from tests.helpers import REPO, PgStack
 
 V26_1 = "CockroachDB CCL v26.1.2 (x86_64-pc-linux-gnu, built 2026/03/10 11:02:03, go1.23.12)"
 

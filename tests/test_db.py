@@ -11,7 +11,7 @@ from psycopg import errors as pgerrors
 
 from cesar import db
 from cesar.errors import RetryExhausted
-from tests.conftest import PgStack, make_settings
+from tests.helpers import PgStack, make_settings
 
 
 def test_application_is_not_the_superuser_and_uses_scram_over_tcp(pg_stack: PgStack) -> None:

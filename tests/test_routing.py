@@ -11,7 +11,7 @@ import pytest
 from cesar import db
 from cesar.dev.embedded import CLUSTER_DB, LOCAL_DB, free_port
 from cesar.errors import ConfigError, OperationFailed
-from tests.conftest import PgStack, make_settings
+from tests.helpers import PgStack, make_settings
 
 
 def serving(settings, *, read_only: bool = False) -> str:

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from cesar.dev.embedded import EmbeddedPostgres, free_port
-from tests.conftest import REPO, new_state_dir
+from tests.helpers import REPO, new_state_dir
 
 
 def run(*args: str, env: dict[str, str] | None = None, check: bool = True):

@@ -17,7 +17,7 @@ import pytest
 
 from cesar import db
 from cesar.errors import ConfigError
-from tests.conftest import PgStack, make_settings
+from tests.helpers import PgStack, make_settings
 
 SAFE_REMOTE = ("postgresql://app:pw@db.cesar.invalid:26257/cesar"
                "?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt")

@@ -9,7 +9,7 @@ import pytest
 
 from cesar import deploy
 from cesar.errors import ConfigError
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 ANSIBLE = REPO / "ansible"
 

@@ -14,7 +14,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from cesar.deploy import wheelhouse
-from tests.conftest import REPO, require
+from tests.helpers import REPO, require
 
 pytestmark = pytest.mark.slow
 

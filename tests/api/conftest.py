@@ -32,7 +32,7 @@ from cesar.api.app import create_app
 from cesar.api.settings import AuthSettings
 from cesar.config import Settings
 from cesar.dev.embedded import free_port
-from tests.conftest import REPO, PgStack, make_settings
+from tests.helpers import REPO, PgStack, make_settings
 
 
 @dataclass

@@ -307,7 +307,7 @@ def test_the_hosts_environment_file_may_carry_the_auth_settings(tmp_path: Path) 
 def test_smoke_makes_its_key_again_when_the_stored_one_is_revoked(migrated_url: str,
                                                                   tmp_path: Path) -> None:
     from cesar import smoke
-    from tests.conftest import make_settings
+    from tests.helpers import make_settings
 
     settings = make_settings(local_db_url=migrated_url, state_dir=tmp_path)
     first = smoke.development_key(settings)
@@ -324,7 +324,7 @@ def test_smoke_outside_development_creates_nothing_and_says_what_to_set(
         migrated_url: str, auth_api: ApiServer, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     from cesar import smoke
-    from tests.conftest import make_settings
+    from tests.helpers import make_settings
 
     settings = make_settings(environment="staging", local_db_url=migrated_url,
                              state_dir=tmp_path)

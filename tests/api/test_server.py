@@ -17,7 +17,7 @@ import httpx
 
 from cesar.dev.embedded import free_port
 from tests.api.conftest import run_cesar, sample
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from tests.api.conftest import (
     serve,
     settings_for,
 )
-from tests.conftest import REPO, PgStack
+from tests.helpers import REPO, PgStack
 
 DB_CHECKS = ["dns", "tcp", "tls", "auth", "server", "latency", "migrations", "agents"]
 

@@ -18,7 +18,7 @@ from cesar.config import Settings
 from cesar.dev import stack
 from cesar.dev.embedded import free_port
 from cesar.errors import OperationFailed
-from tests.conftest import make_settings, new_state_dir
+from tests.helpers import make_settings, new_state_dir
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from cesar.dev import testhosts
-from tests.conftest import require
+from tests.helpers import require
 
 HOSTS = 2
 

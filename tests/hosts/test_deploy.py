@@ -11,7 +11,7 @@ import pytest
 
 from cesar import deploy
 from cesar.dev import testhosts
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = [pytest.mark.hosts, pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -10,7 +10,7 @@ import pytest
 
 from cesar.db import urls
 from cesar.dev.embedded import SUPERUSER, EmbeddedPostgres, pg_bindir
-from tests.conftest import new_state_dir, require
+from tests.helpers import new_state_dir, require
 
 # 127.0.0.2 answers on every Linux loopback device without any set-up, and is not 127.0.0.1.
 EXTRA = "127.0.0.2"

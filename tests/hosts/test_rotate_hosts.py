@@ -26,7 +26,7 @@ from cesar.dev import testhosts
 from cesar.dev.embedded import EmbeddedPostgres
 from cesar.rotate import Rotator
 from cesar.rotate.stores import AnsibleVaultStore, EmbeddedStore
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = [pytest.mark.hosts, pytest.mark.slow, pytest.mark.timeout(900)]
 

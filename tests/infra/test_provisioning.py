@@ -14,7 +14,7 @@ import pytest
 
 from cesar import provisioning
 from cesar.errors import ConfigError
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 FOUND = {"pulumi": "/opt/pulumi/bin/pulumi"}.get
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cesar.migrate.files import EQUIVALENT_REVISIONS, load
-from tests.conftest import PgStack
+from tests.helpers import PgStack
 
 from .conftest import query
 

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from cesar import migrate
-from tests.conftest import PgStack
+from tests.helpers import PgStack
 
 from .conftest import events, file_count, query, schema_dump
 

@@ -32,7 +32,7 @@ import pytest
 from pglast import parser as pg
 
 from cesar.migrate.sql import lexer_split, parser_split, split
-from tests.conftest import require
+from tests.helpers import require
 
 #: Below this many statements a source is not what this test was written against (a missing
 #: directory, a glob that matches nothing, a preprocessing that blanks everything): fail rather

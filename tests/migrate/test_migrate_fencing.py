@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.conftest import wait_stopped
+from tests.helpers import wait_stopped
 
 from .conftest import child_env, query
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PgStack
+from tests.helpers import PgStack
 
 from .conftest import query
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cesar.dev.embedded import pg_bindir
-from tests.conftest import PgStack
+from tests.helpers import PgStack
 
 from .conftest import child_env, full_dump, query, schema_dump
 

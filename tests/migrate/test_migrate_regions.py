@@ -38,7 +38,7 @@ from cesar.migrate.regions import (
 from cesar.migrate.sql import split
 from cesar.migrate.store import EVENTS_TABLE, widen_events_check
 from cesar.sync.tables import SYNCED_TABLES
-from tests.conftest import PgStack, make_settings
+from tests.helpers import PgStack, make_settings
 
 from .conftest import events, file_count, query, schema_dump
 

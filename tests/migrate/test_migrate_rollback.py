@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cesar import migrate
-from tests.conftest import PgStack
+from tests.helpers import PgStack
 
 from .conftest import events, query, schema_dump
 

@@ -14,7 +14,7 @@ import pytest
 
 from cesar import migrate
 from cesar.dev.embedded import EmbeddedPostgres, free_port
-from tests.conftest import REPO, new_state_dir
+from tests.helpers import REPO, new_state_dir
 
 from .conftest import child_env, file_count, query
 

@@ -20,7 +20,7 @@ from psycopg import sql
 
 from cesar.db import urls
 from cesar.dev.embedded import APP_ROLE
-from tests.conftest import PgStack
+from tests.helpers import PgStack
 
 from .conftest import file_count, query
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cesar import __version__, migrate
-from tests.conftest import PgStack
+from tests.helpers import PgStack
 
 from .conftest import events, file_count, full_dump, query
 

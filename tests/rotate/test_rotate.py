@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 from cesar.dev.embedded import LOGINS, EmbeddedPostgres, free_port
-from tests.conftest import REPO, new_state_dir, require
+from tests.helpers import REPO, new_state_dir, require
 
 
 def cesar(env: dict[str, str], *args: str, extra: dict[str, str] | None = None,

@@ -15,7 +15,7 @@ import psycopg
 
 from cesar import migrate
 from cesar.dev.embedded import CLUSTER_DB, LOCAL_DB, EmbeddedPostgres
-from tests.conftest import REPO, child_env, make_settings, new_state_dir, require
+from tests.helpers import REPO, child_env, make_settings, new_state_dir, require
 
 DEBIAN_PG15 = Path("/usr/lib/postgresql/15")
 

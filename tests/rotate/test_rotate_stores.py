@@ -20,7 +20,7 @@ from cesar import migrate
 from cesar.errors import ConfigError
 from cesar.rotate import Rotator
 from cesar.rotate.stores import AnsibleVaultStore, EnvFileStore, url_credential
-from tests.conftest import REPO, PgStack, make_settings, require
+from tests.helpers import REPO, PgStack, make_settings, require
 
 ROTATOR = "cesar_rotator"
 

@@ -8,7 +8,7 @@ from psycopg import sql
 
 from cesar.dev.embedded import new_password
 from cesar.rotate import scram
-from tests.conftest import PgStack
+from tests.helpers import PgStack
 
 
 def test_verifier_format_and_matching() -> None:

@@ -28,8 +28,8 @@ from cesar import migrate
 from cesar.sync import run as sync_run
 from cesar.sync.run import Options, RunReport
 from cesar.sync.tables import SYNCED_TABLES, SyncSettings
-from tests.conftest import REPO, PgStack, make_settings, new_state_dir, require
-from tests.conftest import child_env as base_child_env
+from tests.helpers import REPO, PgStack, make_settings, new_state_dir, require
+from tests.helpers import child_env as base_child_env
 
 TEST_TABLES = ("items", "named_items")
 TEST_DDL = """

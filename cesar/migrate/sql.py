@@ -12,7 +12,7 @@ through pglast (libpg_query):
 - when it does not (CockroachDB-only statements such as ``ALTER TABLE ... SET LOCALITY``, or
   syntax newer than the bundled parser), the tokens are split the way psql splits a script:
   at a ``;`` outside parentheses and outside a ``CREATE FUNCTION/PROCEDURE ... BEGIN ATOMIC ...
-  END`` body. ``tests/migrate/test_migrate_corpus.py`` checks that this agrees with the parser on
+  END`` body. ``tests/migrate/test_corpus.py`` checks that this agrees with the parser on
   the SQL scripts PostgreSQL installations ship.
 
 What a server reads differently from a file, or what only psql understands, is refused before

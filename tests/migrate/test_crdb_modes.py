@@ -4,7 +4,7 @@ a migration piece by piece.
 No CockroachDB server runs here, so the decision is tested on what the runner reads from one:
 ``SELECT version()`` as CockroachDB answers it, and the session's ``autocommit_before_ddl``
 (``SHOW autocommit_before_ddl``: ``on``/``off``; absent before v24.1). On PostgreSQL the mode
-runs as before (tests/migrate/test_migrate_up.py and others).
+runs as before (tests/migrate/test_up.py and others).
 """
 
 from __future__ import annotations

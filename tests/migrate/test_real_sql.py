@@ -368,7 +368,7 @@ def test_a_no_transaction_file_killed_mid_way_resumes_where_its_progress_says(
 ) -> None:
     """SIGKILL during statement 2 of a no-transaction file: statement 1 is recorded, so the
     next run (once the lease expires) resumes at 2 and never builds the first index again."""
-    from .test_migrate_concurrency import _sleeping_in_migration, finish, wait_until
+    from .test_concurrency import _sleeping_in_migration, finish, wait_until
 
     _add(mdir, "001_table", "CREATE TABLE t (a text, b text);\n")
     _add(mdir, "002_index",

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from cesar.credentials import LOGINS
 from cesar.dev.embedded import EmbeddedPostgres
 from tests.helpers import (
     CONFIG_VARS,
     IN_CI,
-    LOGINS,
     REPO,
     PgStack,
     child_env,

@@ -49,7 +49,7 @@ from cesar import __version__, db
 from cesar.config import Settings
 from cesar.console import first_line
 from cesar.credentials import APP_ROLE
-from cesar.db import urls
+from cesar.db import engines, urls
 from cesar.errors import ConfigError, OperationFailed
 from cesar.migrate import regions as migrate_regions
 from cesar.migrate.files import (
@@ -293,10 +293,14 @@ class Runner:
             self._engine = db.detect_engine(self.conn)
         return self._engine
 
+    def traits(self) -> engines.Engine:
+        """What differs on this connection's engine (transactional DDL, session settings)."""
+        return engines.named(self.engine())
+
     def effective_mode(self) -> str:
         if self.mode != "auto":
             return self.mode
-        return "per-statement" if self.engine() == "cockroachdb" else "transactional"
+        return self.traits().default_mode
 
     def lease_info(self) -> LeaseInfo | None:
         return read_lease(self.conn)
@@ -629,13 +633,12 @@ class Runner:
         problem = self._session_problem()
         if problem:
             raise ConfigError(problem)
-        if self.engine() != "postgresql":
-            return
-        with suppress(psycopg.Error):  # absent before PostgreSQL 14
-            self.conn.execute("SET client_connection_check_interval = '2s'")
+        for statement in self.traits().liveness_settings:
+            with suppress(psycopg.Error):  # absent from older releases
+                self.conn.execute(statement)  # type: ignore[arg-type]
 
     def _session_problem(self) -> str | None:
-        if (self.effective_mode() == "transactional" and self.engine() == "cockroachdb"
+        if (self.effective_mode() == "transactional" and not self.traits().transactional_ddl
                 and self._mode_problem is None):
             version = self.conn.execute("SELECT version()").fetchone()
             self._mode_problem = transactional_problem(
@@ -690,7 +693,7 @@ class Runner:
             except psycopg.Error as exc:
                 # A CockroachDB release without one of them: say so rather than stop the run
                 # (checked against CockroachDB's documentation only, not run here).
-                if self.engine() != "cockroachdb":
+                if self.traits().strict_session_reset:
                     raise
                 self.progress(f"session reset: {statement} failed on this CockroachDB "
                               f"({first_line(exc)}); settings of one migration may reach the "

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from cesar.credentials import LOGINS
-from cesar.dev.embedded import EmbeddedPostgres
+from cesar.dev.embedded import EmbeddedPostgres, tls_bindir
 from tests.helpers import (
     CONFIG_VARS,
     IN_CI,
@@ -25,7 +25,6 @@ from tests.helpers import (
     new_state_dir,
     require,
     stopped,
-    tls_bindir,
     wait_stopped,
 )
 

@@ -109,13 +109,3 @@ def new_state_dir(prefix: str) -> Path:
     path = REPO / ".cesar" / "tests" / f"{prefix}-{uuid.uuid4().hex[:8]}"
     path.mkdir(parents=True)
     return path
-
-
-def tls_bindir() -> Path | None:
-    """A PostgreSQL build with SSL (Debian's postgresql package), for verify-full tests."""
-    from cesar.dev.embedded import ssl_supported
-
-    for bindir in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (bindir / "postgres").exists() and ssl_supported(bindir):
-            return bindir
-    return None

@@ -426,6 +426,15 @@ def _replace_if_different(path: Path, text: str) -> bool:
     return True
 
 
+def tls_bindir() -> Path | None:
+    """The newest PostgreSQL build with SSL among Debian's packages (/usr/lib/postgresql/*/bin),
+    or None: what a verify-full server (the test hosts', the TLS tests') runs on."""
+    for bindir in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (bindir / "postgres").exists() and ssl_supported(bindir):
+            return bindir
+    return None
+
+
 def free_port(host: str = HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))

@@ -45,7 +45,7 @@ import yaml
 
 from cesar.db import urls
 from cesar.deploy import wheelhouse
-from cesar.dev.embedded import CLUSTER_DB, LOCAL_DB, EmbeddedPostgres
+from cesar.dev.embedded import CLUSTER_DB, LOCAL_DB, EmbeddedPostgres, tls_bindir
 from cesar.errors import ConfigError, OperationFailed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,16 +134,6 @@ def missing_requirements() -> list[str]:
     if tls_bindir() is None:
         missing.append("a PostgreSQL built with SSL (apt-get install postgresql)")
     return missing
-
-
-def tls_bindir() -> Path | None:
-    """A PostgreSQL build with SSL (Debian's package): the hosts use it with verify-full."""
-    from cesar.dev.embedded import ssl_supported
-
-    for bindir in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (bindir / "postgres").exists() and ssl_supported(bindir):
-            return bindir
-    return None
 
 
 def _have(tool: str) -> bool:

@@ -23,7 +23,7 @@ def test_every_phase_of_a_role_is_tagged(role: str) -> None:
         if role not in tags or len(own) != 1:
             untagged.append(phase["name"])
         elif phase["ansible.builtin.import_tasks"] == "preflight.yml" and "always" not in tags:
-            untagged.append(f"{phase['name']} (preflight checks and facts precede any phase: tag it always)")
+            untagged.append(f"{phase['name']} (checks and facts precede any phase: tag it always)")
     assert untagged == []
 
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -24,14 +25,21 @@ class LazyGroup(click.Group):
     """A click group whose subcommands in ``SUBCOMMANDS`` are imported on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *SUBCOMMANDS})
+        return sorted({*super().list_commands(ctx), *filter(_installed, SUBCOMMANDS)})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
-        if command is None and cmd_name in SUBCOMMANDS:
+        if command is None and cmd_name in SUBCOMMANDS and _installed(cmd_name):
             module, _, attribute = SUBCOMMANDS[cmd_name].partition(":")
             command = getattr(importlib.import_module(module), attribute)
         return command
+
+
+def _installed(cmd_name: str) -> bool:
+    """Whether the package of a subcommand is here: ``infra`` (the Pulumi program) lives in the
+    checkout, not in the wheel the hosts install, so on a host ``cesar infra`` does not exist."""
+    top = SUBCOMMANDS[cmd_name].partition(".")[0]
+    return top == "cesar" or importlib.util.find_spec(top) is not None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -142,7 +150,7 @@ SUBCOMMANDS: dict[str, str] = {
     "deploy": "cesar.deploy:deploy_command",
     "wheelhouse": "cesar.deploy.wheelhouse:wheelhouse_group",
     "rotate-password": "cesar.rotate.cli:rotate_password",
-    "infra": "cesar.provisioning:infra",
+    "infra": "infra.cli:infra",  # the checkout only (see _installed)
     "sync": "cesar.sync.cli:sync_group",
     "doctor": "cesar.doctor:doctor_command",
     "backup": "cesar.backup.cli:backup_group",

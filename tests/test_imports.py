@@ -16,7 +16,10 @@ import pytest
 from cesar._moved import MOVED
 
 ROOT = Path(__file__).resolve().parents[1]
-LAZY = re.compile(r"^((?:cesar|infra)(?:\.\w+)+):\w+$")
+# The root command names its subcommands as "module:attribute" strings; those in cesar count as
+# imports. One names infra/, which the wheel does not ship: it is listed only where infra is
+# importable (tests/deploy/test_installed_commands.py proves it), so it is not an import of cesar.
+LAZY = re.compile(r"^(cesar(?:\.\w+)+):\w+$")
 
 # (importer, imported, why): a module named by the first prefix never imports the second.
 RULES = [
@@ -28,6 +31,7 @@ RULES = [
     ("cesar.credentials", "cesar.", "role names and secret files depend on nothing else"),
     ("infra", "cesar.dev", "the Pulumi program never needs the development stack"),
     ("tasks", "tests", "tasks.py calls cesar; the test suite is not a library"),
+    ("cesar", "infra", "the wheel the hosts install has no infra/; infra imports cesar"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""cesar.provisioning (``cesar infra`` / ``invoke infra.*``): the stack from ENVIRONMENT, the
+"""infra.cli (``cesar infra`` / ``invoke infra.*``): the stack from ENVIRONMENT, the
 preflight that refuses in one line what a machine lacks, the pulumi command lines, and the
 offline ``plan``/``render`` that need no Pulumi CLI."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cesar import provisioning
 from cesar.errors import ConfigError
+from infra import cli as provisioning
 from tests.helpers import REPO
 
 FOUND = {"pulumi": "/opt/pulumi/bin/pulumi"}.get

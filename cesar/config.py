@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -89,22 +89,42 @@ class Settings(BaseSettings):
     regional_by_row: bool = Field(False, validation_alias=_alias("CESAR_REGIONAL_BY_ROW"))
 
 
-def _describe(error: ValidationError) -> str:
+M = TypeVar("M", bound=BaseSettings)
+
+
+def load(model: type[M], *, reveal: bool = True, where: str | None = None,
+         **overrides: object) -> M:
+    """Read one settings model (the environment, ``.env``, ``.env.cockroach``, or whatever
+    sources the model names); a bad value becomes a one-line :class:`ConfigError` naming the
+    variable as the operator types it, with the value unless ``reveal`` is off (secrets).
+    ``where`` names the one file that was read (``cesar config check``)."""
+    try:
+        return model(**overrides)
+    except ValidationError as exc:
+        problem = _describe(exc, model, reveal)
+        raise ConfigError(f"{where}: {problem}" if where else
+                          f"{problem}; fix it in the environment, .env or .env.cockroach"
+                          ) from None
+
+
+def _describe(error: ValidationError, model: type[BaseSettings], reveal: bool) -> str:
     first = error.errors()[0]
-    loc = first.get("loc") or ("?",)
-    name = str(loc[0]).upper()
-    given = first.get("input")
-    message = first.get("msg", "invalid value")
-    return (f"{name}={given!r} is not valid: {message}; "
-            "fix it in the environment, .env or .env.cockroach")
+    loc = str((first.get("loc") or ("?",))[0])
+    aliases = set()
+    for field in model.model_fields.values():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [alias] if alias else []
+        aliases |= {str(c) for c in choices}
+    # An aliased field is read under its alias as is; any other under the model's prefix.
+    prefix = "" if loc in aliases else str(model.model_config.get("env_prefix") or "")
+    name = f"{prefix}{loc}".upper()
+    shown = f"{name}={first.get('input')!r}" if reveal else name
+    return f"{shown} is not valid: {first.get('msg', 'invalid value')}"
 
 
 def load_settings(**overrides: object) -> Settings:
     """Read the settings; any bad value becomes a :class:`ConfigError` naming the variable."""
-    try:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+    return load(Settings, **overrides)
 
 
 def dev_urls(settings: Settings) -> tuple[str | None, str | None]:

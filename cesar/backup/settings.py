@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cesar.config import ENV_FILES, Settings
+from cesar.config import ENV_FILES, Settings, load
 from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
 
@@ -49,13 +49,7 @@ class BackupSettings(BaseSettings):
 
 
 def load_backup_settings() -> BackupSettings:
-    try:
-        return BackupSettings()  # type: ignore[call-arg]
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        name = str((first.get("loc") or ("?",))[0]).upper()
-        raise ConfigError(f"{name}={first.get('input')!r} is not valid: {first.get('msg')}; "
-                          "fix it in the environment, .env or .env.cockroach") from None
+    return load(BackupSettings)
 
 
 @dataclass(frozen=True)

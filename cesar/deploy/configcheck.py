@@ -26,11 +26,11 @@ from typing import Literal
 
 import click
 from dotenv import dotenv_values
-from pydantic import AliasChoices, ValidationError
+from pydantic import AliasChoices
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource
 
 from cesar import db
-from cesar.config import Settings
+from cesar.config import Settings, load
 from cesar.errors import ConfigError
 
 Purpose = Literal["api", "sync"]
@@ -100,16 +100,7 @@ def _from_file(cls: type[BaseSettings], path: Path) -> BaseSettings:
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             return (DotEnvSettingsSource(settings_cls, env_file=path),)
 
-    prefix = str(cls.model_config.get("env_prefix") or "")
-    try:
-        return FromFile()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = str((first.get("loc") or ("?",))[0])
-        name = loc.upper() if loc.upper() in variable_names(cls) else f"{prefix}{loc}".upper()
-        raise ConfigError(
-            f"{path}: {name}={first.get('input')!r} is not valid: {first.get('msg')}"
-        ) from None
+    return load(FromFile, where=str(path))
 
 
 def read(path: Path) -> dict[str, str]:

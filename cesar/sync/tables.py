@@ -18,10 +18,10 @@ from typing import Annotated
 import psycopg
 from psycopg import sql
 from psycopg.adapt import PyFormat
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from cesar.config import ENV_FILES
+from cesar.config import ENV_FILES, load
 from cesar.errors import ConfigError
 from cesar.schema import SYNCED_TABLES
 
@@ -72,13 +72,7 @@ class SyncSettings(BaseSettings):
 
 
 def load_sync_settings(**overrides: object) -> SyncSettings:
-    try:
-        return SyncSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        name = "CESAR_SYNC_" + str((first.get("loc") or ("?",))[0]).upper()
-        raise ConfigError(f"{name}={first.get('input')!r} is not valid: {first.get('msg')}; "
-                          "fix it in the environment, .env or .env.cockroach") from None
+    return load(SyncSettings, **overrides)
 
 
 @dataclass(frozen=True)

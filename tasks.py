@@ -229,7 +229,7 @@ infra = Collection("infra", infra_up, infra_preview, infra_outputs, infra_plan, 
 # ---------------------------------------------------------------- deploy (Ansible) and test hosts
 # `invoke deploy` runs `ansible-playbook site.yml` (ansible/) for ENVIRONMENT's inventory after
 # building the wheelhouse the hosts install; `invoke testhosts.up` boots real Debian hosts under
-# systemd-nspawn (tests/hosts/testhosts.py) and prints an inventory for it. See docs/deploy.md.
+# systemd-nspawn (cesar/dev/testhosts.py) and prints an inventory for it. See docs/deploy.md.
 @task(
     help={
         "check": "Ask the hosts what would change (ansible --check --diff); change nothing.",
@@ -254,7 +254,7 @@ def deploy(c, check=False, diff=False, limit="", tags="", inventory="", vault_pa
 
 
 def _testhosts():
-    from tests.hosts import testhosts as harness
+    from cesar.dev import testhosts as harness
 
     return harness
 

@@ -2,7 +2,7 @@
 
 One list, from the Pulumi stack config, becomes either CockroachDB Cloud allow list entries or,
 on a self-hosted cluster, the ``server.host_based_authentication.configuration`` setting. The
-seed's advice ("remove ``0.0.0.0/0`` if present") is enforced here: in staging and production an
+old advice "remove ``0.0.0.0/0`` if present" is enforced here: in staging and production an
 entry for the whole Internet, or any entry wider than the configured limit, is refused with an
 error naming the entry; development may be as open as it likes.
 

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import importlib
-import json
+import importlib.util
 import logging
 import os
 import sys
@@ -17,30 +17,29 @@ import psycopg
 
 from cesar import __version__
 from cesar.config import load_settings
+from cesar.console import emit_json, fail, first_line
 from cesar.errors import CesarError
-
-
-def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
-
-
-def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"cesar: error: {message}", err=True)
-    sys.exit(code)
 
 
 class LazyGroup(click.Group):
     """A click group whose subcommands in ``SUBCOMMANDS`` are imported on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *SUBCOMMANDS})
+        return sorted({*super().list_commands(ctx), *filter(_installed, SUBCOMMANDS)})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
-        if command is None and cmd_name in SUBCOMMANDS:
+        if command is None and cmd_name in SUBCOMMANDS and _installed(cmd_name):
             module, _, attribute = SUBCOMMANDS[cmd_name].partition(":")
             command = getattr(importlib.import_module(module), attribute)
         return command
+
+
+def _installed(cmd_name: str) -> bool:
+    """Whether the package of a subcommand is here: ``infra`` (the Pulumi program) lives in the
+    checkout, not in the wheel the hosts install, so on a host ``cesar infra`` does not exist."""
+    top = SUBCOMMANDS[cmd_name].partition(".")[0]
+    return top == "cesar" or importlib.util.find_spec(top) is not None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,7 +56,7 @@ def cli(verbose: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def up(as_json: bool) -> None:
     """Start the development stack (embedded PostgreSQL unless URLs are set) and seed it."""
-    from cesar import stack
+    from cesar.dev import stack
 
     settings = load_settings()
     result = stack.up(settings)
@@ -89,7 +88,7 @@ def up(as_json: bool) -> None:
 @cli.command()
 def down() -> None:
     """Stop what `up` started. No data is lost."""
-    from cesar import stack
+    from cesar.dev import stack
 
     for line in stack.down(load_settings()):
         click.echo(line)
@@ -101,7 +100,7 @@ def status(as_json: bool) -> None:
     """Show the environment, the database URLs (passwords masked) and what is reachable.
 
     Exits 2 (after the report) when the configuration is invalid."""
-    from cesar import stack
+    from cesar.dev import stack
 
     info = stack.status(load_settings())
     if as_json:
@@ -150,12 +149,12 @@ def _print_status(info: dict[str, Any]) -> None:
 SUBCOMMANDS: dict[str, str] = {
     "api": "cesar.api.server:api",
     "smoke": "cesar.smoke:smoke",
-    "migrate": "cesar.migrate_cli:migrate_group",
-    "config": "cesar.configcheck:config_group",
+    "migrate": "cesar.migrate.cli:migrate_group",
+    "config": "cesar.deploy.configcheck:config_group",
     "deploy": "cesar.deploy:deploy_command",
-    "wheelhouse": "cesar.wheelhouse:wheelhouse_group",
-    "rotate-password": "cesar.rotate_cli:rotate_password",
-    "infra": "cesar.provisioning:infra",
+    "wheelhouse": "cesar.deploy.wheelhouse:wheelhouse_group",
+    "rotate-password": "cesar.rotate.cli:rotate_password",
+    "infra": "infra.cli:infra",  # the checkout only (see _installed)
     "sync": "cesar.sync.cli:sync_group",
     "doctor": "cesar.doctor:doctor_command",
     "backup": "cesar.backup.cli:backup_group",
@@ -190,8 +189,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except psycopg.Error as exc:
         if debug:
             raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        fail(f"database error: {first} (SQLSTATE {exc.sqlstate or '?'})", 1)
+        fail(f"database error: {first_line(exc)} (SQLSTATE {exc.sqlstate or '?'})", 1)
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except BrokenPipeError:

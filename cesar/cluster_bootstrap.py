@@ -21,7 +21,7 @@ on a second run. It makes
 
 CockroachDB syntax (``IF NOT EXISTS`` forms, cluster settings, regions): PostgreSQL does not
 accept this script, so the tests check its shape and quoting; see docs/infra.md for what was
-verified where. The embedded PostgreSQL stack creates the same roles in ``cesar.embedded``.
+verified where. The embedded PostgreSQL stack creates the same roles in ``cesar.dev.embedded``.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from cesar import scram
-from cesar.embedded import APP_ROLE, LOGINS
+from cesar.credentials import APP_ROLE, LOGINS
 from cesar.errors import ConfigError
+from cesar.rotate import scram
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")

@@ -7,8 +7,9 @@ the same variables come from the systemd ``EnvironmentFile`` written by Ansible.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,10 @@ Environment = Literal["development", "staging", "production"]
 Target = Literal["local", "cluster"]
 
 ENV_FILES = (".env", ".env.cockroach")
+#: The development stack's state file under CESAR_STATE_DIR (mode 0600). The embedded stack
+#: writes its URLs into it; this module reads them back in development, and only there, so the
+#: connection layer never needs the development stack's code.
+DEV_STATE_FILE = "stack.json"
 
 
 def _alias(name: str) -> AliasChoices:
@@ -65,7 +70,7 @@ class Settings(BaseSettings):
     )
     application_name: str = Field("cesar", validation_alias=_alias("CESAR_APPLICATION_NAME"))
 
-    # Password rotation (cesar/rotate.py): a role allowed to ALTER ROLE the application logins,
+    # Password rotation (cesar/rotate/): a role allowed to ALTER ROLE the application logins,
     # and the hosts' Ansible Vault file and the Pulumi stack that also hold the credential.
     admin_db_url: str | None = Field(None, validation_alias=_alias("CESAR_ADMIN_DB_URL"))
     vault_file: Path | None = Field(None, validation_alias=_alias("CESAR_VAULT_FILE"))
@@ -80,23 +85,64 @@ class Settings(BaseSettings):
     retry_max_delay: float = Field(1.0, gt=0, validation_alias=_alias("CESAR_RETRY_MAX_DELAY"))
 
     # `cesar migrate up` makes the synced tables REGIONAL BY ROW on a multi-region CockroachDB
-    # (cesar/migrate_regions.py); per environment, like --regional-by-row.
+    # (cesar/migrate/regions.py); per environment, like --regional-by-row.
     regional_by_row: bool = Field(False, validation_alias=_alias("CESAR_REGIONAL_BY_ROW"))
 
 
-def _describe(error: ValidationError) -> str:
+M = TypeVar("M", bound=BaseSettings)
+
+
+def load(model: type[M], *, reveal: bool = True, where: str | None = None,
+         **overrides: object) -> M:
+    """Read one settings model (the environment, ``.env``, ``.env.cockroach``, or whatever
+    sources the model names); a bad value becomes a one-line :class:`ConfigError` naming the
+    variable as the operator types it, with the value unless ``reveal`` is off (secrets).
+    ``where`` names the one file that was read (``cesar config check``)."""
+    try:
+        return model(**overrides)
+    except ValidationError as exc:
+        problem = _describe(exc, model, reveal)
+        raise ConfigError(f"{where}: {problem}" if where else
+                          f"{problem}; fix it in the environment, .env or .env.cockroach"
+                          ) from None
+
+
+def _describe(error: ValidationError, model: type[BaseSettings], reveal: bool) -> str:
     first = error.errors()[0]
-    loc = first.get("loc") or ("?",)
-    name = str(loc[0]).upper()
-    given = first.get("input")
-    message = first.get("msg", "invalid value")
-    return (f"{name}={given!r} is not valid: {message}; "
-            "fix it in the environment, .env or .env.cockroach")
+    loc = str((first.get("loc") or ("?",))[0])
+    aliases = set()
+    for field in model.model_fields.values():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [alias] if alias else []
+        aliases |= {str(c) for c in choices}
+    # An aliased field is read under its alias as is; any other under the model's prefix.
+    prefix = "" if loc in aliases else str(model.model_config.get("env_prefix") or "")
+    name = f"{prefix}{loc}".upper()
+    shown = f"{name}={first.get('input')!r}" if reveal else name
+    return f"{shown} is not valid: {first.get('msg', 'invalid value')}"
 
 
 def load_settings(**overrides: object) -> Settings:
     """Read the settings; any bad value becomes a :class:`ConfigError` naming the variable."""
+    return load(Settings, **overrides)
+
+
+def dev_urls(settings: Settings) -> tuple[str | None, str | None]:
+    """The embedded stack's (local, cluster) URLs, handed over in its state file by ``invoke up``;
+    ``(None, None)`` outside development, before the first ``invoke up``, or from a state file
+    written before the URLs were (the next ``invoke up`` adds them)."""
+    if settings.environment != "development":
+        return None, None
+    path = Path(settings.state_dir) / DEV_STATE_FILE
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{path} is unreadable ({exc}); move it aside and run `invoke up` again"
+        ) from None
+    handed = data.get("urls") if isinstance(data, dict) else None
+    if not isinstance(handed, dict):
+        return None, None
+    return handed.get("local"), handed.get("cluster")

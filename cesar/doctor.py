@@ -20,9 +20,11 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from cesar import cockroach, db, urls
+from cesar import cockroach, db
 from cesar.cockroach import ServerVersion, Version
 from cesar.config import Settings
+from cesar.console import first_line
+from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
 from cesar.sync.tables import CAPTURE_TRIGGER
 
@@ -289,8 +291,8 @@ def probe_scram(p: Probe) -> str:
         return f"{PRE_HASHED_SETTING} = true"
     # PostgreSQL: set a throwaway verifier on this login, in a transaction rolled back (a role
     # may change its own password); read it back where this login may read pg_authid.
-    from cesar import scram
-    from cesar.embedded import new_password
+    from cesar.credentials import new_password
+    from cesar.rotate import scram
 
     verifier = scram.verifier(new_password())
     try:
@@ -343,7 +345,7 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("read-committed", "the sync's sessions (cesar/sync/run.py)", _v("24.1"),
                "https://www.cockroachlabs.com/docs/v24.1/read-committed, GA in v24.1",
                probe_read_committed),
-    Capability("scram-sha-256", "password rotation's pre-hashed verifiers (cesar/scram.py)",
+    Capability("scram-sha-256", "password rotation's pre-hashed verifiers (cesar/rotate/scram.py)",
                _v("22.2"), "https://www.cockroachlabs.com/docs/v22.2/security-reference/scram-"
                "authentication", probe_scram),
 )
@@ -380,7 +382,7 @@ def check(conn: psycopg.Connection, tables: Sequence[str], *, url: str = "",
         except Missing as exc:
             report.results.append(Result(capability, False, str(exc), engine=server.engine))
         except psycopg.Error as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             what = f"{first} (SQLSTATE {exc.sqlstate or '?'})"
             if conn.closed or exc.sqlstate is None or exc.sqlstate[:2] in LOST:
                 # A lost connection or a timeout says nothing about the capability.
@@ -435,7 +437,7 @@ def run(settings: Settings, tables: Sequence[str], url: str | None = None,
     try:
         conn = psycopg.connect(chosen, **{**db.connect_kwargs(settings), "autocommit": True})
     except psycopg.OperationalError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise OperationFailed(f"cannot connect to {urls.mask(chosen)} ({source}): {first}"
                               ) from None
     with conn:
@@ -456,7 +458,7 @@ def doctor_command(url: str | None, local: bool, as_json: bool) -> None:
 
     report = run(load_settings(), load_sync_settings().tables, url, local)
     if as_json:
-        from cesar.cli import emit_json
+        from cesar.console import emit_json
 
         emit_json(report.as_dict())
     else:

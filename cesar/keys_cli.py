@@ -14,6 +14,7 @@ import click
 import psycopg
 from psycopg import errors as pgerrors
 
+from cesar.console import emit_json as _emit
 from cesar.errors import OperationFailed
 
 _URL_HELP = ("Database holding the keys (default: the one the API serves: "
@@ -36,11 +37,6 @@ def _connection(url: str | None) -> Iterator[psycopg.Connection[Any]]:
     finally:
         conn.close()
 
-
-def _emit(obj: Any) -> None:
-    from cesar.cli import emit_json
-
-    emit_json(obj)
 
 
 @click.group("keys")

@@ -98,7 +98,7 @@ SYNC_LAG = Gauge(
     ("table", "direction"),
     multiprocess_mode="livemostrecent",
 )
-# --- the sync (issue 5, cesar/sync/health.py): the lag above, this gauge, and the counters
+# --- the sync (cesar/sync/health.py): the lag above, this gauge, and the counters
 # cesar_sync_rows_total / cesar_sync_conflicts_total, which are totals kept in sync_state and so
 # are exposed by a collector (EXTRA_COLLECTORS) rather than a prometheus_client Counter.
 SYNC_LAST_SUCCESS = Gauge(

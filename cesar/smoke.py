@@ -1,4 +1,4 @@
-"""``cesar smoke`` / ``invoke smoke``: the seed's verification checklist as one command.
+"""``cesar smoke`` / ``invoke smoke``: the deployment verification checklist as one command.
 
 Against the configured cluster URL (``COCKROACH_DB_URL``; in development the embedded
 ``cesar_cluster`` stand-in): DNS, TCP, TLS, authentication, server version and engine, round-trip
@@ -10,7 +10,7 @@ Each check returns ``pass``, ``warn`` (worth reading, not failing: no TLS in dev
 degraded /health, a certificate close to expiry), ``fail``, or ``skip`` (a check it needs
 failed). The command exits 1 naming every failed check, 2 for bad usage or configuration.
 
-To add a check (the sync lag of issue 5): write ``def check_x(ctx: Context) -> Outcome`` and
+To add a check (as the sync lag does): write ``def check_x(ctx: Context) -> Outcome`` and
 append ``Check("x", check_x, needs=(...))`` to :data:`CHECKS`; ``needs`` names checks whose
 failure makes this one pointless (``"auth"`` for anything reading the database: it may then use
 ``ctx.conn``).
@@ -33,15 +33,17 @@ import click
 import psycopg
 from psycopg import errors as pgerrors
 
-from cesar import db, urls
+from cesar import db
 from cesar.config import Settings, load_settings
+from cesar.console import first_line
+from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
 
 Status = Literal["pass", "warn", "fail", "skip"]
 Outcome = tuple[Status, str]
 ENGINES = ("cockroachdb", "postgresql")
 
-#: The seed's budget: p95 under 200 ms.
+#: The API's budget: p95 under 200 ms.
 DEFAULT_BUDGET_MS = 200.0
 DEFAULT_BURST = 20
 EXPECTED_AGENTS = 24
@@ -129,9 +131,6 @@ class Report:
 
 
 # ================================================================================ checks
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
@@ -246,7 +245,7 @@ def check_tls(ctx: Context) -> Outcome:
         except ssl.SSLCertVerificationError as exc:
             return "fail", f"the server's certificate is not trusted: {exc.verify_message}"
         except (ssl.SSLError, OSError) as exc:
-            return "fail", f"TLS handshake failed: {_first_line(exc)}"
+            return "fail", f"TLS handshake failed: {first_line(exc)}"
     detail = f"{version} {cipher}, sslmode={mode}"
     if cert:
         days = (ssl.cert_time_to_seconds(str(cert["notAfter"])) - time.time()) / 86400
@@ -267,7 +266,7 @@ def check_auth(ctx: Context) -> Outcome:
                                    connect_timeout=max(1, round(ctx.options.timeout)),
                                    application_name="cesar-smoke")
     except psycopg.OperationalError as exc:
-        message = _first_line(exc)
+        message = first_line(exc)
         if "authentication failed" in message or "no pg_hba.conf entry" in message:
             return "fail", f"the server refused user {user}: {message}"
         return "fail", f"cannot log in as {user}: {message}"
@@ -343,7 +342,7 @@ def check_agents(ctx: Context) -> Outcome:
 
 
 def check_sync_lag(ctx: Context) -> Outcome:
-    """Issue 5: every table and direction synced within CESAR_SYNC_LAG_LIMIT_SECONDS (600)."""
+    """Every table and direction synced within CESAR_SYNC_LAG_LIMIT_SECONDS (600)."""
     from cesar.sync import health as sync_health
 
     assert ctx.conn is not None
@@ -374,7 +373,7 @@ def check_api_health(ctx: Context) -> Outcome:
     try:
         response = _get(url, ctx.options.timeout, _auth_headers(ctx.options))
     except httpx.HTTPError as exc:
-        return "fail", (f"nothing answers on {url} ({_first_line(exc) or type(exc).__name__}); "
+        return "fail", (f"nothing answers on {url} ({first_line(exc) or type(exc).__name__}); "
                         "is the API running? (`invoke up` starts it; --api-url or CESAR_API_URL "
                         "point elsewhere)")
     try:
@@ -417,7 +416,7 @@ def check_api_latency(ctx: Context) -> Outcome:
                 try:
                     code = client.get(path).status_code
                 except httpx.HTTPError as exc:
-                    return "fail", f"{path}: {_first_line(exc) or type(exc).__name__}"
+                    return "fail", f"{path}: {first_line(exc) or type(exc).__name__}"
                 if code in (401, 403):
                     return "fail", (f"{path} answered {code}: the API refuses the smoke key; "
                                     "set CESAR_API_KEY to a valid key with agents:read and "
@@ -469,7 +468,7 @@ def run(options: Options, checks: list[Check] | None = None) -> Report:
                 try:
                     status, detail = check.run(ctx)
                 except (psycopg.Error, OSError) as exc:
-                    status, detail = "fail", f"{type(exc).__name__}: {_first_line(exc)}"
+                    status, detail = "fail", f"{type(exc).__name__}: {first_line(exc)}"
             results[check.name] = Result(check.name, status, detail,
                                          round((time.perf_counter() - t0) * 1000, 1))
     finally:
@@ -497,7 +496,7 @@ def cluster_url(settings: Settings) -> tuple[str, str]:
 
 def default_api_url(settings: Settings) -> str:
     from cesar.api.settings import load_api_settings
-    from cesar.service import ApiService
+    from cesar.dev.service import ApiService
 
     configured = load_api_settings()
     if configured.url:

@@ -18,7 +18,8 @@ import pulumi_docker as docker
 import pulumi_random as random
 import pulumiverse_cockroach as cockroach
 
-from cesar import allowlist, urls
+from cesar import allowlist
+from cesar.db import urls
 from infra.naming import SQL_PORT
 from infra.selfhosted import require_success
 from infra.settings import StackSettings

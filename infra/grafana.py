@@ -1,6 +1,6 @@
 """Grafana provisioning: the Prometheus data source and the CESAR dashboard, as files.
 
-The dashboard answers the seed's questions at a glance: how far behind the sync is per table
+The dashboard answers the operators' questions at a glance: how far behind the sync is per table
 (its "Grafana sync-lag query", now from ``cesar_sync_lag_seconds`` rather than SQL on
 ``sync_state``), the API's p95 latency against the 200 ms budget, connection errors against the
 alert's threshold, and the cluster's health (live nodes, unavailable and under-replicated
@@ -22,7 +22,7 @@ from infra.rules import CONNECTION_ERRORS_IN_5M, SYNC_LAG_SECONDS
 DATASOURCE_UID = "cesar-prometheus"
 DASHBOARD_UID = "cesar-overview"
 DASHBOARDS_DIR = "/etc/grafana/dashboards"
-API_P95_BUDGET_SECONDS = 0.2  # the seed's "Response time < 200ms (p95)"
+API_P95_BUDGET_SECONDS = 0.2  # the API's budget: p95 under 200 ms
 SCHEMA_VERSION = 39           # Grafana 11
 
 

@@ -77,4 +77,4 @@ class Names:
 def docker_labels(stack: str, role: str, kind: Callable[..., T]) -> list[T]:
     """Docker labels saying which stack and role an object belongs to (``kind`` is the
     provider's label class: ContainerLabelArgs, NetworkLabelArgs or VolumeLabelArgs)."""
-    return [kind(label="cesar.stack", value=stack), kind(label="cesar.role", value=role)]
+    return [kind(label="cesar.dev.stack", value=stack), kind(label="cesar.role", value=role)]

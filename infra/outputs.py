@@ -7,7 +7,7 @@ and who reads it.
 
 from __future__ import annotations
 
-from cesar import urls
+from cesar.db import urls
 
 #: Every output a stack exports (the tests check that the program exports exactly these).
 NAMES = (

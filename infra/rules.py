@@ -3,7 +3,7 @@
 In the style of CockroachDB's own ``monitoring/rules``: one group per concern, ``job`` in every
 selector, recording rules for the ratios the alerts use, every alert with a ``severity`` label
 (``critical`` pages, ``warning`` goes to chat) and ``summary``/``description`` annotations.
-The seed's three alerts keep their meaning (sync lag over 600 s for 10 minutes; more than five
+The three original alerts keep their meaning (sync lag over 600 s for 10 minutes; more than five
 connection errors in 5 minutes; a failed migration), beside CockroachDB's essentials.
 
 Every alert has a firing and a non-firing case in ``tests/infra/promtool/*.test.yml``; the

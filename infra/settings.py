@@ -20,7 +20,7 @@ from typing import Any, Literal
 from cesar import cockroach
 from cesar.allowlist import Entry, Policy
 from cesar.allowlist import parse as parse_allowlist
-from cesar.embedded import APP_ROLE, LOGINS
+from cesar.credentials import APP_ROLE, LOGINS
 from cesar.errors import ConfigError
 from infra.images import Images
 from infra.naming import Names

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from cesar import db, urls
+from cesar import db
 from cesar.config import load_settings
+from cesar.db import urls
 from cesar.errors import ConfigError
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 SAFE = "postgresql://app:pw@db.example.internal:26257/cesar?sslmode=verify-full"
 

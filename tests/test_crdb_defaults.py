@@ -16,8 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cesar import migrate_regions, rotate
-from tests.conftest import REPO, PgStack
+from cesar.migrate import regions as migrate_regions
+from cesar.rotate import rotator
+from tests.helpers import REPO, PgStack
 
 V26_1 = "CockroachDB CCL v26.1.2 (x86_64-pc-linux-gnu, built 2026/03/10 11:02:03, go1.23.12)"
 
@@ -41,8 +42,8 @@ def crdb_session(pg_stack: PgStack, fresh_db: str) -> psycopg.Connection:
 
 def test_rotation_reads_no_internal_table_to_save_the_old_verifier(
         crdb_session: psycopg.Connection) -> None:
-    assert rotate.detect_engine(crdb_session) == "cockroachdb"
-    assert rotate._read_verifier(crdb_session, "cesar_app_a") is None
+    assert rotator.detect_engine(crdb_session) == "cockroachdb"
+    assert rotator._read_verifier(crdb_session, "cesar_app_a") is None
 
 
 def _sql_strings(path: Path) -> list[str]:

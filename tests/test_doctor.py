@@ -15,7 +15,7 @@ import pytest
 from cesar import doctor, migrate
 from cesar.errors import OperationFailed
 from cesar.sync.tables import SYNCED_TABLES
-from tests.conftest import PgStack, make_settings
+from tests.helpers import PgStack, make_settings
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The CESAR API service (successor of the seed's ``api/main.py``).
+"""The CESAR API service.
 
 ``cesar.api.app.create_app`` builds the FastAPI application; ``cesar api`` (``cesar.api.command``)
 serves it with uvicorn. Modules: ``app`` (application, error handling, request metrics),

@@ -59,7 +59,7 @@ _NO_STORE = {"Cache-Control": "no-store"}
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings or load_settings()
     # Settings read from the environment and files are re-read when those files change, so a
-    # password rotation reaches new connections without a restart (cesar/rotate.py).
+    # password rotation reaches new connections without a restart (cesar/rotate/rotator.py).
     database = Database(settings, reloadable=app.state.settings is None).open(wait=False)
     # The hot reads (/agents, the key lookup) on the event loop: cesar/api/aio.py.
     reads = await aio.open_reads(database, app.state.read_settings or aio.load_read_settings())

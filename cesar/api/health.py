@@ -7,7 +7,7 @@ exhausted, and 200 again as soon as the pool has reconnected (psycopg_pool does 
 background; each checkout is health-checked, so broken connections are replaced).
 
 Beyond the connection, each :class:`Component` reads one thing on the same connection and adds
-it under ``components.<name>``. To add one (the sync lag of issue 5): write its probe, give it a
+it under ``components.<name>``. To add one (as the sync lag does): write its probe, give it a
 field in :class:`cesar.api.models.Components`, and append it to :data:`COMPONENTS`.
 """
 
@@ -27,6 +27,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cesar import __version__, db, metrics
 from cesar.api import models
+from cesar.console import first_line
 from cesar.sync import health as sync_health
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def _migration_problems(counts: dict[str, Any]) -> list[str]:
 
 
 MIGRATIONS = Component("migrations", _migrations, _migration_problems, metrics.set_migrations)
-# Issue 5: the sync lag per table and direction, from sync_state (cesar/sync/health.py).
+# The sync lag per table and direction, from sync_state (cesar/sync/health.py).
 SYNC = Component("sync", sync_health.probe, sync_health.problems, sync_health.export)
 
 #: Read in this order on every probe.
@@ -95,7 +96,7 @@ class ConnectionProbe:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, PoolTimeout):
         return f"no connection from the pool within {CHECKOUT_TIMEOUT:g} s"
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = first_line(exc)
     return f"{type(exc).__name__}: {first}"
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from cesar.sync.health import SyncHealth  # issue 5: components.sync
+from cesar.sync.health import SyncHealth  # components.sync
 
 Engine = Literal["cockroachdb", "postgresql"]
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cesar.config import ENV_FILES
+from cesar.config import ENV_FILES, load
 from cesar.errors import ConfigError
 
 
@@ -29,13 +29,7 @@ class ApiSettings(BaseSettings):
 
 
 def load_api_settings(**overrides: object) -> ApiSettings:
-    try:
-        return ApiSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        name = "CESAR_API_" + str((first.get("loc") or ("?",))[0]).upper()
-        raise ConfigError(f"{name}={first.get('input')!r} is not valid: {first.get('msg')}; "
-                          "fix it in the environment, .env or .env.cockroach") from None
+    return load(ApiSettings, **overrides)
 
 
 class AuthSettings(BaseSettings):
@@ -79,10 +73,4 @@ class AuthSettings(BaseSettings):
 
 
 def load_auth_settings(**overrides: object) -> AuthSettings:
-    try:
-        return AuthSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        name = "CESAR_API_" + str((first.get("loc") or ("?",))[0]).upper()
-        raise ConfigError(f"{name} is not valid: {first.get('msg')}; fix it in the "
-                          "environment, .env or .env.cockroach") from None
+    return load(AuthSettings, reveal=False, **overrides)  # a secret's value is never echoed

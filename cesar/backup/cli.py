@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from typing import Any
 
 import click
 
+from cesar.console import emit_json as _emit
 from cesar.errors import OperationFailed
-
-
-def _emit(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
 
 
 def _server():  # noqa: ANN202

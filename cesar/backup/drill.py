@@ -27,6 +27,7 @@ from psycopg import sql
 
 from cesar.backup import archive, base, scratch
 from cesar.backup.settings import Server
+from cesar.console import first_line
 from cesar.errors import CesarError
 
 LAST_DRILL = "last-drill.json"
@@ -122,7 +123,7 @@ def run(server: Server) -> dict[str, Any]:
     except CesarError as exc:
         result["problems"].append(str(exc))
     except psycopg.Error as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         result["problems"].append(f"database error: {first}")
     except _Terminated:
         terminated = True

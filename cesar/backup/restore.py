@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg import sql
 
-from cesar import urls
 from cesar.backup import archive, base, scratch, stoppoint
 from cesar.backup.archive import run_as
 from cesar.backup.settings import Server
+from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
 
 _NAME_MAX = 63

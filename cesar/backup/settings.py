@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cesar import urls
-from cesar.config import ENV_FILES, Settings
+from cesar.config import ENV_FILES, Settings, load
+from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
 
 
@@ -49,13 +49,7 @@ class BackupSettings(BaseSettings):
 
 
 def load_backup_settings() -> BackupSettings:
-    try:
-        return BackupSettings()  # type: ignore[call-arg]
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        name = str((first.get("loc") or ("?",))[0]).upper()
-        raise ConfigError(f"{name}={first.get('input')!r} is not valid: {first.get('msg')}; "
-                          "fix it in the environment, .env or .env.cockroach") from None
+    return load(BackupSettings)
 
 
 @dataclass(frozen=True)
@@ -129,7 +123,7 @@ def resolve(settings: Settings, backup: BackupSettings | None = None) -> Server:
     if settings.environment != "development":
         raise ConfigError(f"ENVIRONMENT={settings.environment} has no embedded server to back "
                           "up: set CESAR_BACKUP_PGHOST, CESAR_BACKUP_BINDIR and CESAR_BACKUP_REPO")
-    from cesar.embedded import LOCAL_DB, SUPERUSER, EmbeddedPostgres, pg_bindir
+    from cesar.dev.embedded import LOCAL_DB, SUPERUSER, EmbeddedPostgres, pg_bindir
 
     pg = EmbeddedPostgres(settings.state_dir, bindir=settings.pg_bindir)
     state = pg.load_state()

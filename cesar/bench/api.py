@@ -9,7 +9,7 @@ the figures include the queueing that concurrency causes. The load generator is 
 asyncio (no HTTP library in the loop) so that it steals as little CPU as possible from the
 server on a small machine; it runs in this process, on the same machine.
 
-Targets (issue 4): p95 of ``/agents`` at 50 clients under 20 ms, and within 3x of the bare
+Targets: p95 of ``/agents`` at 50 clients under 20 ms, and within 3x of the bare
 endpoint's p95 at 50 clients.
 
 Authentication is on, as in production: the run creates an API key (``agents:read``,
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 
-from cesar.embedded import free_port
+from cesar.dev.embedded import free_port
 
 ENDPOINTS = {"bare": "/health/live", "health": "/health", "agents": "/agents"}
 TARGET_P95_MS = 20.0

@@ -33,7 +33,7 @@ import psycopg
 from cesar.backup import base, drill, restore
 from cesar.backup.settings import BackupSettings, resolve
 from cesar.config import Settings
-from cesar.embedded import EmbeddedPostgres
+from cesar.dev.embedded import EmbeddedPostgres
 
 TARGET_RPO = 15.0
 TARGET_RTO = 30.0

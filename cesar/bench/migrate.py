@@ -1,6 +1,6 @@
 """``invoke bench --suite migrate``: the cost of a no-op ``migrate up``.
 
-The goal (issue 3): a run with nothing to do costs one read of the tracking table, however many
+The goal: a run with nothing to do costs one read of the tracking table, however many
 migrations are applied. Measured for the repository's migrations and for 200 (the repository's
 plus generated ones), each on its own database:
 
@@ -36,8 +36,9 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from cesar import migrate, urls
+from cesar import migrate
 from cesar.config import Settings
+from cesar.db import urls
 
 REPO_MIGRATIONS = Path(__file__).resolve().parents[2] / "sql" / "migrations"
 
@@ -126,7 +127,7 @@ def server(url: str | None) -> Iterator[tuple[str, Path]]:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return
-    from cesar.embedded import EmbeddedPostgres
+    from cesar.dev.embedded import EmbeddedPostgres
 
     state_dir = Path(".cesar") / "bench" / f"migrate-{uuid.uuid4().hex[:8]}"
     pg = EmbeddedPostgres(state_dir)
@@ -156,7 +157,7 @@ def new_database(admin: str, template_url: str | None) -> str:
                           host=params.get("host", "127.0.0.1"), port=int(params.get("port", 5432)),
                           dbname=name, **({"sslmode": params["sslmode"]}
                                           if "sslmode" in params else {}))
-    from cesar.embedded import EmbeddedPostgres
+    from cesar.dev.embedded import EmbeddedPostgres
 
     # The embedded admin URL is the superuser's socket; the runner logs in as the app.
     state_dir = Path(psycopg.conninfo.conninfo_to_dict(admin)["host"]).parent

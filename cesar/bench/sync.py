@@ -13,7 +13,7 @@ On an embedded PostgreSQL of its own (two fresh databases, every migration appli
 5. **empty**: runs with nothing to move (median of 5), with one synced table and with all ten;
 6. **full reconcile** of the equal tables (the nightly ``--full``), for scale.
 
-Targets (issue 5): initial sync within 3x the COPY pipe; the incremental run under 5% of the
+Targets: initial sync within 3x the COPY pipe; the incremental run under 5% of the
 initial one; the empty run under 100 ms plus a small constant per table.
 """
 
@@ -35,7 +35,8 @@ from psycopg import sql
 
 from cesar import migrate
 from cesar.config import Settings
-from cesar.embedded import APP_ROLE, EmbeddedPostgres
+from cesar.credentials import APP_ROLE
+from cesar.dev.embedded import EmbeddedPostgres
 from cesar.sync import run as sync_run
 from cesar.sync.tables import SYNCED_TABLES, SyncSettings
 

@@ -27,6 +27,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from cesar import db
+from cesar.console import first_line
 from cesar.errors import RetryExhausted
 from cesar.sync.capture import Change
 from cesar.sync.rule import Action, Existing, Version, compare, decide
@@ -99,7 +100,7 @@ class Target:
     simulated_written: frozenset[str] = frozenset()
     simulated_acknowledged: frozenset[str] = frozenset()
     #: Run inside every transaction that writes, last before its commit: raises unless this
-    #: run still holds the lease (cesar.lease.Lease.fence), so a paused run's late apply fails.
+    #: run still holds the lease (cesar.db.lease.Lease.fence), so a paused run's late apply fails.
     fence: Callable[[psycopg.Connection], None] | None = None
     #: Shared by the run's targets (None: wait up to lock_timeout_ms every time).
     budget: LockBudget | None = None
@@ -418,7 +419,7 @@ def _vparts(v: Version | None) -> tuple[Any, Any]:
 
 def _record_failure(target: Target, spec: TableSpec, ch: Change, exc: BaseException) -> int:
     """Record a change that cannot be applied, with the reason, in its own transaction."""
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    reason = first_line(exc)
     sqlstate = getattr(exc, "sqlstate", None)
 
     def work(c: psycopg.Connection) -> int:

@@ -8,14 +8,9 @@ from typing import Any
 import click
 
 from cesar.config import load_settings
+from cesar.console import emit_json as _emit
 from cesar.errors import ConfigError
 from cesar.sync.tables import load_sync_settings
-
-
-def _emit(obj: Any) -> None:
-    from cesar.cli import emit_json
-
-    emit_json(obj)
 
 
 def _url_options(fn: Any) -> Any:

@@ -1,4 +1,4 @@
-"""One sync run at a time: the lease row ``sync_lease`` (id 1) of :mod:`cesar.lease`.
+"""One sync run at a time: the lease row ``sync_lease`` (id 1) of :mod:`cesar.db.lease`.
 
 The lease is taken in the cluster database, which every run of a pair reaches; its token is
 then installed in the local database's ``sync_lease`` too, so that the writes on *both* sides
@@ -13,8 +13,8 @@ from typing import Any
 
 import psycopg
 
-from cesar import lease as base
-from cesar.lease import LeaseBusy, LeaseLost
+from cesar.db import lease as base
+from cesar.db.lease import LeaseBusy, LeaseLost
 
 __all__ = ["TABLE", "Holder", "LeaseBusy", "LeaseLost", "SyncLease", "new_holder_name", "read"]
 

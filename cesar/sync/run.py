@@ -28,8 +28,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cesar import db, urls
+from cesar import db
 from cesar.config import Settings
+from cesar.console import first_line
+from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
 from cesar.sync import bulk, capture, clock, divergence, lease, reconcile, state
 from cesar.sync.apply import LockBudget, Outcome, Target, apply_changes
@@ -224,7 +226,7 @@ def connect(url: str, source: str, role: str, settings: Settings, sync: SyncSett
     try:
         conn = psycopg.connect(url, **kwargs)
     except psycopg.OperationalError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise OperationFailed(f"cannot connect to the {role} database {urls.mask(url)} "
                               f"({source}): {first}") from None
     conn.execute("SET TimeZone = 'UTC'")
@@ -395,7 +397,7 @@ class Run:
                 except psycopg.Error as exc:
                     # One table's failure (its SQL, not a row: rows are split out and recorded)
                     # must not hold back the others: record it, go on, fail the run at the end.
-                    tr.error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    tr.error = first_line(exc)
                     log.error("sync of %s %s failed: %s", spec.name, direction, tr.error)
 
     def _bulk_applies(self, src: str, dst: str, pending_rows: int) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from cesar.config import Settings
+from cesar.console import first_line
 from cesar.errors import ConfigError, OperationFailed
 from cesar.sync import capture, divergence, lease, run, state
 from cesar.sync.tables import SyncSettings
@@ -35,7 +36,8 @@ class SideStatus:
 
 def _read_side(role: str, url: str, source: str, settings: Settings, sync: SyncSettings
                ) -> tuple[SideStatus, psycopg.Connection | None]:
-    from cesar import db, urls
+    from cesar import db
+    from cesar.db import urls
 
     side = SideStatus(role, urls.mask(url) or "")
     try:
@@ -52,7 +54,7 @@ def _read_side(role: str, url: str, source: str, settings: Settings, sync: SyncS
         side.conflicts = state.conflict_counts(conn)
         side.state = state.read_state(conn)
     except (ConfigError, psycopg.Error) as exc:  # reported, not raised: the other side may answer
-        side.error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        side.error = first_line(exc)
     return side, conn
 
 

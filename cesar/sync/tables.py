@@ -18,23 +18,12 @@ from typing import Annotated
 import psycopg
 from psycopg import sql
 from psycopg.adapt import PyFormat
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from cesar.config import ENV_FILES
+from cesar.config import ENV_FILES, load
 from cesar.errors import ConfigError
-
-#: The synced tables, parents first. agent_workload (009) is a view: each side computes it.
-SYNCED_TABLES: tuple[str, ...] = (
-    "agents",
-    "agent_capabilities",
-    "tasks",
-    "task_assignments",
-    "agent_runs",
-    "agent_run_events",
-    "api_keys",
-    "audit_log",
-)
+from cesar.schema import SYNCED_TABLES
 
 #: The capture trigger's name on every synced table (migration 011).
 CAPTURE_TRIGGER = "sync_capture"
@@ -89,13 +78,7 @@ class SyncSettings(BaseSettings):
 
 
 def load_sync_settings(**overrides: object) -> SyncSettings:
-    try:
-        return SyncSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        name = "CESAR_SYNC_" + str((first.get("loc") or ("?",))[0]).upper()
-        raise ConfigError(f"{name}={first.get('input')!r} is not valid: {first.get('msg')}; "
-                          "fix it in the environment, .env or .env.cockroach") from None
+    return load(SyncSettings, **overrides)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, require
+from tests.helpers import REPO, require
 
 ANSIBLE = REPO / "ansible"
 INVENTORIES = sorted((ANSIBLE / "inventories").glob("*/hosts.yml"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 ANSIBLE = REPO / "ansible"
 ROLES = sorted(p for p in (ANSIBLE / "roles").iterdir() if (p / "defaults" / "main.yml").exists())

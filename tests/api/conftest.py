@@ -31,9 +31,9 @@ from cesar import migrate
 from cesar.api.app import create_app
 from cesar.api.settings import AuthSettings
 from cesar.config import Settings
-from cesar.embedded import free_port
+from cesar.dev.embedded import free_port
 from cesar.events.settings import EventSettings
-from tests.conftest import REPO, PgStack, make_settings
+from tests.helpers import REPO, PgStack, make_settings
 
 
 @dataclass

@@ -15,7 +15,7 @@ import pytest
 
 from cesar import keys
 from cesar.api.settings import AuthSettings
-from cesar.embedded import free_port
+from cesar.dev.embedded import free_port
 from tests.api.conftest import ApiServer, make_key, run_cesar, sample, serve, settings_for
 from tests.api.test_server import base_env, cesar_api, wait_healthy
 
@@ -285,7 +285,7 @@ def test_revoking_an_unknown_prefix_is_exit_1(migrated_url: str, tmp_path: Path)
 def test_the_hosts_environment_file_may_carry_the_auth_settings(tmp_path: Path) -> None:
     """What Ansible writes (cesar_api_metrics_token) passes `cesar config check`; a revocation
     bound over 5 s is refused, naming the variable."""
-    from cesar.configcheck import check
+    from cesar.deploy.configcheck import check
     from cesar.errors import ConfigError
 
     url = "postgresql://cesar_app_a:pw@db.example:26257/cesar?sslmode=verify-full"
@@ -307,7 +307,7 @@ def test_the_hosts_environment_file_may_carry_the_auth_settings(tmp_path: Path) 
 def test_smoke_makes_its_key_again_when_the_stored_one_is_revoked(migrated_url: str,
                                                                   tmp_path: Path) -> None:
     from cesar import smoke
-    from tests.conftest import make_settings
+    from tests.helpers import make_settings
 
     settings = make_settings(local_db_url=migrated_url, state_dir=tmp_path)
     first = smoke.development_key(settings)
@@ -324,7 +324,7 @@ def test_smoke_outside_development_creates_nothing_and_says_what_to_set(
         migrated_url: str, auth_api: ApiServer, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     from cesar import smoke
-    from tests.conftest import make_settings
+    from tests.helpers import make_settings
 
     settings = make_settings(environment="staging", local_db_url=migrated_url,
                              state_dir=tmp_path)

@@ -14,9 +14,9 @@ import pytest
 
 from cesar import migrate
 from cesar.api.settings import AuthSettings
-from cesar.embedded import EmbeddedPostgres
+from cesar.dev.embedded import EmbeddedPostgres
 from tests.api.conftest import ApiServer, sample, serve, settings_for
-from tests.conftest import REPO, make_settings, new_state_dir
+from tests.helpers import REPO, make_settings, new_state_dir
 
 #: The client gives up after this long: /health must have answered by then.
 CLIENT_TIMEOUT = 2.0

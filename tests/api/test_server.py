@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 
-from cesar.embedded import free_port
+from cesar.dev.embedded import free_port
 from tests.api.conftest import run_cesar, sample
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 @contextmanager

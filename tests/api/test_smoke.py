@@ -9,7 +9,9 @@ from pathlib import Path
 
 import psycopg
 
-from cesar import smoke, tls, urls
+from cesar import smoke
+from cesar.db import urls
+from cesar.dev import tls
 from tests.api.conftest import (
     ApiServer,
     closed_port,
@@ -17,7 +19,7 @@ from tests.api.conftest import (
     serve,
     settings_for,
 )
-from tests.conftest import REPO, PgStack
+from tests.helpers import REPO, PgStack
 
 DB_CHECKS = ["dns", "tcp", "tls", "auth", "server", "latency", "migrations", "agents"]
 

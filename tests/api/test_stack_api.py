@@ -13,11 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cesar import smoke, stack
+from cesar import smoke
 from cesar.config import Settings
-from cesar.embedded import free_port
+from cesar.dev import stack
+from cesar.dev.embedded import free_port
 from cesar.errors import OperationFailed
-from tests.conftest import make_settings, new_state_dir
+from tests.helpers import make_settings, new_state_dir
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 from cesar.backup.settings import BackupSettings, Server, resolve
-from cesar.embedded import EmbeddedPostgres, pg_bindir
-from tests.conftest import REPO, child_env, make_settings, new_state_dir, require
+from cesar.dev.embedded import EmbeddedPostgres, pg_bindir
+from tests.helpers import REPO, child_env, make_settings, new_state_dir, require
 
 
 @dataclass

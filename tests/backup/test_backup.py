@@ -281,7 +281,7 @@ def test_a_backup_killed_mid_way_is_never_listed_and_the_next_one_works(bk: Back
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     before = {b.label for b in base.backups(bk.server.repo)}
     with bk.su() as conn:  # enough data that the copy takes a moment
@@ -427,7 +427,7 @@ def test_a_drill_stopped_by_sigterm_records_a_failure(bk: BackupStack) -> None:
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     base.take(bk.server)
     (bk.server.repo / "state" / drill.LAST_DRILL).write_text(json.dumps({"ok": True}))

@@ -17,8 +17,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cesar.embedded import EmbeddedPostgres, free_port
-from tests.conftest import REPO, child_env, new_state_dir, require
+from cesar.dev.embedded import EmbeddedPostgres, free_port
+from tests.helpers import REPO, child_env, new_state_dir, require
 
 RUNBOOK = REPO / "docs" / "runbook.md"
 BLOCK = re.compile(r"<!-- dr: (?P<name>[a-z-]+) -->\n```console\n(?P<body>.*?)```", re.S)

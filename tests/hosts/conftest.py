@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import require
-from tests.hosts import testhosts
+from cesar.dev import testhosts
+from tests.helpers import require
 
 HOSTS = 2
 

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from cesar import deploy
-from tests.conftest import REPO
-from tests.hosts import testhosts
+from cesar.dev import testhosts
+from tests.helpers import REPO
 
 pytestmark = [pytest.mark.hosts, pytest.mark.slow, pytest.mark.timeout(900)]
 

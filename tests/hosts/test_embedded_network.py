@@ -8,9 +8,9 @@ import shutil
 import psycopg
 import pytest
 
-from cesar import urls
-from cesar.embedded import SUPERUSER, EmbeddedPostgres, pg_bindir
-from tests.conftest import new_state_dir, require
+from cesar.db import urls
+from cesar.dev.embedded import SUPERUSER, EmbeddedPostgres, pg_bindir
+from tests.helpers import new_state_dir, require
 
 # 127.0.0.2 answers on every Linux loopback device without any set-up, and is not 127.0.0.1.
 EXTRA = "127.0.0.2"

@@ -22,11 +22,11 @@ import pytest
 import yaml
 
 from cesar import deploy
-from cesar.embedded import EmbeddedPostgres
+from cesar.dev import testhosts
+from cesar.dev.embedded import EmbeddedPostgres
 from cesar.rotate import Rotator
-from cesar.secret_stores import AnsibleVaultStore, EmbeddedStore
-from tests.conftest import REPO
-from tests.hosts import testhosts
+from cesar.rotate.stores import AnsibleVaultStore, EmbeddedStore
+from tests.helpers import REPO
 
 pytestmark = [pytest.mark.hosts, pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from cesar import tls
+from cesar.dev import tls
 from infra import monitoring_files, offline
 from infra import settings as stack_settings
-from tests.conftest import REPO, require
+from tests.helpers import REPO, require
 
 STACKS = tuple(sorted(p.name[len("Pulumi."):-len(".yaml")] for p in REPO.glob("Pulumi.*.yaml")))
 PROMTOOL_TESTS = Path(__file__).parent / "promtool"

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cesar import cluster_bootstrap as cb
-from cesar import scram
 from cesar.errors import ConfigError
+from cesar.rotate import scram
 
 PASSWORDS = {"cesar_app_a": "pa'ss;word--1", "cesar_app_b": "second\\one"}
 

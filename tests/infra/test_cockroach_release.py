@@ -13,7 +13,7 @@ from cesar import cockroach
 from cesar.errors import ConfigError
 from infra import images, offline
 from infra import settings as stack_settings
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.infra.conftest import STACKS, settings_of
 from tests.infra.test_program_mocks import CONTAINER, image_of, upload
 

@@ -18,8 +18,9 @@ import pulumi
 import pytest
 import yaml
 
-from cesar import cockroach, scram
+from cesar import cockroach
 from cesar.errors import ConfigError
+from cesar.rotate import scram
 from infra import images, monitoring_files, offline, outputs, program, selfhosted
 from infra import settings as stack_settings
 from tests.infra.conftest import STACKS, settings_of

@@ -20,9 +20,9 @@ import psycopg
 import pytest
 
 from cesar import migrate
-from cesar.embedded import pg_bindir
-from tests.conftest import REPO, PgStack, make_settings
-from tests.conftest import child_env as base_child_env
+from cesar.dev.embedded import pg_bindir
+from tests.helpers import REPO, PgStack, make_settings
+from tests.helpers import child_env as base_child_env
 
 REPO_MIGRATIONS = REPO / "sql" / "migrations"
 

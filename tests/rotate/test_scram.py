@@ -6,9 +6,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cesar import scram
-from cesar.embedded import new_password
-from tests.conftest import PgStack
+from cesar.dev.embedded import new_password
+from cesar.rotate import scram
+from tests.helpers import PgStack
 
 
 def test_verifier_format_and_matching() -> None:

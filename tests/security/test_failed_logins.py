@@ -16,8 +16,8 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cesar.embedded import EmbeddedPostgres, free_port
-from tests.conftest import REPO, new_state_dir, require
+from cesar.dev.embedded import EmbeddedPostgres, free_port
+from tests.helpers import REPO, new_state_dir, require
 
 PROGRAM_DIR = REPO / "ansible" / "roles" / "cesar_log_metrics" / "files"
 METRIC = "cesar_db_auth_failures_total"

@@ -12,7 +12,7 @@ import pytest
 
 from cesar import firewall
 from cesar.errors import ConfigError
-from tests.conftest import require
+from tests.helpers import require
 
 
 @pytest.mark.parametrize(("cidrs", "environment", "fragment"), [

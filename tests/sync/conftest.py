@@ -28,8 +28,8 @@ from cesar import migrate
 from cesar.sync import run as sync_run
 from cesar.sync.run import Options, RunReport
 from cesar.sync.tables import SYNCED_TABLES, SyncSettings
-from tests.conftest import REPO, PgStack, make_settings, new_state_dir, require
-from tests.conftest import child_env as base_child_env
+from tests.helpers import REPO, PgStack, make_settings, new_state_dir, require
+from tests.helpers import child_env as base_child_env
 
 TEST_TABLES = ("items", "named_items")
 TEST_DDL = """
@@ -92,7 +92,7 @@ def skewed_stack() -> Iterator[PgStack]:
     libfaketime (Debian's ``faketime``): its clock is SKEW_SECONDS ahead of this host's."""
     lib = next((p for p in FAKETIME_LIBS if p.exists()), None)
     require(lib is not None, "libfaketime: apt-get install faketime")
-    from cesar.embedded import EmbeddedPostgres
+    from cesar.dev.embedded import EmbeddedPostgres
 
     state_dir = new_state_dir("skewed")
     pg = EmbeddedPostgres(state_dir)

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.conftest import wait_stopped
+from tests.helpers import wait_stopped
 from tests.sync.conftest import Pair, child_env
 
 #: `cesar sync run` that stops itself the first time it reaches ``point`` (apply: a batch is

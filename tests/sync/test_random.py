@@ -27,7 +27,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from cesar.sync import run as sync_run
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 from tests.sync.conftest import Pair, sync_settings
 
 SEED = int(os.environ.get("CESAR_SYNC_RANDOM_SEED", "20261125"))

@@ -1,0 +1,54 @@
+"""Connection URLs: parsing, building and masking (never print a password)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg.conninfo
+
+from cesar.console import first_line
+from cesar.errors import ConfigError
+
+
+def parse(url: str, variable: str) -> dict[str, str]:
+    """Return the URL's connection parameters, or raise ConfigError naming ``variable``."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"{variable} is not a postgresql:// URL; "
+            "use postgresql://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=..."
+        )
+    try:
+        return psycopg.conninfo.conninfo_to_dict(url)  # type: ignore[return-value]
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(
+            f"{variable} cannot be parsed ({first_line(exc)}); check its syntax"
+        ) from None
+
+
+def build(
+    *, user: str, password: str, host: str, port: int, dbname: str, **params: str
+) -> str:
+    """A postgresql:// URL with the password percent-encoded."""
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}"
+    query = "&".join(f"{k}={quote(str(v), safe='/')}" for k, v in params.items())
+    return urlunsplit(("postgresql", netloc, "/" + dbname, query, ""))
+
+
+def mask(url: str | None) -> str | None:
+    """The URL with its password replaced by ``***`` (also a ``password=`` query parameter)."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{hostport}"
+    query = "&".join(
+        "password=***" if q.lower().startswith("password=") else q
+        for q in parts.query.split("&")
+        if q
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+

@@ -275,8 +275,8 @@ def demo_command(rate: float, duration: float, api_url: str | None, seed: int | 
                  as_json: bool) -> None:
     """Drive realistic activity through the API: tasks, dispatch, runs with progress events,
     tokens and costs, for DURATION at RATE tasks per second."""
-    from cesar.cli import emit_json
     from cesar.config import load_settings
+    from cesar.console import emit_json
     from cesar.smoke import default_api_url
 
     seconds = duration

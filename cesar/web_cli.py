@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cesar.cli import emit_json
+from cesar.console import emit_json
 
 
 @click.group("web")

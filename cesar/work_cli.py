@@ -30,8 +30,8 @@ def dispatch_command(limit: int, url: str | None, dry_run: bool, as_json: bool) 
     """Assign queued tasks to agents: priority 1 first, then the oldest; the preferred agent if
     active, else the least loaded active agent. Safe to run concurrently and repeatedly."""
     from cesar import db, keys, work
-    from cesar.cli import emit_json
     from cesar.config import load_settings
+    from cesar.console import emit_json
 
     settings = load_settings()
     endpoint = db.Endpoint("cluster", url, "--url") if url else db.route(settings).primary

@@ -37,13 +37,13 @@ from typing import Any, Literal
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cesar import keys
-from cesar.config import ENV_FILES
+from cesar.config import ENV_FILES, load
 from cesar.db import Database, Endpoint, connect_kwargs
-from cesar.errors import ConfigError, OperationFailed
+from cesar.errors import OperationFailed
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +227,7 @@ class ReadSettings(BaseSettings):
 
 
 def load_read_settings() -> ReadSettings:
-    try:
-        return ReadSettings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"CESAR_API_READ_PATH={first.get('input')!r} is not valid: use one of "
-                          f"{', '.join(READ_PATHS)} (or leave it unset: threads)") from None
+    return load(ReadSettings)
 
 
 async def open_reads(database: Database, settings: ReadSettings) -> AsyncReads | None:

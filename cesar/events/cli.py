@@ -38,7 +38,7 @@ def prune_command(hours: float | None, url: str | None, dry_run: bool, as_json: 
     with _connect(url) as conn:
         pruned = elog.prune(conn, hours * 3600, dry_run=dry_run)
     if as_json:
-        from cesar.cli import emit_json
+        from cesar.console import emit_json
 
         emit_json({"deleted": pruned.deleted, "pruned_through": pruned.pruned_through,
                    "older_than_hours": hours, "dry_run": dry_run})
@@ -62,7 +62,7 @@ def status_command(url: str | None, as_json: bool) -> None:
     info = {"events": int(row[0]), "first_id": row[1], "last_id": row[2],
             "oldest_at": row[3].isoformat() if row[3] else None, "pruned_through": row[4]}
     if as_json:
-        from cesar.cli import emit_json
+        from cesar.console import emit_json
 
         emit_json(info)
         return

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cesar.config import ENV_FILES
-from cesar.errors import ConfigError
+from cesar.config import ENV_FILES, load
 
 
 class EventSettings(BaseSettings):
@@ -43,10 +42,4 @@ class EventSettings(BaseSettings):
 
 
 def load_event_settings(**overrides: object) -> EventSettings:
-    try:
-        return EventSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        name = "CESAR_EVENTS_" + str((first.get("loc") or ("?",))[0]).upper()
-        raise ConfigError(f"{name}={first.get('input')!r} is not valid: {first.get('msg')}; "
-                          "fix it in the environment, .env or .env.cockroach") from None
+    return load(EventSettings, **overrides)

@@ -55,7 +55,7 @@ def soak_command(duration: str, compress: float, seed: int, faults: str | None,
     report_file = Path(result["logs"]).parent / "report.json"
     report_file.write_text(json.dumps(result, indent=2, default=str) + "\n")
     if as_json:
-        from cesar.cli import emit_json
+        from cesar.console import emit_json
 
         emit_json(result)
     else:

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from cesar.embedded import free_port
 from psycopg_pool import AsyncConnectionPool
 
 from cesar.api import aio
-from cesar.embedded import free_port
 from tests.api.conftest import ApiServer, serve, settings_for
 from tests.conftest import PgStack, child_env
 
@@ -94,5 +94,6 @@ def test_a_bad_read_path_is_one_line_and_exit_2(migrated_url: str, tmp_path: Pat
                           timeout=60, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
-        "cesar: error: CESAR_API_READ_PATH='fibers' is not valid: use one of async, "
-        "async-checked, async-unprepared, threads (or leave it unset: threads)"]
+        "cesar: error: CESAR_API_READ_PATH='fibers' is not valid: Input should be 'async', "
+        "'async-checked', 'async-unprepared' or 'threads'; fix it in the environment, .env or "
+        ".env.cockroach"]

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from psycopg import sql
 
 from cesar.bench import api, api_tasks
-from cesar.embedded import free_port
+from cesar.dev.embedded import free_port
 from cesar.sync.tables import CAPTURE_TRIGGER, STATEMENT_COMPANIONS, SYNCED_TABLES
 
 TARGET_RATIO = 1.2

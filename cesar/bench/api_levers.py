@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict
 
 from cesar.bench import api
-from cesar.embedded import free_port
+from cesar.dev.embedded import free_port
 
 PATHS = ("threads", "async-checked", "async-unprepared", "async")
 TARGET_RATIO = 2.0

@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from cesar.bench import api
-from cesar.embedded import free_port
+from cesar.dev.embedded import free_port
 
 #: Entry frames every sample of a thread has: left out of the inclusive list.
 ENTRY = frozenset({

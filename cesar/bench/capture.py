@@ -25,7 +25,7 @@ from psycopg import sql
 
 from cesar import migrate
 from cesar.config import Settings
-from cesar.embedded import APP_ROLE, EmbeddedPostgres
+from cesar.dev.embedded import APP_ROLE, EmbeddedPostgres
 
 MIGRATIONS = Path(__file__).resolve().parent.parent.parent / "sql" / "migrations"
 TARGET_RATIO = 1.5

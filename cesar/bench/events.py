@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 from cesar.bench.api import Server, _make_key, _revoke, percentile
-from cesar.embedded import free_port
+from cesar.dev.embedded import free_port
 
 TITLE = "bench: /events latency"
 

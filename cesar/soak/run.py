@@ -33,7 +33,7 @@ import psycopg
 
 from cesar import urls
 from cesar.config import Settings
-from cesar.embedded import CLUSTER_DB, LOCAL_DB, EmbeddedPostgres, StackState, free_port
+from cesar.dev.embedded import CLUSTER_DB, LOCAL_DB, EmbeddedPostgres, StackState, free_port
 from cesar.errors import ConfigError, OperationFailed
 from cesar.soak import logscan, report
 from cesar.soak.load import (
@@ -266,7 +266,7 @@ class Soak:
         progress("first sync pass done (pairing, full reconcile)")
 
     def _start_api(self) -> None:
-        from cesar.service import _wait_healthy
+        from cesar.dev.service import _wait_healthy
 
         port = self.options.api_port or free_port()
         self.api_url = f"http://127.0.0.1:{port}"
@@ -461,7 +461,7 @@ class Soak:
 
     def _fault_additive_migration(self) -> Injected:
         from cesar import migrate
-        from cesar.migrate_files import resolve_dir
+        from cesar.migrate.files import resolve_dir
 
         target = self.dir / "migrations"
         shutil.copytree(resolve_dir(), target, dirs_exist_ok=True)

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from cesar.embedded import free_port
 from psycopg_pool import AsyncConnectionPool
 
 from cesar.api import aio
+from cesar.dev.embedded import free_port
 from tests.api.conftest import ApiServer, serve, settings_for
 from tests.conftest import PgStack, child_env
 

@@ -405,7 +405,7 @@ def test_a_bad_last_event_id_is_422_not_500(events_api: ApiServer, migrated_db: 
 def test_every_worker_delivers_every_event(migrated_db: str, tmp_path: Path) -> None:
     import subprocess
 
-    from cesar.embedded import free_port
+    from cesar.dev.embedded import free_port
     from tests.api.test_server import cesar_api, wait_healthy
 
     key = make_key(migrated_db, "agents:read")

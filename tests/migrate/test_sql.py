@@ -188,7 +188,7 @@ def test_statements_that_can_never_run_in_a_transaction_are_recognised(
 
 
 def test_a_postgresql_only_file_runs_nothing_on_cockroachdb() -> None:
-    from cesar.migrate_sql import parse
+    from cesar.migrate.sql import parse
 
     script = parse("-- cesar:postgresql-only\n-- statement-level triggers\n"
                    "CREATE TABLE IF NOT EXISTS t (id INT);\nSELECT 1;\n", "f.sql")

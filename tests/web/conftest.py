@@ -20,8 +20,8 @@ import pytest
 
 from cesar import db, keys, stack, web
 from cesar.config import Settings
-from cesar.embedded import free_port
-from cesar.service import ApiService
+from cesar.dev.embedded import free_port
+from cesar.dev.service import ApiService
 from tests.conftest import make_settings, new_state_dir, require
 
 CHROMIUM = "/usr/bin/chromium"

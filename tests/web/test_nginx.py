@@ -20,7 +20,7 @@ import pytest
 import yaml
 from playwright.sync_api import expect
 
-from cesar.embedded import free_port
+from cesar.dev.embedded import free_port
 from tests.conftest import REPO, require
 from tests.web.conftest import WebStack
 

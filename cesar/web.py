@@ -15,6 +15,8 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +113,24 @@ def _run(cmd: list[str], cwd: Path, what: str) -> None:
         raise OperationFailed(f"{what} failed ({tail}); run `{' '.join(cmd)}` in {cwd}")
 
 
+@contextmanager
+def _source_lock(source: Path) -> Iterator[None]:
+    """One process at a time changes node_modules or out/ of a checkout: `npm ci` empties
+    node_modules first, which would break a build (or another install) running beside it."""
+    import fcntl
+
+    with (source / ".cesar-build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def install(source: Path = WEB_SOURCE, stamp_dir: Path | None = None) -> bool:
     """``npm ci`` unless node_modules matches the lock file. True when it ran."""
+    with _source_lock(source):
+        return _install_locked(source, stamp_dir)
+
+
+def _install_locked(source: Path, stamp_dir: Path | None = None) -> bool:
     stamp = (stamp_dir or source / "node_modules") / ".cesar-lock-hash"
     want = _lock_hash(source)
     if (source / "node_modules").is_dir() and stamp.is_file() and stamp.read_text() == want:
@@ -129,8 +147,6 @@ def build(target: Path, source: Path = WEB_SOURCE, force: bool = False) -> list[
     The export in ``web/out`` is made once per change of the sources (a hash stamp beside it)
     and copied to each target, so several state directories (tests) share one build; a file
     lock keeps two builds of the same checkout from interleaving."""
-    import fcntl
-
     actions: list[str] = []
     if not (source / "package.json").is_file():
         raise ConfigError(f"no dashboard sources in {source}")
@@ -139,13 +155,12 @@ def build(target: Path, source: Path = WEB_SOURCE, force: bool = False) -> list[
     if not force and (target / "index.html").is_file() and stamp.is_file() \
             and stamp.read_text() == want:
         return actions
-    with (source / ".cesar-build.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _source_lock(source):
         out = source / "out"
         built = source / ".cesar-build-hash"
         if force or not (out / "index.html").is_file() or not built.is_file() \
                 or built.read_text() != want:
-            if install(source):
+            if _install_locked(source):
                 actions.append("installed the dashboard's packages (npm ci)")
             built.unlink(missing_ok=True)
             _run(["npm", "run", "--silent", "build"], source, "building the dashboard")

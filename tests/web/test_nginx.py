@@ -119,3 +119,12 @@ def test_page_obeys_its_csp_and_streams_through_nginx(browser: Any, nginx: str,
         context.close()
 
 
+
+
+def test_ui_without_its_slash_is_redirected_by_nginx(nginx: str) -> None:
+    """`/ui` is nginx's to answer: on a host the API holds no export, so a proxied `/ui` is a
+    404 there (here the development API serves one and redirects with its own 307)."""
+    r = httpx.get(nginx + "/ui")
+    assert r.status_code == 301 and r.headers["location"].endswith("/ui/"), (
+        r.status_code, r.headers)
+    assert r.headers["x-content-type-options"] == "nosniff"

@@ -45,9 +45,18 @@ export default function TasksPage() {
     e.preventDefault();
     if (!title.trim()) return;
     setBusy(true);
-    const r = await api.POST("/tasks", { body: { title: title.trim(), description: "", priority },
-                                         params: { header: { "idempotency-key": idemKey } } });
-    setBusy(false);
+    let r;
+    try {
+      r = await api.POST("/tasks", { body: { title: title.trim(), description: "", priority },
+                                     params: { header: { "idempotency-key": idemKey } } });
+    } catch {
+      // No answer (API down, network): the form stays usable, and a retry keeps the same
+      // idempotency key, so it cannot make the task twice.
+      setNotice(errorText(null));
+      return;
+    } finally {
+      setBusy(false);
+    }
     if (r.response.status === 403) setCanWrite(false);
     if (r.data) {
       const task = r.data;
@@ -59,7 +68,13 @@ export default function TasksPage() {
   };
 
   const cancel = async (task: Task) => {
-    const r = await api.POST("/tasks/{task_id}/cancel", { params: { path: { task_id: task.id } } });
+    let r;
+    try {
+      r = await api.POST("/tasks/{task_id}/cancel", { params: { path: { task_id: task.id } } });
+    } catch {
+      setNotice(errorText(null));
+      return;
+    }
     if (r.response.status === 403) setCanWrite(false);
     if (r.data) {
       const done = r.data;

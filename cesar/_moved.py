@@ -14,6 +14,7 @@ import importlib.abc
 import importlib.machinery
 import sys
 import types
+from collections.abc import Mapping
 
 MOVED: dict[str, str] = {
     "cesar.migrate_cli": "cesar.migrate.cli",
@@ -43,14 +44,17 @@ MOVED: dict[str, str] = {
 class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds an old name and hands back the module that now lives under the new one."""
 
+    def __init__(self) -> None:
+        self.moved: dict[str, str] = {}
+
     def find_spec(self, fullname: str, path: object = None,
                   target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in MOVED:
+        if fullname not in self.moved:
             return None
         return importlib.machinery.ModuleSpec(fullname, self)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
-        module = importlib.import_module(MOVED[spec.name])
+        module = importlib.import_module(self.moved[spec.name])
         # The import system stamps the old name's spec on what this returns; the real one
         # rides along on the spec so exec_module can put it back (reload, pickling).
         spec.loader_state = module.__spec__
@@ -62,6 +66,10 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             module.__spec__ = real
 
 
-def install() -> None:
-    if not any(isinstance(f, _MovedFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _MovedFinder())
+def install(moved: Mapping[str, str] = MOVED) -> None:
+    """Old name -> new name, for this package's ``MOVED`` or another's (``infra`` has its own)."""
+    finder = next((f for f in sys.meta_path if isinstance(f, _MovedFinder)), None)
+    if finder is None:
+        finder = _MovedFinder()
+        sys.meta_path.insert(0, finder)
+    finder.moved.update(moved)

@@ -52,3 +52,16 @@ def test_the_public_faces_export_what_the_flat_modules_did() -> None:
     assert migrate.Runner.__module__ == "cesar.migrate.runner"
     assert rotate.Rotator.__module__ == "cesar.rotate.rotator"
     assert deploy.plan.__module__ == "cesar.deploy.playbook"
+
+
+def test_the_flat_infra_names_are_the_grouped_modules() -> None:
+    import infra
+
+    for old, new in sorted(infra.MOVED.items()):
+        moved = importlib.import_module(old)
+        assert moved is importlib.import_module(new), old
+    from infra.monitoring import GRAFANA_ADMIN_USER, Monitoring
+    from infra.monitoring.component import GRAFANA_ADMIN_USER as user
+    from infra.monitoring.component import Monitoring as component
+
+    assert (Monitoring, GRAFANA_ADMIN_USER) == (component, user)

@@ -1,5 +1,5 @@
 """The backup figures as Prometheus metrics: written by the timers, served by the API, named as
-the alert rules expect (infra/metrics.py)."""
+the alert rules expect (infra/monitoring/metrics.py)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra import metrics, monitoring_files, rules
+from infra.monitoring import files as monitoring_files
+from infra.monitoring import metrics, rules
 from tests.infra.conftest import PROMTOOL_TESTS, STACKS, settings_of
 
 
@@ -50,16 +51,102 @@ def test_promtool_unit_tests_pass_on_the_generated_rules(rendered, promtool, tmp
     assert output.count("SUCCESS") == 3
 
 
-def test_the_unit_tests_catch_a_changed_threshold(promtool, tmp_path, monkeypatch) -> None:
-    """The promtool cases pin the thresholds: loosen two and the tests must fail on them."""
-    monkeypatch.setattr(rules, "SYNC_LAG_SECONDS", 900)
-    monkeypatch.setattr(rules, "CONNECTION_ERRORS_IN_5M", 20)
-    spec = settings_of("dev")
-    monitoring_files.write(monitoring_files.build(spec), tmp_path)
-    code, output = run_unit_tests(promtool, tmp_path / "prometheus")
+def shipped_copy(root: Path, **replace: tuple[str, str]) -> Path:
+    """The shipped rule files copied byte for byte under ``root/rules`` (where the promtool cases
+    look for them), with ``file=(old, new)`` text replacements to break one on purpose."""
+    out = root / "rules"
+    out.mkdir(parents=True)
+    for path in sorted(rules.RULES_DIR.glob("*.rules.yml")):
+        text = path.read_text()
+        if path.name in replace:
+            old, new = replace[path.name]
+            assert text.count(old) == 1, (path.name, old)
+            text = text.replace(old, new)
+        (out / path.name).write_text(text)
+    return out
+
+
+def test_rule_files_ship_as_plain_yaml_for_every_group() -> None:
+    assert sorted(p.name for p in rules.RULES_DIR.glob("*.rules.yml")) == sorted(rules.FILES)
+    generated = {rules.file_name(g) for g in rules.groups(expected_nodes=3)}
+    assert generated == set(rules.FILES)
+
+
+def test_the_shipped_rule_files_pass_promtool_lint(promtool) -> None:
+    files = sorted(rules.RULES_DIR.glob("*.rules.yml"))
+    result = promtool("check", "rules", "--lint=all", "--lint-fatal", *map(str, files))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_unit_tests_pass_on_the_shipped_rules(promtool, tmp_path) -> None:
+    """The files in the repo, not a rendering of them, meet the hand-written cases."""
+    shipped_copy(tmp_path)
+    code, output = run_unit_tests(promtool, tmp_path)
+    assert code == 0, output
+    assert output.count("SUCCESS") == 3
+
+
+def test_the_unit_tests_catch_a_changed_threshold(promtool, tmp_path) -> None:
+    """The promtool cases pin the thresholds: loosen two in the shipped files and the tests must
+    fail on them."""
+    loosened = tmp_path / "rules" / "cesar.rules.yml"
+    shipped_copy(tmp_path, **{"cesar.rules.yml": ("> 600\n", "> 900\n")})
+    text = loosened.read_text()
+    assert text.count("[5m]) > 5\n") == 1
+    loosened.write_text(text.replace("[5m]) > 5\n", "[5m]) > 20\n"))
+    code, output = run_unit_tests(promtool, tmp_path)
     assert code != 0
     assert "alertname: DatabaseSyncLag" in output
     assert "alertname: CockroachDBConnectionFailure" in output
+
+
+def test_every_stack_deploys_the_shipped_rules_bar_its_node_count(rendered) -> None:
+    """What a stack deploys is the shipped file (comments aside); only the node count of the
+    node-liveness alert differs, and only where the stack's node count does."""
+    for stack in STACKS:
+        nodes = settings_of(stack).node_count
+        for path in rule_files(rendered[stack]):
+            deployed = yaml.safe_load(path.read_text())
+            shipped = yaml.safe_load((rules.RULES_DIR / path.name).read_text())
+            if path.name == "cockroachdb.rules.yml":
+                by_name = {r.get("alert"): r for r in shipped["groups"][0]["rules"]}
+                node = by_name[rules.NODE_ALERT]
+                for key in ("expr",):
+                    node[key] = node[key].replace(f"< {rules.SHIPPED_NODES}", f"< {nodes}")
+                for key in ("summary", "description"):
+                    node["annotations"][key] = node["annotations"][key].replace(
+                        f" {rules.SHIPPED_NODES} ", f" {nodes} ").replace(
+                        f"of {rules.SHIPPED_NODES}", f"of {nodes}")
+            assert deployed == shipped, (stack, path.name)
+
+
+def test_the_deployed_rules_follow_the_shipped_files(tmp_path, monkeypatch) -> None:
+    """Edit a shipped file and the bundle follows: no second copy of a rule lives in code."""
+    edited = shipped_copy(tmp_path, **{
+        "dbauth.rules.yml": ("[5m]))\n          > 10\n", "[5m]))\n          > 12\n"),
+        "cesar.rules.yml": ("for: 10m\n        labels:\n          severity: warning\n",
+                            "for: 15m\n        labels:\n          severity: warning\n"),
+    })
+    monkeypatch.setattr(rules, "RULES_DIR", edited)
+    rules.shipped.cache_clear()
+    try:
+        bundle = monitoring_files.build(settings_of("dev"))
+    finally:
+        rules.shipped.cache_clear()
+    deployed = {name: yaml.safe_load(text) for name, text in bundle.prometheus.items()
+                if name.startswith("rules/")}
+    by_name = {r.get("alert"): r for doc in deployed.values() for r in doc["groups"][0]["rules"]}
+    assert by_name["DatabaseLoginFailureBurst"]["expr"].endswith("> 12")
+    assert by_name["DatabaseSyncLag"]["for"] == "15m"
+
+
+def test_a_serverless_stack_leaves_the_node_alert_out_and_keeps_the_rest() -> None:
+    full = rules.cockroachdb_group(expected_nodes=3)
+    serverless = rules.cockroachdb_group(expected_nodes=0)
+    assert [r for r in full.rules if getattr(r, "name", "") != rules.NODE_ALERT] \
+        == list(serverless.rules)
+    assert rules.cockroachdb_group(expected_nodes=rules.SHIPPED_NODES) \
+        == rules.shipped("cockroachdb.rules.yml")
 
 
 def test_every_alert_has_a_firing_and_a_non_firing_case() -> None:

@@ -1,4 +1,5 @@
-"""Audit and authentication logging in the Pulumi program, under the mocks (infra/security.py).
+"""Audit and authentication logging in the Pulumi program, under the mocks
+(infra/cluster/security.py).
 
 The statements are CockroachDB syntax and are not executed here (no CockroachDB binary on these
 machines); what is checked is that each cluster flavour gets them, in the bootstrap SQL the

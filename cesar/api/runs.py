@@ -24,7 +24,10 @@ from cesar.api.work_types import Cost, Payload, Text
 RunStatus = Literal["running", "succeeded", "failed", "cancelled"]
 FinalStatus = Literal["succeeded", "failed", "cancelled"]
 EventKind = Literal["message", "tool_call", "tool_result", "error", "status"]
-MAX_TOKENS = 2**63 - 1
+#: The largest token count a JSON number carries exactly in every client (JavaScript's
+#: Number.MAX_SAFE_INTEGER; the dashboard reads these): larger limits such as the column's
+#: 2**63 - 1 are rounded by float-based validators, which then send a refused value as valid.
+MAX_TOKENS = 2**53 - 1
 
 
 class RunStart(BaseModel):

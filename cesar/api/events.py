@@ -81,7 +81,8 @@ def _parse_last_event_id(value: str | None) -> int | None:
     if value is None or not value.strip():
         return None
     text = value.strip()
-    if not text.isdigit() or len(text) > 19 or int(text) > 2**63 - 1:
+    # ASCII digits only: str.isdigit() also accepts "²" (a header byte 0xB2), which int() refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > 2**63 - 1:
         raise HTTPException(422, "Last-Event-ID must be an event id (a non-negative integer)")
     return int(text)
 

@@ -395,7 +395,8 @@ def test_resuming_from_before_the_retention_is_told_to_reset(events_api: ApiServ
 
 def test_a_bad_last_event_id_is_422_not_500(events_api: ApiServer, migrated_db: str) -> None:
     key = make_key(migrated_db, "agents:read")
-    for bad in ("abc", "-1", "9" * 30):
+    # b"\xb2" reads as "²" (latin-1): str.isdigit() says yes, int() says no.
+    for bad in ("abc", "-1", "9" * 30, b"\xb2", b"1\xb3", "\u0663".encode("utf-8")):
         response = httpx.get(f"{events_api.url}/events", headers={
             "Authorization": f"Bearer {key}", "Accept": "text/event-stream",
             "Last-Event-ID": bad})
@@ -406,6 +407,7 @@ def test_every_worker_delivers_every_event(migrated_db: str, tmp_path: Path) -> 
     import subprocess
 
     from cesar.embedded import free_port
+
     from tests.api.test_server import cesar_api, wait_healthy
 
     key = make_key(migrated_db, "agents:read")

@@ -245,7 +245,13 @@ async def _ws_auth(websocket: WebSocket, after: int | None) -> int | None:
     if "authorization" in websocket.headers:
         token = authenticator.token(websocket, address)  # type: ignore[arg-type]
     else:
-        message = json.loads(await asyncio.wait_for(websocket.receive_text(), WS_AUTH_SECONDS))
+        # receive(), not receive_text(): a binary frame has no "text" (KeyError there).
+        first = await asyncio.wait_for(websocket.receive(), WS_AUTH_SECONDS)
+        if first["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(first.get("code", 1000))
+        if not isinstance(first.get("text"), str):
+            raise ValueError("not a text message")
+        message = json.loads(first["text"])
         if not isinstance(message, dict) or message.get("type") != "auth" \
                 or not isinstance(message.get("key"), str):
             raise ValueError("not an auth message")

@@ -138,6 +138,19 @@ def test_no_key_is_401_and_a_key_without_the_scope_is_403(events_api: ApiServer,
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
 
 
+def test_a_websocket_whose_first_message_is_not_a_text_auth_message_is_closed_4401(
+        events_api: ApiServer) -> None:
+    ws_url = events_api.url.replace("http://", "ws://") + "/events"
+    for first in (b'{"type": "auth", "key": "x"}', "not json", '["auth"]',
+                  '{"type": "auth", "key": 5}'):
+        with ws_connect(ws_url) as ws:
+            ws.send(first)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+            assert closed.value.rcvd is not None, first
+            assert closed.value.rcvd.code == 4401, (first, closed.value.rcvd)
+
+
 def test_websocket_delivers_the_same_events_and_resumes_with_after(events_api: ApiServer,
                                                                    migrated_db: str) -> None:
     key = make_key(migrated_db, "agents:read")

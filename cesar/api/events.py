@@ -87,9 +87,20 @@ def _parse_last_event_id(value: str | None) -> int | None:
     return int(text)
 
 
-def _backlog_page(request: Request | WebSocket, after: int, through: int) -> list[elog.Event]:
+class _Pruned(Exception):
+    """A prune took events of the backlog being read: the client must reload (reset)."""
+
+
+def _backlog_page(request: Request | WebSocket, after: int, through: int,
+                  limit: int = PAGE) -> list[elog.Event]:
+    """Events after ``after``; :class:`_Pruned` when some of them may be gone. The bounds are
+    read after the page (autocommit: a later snapshot), so a prune that took any of the page's
+    events has committed by then and shows in ``pruned_through``."""
     with reading(request.app.state.database) as conn:
-        return elog.read_range(conn, after, through, PAGE)
+        page = elog.read_range(conn, after, through, limit)
+        if after < elog.bounds(conn).pruned_through:
+            raise _Pruned
+        return page
 
 
 def _bounds(request: Request | WebSocket) -> elog.Bounds:
@@ -113,6 +124,7 @@ async def _start(request: Request | WebSocket, after: int | None
 
 async def _backlog(request: Request | WebSocket, start: int, through: int
                    ) -> AsyncIterator[elog.Event]:
+    """The events in ``(start, through]``; raises :class:`_Pruned` when a prune took some."""
     after = start
     while after < through:
         page = await in_thread(request, _backlog_page, request, after, through)  # type: ignore[arg-type]
@@ -159,17 +171,15 @@ async def _page(request: Request, hub: Hub, after: int | None, limit: int) -> JS
         bounds = await in_thread(request, _bounds, request)
         if elog.needs_reset(after, bounds):
             reset, after = True, position
-    events = await in_thread(request, _backlog_page_limited, request, after,
-                             max(after, position), limit)
+    try:
+        events = await in_thread(request, _backlog_page, request, after,
+                                 max(after, position), limit)
+    except _Pruned:
+        reset, after = True, position
+        events = await in_thread(request, _backlog_page, request, after, position, limit)
     next_after = events[-1].id if events else after
     body = {"items": [e.as_dict() for e in events], "next_after": next_after, "reset": reset}
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
-
-
-def _backlog_page_limited(request: Request, after: int, through: int,
-                          limit: int) -> list[elog.Event]:
-    with reading(request.app.state.database) as conn:
-        return elog.read_range(conn, after, through, limit)
 
 
 async def _sse(request: Request, hub: Hub, sub: Subscriber, reset: bool,
@@ -181,9 +191,12 @@ async def _sse(request: Request, hub: Hub, sub: Subscriber, reset: bool,
         if reset:
             yield f"id: {sub.live_from}\nevent: reset\ndata: {{}}\n\n".encode()
         last = start
-        async for event in _backlog(request, start, sub.live_from):
-            yield Item(event.id, event.data()).sse
-            last = event.id
+        try:
+            async for event in _backlog(request, start, sub.live_from):
+                yield Item(event.id, event.data()).sse
+                last = event.id
+        except _Pruned:
+            yield f"id: {sub.live_from}\nevent: reset\ndata: {{}}\n\n".encode()
         last = max(last, sub.live_from)
         while True:
             item = await sub.next(heartbeat)
@@ -273,9 +286,12 @@ async def _ws_send(websocket: WebSocket, hub: Hub, sub: Subscriber, reset: bool,
         if reset:
             await websocket.send_text(json.dumps({"type": "reset", "id": sub.live_from}))
         last = start
-        async for event in _backlog(websocket, start, sub.live_from):
-            await websocket.send_text(_ws_text(event.data()))
-            last = event.id
+        try:
+            async for event in _backlog(websocket, start, sub.live_from):
+                await websocket.send_text(_ws_text(event.data()))
+                last = event.id
+        except _Pruned:
+            await websocket.send_text(json.dumps({"type": "reset", "id": sub.live_from}))
         last = max(last, sub.live_from)
         while True:
             item = await sub.next(heartbeat)

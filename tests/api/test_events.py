@@ -406,6 +406,44 @@ def test_resuming_from_before_the_retention_is_told_to_reset(events_api: ApiServ
             assert stream.events(1)[0].json["pk"] == task
 
 
+def test_a_prune_during_a_resumed_backlog_is_a_reset_not_a_silent_gap(migrated_db: str,
+                                                                      tmp_path: Path) -> None:
+    """The client resumes, its backlog is read page by page as it reads; a prune commits while
+    it is stalled: it must get every event or a reset, never a silent hole."""
+    with serve_events(migrated_db, tmp_path, heartbeat_seconds=0.5) as api:
+        key = make_key(migrated_db, "agents:read")
+        hub = hub_of(api)
+        start = last_id(migrated_db)
+        blob = json.dumps({"text": "x" * 16_000})
+        with psycopg.connect(migrated_db, autocommit=True) as conn:
+            run = conn.execute("INSERT INTO agent_runs (agent_id) VALUES (%s) RETURNING id",
+                               (AGENT,)).fetchone()
+            assert run is not None
+            with conn.transaction():  # far more than one backlog page and the socket buffers
+                for _ in range(1200):
+                    conn.execute("INSERT INTO agent_run_events (run_id, kind, payload) "
+                                 "VALUES (%s, 'message', %s)", (run[0], blob))
+            wanted = log_ids(migrated_db, start)
+            wait_for(lambda: hub.position == wanted[-1], "the reader to reach the newest id")
+            stalled = SseStream(api.url, key, last_id=start, rcvbuf=4096)
+            wait_for(lambda: len(hub.subscribers) == 1, "the subscriber")
+            time.sleep(0.5)  # the stream blocks on its full socket within its first page
+            assert elog.prune(conn, 0).pruned_through == wanted[-1]
+        got: list[int] = []
+        reset = False
+        with stalled:
+            while (msg := stalled.next()) is not None:
+                if msg.event == "reset":
+                    reset = True
+                    break
+                if msg.comment == "ping":
+                    break  # idle: the backlog is over
+                if msg.id is not None:
+                    got.append(msg.id)
+        assert reset or got == wanted, (len(got), len(wanted), got[-1:] if got else None)
+        assert got == wanted[:len(got)]
+
+
 def test_a_bad_last_event_id_is_422_not_500(events_api: ApiServer, migrated_db: str) -> None:
     key = make_key(migrated_db, "agents:read")
     # b"\xb2" reads as "²" (latin-1): str.isdigit() says yes, int() says no.

@@ -17,11 +17,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from cesar.embedded import free_port
+from cesar.service import ApiService
 
 from cesar import db, keys, stack, web
 from cesar.config import Settings
-from cesar.embedded import free_port
-from cesar.service import ApiService
 from tests.conftest import make_settings, new_state_dir, require
 
 CHROMIUM = "/usr/bin/chromium"

@@ -18,9 +18,9 @@ import httpx
 import jinja2
 import pytest
 import yaml
+from cesar.embedded import free_port
 from playwright.sync_api import expect
 
-from cesar.embedded import free_port
 from tests.conftest import REPO, require
 from tests.web.conftest import WebStack
 

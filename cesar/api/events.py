@@ -42,6 +42,8 @@ PAGE = 500
 WS_AUTH_SECONDS = 10.0
 #: How long a new subscriber waits for the reader's first position before a 503.
 READY_SECONDS = 10.0
+#: How often an open stream checks that its key is still valid (revoked, expired: it ends).
+RECHECK_SECONDS = 5.0
 SSE = "text/event-stream"
 
 
@@ -75,6 +77,22 @@ async def _ready(hub: Hub) -> None:
     if not await hub.wait_ready(READY_SECONDS):
         raise HTTPException(503, "the event stream is not ready (its database reader has not "
                                  "started); retry shortly", headers={"Retry-After": "1"})
+
+
+async def _key_refused(conn: Request | WebSocket, token: str) -> str | None:
+    """Why the stream's key no longer reads events (revoked, expired, scope gone), or None.
+    A database outage is not a refusal: the stream goes on and a later check decides."""
+    authenticator: auth.Authenticator = conn.app.state.auth
+    address = conn.client.host if conn.client else "unknown"
+    try:
+        principal = await authenticator.authenticate(conn, token, address,  # type: ignore[arg-type]
+                                                     stale_ok=True)
+        authenticator.authorize(principal, "agents:read")
+    except HTTPException as exc:
+        return str(exc.detail)
+    except Exception:  # noqa: BLE001 - the database is away: not the key's fault
+        return None
+    return None
 
 
 def _parse_last_event_id(value: str | None) -> int | None:
@@ -157,8 +175,9 @@ async def events(
         resume = after
     if SSE not in request.headers.get("accept", ""):
         return await _page(request, hub, resume, limit)
+    token = request.app.state.auth.token(request, auth.client_address(request))
     sub, reset, start = await _start(request, resume)
-    return StreamingResponse(_sse(request, hub, sub, reset, start), media_type=SSE,
+    return StreamingResponse(_sse(request, hub, sub, reset, start, token), media_type=SSE,
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
@@ -183,7 +202,7 @@ async def _page(request: Request, hub: Hub, after: int | None, limit: int) -> JS
 
 
 async def _sse(request: Request, hub: Hub, sub: Subscriber, reset: bool,
-               start: int) -> AsyncIterator[bytes]:
+               start: int, token: str) -> AsyncIterator[bytes]:
     heartbeat = hub.settings.heartbeat_seconds
     try:
         # A comment first: headers and a byte reach the client (and any proxy) at once.
@@ -198,8 +217,15 @@ async def _sse(request: Request, hub: Hub, sub: Subscriber, reset: bool,
         except _Pruned:
             yield f"id: {sub.live_from}\nevent: reset\ndata: {{}}\n\n".encode()
         last = max(last, sub.live_from)
+        checked = asyncio.get_running_loop().time()
         while True:
             item = await sub.next(heartbeat)
+            if asyncio.get_running_loop().time() - checked >= RECHECK_SECONDS:
+                checked = asyncio.get_running_loop().time()
+                refused = await _key_refused(request, token)
+                if refused is not None:
+                    yield f": closed: {refused}\n\n".encode()
+                    return
             if sub.dropped:
                 yield (b": dropped: more than the queue's events behind; reconnect with "
                        b"Last-Event-ID\n\n")
@@ -223,7 +249,7 @@ async def events_ws(websocket: WebSocket,
                     after: Annotated[int | None, _AFTER] = None) -> None:
     await websocket.accept()
     try:
-        resume = await _ws_auth(websocket, after)
+        resume, token = await _ws_auth(websocket, after)
     except HTTPException as exc:
         await websocket.close(code=4000 + exc.status_code, reason=str(exc.detail)[:120])
         return
@@ -235,7 +261,7 @@ async def events_ws(websocket: WebSocket,
         await websocket.close(code=1013, reason="the event stream is not ready; retry")
         return
     sub, reset, start = await _start(websocket, resume)
-    sender = asyncio.create_task(_ws_send(websocket, hub, sub, reset, start))
+    sender = asyncio.create_task(_ws_send(websocket, hub, sub, reset, start, token))
     try:
         while True:  # the client's messages are not used; this notices it leaving
             message = await websocket.receive()
@@ -251,7 +277,7 @@ async def _close_quietly(websocket: WebSocket, code: int, reason: str) -> None:
         await websocket.close(code=code, reason=reason)
 
 
-async def _ws_auth(websocket: WebSocket, after: int | None) -> int | None:
+async def _ws_auth(websocket: WebSocket, after: int | None) -> tuple[int | None, str]:
     authenticator: auth.Authenticator = websocket.app.state.auth
     address = websocket.client.host if websocket.client else "unknown"
     authenticator.check_throttle(address)
@@ -276,11 +302,11 @@ async def _ws_auth(websocket: WebSocket, after: int | None) -> int | None:
             after = given
     principal = await authenticator.authenticate(websocket, token, address)  # type: ignore[arg-type]
     authenticator.authorize(principal, "agents:read")
-    return after
+    return after, token
 
 
 async def _ws_send(websocket: WebSocket, hub: Hub, sub: Subscriber, reset: bool,
-                   start: int) -> None:
+                   start: int, token: str) -> None:
     heartbeat = hub.settings.heartbeat_seconds
     try:
         if reset:
@@ -293,8 +319,15 @@ async def _ws_send(websocket: WebSocket, hub: Hub, sub: Subscriber, reset: bool,
         except _Pruned:
             await websocket.send_text(json.dumps({"type": "reset", "id": sub.live_from}))
         last = max(last, sub.live_from)
+        checked = asyncio.get_running_loop().time()
         while True:
             item = await sub.next(heartbeat)
+            if asyncio.get_running_loop().time() - checked >= RECHECK_SECONDS:
+                checked = asyncio.get_running_loop().time()
+                refused = await _key_refused(websocket, token)
+                if refused is not None:
+                    await websocket.close(code=4401, reason=refused[:120])
+                    return
             if sub.dropped:
                 await websocket.close(code=4408, reason="too slow: reconnect with ?after=")
                 return

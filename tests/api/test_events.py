@@ -444,6 +444,32 @@ def test_a_prune_during_a_resumed_backlog_is_a_reset_not_a_silent_gap(migrated_d
         assert got == wanted[:len(got)]
 
 
+def test_a_revoked_key_loses_its_open_streams(migrated_db: str, tmp_path: Path) -> None:
+    """Revoking a key ends the streams already open with it (SSE and WebSocket), as it ends its
+    requests: a stream lives for hours, it must not outlive the key."""
+    from cesar import keys
+
+    with serve_events(migrated_db, tmp_path, heartbeat_seconds=0.2) as api:
+        key = make_key(migrated_db, "agents:read")
+        hub = hub_of(api)
+        ws_url = api.url.replace("http://", "ws://") + "/events"
+        with SseStream(api.url, key, timeout=20) as stream, ws_connect(ws_url) as ws:
+            ws.send(json.dumps({"type": "auth", "key": key}))
+            wait_for(lambda: len(hub.subscribers) == 2, "both subscribers")
+            with psycopg.connect(migrated_db, autocommit=True) as conn:
+                keys.revoke(conn, keys.prefix_of(key), actor="tests")
+            comments: list[str | None] = []
+            deadline = time.monotonic() + 20  # pings go on forever if the stream outlives it
+            while time.monotonic() < deadline and (msg := stream.next()) is not None:
+                comments.append(msg.comment)
+            assert any(c and "revoked" in c for c in comments), comments[-3:]
+            with pytest.raises(ConnectionClosed) as closed:
+                while time.monotonic() < deadline + 20:
+                    ws.recv(timeout=20)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+        wait_for(lambda: not hub.subscribers, "the subscribers to be gone")
+
+
 def test_a_bad_last_event_id_is_422_not_500(events_api: ApiServer, migrated_db: str) -> None:
     key = make_key(migrated_db, "agents:read")
     # b"\xb2" reads as "²" (latin-1): str.isdigit() says yes, int() says no.

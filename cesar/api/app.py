@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import anyio
 import psycopg
 from fastapi import Depends, FastAPI, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from psycopg import errors as pgerrors
 from starlette.concurrency import run_in_threadpool
@@ -31,7 +32,7 @@ from cesar.api import tasks as work_tasks
 from cesar.api.health import HealthChecker
 from cesar.api.models import Error, Health, Liveness, PublicHealth
 from cesar.api.settings import AuthSettings, load_auth_settings
-from cesar.api.work_http import work_error
+from cesar.api.work_http import validation_error, work_error
 from cesar.config import Settings, load_settings
 from cesar.db import Database
 from cesar.errors import OperationFailed
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None,
                       summary="Prometheus metrics (text exposition format 0.0.4); the scope "
                               "metrics:read, or the Prometheus credential")
     web.mount(app)  # the dashboard's static export under /ui/, same origin as the API
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(WorkError, work_error)
     app.add_exception_handler(OperationFailed, _unavailable)
     app.add_exception_handler(psycopg.Error, _database_error)

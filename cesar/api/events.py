@@ -42,6 +42,8 @@ PAGE = 500
 WS_AUTH_SECONDS = 10.0
 #: How long a new subscriber waits for the reader's first position before a 503.
 READY_SECONDS = 10.0
+#: How often an open stream checks that its key is still valid (revoked, expired: it ends).
+RECHECK_SECONDS = 5.0
 SSE = "text/event-stream"
 
 
@@ -77,18 +79,46 @@ async def _ready(hub: Hub) -> None:
                                  "started); retry shortly", headers={"Retry-After": "1"})
 
 
+async def _key_refused(conn: Request | WebSocket, token: str) -> str | None:
+    """Why the stream's key no longer reads events (revoked, expired, scope gone), or None.
+    A database outage is not a refusal: the stream goes on and a later check decides."""
+    authenticator: auth.Authenticator = conn.app.state.auth
+    address = conn.client.host if conn.client else "unknown"
+    try:
+        principal = await authenticator.authenticate(conn, token, address,  # type: ignore[arg-type]
+                                                     stale_ok=True)
+        authenticator.authorize(principal, "agents:read")
+    except HTTPException as exc:
+        return str(exc.detail)
+    except Exception:  # noqa: BLE001 - the database is away: not the key's fault
+        return None
+    return None
+
+
 def _parse_last_event_id(value: str | None) -> int | None:
     if value is None or not value.strip():
         return None
     text = value.strip()
-    if not text.isdigit() or len(text) > 19 or int(text) > 2**63 - 1:
+    # ASCII digits only: str.isdigit() also accepts "²" (a header byte 0xB2), which int() refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > 2**63 - 1:
         raise HTTPException(422, "Last-Event-ID must be an event id (a non-negative integer)")
     return int(text)
 
 
-def _backlog_page(request: Request | WebSocket, after: int, through: int) -> list[elog.Event]:
+class _Pruned(Exception):
+    """A prune took events of the backlog being read: the client must reload (reset)."""
+
+
+def _backlog_page(request: Request | WebSocket, after: int, through: int,
+                  limit: int = PAGE) -> list[elog.Event]:
+    """Events after ``after``; :class:`_Pruned` when some of them may be gone. The bounds are
+    read after the page (autocommit: a later snapshot), so a prune that took any of the page's
+    events has committed by then and shows in ``pruned_through``."""
     with reading(request.app.state.database) as conn:
-        return elog.read_range(conn, after, through, PAGE)
+        page = elog.read_range(conn, after, through, limit)
+        if after < elog.bounds(conn).pruned_through:
+            raise _Pruned
+        return page
 
 
 def _bounds(request: Request | WebSocket) -> elog.Bounds:
@@ -112,6 +142,7 @@ async def _start(request: Request | WebSocket, after: int | None
 
 async def _backlog(request: Request | WebSocket, start: int, through: int
                    ) -> AsyncIterator[elog.Event]:
+    """The events in ``(start, through]``; raises :class:`_Pruned` when a prune took some."""
     after = start
     while after < through:
         page = await in_thread(request, _backlog_page, request, after, through)  # type: ignore[arg-type]
@@ -144,8 +175,9 @@ async def events(
         resume = after
     if SSE not in request.headers.get("accept", ""):
         return await _page(request, hub, resume, limit)
+    token = request.app.state.auth.token(request, auth.client_address(request))
     sub, reset, start = await _start(request, resume)
-    return StreamingResponse(_sse(request, hub, sub, reset, start), media_type=SSE,
+    return StreamingResponse(_sse(request, hub, sub, reset, start, token), media_type=SSE,
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
@@ -158,21 +190,19 @@ async def _page(request: Request, hub: Hub, after: int | None, limit: int) -> JS
         bounds = await in_thread(request, _bounds, request)
         if elog.needs_reset(after, bounds):
             reset, after = True, position
-    events = await in_thread(request, _backlog_page_limited, request, after,
-                             max(after, position), limit)
+    try:
+        events = await in_thread(request, _backlog_page, request, after,
+                                 max(after, position), limit)
+    except _Pruned:
+        reset, after = True, position
+        events = await in_thread(request, _backlog_page, request, after, position, limit)
     next_after = events[-1].id if events else after
     body = {"items": [e.as_dict() for e in events], "next_after": next_after, "reset": reset}
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
-def _backlog_page_limited(request: Request, after: int, through: int,
-                          limit: int) -> list[elog.Event]:
-    with reading(request.app.state.database) as conn:
-        return elog.read_range(conn, after, through, limit)
-
-
 async def _sse(request: Request, hub: Hub, sub: Subscriber, reset: bool,
-               start: int) -> AsyncIterator[bytes]:
+               start: int, token: str) -> AsyncIterator[bytes]:
     heartbeat = hub.settings.heartbeat_seconds
     try:
         # A comment first: headers and a byte reach the client (and any proxy) at once.
@@ -180,12 +210,22 @@ async def _sse(request: Request, hub: Hub, sub: Subscriber, reset: bool,
         if reset:
             yield f"id: {sub.live_from}\nevent: reset\ndata: {{}}\n\n".encode()
         last = start
-        async for event in _backlog(request, start, sub.live_from):
-            yield Item(event.id, event.data()).sse
-            last = event.id
+        try:
+            async for event in _backlog(request, start, sub.live_from):
+                yield Item(event.id, event.data()).sse
+                last = event.id
+        except _Pruned:
+            yield f"id: {sub.live_from}\nevent: reset\ndata: {{}}\n\n".encode()
         last = max(last, sub.live_from)
+        checked = asyncio.get_running_loop().time()
         while True:
             item = await sub.next(heartbeat)
+            if asyncio.get_running_loop().time() - checked >= RECHECK_SECONDS:
+                checked = asyncio.get_running_loop().time()
+                refused = await _key_refused(request, token)
+                if refused is not None:
+                    yield f": closed: {refused}\n\n".encode()
+                    return
             if sub.dropped:
                 yield (b": dropped: more than the queue's events behind; reconnect with "
                        b"Last-Event-ID\n\n")
@@ -209,7 +249,7 @@ async def events_ws(websocket: WebSocket,
                     after: Annotated[int | None, _AFTER] = None) -> None:
     await websocket.accept()
     try:
-        resume = await _ws_auth(websocket, after)
+        resume, token = await _ws_auth(websocket, after)
     except HTTPException as exc:
         await websocket.close(code=4000 + exc.status_code, reason=str(exc.detail)[:120])
         return
@@ -221,7 +261,7 @@ async def events_ws(websocket: WebSocket,
         await websocket.close(code=1013, reason="the event stream is not ready; retry")
         return
     sub, reset, start = await _start(websocket, resume)
-    sender = asyncio.create_task(_ws_send(websocket, hub, sub, reset, start))
+    sender = asyncio.create_task(_ws_send(websocket, hub, sub, reset, start, token))
     try:
         while True:  # the client's messages are not used; this notices it leaving
             message = await websocket.receive()
@@ -237,14 +277,20 @@ async def _close_quietly(websocket: WebSocket, code: int, reason: str) -> None:
         await websocket.close(code=code, reason=reason)
 
 
-async def _ws_auth(websocket: WebSocket, after: int | None) -> int | None:
+async def _ws_auth(websocket: WebSocket, after: int | None) -> tuple[int | None, str]:
     authenticator: auth.Authenticator = websocket.app.state.auth
     address = websocket.client.host if websocket.client else "unknown"
     authenticator.check_throttle(address)
     if "authorization" in websocket.headers:
         token = authenticator.token(websocket, address)  # type: ignore[arg-type]
     else:
-        message = json.loads(await asyncio.wait_for(websocket.receive_text(), WS_AUTH_SECONDS))
+        # receive(), not receive_text(): a binary frame has no "text" (KeyError there).
+        first = await asyncio.wait_for(websocket.receive(), WS_AUTH_SECONDS)
+        if first["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(first.get("code", 1000))
+        if not isinstance(first.get("text"), str):
+            raise ValueError("not a text message")
+        message = json.loads(first["text"])
         if not isinstance(message, dict) or message.get("type") != "auth" \
                 or not isinstance(message.get("key"), str):
             raise ValueError("not an auth message")
@@ -256,22 +302,32 @@ async def _ws_auth(websocket: WebSocket, after: int | None) -> int | None:
             after = given
     principal = await authenticator.authenticate(websocket, token, address)  # type: ignore[arg-type]
     authenticator.authorize(principal, "agents:read")
-    return after
+    return after, token
 
 
 async def _ws_send(websocket: WebSocket, hub: Hub, sub: Subscriber, reset: bool,
-                   start: int) -> None:
+                   start: int, token: str) -> None:
     heartbeat = hub.settings.heartbeat_seconds
     try:
         if reset:
             await websocket.send_text(json.dumps({"type": "reset", "id": sub.live_from}))
         last = start
-        async for event in _backlog(websocket, start, sub.live_from):
-            await websocket.send_text(_ws_text(event.data()))
-            last = event.id
+        try:
+            async for event in _backlog(websocket, start, sub.live_from):
+                await websocket.send_text(_ws_text(event.data()))
+                last = event.id
+        except _Pruned:
+            await websocket.send_text(json.dumps({"type": "reset", "id": sub.live_from}))
         last = max(last, sub.live_from)
+        checked = asyncio.get_running_loop().time()
         while True:
             item = await sub.next(heartbeat)
+            if asyncio.get_running_loop().time() - checked >= RECHECK_SECONDS:
+                checked = asyncio.get_running_loop().time()
+                refused = await _key_refused(websocket, token)
+                if refused is not None:
+                    await websocket.close(code=4401, reason=refused[:120])
+                    return
             if sub.dropped:
                 await websocket.close(code=4408, reason="too slow: reconnect with ?after=")
                 return

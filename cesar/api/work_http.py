@@ -4,11 +4,14 @@ and 422 (FastAPI's shape, naming the field)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
 from fastapi import Request, Security
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -83,3 +86,16 @@ async def work_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, work.Invalid)
     return JSONResponse({"detail": [{"type": "value_error", "loc": list(exc.loc),
                                      "msg": exc.msg, "input": exc.value}]}, status_code=422)
+
+
+class _AsciiJSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False,
+                          separators=(",", ":")).encode("ascii")
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, rendered with ``\\u`` escapes: the error echoes the input, and an input
+    holding a lone surrogate (``"\\ud800"`` in the JSON) cannot be encoded as UTF-8 (a 500)."""
+    assert isinstance(exc, RequestValidationError)
+    return _AsciiJSON({"detail": jsonable_encoder(exc.errors())}, status_code=422)

@@ -15,7 +15,21 @@ from cesar import work
 #: Neither engine stores NUL (U+0000) in TEXT or JSONB.
 NO_NUL = r"^[^\x00]*$"
 
-Text = Annotated[str, StringConstraints(pattern=NO_NUL)]
+
+
+def _unicode(value: str) -> str:
+    """Refuse lone surrogates (``"\\ud800"`` is valid JSON syntax, but no UTF-8 text: the
+    database driver could not send it, a 500 instead of a 422)."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be Unicode text: a lone surrogate escape (\\ud800 to "
+                             "\\udfff) is not a character") from None
+    return value
+
+
+Text = Annotated[str, StringConstraints(pattern=NO_NUL), AfterValidator(_unicode)]
 
 #: JSON with no NUL character in any string or key.
 JsonValue = TypeAliasType(  # type: ignore[misc]

@@ -138,6 +138,19 @@ def test_no_key_is_401_and_a_key_without_the_scope_is_403(events_api: ApiServer,
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
 
 
+def test_a_websocket_whose_first_message_is_not_a_text_auth_message_is_closed_4401(
+        events_api: ApiServer) -> None:
+    ws_url = events_api.url.replace("http://", "ws://") + "/events"
+    for first in (b'{"type": "auth", "key": "x"}', "not json", '["auth"]',
+                  '{"type": "auth", "key": 5}'):
+        with ws_connect(ws_url) as ws:
+            ws.send(first)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+            assert closed.value.rcvd is not None, first
+            assert closed.value.rcvd.code == 4401, (first, closed.value.rcvd)
+
+
 def test_websocket_delivers_the_same_events_and_resumes_with_after(events_api: ApiServer,
                                                                    migrated_db: str) -> None:
     key = make_key(migrated_db, "agents:read")
@@ -393,9 +406,74 @@ def test_resuming_from_before_the_retention_is_told_to_reset(events_api: ApiServ
             assert stream.events(1)[0].json["pk"] == task
 
 
+def test_a_prune_during_a_resumed_backlog_is_a_reset_not_a_silent_gap(migrated_db: str,
+                                                                      tmp_path: Path) -> None:
+    """The client resumes, its backlog is read page by page as it reads; a prune commits while
+    it is stalled: it must get every event or a reset, never a silent hole."""
+    with serve_events(migrated_db, tmp_path, heartbeat_seconds=0.5) as api:
+        key = make_key(migrated_db, "agents:read")
+        hub = hub_of(api)
+        start = last_id(migrated_db)
+        blob = json.dumps({"text": "x" * 16_000})
+        with psycopg.connect(migrated_db, autocommit=True) as conn:
+            run = conn.execute("INSERT INTO agent_runs (agent_id) VALUES (%s) RETURNING id",
+                               (AGENT,)).fetchone()
+            assert run is not None
+            with conn.transaction():  # far more than one backlog page and the socket buffers
+                for _ in range(1200):
+                    conn.execute("INSERT INTO agent_run_events (run_id, kind, payload) "
+                                 "VALUES (%s, 'message', %s)", (run[0], blob))
+            wanted = log_ids(migrated_db, start)
+            wait_for(lambda: hub.position == wanted[-1], "the reader to reach the newest id")
+            stalled = SseStream(api.url, key, last_id=start, rcvbuf=4096)
+            wait_for(lambda: len(hub.subscribers) == 1, "the subscriber")
+            time.sleep(0.5)  # the stream blocks on its full socket within its first page
+            assert elog.prune(conn, 0).pruned_through == wanted[-1]
+        got: list[int] = []
+        reset = False
+        with stalled:
+            while (msg := stalled.next()) is not None:
+                if msg.event == "reset":
+                    reset = True
+                    break
+                if msg.comment == "ping":
+                    break  # idle: the backlog is over
+                if msg.id is not None:
+                    got.append(msg.id)
+        assert reset or got == wanted, (len(got), len(wanted), got[-1:] if got else None)
+        assert got == wanted[:len(got)]
+
+
+def test_a_revoked_key_loses_its_open_streams(migrated_db: str, tmp_path: Path) -> None:
+    """Revoking a key ends the streams already open with it (SSE and WebSocket), as it ends its
+    requests: a stream lives for hours, it must not outlive the key."""
+    from cesar import keys
+
+    with serve_events(migrated_db, tmp_path, heartbeat_seconds=0.2) as api:
+        key = make_key(migrated_db, "agents:read")
+        hub = hub_of(api)
+        ws_url = api.url.replace("http://", "ws://") + "/events"
+        with SseStream(api.url, key, timeout=20) as stream, ws_connect(ws_url) as ws:
+            ws.send(json.dumps({"type": "auth", "key": key}))
+            wait_for(lambda: len(hub.subscribers) == 2, "both subscribers")
+            with psycopg.connect(migrated_db, autocommit=True) as conn:
+                keys.revoke(conn, keys.prefix_of(key), actor="tests")
+            comments: list[str | None] = []
+            deadline = time.monotonic() + 20  # pings go on forever if the stream outlives it
+            while time.monotonic() < deadline and (msg := stream.next()) is not None:
+                comments.append(msg.comment)
+            assert any(c and "revoked" in c for c in comments), comments[-3:]
+            with pytest.raises(ConnectionClosed) as closed:
+                while time.monotonic() < deadline + 20:
+                    ws.recv(timeout=20)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+        wait_for(lambda: not hub.subscribers, "the subscribers to be gone")
+
+
 def test_a_bad_last_event_id_is_422_not_500(events_api: ApiServer, migrated_db: str) -> None:
     key = make_key(migrated_db, "agents:read")
-    for bad in ("abc", "-1", "9" * 30):
+    # b"\xb2" reads as "²" (latin-1): str.isdigit() says yes, int() says no.
+    for bad in ("abc", "-1", "9" * 30, b"\xb2", b"1\xb3", "\u0663".encode("utf-8")):
         response = httpx.get(f"{events_api.url}/events", headers={
             "Authorization": f"Bearer {key}", "Accept": "text/event-stream",
             "Last-Event-ID": bad})

@@ -261,3 +261,18 @@ def test_the_database_refuses_every_illegal_task_transition(migrated_url: str) -
         conn.execute("UPDATE tasks SET status = 'queued' WHERE id = %s", (task_id,))
     assert rows(migrated_url, "SELECT status FROM tasks WHERE id = %s",
                 (task_id,)) == [{"status": "queued"}]
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    (b'{"title": "a\\ud800"}', "title"),
+    (b'{"title": "t", "description": "\\udfff"}', "description"),
+    (b'{"title": "t", "payload": {"k": "x\\ud83d"}}', "payload"),
+    (b'{"title": "t", "payload": {"\\ud800": 1}}', "payload"),
+])
+def test_a_lone_surrogate_escape_is_422_not_500(work_api: ApiServer, writer: str, raw: bytes,
+                                               field: str) -> None:
+    # Valid JSON syntax (Python's json reads it) but no UTF-8 text: neither engine can store it.
+    r = call(work_api.url, writer, "POST", "/tasks", content=raw,
+             headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"][:2] == ["body", field], r.text

@@ -94,6 +94,8 @@ class Hub:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cesar-events", daemon=True)
         self._conn: psycopg.Connection | None = None
+        self._url = ""  # what the reader's connection was opened with
+        self._born = 0.0
 
     # ------------------------------------------------------------ lifecycle (event loop)
     def start(self) -> Hub:
@@ -141,7 +143,8 @@ class Hub:
 
     # ------------------------------------------------------------ the reader (its thread)
     def _connect(self) -> psycopg.Connection:
-        url = self.database._current_url(self.database.endpoint.name)
+        url = self._url = self.database._current_url(self.database.endpoint.name)
+        self._born = time.monotonic()
         kwargs = db.connect_kwargs(self.database.settings)
         # Its own name: an operator sees (and may end) the reader in pg_stat_activity.
         kwargs["application_name"] = f"{kwargs['application_name']}-events"[:63]
@@ -171,6 +174,8 @@ class Hub:
                             last_prune = time.monotonic()
                             self._prune(conn)
                         self._wait(conn, tail)
+                        if self._stale():
+                            break  # `with conn` closes it; the next one starts where this ended
             except psycopg.Error as exc:
                 logger.warning("the /events reader lost its database connection (%s); "
                                "reconnecting in %.1f s",
@@ -181,6 +186,16 @@ class Hub:
                 logger.exception("the /events reader failed; restarting it")
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+    def _stale(self) -> bool:
+        """Whether the reader's connection is to be replaced: its credentials were rotated (so
+        the retired login is not held open by the reader: a rotation waits for its sessions),
+        or it is older than the pool's connections may get."""
+        current = self.database._current_url(self.database.endpoint.name)
+        if current != self._url:
+            logger.info("the /events reader reconnects with the reloaded credentials")
+            return True
+        return time.monotonic() - self._born >= self.database.settings.pool_max_lifetime
 
     def _read(self, conn: psycopg.Connection, tail: elog.Tail) -> None:
         while True:

@@ -100,8 +100,10 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
     "sync_sigstop": (
         r"^sync-fault: .*lost the sync lease",
         r"^postgresql: .*FATAL:\s+terminating connection due to idle-in-transaction timeout",
-        # ... which the continued run then finds closed under it.
+        # ... which the continued run then finds closed under it (psycopg reports either the
+        # closed socket or, when it reads the server's message first, the reason itself).
         r"^sync-fault: .*server closed the connection unexpectedly",
+        r"^sync-fault: .*terminating connection due to idle-in-transaction timeout",
         r'^postgresql: .*ERROR:\s+canceling statement due to lock timeout.*"sync_lease"',
     ),
     "api_worker_killed": (

@@ -110,3 +110,19 @@ def test_known_sync_foreign_key_race_matches_only_the_syncs_own_statement() -> N
     writer_error = logscan.parse(by_writer.splitlines(), "postgresql")
     assert logscan.match(sync_error, always) == []
     assert logscan.match(writer_error, always) == writer_error
+
+
+def test_a_paused_sync_run_ended_by_the_idle_in_transaction_limit_is_explained() -> None:
+    """The continued run reports the server's reason or the closed socket, whichever psycopg
+    reads first; both are the pause's doing (a clean-clone run met the first, unexplained)."""
+    window = logscan.Window("sync_sigstop", T0, T0 + timedelta(seconds=15),
+                            EXPLAINS["sync_sigstop"])
+    lines = [
+        "ERROR sync-fault: pid 17091: cesar: error: database error: terminating connection due "
+        "to idle-in-transaction timeout (SQLSTATE 25P03)",
+        "ERROR sync-fault: pid 17091: cesar: error: database error: server closed the "
+        "connection unexpectedly",
+    ]
+    errors = [logscan.ErrorLine("sync-fault", T0 + timedelta(seconds=12), text)
+              for text in lines]
+    assert logscan.match(errors, [window]) == []

@@ -59,7 +59,7 @@ def test_five_minute_soak_fails_on_the_injected_error_and_on_nothing_else(
     assert [f["name"] for f in report["faults"]] == list(ALL_FAULTS)
     for fault in report["faults"]:
         assert {"name", "outage_s", "recovery_s"} <= set(fault)
-        assert not fault["detail"], fault  # injected as planned
+        assert not fault["detail"].startswith("could not be injected"), fault
         assert fault["recovery_s"] is not None, fault  # and recovered from
     assert report["max_sync_lag_s"] is not None
     assert report["explained_errors"].get("pg_restart", 0) > 0  # the matcher saw the restart

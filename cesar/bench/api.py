@@ -66,6 +66,19 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
+async def roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    request: bytes) -> int:
+    """Send one HTTP/1.1 request on a kept-alive connection, read the whole answer; its status."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return int(head[9:12])
+
+
 #: The header lines sent with every request but the bare endpoint's (the run's API key).
 AUTH_HEADER: list[str] = []
 
@@ -80,14 +93,7 @@ async def _client(host: str, port: int, path: str, stop_at: float, record_from: 
             started = time.perf_counter()
             if started >= stop_at:
                 return
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            await reader.readexactly(length)
+            status = await roundtrip(reader, writer, request)
             ended = time.perf_counter()
             if started >= record_from:
                 latencies.append(ended - started)

@@ -44,14 +44,7 @@ async def _client(host: str, port: int, key: str, stop_at: float, record_from: f
                        f"Authorization: Bearer {key}\r\nIdempotency-Key: bench-{uuid.uuid4()}\r\n"
                        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
                        ).encode() + body
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            await reader.readexactly(length)
+            status = await suite.roundtrip(reader, writer, request)
             ended = time.perf_counter()
             if started >= record_from:
                 latencies.append(ended - started)

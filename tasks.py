@@ -124,7 +124,12 @@ def bench(c, suite, args=""):
         module = importlib.import_module(f"cesar.bench.{suite}")
     except ModuleNotFoundError:
         raise Exit(f"invoke bench: no suite {suite!r} (cesar/bench/{suite}.py)", code=2) from None
-    code = module.main(args.split())
+    from cesar.errors import CesarError
+
+    try:
+        code = module.main(args.split())
+    except CesarError as exc:  # one line naming the problem, never a traceback
+        raise Exit(f"invoke bench: {exc}", code=exc.exit_code) from None
     if code:
         raise Exit(code=code)
 

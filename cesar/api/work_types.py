@@ -31,11 +31,23 @@ def _unicode(value: str) -> str:
 
 Text = Annotated[str, StringConstraints(pattern=NO_NUL), AfterValidator(_unicode)]
 
+class _OnlyTheseKeys:
+    """A ``dict[Text, ...]``'s schema says that its keys are Text (``patternProperties``
+    alone lets a key outside the pattern through: the document would call valid what the API
+    refuses)."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> Any:
+        schema = handler(core_schema)
+        if "patternProperties" in schema:
+            schema["additionalProperties"] = False
+        return schema
+
+
 #: JSON with no NUL character in any string or key.
 JsonValue = TypeAliasType(  # type: ignore[misc]
     "JsonValue",
     Union[Text, int, Annotated[float, Field(allow_inf_nan=False)], bool, None,  # noqa: UP007
-          list["JsonValue"], dict[Text, "JsonValue"]],
+          list["JsonValue"], Annotated[dict[Text, "JsonValue"], _OnlyTheseKeys()]],
 )
 
 
@@ -47,7 +59,7 @@ def _storable(value: dict[str, Any]) -> dict[str, Any]:
 
 
 #: A free JSON object (at most 64 KiB encoded).
-Payload = Annotated[dict[Text, JsonValue], AfterValidator(_storable)]
+Payload = Annotated[dict[Text, JsonValue], AfterValidator(_storable), _OnlyTheseKeys()]
 
 _COST_TEXT = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,6})?$")
 MAX_COST = Decimal("999999.999999")

@@ -119,3 +119,20 @@ def test_without_a_key_every_protected_route_is_401(api: ApiServer, api_schema: 
 
     check()
     assert seen == {401}
+
+
+@pytest.mark.parametrize("payload", [{"a\x00": 1}, {"nested": {"\x00": "v"}}])
+def test_a_key_the_api_refuses_is_invalid_in_its_document(api: ApiServer, payload: dict) -> None:
+    """The fuzzer generates from the document: a body the document calls valid must be
+    accepted. A NUL in a payload's key cannot be stored, so the document must refuse it too."""
+    import httpx
+    import jsonschema
+
+    body = {"title": "t", "payload": payload}
+    answer = httpx.post(f"{api.url}/tasks", json=body, timeout=10,
+                        headers={**api.headers, "Idempotency-Key": "nul-key"})
+    assert answer.status_code == 422, answer.text
+    document = httpx.get(f"{api.url}/openapi.json", timeout=10).json()
+    validator = jsonschema.Draft202012Validator(
+        {**document, "$ref": "#/components/schemas/TaskCreate"})
+    assert not validator.is_valid(body), "the document calls valid a body the API refuses"

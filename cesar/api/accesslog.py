@@ -31,7 +31,7 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._buffer: list[str] = []
         self._size = 0
         self._flusher: threading.Thread | None = None
-        self._closed = threading.Event()
+        self._stopped = threading.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.interval <= 0:
@@ -72,11 +72,11 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().flush()
 
     def _flush_every(self) -> None:
-        while not self._closed.wait(self.interval):
+        while not self._stopped.wait(self.interval):
             self.flush()
 
     def close(self) -> None:
-        self._closed.set()
+        self._stopped.set()
         self.flush()
         super().close()
 

@@ -116,11 +116,11 @@ def main(argv: list[str]) -> int:
     print(f"/agents vs /health/live at {args.clients} clients, 1 worker, {os.cpu_count()} CPUs; "
           f"{args.seconds:g} s per row after {args.warmup:g} s warm-up; authenticated; "
           f"load generator {api.GENERATOR[0]}")
-    print(f"{'read path':<28} {'load':>5} {'bare p95':>9} {'bare r/s':>9} {'agents p95':>11} "
+    print(f"{'read path':<34} {'load':>5} {'bare p95':>9} {'bare r/s':>9} {'agents p95':>11} "
           f"{'agents r/s':>11} {'ratio':>6} {'errors':>6}")
     for r in results:
         b, a = r["bare"], r["agents"]
-        print(f"{r['read_path']:<28} {r['load_average']:>5.2f} {b['p95_ms']:>9.2f} "
+        print(f"{r['read_path']:<34} {r['load_average']:>5.2f} {b['p95_ms']:>9.2f} "
               f"{b['rps']:>9.0f} {a['p95_ms']:>11.2f} {a['rps']:>11.0f} {r['ratio']:>6.2f} "
               f"{a['errors']:>6}")
     print(f"target: ratio <= {TARGET_RATIO:g}; total {time.perf_counter() - started:.1f} s")

@@ -7,7 +7,9 @@ wrk on 2 cores, the per-line write halved the requests per second of ``/agents``
 (docs/performance.md). Here a line is formatted at once (its timestamp is the request's) and
 appended to a buffer; the buffer is written in one call when it holds ``capacity`` characters,
 when a line of level WARNING or worse arrives, every ``interval`` seconds (a daemon thread), and
-at exit (``logging.shutdown`` flushes every handler). ``interval=0`` writes each line at once.
+when the application shuts down (:func:`flush_all`, from the lifespan's end: uvicorn re-raises
+the SIGTERM it caught once it has stopped, so the process ends without running ``atexit`` and
+``logging.shutdown`` never flushes). ``interval=0`` writes each line at once.
 
 What a buffer costs: a process killed with SIGKILL loses at most the last ``interval`` seconds of
 access lines (no other log line: only ``uvicorn.access`` uses this handler), and access lines
@@ -19,7 +21,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from typing import IO, Any
+
+_handlers: weakref.WeakSet[BufferedStreamHandler] = weakref.WeakSet()
+
+
+def flush_all() -> None:
+    """Write every buffered access line of this process now."""
+    for handler in list(_handlers):
+        handler.flush()
 
 
 class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -32,6 +43,7 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._size = 0
         self._flusher: threading.Thread | None = None
         self._stopped = threading.Event()
+        _handlers.add(self)
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.interval <= 0:

@@ -25,7 +25,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cesar import __version__, metrics, web
-from cesar.api import agents, aio, auth, conflicts
+from cesar.api import accesslog, agents, aio, auth, conflicts, credentials
 from cesar.api import events as events_routes
 from cesar.api import runs as work_runs
 from cesar.api import tasks as work_tasks
@@ -77,11 +77,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                                         database, app.state.db_limiter, reads)
     app.state.auth.usage.start()
     app.state.events = _event_hub(app, database)
+    # Every pool drained once a rotation changes the credential files: cesar/api/credentials.py.
+    follower = credentials.CredentialFollower(database, reads).start()
     log.info("serving the %s database %s (%s)", database.endpoint.name,
              database.endpoint.masked, settings.environment)
     try:
         yield
     finally:
+        await follower.stop()
         app.state.events.stop()
         app.state.auth.usage.stop()
         checker.close()
@@ -90,6 +93,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await reads.close()
         database.close()
         metrics.mark_worker_dead()
+        accesslog.flush_all()  # the process may end by its re-raised SIGTERM, without atexit
 
 
 def create_app(settings: Settings | None = None,

@@ -35,8 +35,11 @@ WORKER_HEALTHCHECK = 30
 log = logging.getLogger(__name__)
 
 
-def log_config(level: str) -> dict[str, Any]:
-    """One stream (stderr: journald, or the log file of `invoke up`), timestamped."""
+def log_config(level: str, access_flush: float = 0.5) -> dict[str, Any]:
+    """One stream (stderr: journald, or the log file of `invoke up`), timestamped; access lines
+    written in batches every ``access_flush`` seconds (cesar/api/accesslog.py; 0: each line)."""
+    from cesar.api.accesslog import handler_config
+
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     return {
         "version": 1,
@@ -53,8 +56,7 @@ def log_config(level: str) -> dict[str, Any]:
         "handlers": {
             "default": {"class": "logging.StreamHandler", "formatter": "default",
                         "stream": "ext://sys.stderr"},
-            "access": {"class": "logging.StreamHandler", "formatter": "access",
-                       "stream": "ext://sys.stderr"},
+            "access": handler_config(access_flush),
         },
         "loggers": {
             "uvicorn": {"handlers": ["default"], "level": level.upper(), "propagate": False},
@@ -114,7 +116,8 @@ def prepare_metrics_dir(path: Path) -> None:
             entry.unlink()
 
 
-def serve(host: str, port: int, workers: int, log_level: str, access_log: bool) -> None:
+def serve(host: str, port: int, workers: int, log_level: str, access_log: bool,
+          access_flush: float = 0.5) -> None:
     """Validate the configuration and the port, then run uvicorn until SIGTERM/SIGINT."""
     from cesar import db
     from cesar.config import load_settings
@@ -140,7 +143,7 @@ def serve(host: str, port: int, workers: int, log_level: str, access_log: bool) 
 
     try:
         uvicorn.run(APP, factory=True, host=host, port=port, workers=workers,
-                    log_config=log_config(log_level), log_level=log_level,
+                    log_config=log_config(log_level, access_flush), log_level=log_level,
                     access_log=access_log, server_header=False,
                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
                     timeout_worker_healthcheck=WORKER_HEALTHCHECK)
@@ -188,4 +191,4 @@ def api(host: str | None, port: int | None, workers: int | None, log_level: str,
                    f"ENVIRONMENT={settings.environment}, database {primary.name} "
                    f"{primary.masked}")
         return
-    serve(host, port, workers, log_level, access_log)
+    serve(host, port, workers, log_level, access_log, defaults.access_log_flush_seconds)

@@ -26,6 +26,9 @@ class ApiSettings(BaseSettings):
                                               "(default: the one `invoke up` started)")
     key: SecretStr | None = Field(None, description="CESAR_API_KEY: the API key `cesar smoke` "
                                                     "sends (development: made if missing)")
+    access_log_flush_seconds: float = Field(
+        0.5, ge=0, le=10, description="CESAR_API_ACCESS_LOG_FLUSH_SECONDS: access lines are "
+        "written in batches at least this often (0: one write per line)")
 
 
 def load_api_settings(**overrides: object) -> ApiSettings:

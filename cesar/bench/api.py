@@ -5,9 +5,13 @@ against the configured database, then drives ``/health``, ``/agents`` and ``/hea
 bare endpoint: same server, same middleware, no database) with 1, 10 and 50 concurrent clients,
 in the same run, so the database's cost reads as a ratio. Each client is a keep-alive HTTP/1.1
 connection sending its next request when the previous answer has arrived (a closed loop), so
-the figures include the queueing that concurrency causes. The load generator is a few lines of
-asyncio (no HTTP library in the loop) so that it steals as little CPU as possible from the
-server on a small machine; it runs in this process, on the same machine.
+the figures include the queueing that concurrency causes.
+
+The load generator is ``wrk`` (Debian package ``wrk``: C, one thread, epoll), which runs on the
+same machine as the server and so must take as little of its CPU as possible: on 2 cores the
+Python generator took about as much CPU as the server and inflated every p95.
+``--load-generator python`` keeps the asyncio clients of this module (no HTTP library in the
+loop) for machines without wrk.
 
 Targets: p95 of ``/agents`` at 50 clients under 20 ms, and within 3x of the bare
 endpoint's p95 at 50 clients.
@@ -23,17 +27,20 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
 
 from cesar.dev.embedded import free_port
+from cesar.errors import ConfigError, OperationFailed
 
 ENDPOINTS = {"bare": "/health/live", "health": "/health", "agents": "/agents"}
 TARGET_P95_MS = 20.0
@@ -116,9 +123,95 @@ async def _drive(host: str, port: int, path: str, clients: int, seconds: float,
     return latencies, errors, seconds
 
 
+# ------------------------------------------------------------------------------ wrk
+#: "wrk" or "python": what :func:`measure` drives the server with (``--load-generator``).
+GENERATOR = ["wrk"]
+GENERATORS = ("wrk", "python")
+
+# The key goes through the environment, not wrk's command line (which `ps` shows to everyone);
+# `done` prints the figures as one JSON line wrk's own summary cannot give (p95).
+_WRK_SCRIPT = """
+local auth = os.getenv("CESAR_BENCH_AUTHORIZATION")
+if auth ~= nil and auth ~= "" then wrk.headers["Authorization"] = auth end
+local body = os.getenv("CESAR_BENCH_BODY")
+if body ~= nil and body ~= "" then
+  wrk.method = "POST"
+  wrk.body = body
+  wrk.headers["Content-Type"] = "application/json"
+end
+local idem = os.getenv("CESAR_BENCH_IDEMPOTENCY_PREFIX")
+if idem ~= nil and idem ~= "" then
+  local n = 0
+  request = function()
+    n = n + 1
+    wrk.headers["Idempotency-Key"] = idem .. "-" .. n
+    return wrk.format()
+  end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "CESAR-WRK {\\"requests\\":%d,\\"duration_us\\":%d,\\"p50_us\\":%d,\\"p95_us\\":%d,"
+    .. "\\"p99_us\\":%d,\\"max_us\\":%d,\\"errors\\":%d}\\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), latency.max, e.connect + e.read + e.write + e.timeout + e.status))
+end
+"""
+
+
+def use_generator(name: str) -> None:
+    """Choose the load generator; wrk absent is one line naming the package (exit 2)."""
+    if name not in GENERATORS:
+        raise ConfigError(f"unknown load generator {name!r}: use one of {', '.join(GENERATORS)}")
+    if name == "wrk" and shutil.which("wrk") is None:
+        raise ConfigError("the load generator wrk is not installed: `apt-get install wrk` "
+                          "(Debian package wrk), or pass --load-generator python")
+    GENERATOR[0] = name
+
+
+def _wrk(url: str, clients: int, seconds: int, env: dict[str, str]) -> dict[str, float]:
+    if env.get("CESAR_BENCH_IDEMPOTENCY_PREFIX"):  # a new key per request, in every run
+        env = {**env, "CESAR_BENCH_IDEMPOTENCY_PREFIX": f"bench-{uuid.uuid4()}"}
+    with tempfile.NamedTemporaryFile("w", prefix="cesar-bench-", suffix=".lua") as script:
+        script.write(_WRK_SCRIPT)
+        script.flush()
+        done = subprocess.run(
+            ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "10s",
+             "-s", script.name, url],
+            capture_output=True, text=True, env={**os.environ, **env}, timeout=seconds + 60)
+    for line in done.stdout.splitlines():
+        if line.startswith("CESAR-WRK "):
+            return json.loads(line[len("CESAR-WRK "):])
+    tail = (done.stderr or done.stdout).strip().splitlines()
+    raise OperationFailed(f"wrk gave no figures (exit {done.returncode}): "
+                          f"{tail[-1] if tail else 'no output'}")
+
+
+def measure_wrk(host: str, port: int, name: str, path: str, clients: int, seconds: float,
+                warmup: float, *, authorization: str = "", body: str = "",
+                idempotent: bool = False) -> Figures:
+    """One closed-loop measurement with wrk: ``clients`` keep-alive connections, after an
+    unmeasured warm-up (wrk counts whole seconds: both are rounded up to at least 1)."""
+    env = {"CESAR_BENCH_AUTHORIZATION": authorization, "CESAR_BENCH_BODY": body,
+           "CESAR_BENCH_IDEMPOTENCY_PREFIX": "yes" if idempotent else ""}
+    url = f"http://{host}:{port}{path}"
+    if warmup > 0:
+        _wrk(url, clients, max(1, round(warmup)), env)
+    whole = max(1, round(seconds))
+    got = _wrk(url, clients, whole, env)
+    return Figures(name, path, clients, int(got["requests"]), int(got["errors"]),
+                   got["duration_us"] / 1e6, round(got["p50_us"] / 1000, 2),
+                   round(got["p95_us"] / 1000, 2), round(got["p99_us"] / 1000, 2),
+                   round(got["max_us"] / 1000, 2))
+
+
 def measure(host: str, port: int, name: str, clients: int, seconds: float,
             warmup: float) -> Figures:
     path = ENDPOINTS[name]
+    if GENERATOR[0] == "wrk":
+        auth = "" if name == "bare" else next(
+            (h.split(": ", 1)[1] for h in AUTH_HEADER if h.startswith("Authorization: ")), "")
+        return measure_wrk(host, port, name, path, clients, seconds, warmup, authorization=auth)
     latencies, errors, elapsed = asyncio.run(_drive(host, port, path, clients, seconds, warmup))
     ms = sorted(v * 1000 for v in latencies)
     return Figures(name, path, clients, len(ms), len(errors), elapsed,
@@ -150,9 +243,10 @@ def _revoke(key: str) -> None:
 class Server:
     """``cesar api`` as a child process on a free port (its log in a temporary file)."""
 
-    def __init__(self, port: int, workers: int) -> None:
+    def __init__(self, port: int, workers: int, extra: tuple[str, ...] = ()) -> None:
         self.port = port
         self.workers = workers
+        self.extra = extra  # more `cesar api` options (e.g. --no-access-log)
         fd, name = tempfile.mkstemp(prefix="cesar-bench-api-", suffix=".log")
         os.close(fd)
         self.log = Path(name)
@@ -160,7 +254,7 @@ class Server:
 
     def __enter__(self) -> Server:
         cmd = [sys.executable, "-m", "cesar.cli", "api", "--host", "127.0.0.1",
-               "--port", str(self.port), "--workers", str(self.workers)]
+               "--port", str(self.port), "--workers", str(self.workers), *self.extra]
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -217,12 +311,16 @@ def main(argv: list[str]) -> int:
                         help="concurrency levels, comma-separated (default 1,10,50)")
     parser.add_argument("--workers", type=int, default=1, help="`cesar api --workers` (1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--load-generator", choices=GENERATORS, default="wrk",
+                        help="wrk (default; Debian package wrk) or python (asyncio clients in "
+                        "this process, which share the server's CPU)")
     parser.add_argument("--no-events", action="store_true",
                         help="skip the /events figures (cesar/bench/events.py)")
     parser.add_argument("--no-tasks", action="store_true",
                         help="skip the POST /tasks rows (cesar/bench/api_tasks.py)")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.clients.split(",") if c]
+    use_generator(args.load_generator)
 
     port = free_port()
     rows: list[Figures] = []
@@ -260,6 +358,7 @@ def main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps({
             "workers": args.workers, "seconds_per_run": args.seconds, "cpus": os.cpu_count(),
+            "load_generator": GENERATOR[0],
             "load_average": os.getloadavg(),
             "results": [{**asdict(f), "rps": round(f.rps, 1)} for f in rows],
             "target": verdict,
@@ -268,7 +367,7 @@ def main(argv: list[str]) -> int:
     else:
         print(f"cesar api, {args.workers} worker(s), {os.cpu_count()} CPUs, load average "
               f"{os.getloadavg()[0]:.2f}; {args.seconds:g} s per row after {args.warmup:g} s "
-              "warm-up; closed loop, keep-alive")
+              f"warm-up; closed loop, keep-alive; load generator {GENERATOR[0]}")
         print(_table(rows, bare))
         if verdict:
             state = "met" if verdict["met"] else "NOT met"

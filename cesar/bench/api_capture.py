@@ -52,8 +52,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds (1)")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients (50)")
     parser.add_argument("--rounds", type=int, default=2, help="on/off pairs (2)")
+    parser.add_argument("--load-generator", choices=api.GENERATORS, default="wrk",
+                        help="wrk (default; Debian package wrk) or python")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    api.use_generator(args.load_generator)
 
     rows = []
     key = api_tasks.make_key()
@@ -77,9 +80,11 @@ def main(argv: list[str]) -> int:
                "target": TARGET_RATIO}
     if args.json:
         print(json.dumps({"clients": args.clients, "cpus": os.cpu_count(), "rows": rows,
+                          "load_generator": api.GENERATOR[0],
                           "verdict": verdict}, indent=2))
         return 0
-    print(f"POST /tasks at {args.clients} clients, 1 worker, capture on and off alternately")
+    print(f"POST /tasks at {args.clients} clients, 1 worker, capture on and off alternately; "
+          f"load generator {api.GENERATOR[0]}")
     print(f"{'capture':<8} {'load':>5} {'requests':>8} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} "
           f"{'errors':>6}")
     for r in rows:

@@ -12,7 +12,12 @@ on the same server minutes apart at most. So each lever is measured on its own:
 - ``async``: no check round trip, statements prepared from their first use (the default).
 
 The key lookup is cached per worker (``CESAR_API_KEY_CACHE_SECONDS``, 2 s) in every row; the
-``threads`` row with ``--no-key-cache`` shows what the cache saves (a lookup per request).
+``threads`` row with ``--no-key-cache`` shows what the cache saves (a lookup per request), and
+``--no-access-log`` adds a row per read path with ``cesar api --no-access-log`` (what the access
+log line costs), ``--access-log-unbuffered`` one with a write per access line
+(``CESAR_API_ACCESS_LOG_FLUSH_SECONDS=0``, cesar/api/accesslog.py). The load generator is wrk
+unless ``--load-generator python`` (:mod:`cesar.bench.api`); every row records the machine's
+load average as it ended.
 
 Target (issue 17): ``/agents`` p95 at 50 clients within 2x the bare endpoint's.
 """
@@ -45,33 +50,50 @@ def main(argv: list[str]) -> int:
                         help="repeat the whole sequence (interleaved), default 1")
     parser.add_argument("--no-key-cache", action="store_true",
                         help="also a threads row with CESAR_API_KEY_CACHE_SECONDS=0")
+    parser.add_argument("--access-log-unbuffered", action="store_true",
+                        help="also a row per read path with CESAR_API_ACCESS_LOG_FLUSH_SECONDS=0 "
+                        "(one write per access line)")
+    parser.add_argument("--no-access-log", action="store_true",
+                        help="also a row per read path with `cesar api --no-access-log`")
+    parser.add_argument("--load-generator", choices=api.GENERATORS, default="wrk",
+                        help="wrk (default; Debian package wrk) or python")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    api.use_generator(args.load_generator)
     paths = [p for p in args.paths.split(",") if p]
-    variants = [(p, None) for p in paths]
+    # (label, environment of the server, more `cesar api` options)
+    variants: list[tuple[str, dict[str, str], tuple[str, ...]]] = [
+        (p, {"CESAR_API_READ_PATH": p}, ()) for p in paths]
+    if args.access_log_unbuffered:
+        variants += [(f"{p}, access log unbuffered",
+                      {"CESAR_API_READ_PATH": p, "CESAR_API_ACCESS_LOG_FLUSH_SECONDS": "0"}, ())
+                     for p in paths]
+    if args.no_access_log:
+        variants += [(f"{p}, no access log", {"CESAR_API_READ_PATH": p}, ("--no-access-log",))
+                     for p in paths]
     if args.no_key_cache:
-        variants.append(("threads", "0"))
+        variants.append(("threads, key cache off",
+                         {"CESAR_API_READ_PATH": "threads", "CESAR_API_KEY_CACHE_SECONDS": "0"},
+                         ()))
 
     results = []
     key = api._make_key()
     api.AUTH_HEADER[:] = [f"Authorization: Bearer {key}"]
-    saved = {k: os.environ.get(k) for k in ("CESAR_API_READ_PATH", "CESAR_API_KEY_CACHE_SECONDS")}
+    names = {k for _, env, _ in variants for k in env}
+    saved = {k: os.environ.get(k) for k in names}
     started = time.perf_counter()
     try:
         for _ in range(args.rounds):
-            for path, cache in variants:
-                os.environ["CESAR_API_READ_PATH"] = path
-                if cache is None:
-                    os.environ.pop("CESAR_API_KEY_CACHE_SECONDS", None)
-                else:
-                    os.environ["CESAR_API_KEY_CACHE_SECONDS"] = cache
+            for label, env, extra in variants:
+                for k in names:
+                    os.environ.pop(k, None)
+                os.environ.update(env)
                 port = free_port()
-                with api.Server(port, 1):
+                with api.Server(port, 1, extra):
                     bare = api.measure("127.0.0.1", port, "bare", args.clients, args.seconds,
                                        args.warmup)
                     agents = api.measure("127.0.0.1", port, "agents", args.clients,
                                          args.seconds, args.warmup)
-                label = path if cache is None else f"{path}, key cache off"
                 results.append({
                     "read_path": label, "load_average": round(os.getloadavg()[0], 2),
                     "bare": {**asdict(bare), "rps": round(bare.rps, 1)},
@@ -87,16 +109,18 @@ def main(argv: list[str]) -> int:
                 os.environ[k] = v
     if args.json:
         print(json.dumps({"clients": args.clients, "cpus": os.cpu_count(),
+                          "load_generator": api.GENERATOR[0],
                           "seconds_per_row": args.seconds, "target_ratio": TARGET_RATIO,
                           "results": results}, indent=2))
         return 0
     print(f"/agents vs /health/live at {args.clients} clients, 1 worker, {os.cpu_count()} CPUs; "
-          f"{args.seconds:g} s per row after {args.warmup:g} s warm-up; authenticated")
-    print(f"{'read path':<28} {'load':>5} {'bare p95':>9} {'bare r/s':>9} {'agents p95':>11} "
+          f"{args.seconds:g} s per row after {args.warmup:g} s warm-up; authenticated; "
+          f"load generator {api.GENERATOR[0]}")
+    print(f"{'read path':<34} {'load':>5} {'bare p95':>9} {'bare r/s':>9} {'agents p95':>11} "
           f"{'agents r/s':>11} {'ratio':>6} {'errors':>6}")
     for r in results:
         b, a = r["bare"], r["agents"]
-        print(f"{r['read_path']:<28} {r['load_average']:>5.2f} {b['p95_ms']:>9.2f} "
+        print(f"{r['read_path']:<34} {r['load_average']:>5.2f} {b['p95_ms']:>9.2f} "
               f"{b['rps']:>9.0f} {a['p95_ms']:>11.2f} {a['rps']:>11.0f} {r['ratio']:>6.2f} "
               f"{a['errors']:>6}")
     print(f"target: ratio <= {TARGET_RATIO:g}; total {time.perf_counter() - started:.1f} s")

@@ -10,7 +10,6 @@ samples, plus the idle share (the event loop waiting in ``select``/``epoll``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import shutil
 import subprocess
@@ -60,7 +59,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="sampled seconds (8)")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients (50)")
     parser.add_argument("--top", type=int, default=15, help="functions listed (15)")
+    parser.add_argument("--load-generator", choices=api.GENERATORS, default="wrk",
+                        help="wrk (default; Debian package wrk) or python")
     args = parser.parse_args(argv)
+    api.use_generator(args.load_generator)
     spy = shutil.which("py-spy") or str(Path.home() / ".local" / "bin" / "py-spy")
     if not Path(spy).exists():
         raise SystemExit("cesar: error: py-spy is not installed: `uv tool install py-spy`")
@@ -73,9 +75,8 @@ def main(argv: list[str]) -> int:
         port = free_port()
         with api.Server(port, 1) as server:
             assert server.proc is not None
-            load = threading.Thread(target=lambda: asyncio.run(api._drive(
-                "127.0.0.1", port, api.ENDPOINTS["agents"], args.clients,
-                args.seconds + 2, 1.0)))
+            load = threading.Thread(target=lambda: api.measure(
+                "127.0.0.1", port, "agents", args.clients, args.seconds + 2, 1.0))
             load.start()
             subprocess.run([spy, "record", "--pid", str(server.proc.pid), "--duration",
                             str(int(args.seconds)), "--rate", "200", "--format", "raw",
@@ -87,7 +88,8 @@ def main(argv: list[str]) -> int:
     total, inclusive, exclusive = summarise(out.read_text(), args.top)
     shutil.rmtree(out.parent, ignore_errors=True)
     print(f"read path {args.read_path}: {total} samples over {args.seconds:g} s, "
-          f"{args.clients} clients, load average {os.getloadavg()[0]:.2f}")
+          f"{args.clients} clients, load average {os.getloadavg()[0]:.2f}, load generator "
+          f"{api.GENERATOR[0]}")
     print("inclusive (on the stack):")
     for name, n in inclusive:
         print(f"  {100 * n / total:5.1f}%  {name}")

@@ -124,3 +124,33 @@ def test_bad_configuration_is_refused_before_serving(tmp_path: Path) -> None:
     bad_port = run_cesar("api", "--check", env={"CESAR_API_PORT": "eighty"})
     assert bad_port.returncode == 2
     assert bad_port.stderr.startswith("cesar: error: CESAR_API_PORT='eighty' is not valid")
+
+
+def test_sigterm_writes_every_buffered_access_line_of_every_worker(migrated_url: str,
+                                                                   tmp_path: Path) -> None:
+    """Access lines are written in batches (cesar/api/accesslog.py): a clean stop still writes
+    all of them, from both worker processes, with the batch interval far from elapsed."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**base_env(migrated_url, tmp_path), "CESAR_API_ACCESS_LOG_FLUSH_SECONDS": "10"}
+    with cesar_api("--port", str(port), "--workers", "2", env=env) as proc:
+        wait_healthy(url, proc, seconds=120)  # two workers start slowly on a busy machine
+        for n in range(40):  # a new connection each: both workers serve some
+            assert httpx.get(f"{url}/health/live?n={n}",
+                             headers={"Connection": "close"}).is_success
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    served = [line for line in out.splitlines() if '"GET /health/live?n=' in line]
+    assert sorted(int(line.split("n=")[1].split(" ")[0]) for line in served) == list(range(40))
+
+
+def test_a_bad_access_log_flush_interval_is_one_line_and_exit_2(migrated_url: str,
+                                                                tmp_path: Path) -> None:
+    r = run_cesar("api", "--port", str(free_port()),
+                  env={**base_env(migrated_url, tmp_path),
+                       "CESAR_API_ACCESS_LOG_FLUSH_SECONDS": "-1"})
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cesar: error: ")
+    assert "CESAR_API_ACCESS_LOG_FLUSH_SECONDS" in lines[0], lines

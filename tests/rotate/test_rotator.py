@@ -423,3 +423,47 @@ def test_bad_usage_exits_2(stack: Stack) -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     plan = cesar(stack.env, "rotate-password", "--dry-run").stdout
     assert f"{stack.active()} -> {stack.inactive()}" in plan
+
+
+def test_an_api_reading_on_the_async_pool_leaves_the_old_login_at_once(stack: Stack,
+                                                                       tmp_path: Path) -> None:
+    """A second API on the stack reads on the async pool, its connections allowed to live an
+    hour: a rotation under load fails none of its requests, and the retire finds no session of
+    the previous login (its pools, the idle threaded one included, left it when the credential
+    files changed), instead of waiting out the grace and retiring a login still in use."""
+    port = free_port()
+    env = {**stack.env, "CESAR_API_READ_PATH": "async", "CESAR_POOL_MAX_LIFETIME": "3600"}
+    log_path = tmp_path / "api.log"
+    with log_path.open("wb") as log:
+        api = subprocess.Popen([sys.executable, "-m", "cesar.cli", "api", "--host", "127.0.0.1",
+                                "--port", str(port)], cwd=REPO, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert api.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        old = stack.active()
+        with Load(url) as load:
+            time.sleep(1)
+            done = cesar(stack.env, "rotate-password", "--grace", "60", "--json", timeout=180)
+            time.sleep(2)  # still served once the previous login is retired
+        assert done.returncode == 0, done.stdout + done.stderr
+        report = json.loads(done.stdout)
+        assert report["to_login"] != old and report["retired"] is True
+        assert report["remaining_sessions"] == [], report["remaining_sessions"]
+        assert load.failures == [] and load.ok > 50, (load.ok, load.failures[:3])
+    finally:
+        api.send_signal(signal.SIGTERM)
+        try:
+            api.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            api.kill()
+            api.wait()

@@ -31,6 +31,7 @@ from psycopg import sql
 from cesar import db
 from cesar.config import Settings
 from cesar.console import first_line
+from cesar.db import engines
 from cesar.errors import ConfigError, OperationFailed
 from cesar.sync import bulk, capture, clock, divergence, lease, reconcile, state
 from cesar.sync.apply import LockBudget, Outcome, Target, apply_changes
@@ -54,7 +55,7 @@ def _quiet(_: str) -> None:
 class Side:
     endpoint: db.Endpoint  # its name is the side's role: local or cluster
     conn: psycopg.Connection
-    engine: str
+    engine: engines.Engine
 
     @property
     def role(self) -> str:
@@ -220,15 +221,8 @@ def connect(endpoint: db.Endpoint, settings: Settings, sync: SyncSettings
                               f"{endpoint.masked} ({endpoint.variable}): {first}") from None
     conn.execute("SET TimeZone = 'UTC'")
     conn.execute("SET default_transaction_isolation = 'read committed'")
-    if db.detect_engine(conn) == "postgresql":
-        # Every statement of the sync reads by key (a batch's thousands of keys) or by key
-        # range. For thousands of keys PostgreSQL's cost model prefers scanning the whole table,
-        # a cost per batch that grows with the table (quadratic over a first copy); its index
-        # probes are what is wanted, so sequential scans are made a last resort for these
-        # sessions. Parallel workers cost more to start than such small statements save.
-        # (CockroachDB plans `= ANY(array)` as index lookups by itself.)
-        conn.execute("SET enable_seqscan = off")
-        conn.execute("SET max_parallel_workers_per_gather = 0")
+    for setting in engines.of(conn).sync_session_settings:
+        conn.execute(setting)  # type: ignore[arg-type]
     return conn
 
 
@@ -269,7 +263,7 @@ class Run:
         for endpoint in resolve_endpoints(self.settings, self.options.local_url,
                                           self.options.remote_url):
             conn = connect(endpoint, self.settings, self.sync)
-            self.sides[endpoint.name] = Side(endpoint, conn, db.detect_engine(conn))
+            self.sides[endpoint.name] = Side(endpoint, conn, engines.of(conn))
 
     def close(self) -> None:
         if self.lease is not None:
@@ -337,7 +331,7 @@ class Run:
                 self.lease.install(local.conn)
             if not opts.dry_run:
                 for side in self.sides.values():
-                    if side.engine == "postgresql":
+                    if side.engine.truncate_guard:
                         report.truncate_guarded += divergence.ensure_truncate_guard(side.conn,
                                                                                     specs)
             report.first_pairing = first
@@ -394,8 +388,7 @@ class Run:
         """A large backlog between two PostgreSQL databases, in a real run."""
         threshold = self.sync.bulk_threshold
         return (not self.options.dry_run and threshold > 0 and pending_rows >= threshold
-                and self.sides[src].engine == "postgresql"
-                and self.sides[dst].engine == "postgresql")
+                and self.sides[src].engine.bulk_copy and self.sides[dst].engine.bulk_copy)
 
     def _bulk(self, src: str, dst: str, spec: TableSpec, tr: TableReport) -> None:
         """The bulk path first (cesar/sync/bulk.py); the batch path then moves what it left."""
@@ -519,7 +512,7 @@ class Run:
                 add(role, r.table, n)
         for role, counts in written.items():
             side = self.sides[role]
-            if side.engine != "postgresql" or not any(counts.values()):
+            if not side.engine.analyze_after_sync or not any(counts.values()):
                 continue
             # Like autovacuum's own rule: a tenth of the table changed (and enough rows).
             sizes = dict(side.conn.execute(

@@ -18,7 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from cesar import work
 from cesar.api import auth
-from cesar.api.work_http import CONFLICT, NOT_FOUND, READ, RESPONSES, WRITE, read, write
+from cesar.api.work_http import (
+    CONFLICT,
+    FIRST_PAGE,
+    NOT_FOUND,
+    PAGE,
+    READ,
+    RESPONSES,
+    WRITE,
+    Page,
+    read,
+    write,
+)
 from cesar.api.work_types import Cost, Payload, Text
 
 RunStatus = Literal["running", "succeeded", "failed", "cancelled"]
@@ -126,12 +137,10 @@ async def list_runs(
     agent: Annotated[uuid.UUID | None, Query()] = None,
     status: Annotated[RunStatus | None, Query()] = None,
     task: Annotated[uuid.UUID | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(pattern=work.CURSOR_PATTERN, description="The "
-                                                 "`next_cursor` of the previous page.")] = None,
+    page: Annotated[Page, PAGE] = FIRST_PAGE,
 ) -> Any:
     return await read(request, lambda conn: work.list_runs(
-        conn, agent=agent, status=status, task=task, limit=limit, cursor=cursor))
+        conn, agent=agent, status=status, task=task, limit=page.limit, cursor=page.cursor))
 
 
 @router.get("/runs/{run_id}", response_model=RunWithEvents, responses=NOT_FOUND,

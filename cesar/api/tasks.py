@@ -15,7 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cesar import work
 from cesar.api import auth
-from cesar.api.work_http import CONFLICT, NOT_FOUND, READ, RESPONSES, WRITE, read, write
+from cesar.api.work_http import (
+    CONFLICT,
+    FIRST_PAGE,
+    NOT_FOUND,
+    PAGE,
+    READ,
+    RESPONSES,
+    WRITE,
+    Page,
+    read,
+    write,
+)
 from cesar.api.work_types import Payload, Text
 
 TaskStatus = Literal["queued", "assigned", "running", "done", "failed", "cancelled"]
@@ -101,12 +112,10 @@ async def list_tasks(
     agent: Annotated[uuid.UUID | None, Query(description="Tasks this agent has owned.")] = None,
     since: Annotated[dt.datetime | None, Query(
         description="Tasks changed at or after this time (ISO 8601).")] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(pattern=work.CURSOR_PATTERN, description="The "
-                                                 "`next_cursor` of the previous page.")] = None,
+    page: Annotated[Page, PAGE] = FIRST_PAGE,
 ) -> Any:
     return await read(request, lambda conn: work.list_tasks(
-        conn, status=status, agent=agent, since=since, limit=limit, cursor=cursor))
+        conn, status=status, agent=agent, since=since, limit=page.limit, cursor=page.cursor))
 
 
 @router.get("/tasks/{task_id}", response_model=Task, responses=NOT_FOUND,

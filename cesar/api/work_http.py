@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
 import psycopg
-from fastapi import Request, Security
+from fastapi import Depends, Query, Request, Security
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -59,6 +60,28 @@ async def read_access(request: Request, _credentials: auth.BearerCredentials) ->
 
 READ = Security(read_access, scopes=["agents:read"])
 WRITE = auth.require("tasks:write")
+
+
+@dataclass(frozen=True)
+class Page:
+    """A list route's page: how many rows, and after which (the previous page's cursor)."""
+
+    limit: int
+    cursor: str | None
+
+
+def page(
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(pattern=work.CURSOR_PATTERN, description="The "
+                                        "`next_cursor` of the previous page.")] = None,
+) -> Page:
+    return Page(limit, cursor)
+
+
+#: The paging parameters of every list route (``limit``, ``cursor``), declared once.
+PAGE = Depends(page)
+#: A list route's default (FastAPI always passes what ``page`` returns).
+FIRST_PAGE = Page(50, None)
 
 
 def _database(request: Request) -> Database:

@@ -17,19 +17,8 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from cesar import work
-from cesar.api import auth
-from cesar.api.work_http import (
-    CONFLICT,
-    FIRST_PAGE,
-    NOT_FOUND,
-    PAGE,
-    READ,
-    RESPONSES,
-    WRITE,
-    Page,
-    read,
-    write,
-)
+from cesar.api import auth, work_http
+from cesar.api.work_http import CONFLICT, NOT_FOUND, READ, RESPONSES, WRITE, read, write
 from cesar.api.work_types import Cost, Payload, Text
 
 RunStatus = Literal["running", "succeeded", "failed", "cancelled"]
@@ -137,7 +126,7 @@ async def list_runs(
     agent: Annotated[uuid.UUID | None, Query()] = None,
     status: Annotated[RunStatus | None, Query()] = None,
     task: Annotated[uuid.UUID | None, Query()] = None,
-    page: Annotated[Page, PAGE] = FIRST_PAGE,
+    page: Annotated[work_http.Page, work_http.PAGE] = work_http.FIRST_PAGE,
 ) -> Any:
     return await read(request, lambda conn: work.list_runs(
         conn, agent=agent, status=status, task=task, limit=page.limit, cursor=page.cursor))

@@ -14,19 +14,8 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from cesar import work
-from cesar.api import auth
-from cesar.api.work_http import (
-    CONFLICT,
-    FIRST_PAGE,
-    NOT_FOUND,
-    PAGE,
-    READ,
-    RESPONSES,
-    WRITE,
-    Page,
-    read,
-    write,
-)
+from cesar.api import auth, work_http
+from cesar.api.work_http import CONFLICT, NOT_FOUND, READ, RESPONSES, WRITE, read, write
 from cesar.api.work_types import Payload, Text
 
 TaskStatus = Literal["queued", "assigned", "running", "done", "failed", "cancelled"]
@@ -112,7 +101,7 @@ async def list_tasks(
     agent: Annotated[uuid.UUID | None, Query(description="Tasks this agent has owned.")] = None,
     since: Annotated[dt.datetime | None, Query(
         description="Tasks changed at or after this time (ISO 8601).")] = None,
-    page: Annotated[Page, PAGE] = FIRST_PAGE,
+    page: Annotated[work_http.Page, work_http.PAGE] = work_http.FIRST_PAGE,
 ) -> Any:
     return await read(request, lambda conn: work.list_tasks(
         conn, status=status, agent=agent, since=since, limit=page.limit, cursor=page.cursor))

@@ -136,7 +136,5 @@ async def list_runs(
             summary="One run with its events")
 async def get_run(request: Request, _principal: Annotated[auth.Principal, READ],
                   run_id: Annotated[uuid.UUID, Path()]) -> Any:
-    run = await read(request, lambda conn: work.get_run(conn, run_id, events=True))
-    if run is None:
-        raise work.NotFound(f"no run with id {run_id}")
-    return run
+    return await work_http.read_one(request, lambda conn: work.get_run(conn, run_id, events=True),
+                                    f"no run with id {run_id}")

@@ -111,10 +111,8 @@ async def list_tasks(
             summary="One task")
 async def get_task(request: Request, _principal: Annotated[auth.Principal, READ],
                    task_id: Annotated[uuid.UUID, Path()]) -> Any:
-    task = await read(request, lambda conn: work.get_task(conn, task_id))
-    if task is None:
-        raise work.NotFound(f"no task with id {task_id}")
-    return task
+    return await work_http.read_one(request, lambda conn: work.get_task(conn, task_id),
+                                    f"no task with id {task_id}")
 
 
 @router.post("/tasks/{task_id}/cancel", response_model=Task,

@@ -100,6 +100,15 @@ async def read(request: Request, fn: Callable[[psycopg.Connection[Any]], T]) -> 
     return await in_thread(request, lambda: database.transaction(fn, read_only=True))
 
 
+async def read_one(request: Request, fn: Callable[[psycopg.Connection[Any]], T | None],
+                   missing: str) -> T:
+    """One row by ``fn``; none is a 404 whose detail is ``missing``."""
+    row = await read(request, fn)
+    if row is None:
+        raise work.NotFound(missing)
+    return row
+
+
 async def work_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, work.NotFound):
         return JSONResponse({"detail": exc.detail}, status_code=404)

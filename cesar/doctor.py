@@ -416,19 +416,19 @@ def target(settings: Settings, url: str | None, local: bool) -> tuple[str, str]:
         db.require_tls(url, "--url", env)
         return url, "--url"
     if local:
-        local_url = settings.local_db_url or db.embedded_urls(settings)[0]
-        if not local_url:
+        endpoint = db.resolve(settings, "local")
+        if endpoint is None:
             raise ConfigError("no local database: set LOCAL_DB_URL or run `invoke up`")
-        db.require_tls(local_url, "LOCAL_DB_URL", env, local=True)
-        return local_url, "LOCAL_DB_URL"
+        db.require_tls(endpoint.url, endpoint.variable, env, local=True)
+        return endpoint.url, endpoint.variable
     if env != "development":
         endpoint = db.route(settings).primary
         return endpoint.url, endpoint.variable
-    cluster = settings.cockroach_db_url or db.embedded_urls(settings)[1]
-    if not cluster:
+    endpoint = db.resolve(settings, "cluster")
+    if endpoint is None:
         raise ConfigError("no cluster to check: set COCKROACH_DB_URL, pass --url, or run "
                           "`invoke up`")
-    return cluster, "COCKROACH_DB_URL"
+    return endpoint.url, endpoint.variable
 
 
 def run(settings: Settings, tables: Sequence[str], url: str | None = None,

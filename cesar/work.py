@@ -216,17 +216,28 @@ def list_tasks(conn: psycopg.Connection[Any], *, status: str | None = None,
     if since is not None:
         where.append("t.updated_at >= %s")
         args.append(since)
+    return _page(conn, f"SELECT {_TASK_COLUMNS} FROM tasks AS t", "t.created_at", "t.id",
+                 where, args, limit, cursor)
+
+
+def _page(conn: psycopg.Connection[Any], select: str, at_column: str, id_column: str,
+          where: list[str], args: list[Any], limit: int, cursor: str | None
+          ) -> dict[str, Any]:
+    """One page, newest first by (``at_column``, ``id_column``): keyset pagination, so a page
+    costs the same however deep it is, and rows written meanwhile never shift a later page.
+    ``select`` is ``SELECT columns FROM table``; ``where`` the filters already chosen."""
     if cursor is not None:
         at, last = decode_cursor(cursor)
-        where.append("(t.created_at, t.id) < (%s, %s)")
-        args.extend([at, last])
-    query = (f"SELECT {_TASK_COLUMNS} FROM tasks AS t WHERE {' AND '.join(where)} "
-             "ORDER BY t.created_at DESC, t.id DESC LIMIT %s")
+        where = [*where, f"({at_column}, {id_column}) < (%s, %s)"]
+        args = [*args, at, last]
+    query = (f"{select} WHERE {' AND '.join(where)} "
+             f"ORDER BY {at_column} DESC, {id_column} DESC LIMIT %s")
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(query, (*args, limit + 1)).fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
-    nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
+    at_key = at_column.rpartition(".")[2]
+    nxt = encode_cursor(rows[-1][at_key], rows[-1]["id"]) if more and rows else None
     return {"items": rows, "next_cursor": nxt}
 
 
@@ -409,15 +420,5 @@ def list_runs(conn: psycopg.Connection[Any], *, agent: uuid.UUID | None = None,
         if value is not None:
             where.append(f"{column} = %s")
             args.append(value)
-    if cursor is not None:
-        at, last = decode_cursor(cursor)
-        where.append("(started_at, id) < (%s, %s)")
-        args.extend([at, last])
-    query = (f"SELECT {_RUN_COLUMNS} FROM agent_runs WHERE {' AND '.join(where)} "
-             "ORDER BY started_at DESC, id DESC LIMIT %s")
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(query, (*args, limit + 1)).fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = encode_cursor(rows[-1]["started_at"], rows[-1]["id"]) if more and rows else None
-    return {"items": rows, "next_cursor": nxt}
+    return _page(conn, f"SELECT {_RUN_COLUMNS} FROM agent_runs", "started_at", "id",
+                 where, args, limit, cursor)

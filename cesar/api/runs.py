@@ -17,7 +17,7 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from cesar import work
-from cesar.api import auth
+from cesar.api import auth, work_http
 from cesar.api.work_http import CONFLICT, NOT_FOUND, READ, RESPONSES, WRITE, read, write
 from cesar.api.work_types import Cost, Payload, Text
 
@@ -126,19 +126,15 @@ async def list_runs(
     agent: Annotated[uuid.UUID | None, Query()] = None,
     status: Annotated[RunStatus | None, Query()] = None,
     task: Annotated[uuid.UUID | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(pattern=work.CURSOR_PATTERN, description="The "
-                                                 "`next_cursor` of the previous page.")] = None,
+    page: Annotated[work_http.Page, work_http.PAGE] = work_http.FIRST_PAGE,
 ) -> Any:
     return await read(request, lambda conn: work.list_runs(
-        conn, agent=agent, status=status, task=task, limit=limit, cursor=cursor))
+        conn, agent=agent, status=status, task=task, limit=page.limit, cursor=page.cursor))
 
 
 @router.get("/runs/{run_id}", response_model=RunWithEvents, responses=NOT_FOUND,
             summary="One run with its events")
 async def get_run(request: Request, _principal: Annotated[auth.Principal, READ],
                   run_id: Annotated[uuid.UUID, Path()]) -> Any:
-    run = await read(request, lambda conn: work.get_run(conn, run_id, events=True))
-    if run is None:
-        raise work.NotFound(f"no run with id {run_id}")
-    return run
+    return await work_http.read_one(request, lambda conn: work.get_run(conn, run_id, events=True),
+                                    f"no run with id {run_id}")

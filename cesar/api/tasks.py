@@ -14,7 +14,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from cesar import work
-from cesar.api import auth
+from cesar.api import auth, work_http
 from cesar.api.work_http import CONFLICT, NOT_FOUND, READ, RESPONSES, WRITE, read, write
 from cesar.api.work_types import Payload, Text
 
@@ -101,22 +101,18 @@ async def list_tasks(
     agent: Annotated[uuid.UUID | None, Query(description="Tasks this agent has owned.")] = None,
     since: Annotated[dt.datetime | None, Query(
         description="Tasks changed at or after this time (ISO 8601).")] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(pattern=work.CURSOR_PATTERN, description="The "
-                                                 "`next_cursor` of the previous page.")] = None,
+    page: Annotated[work_http.Page, work_http.PAGE] = work_http.FIRST_PAGE,
 ) -> Any:
     return await read(request, lambda conn: work.list_tasks(
-        conn, status=status, agent=agent, since=since, limit=limit, cursor=cursor))
+        conn, status=status, agent=agent, since=since, limit=page.limit, cursor=page.cursor))
 
 
 @router.get("/tasks/{task_id}", response_model=Task, responses=NOT_FOUND,
             summary="One task")
 async def get_task(request: Request, _principal: Annotated[auth.Principal, READ],
                    task_id: Annotated[uuid.UUID, Path()]) -> Any:
-    task = await read(request, lambda conn: work.get_task(conn, task_id))
-    if task is None:
-        raise work.NotFound(f"no task with id {task_id}")
-    return task
+    return await work_http.read_one(request, lambda conn: work.get_task(conn, task_id),
+                                    f"no task with id {task_id}")
 
 
 @router.post("/tasks/{task_id}/cancel", response_model=Task,

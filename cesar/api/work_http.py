@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
 import psycopg
-from fastapi import Request, Security
+from fastapi import Depends, Query, Request, Security
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -61,6 +62,28 @@ READ = Security(read_access, scopes=["agents:read"])
 WRITE = auth.require("tasks:write")
 
 
+@dataclass(frozen=True)
+class Page:
+    """A list route's page: how many rows, and after which (the previous page's cursor)."""
+
+    limit: int
+    cursor: str | None
+
+
+def page(
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(pattern=work.CURSOR_PATTERN, description="The "
+                                        "`next_cursor` of the previous page.")] = None,
+) -> Page:
+    return Page(limit, cursor)
+
+
+#: The paging parameters of every list route (``limit``, ``cursor``), declared once.
+PAGE = Depends(page)
+#: A list route's default (FastAPI always passes what ``page`` returns).
+FIRST_PAGE = Page(50, None)
+
+
 def _database(request: Request) -> Database:
     return request.app.state.database  # type: ignore[no-any-return]
 
@@ -75,6 +98,15 @@ async def write(request: Request, fn: Callable[[psycopg.Connection[Any]], T]) ->
 async def read(request: Request, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
     database = _database(request)
     return await in_thread(request, lambda: database.transaction(fn, read_only=True))
+
+
+async def read_one(request: Request, fn: Callable[[psycopg.Connection[Any]], T | None],
+                   missing: str) -> T:
+    """One row by ``fn``; none is a 404 whose detail is ``missing``."""
+    row = await read(request, fn)
+    if row is None:
+        raise work.NotFound(missing)
+    return row
 
 
 async def work_error(request: Request, exc: Exception) -> JSONResponse:

@@ -46,9 +46,16 @@ Engine = Literal["cockroachdb", "postgresql"]
 T = TypeVar("T")
 
 
+#: The source of a URL the development stack handed over (no variable or flag was set).
+EMBEDDED = "the embedded stack"
+#: The variable that configures each side.
+VARIABLES = {"local": "LOCAL_DB_URL", "cluster": "COCKROACH_DB_URL"}
+
+
 @dataclass(frozen=True)
 class Endpoint:
-    """One database URL and where it came from (for messages that name the variable)."""
+    """One database URL and where it came from: the variable, the flag or the embedded stack
+    that gave it, named by every message about it (so it travels whole, never as a bare URL)."""
 
     name: Literal["local", "cluster", "read-replica"]
     url: str
@@ -71,6 +78,25 @@ def embedded_urls(settings: Settings) -> tuple[str | None, str | None]:
     """The embedded stack's (local, cluster) URLs if ``invoke up`` has created it (development
     only: the stack hands them over in its state file, see :func:`cesar.config.dev_urls`)."""
     return dev_urls(settings)
+
+
+def resolve(settings: Settings, name: Literal["local", "cluster"],
+            flag: tuple[str, str | None] | None = None) -> Endpoint | None:
+    """Side ``name``'s URL: the flag's value (``(flag name, value)``) if given, else its
+    variable, else (development) the embedded stack's; None when there is none. The URL is
+    parsed once, here, and a bad one is a ConfigError naming the source it came from."""
+    if flag is not None and flag[1]:
+        url, source = flag[1], flag[0]
+    elif (configured := settings.local_db_url if name == "local"
+          else settings.cockroach_db_url):
+        url, source = configured, VARIABLES[name]
+    else:
+        handed = embedded_urls(settings)[0 if name == "local" else 1]
+        if not handed:
+            return None
+        url, source = handed, EMBEDDED
+    urls.parse(url, source)
+    return Endpoint(name, url, source)
 
 
 LOOPBACK_HOSTS = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -179,19 +205,12 @@ def route(settings: Settings) -> Route:
         return Route(env, Endpoint("cluster", settings.cockroach_db_url, "COCKROACH_DB_URL"),
                      read_replica=replica)
 
-    local_url, cluster_url = settings.local_db_url, settings.cockroach_db_url
-    if local_url is None or cluster_url is None:
-        emb_local, emb_cluster = embedded_urls(settings)
-        local_url = local_url or emb_local
-        cluster_url = cluster_url or emb_cluster
-    for url, var in ((local_url, "LOCAL_DB_URL"), (cluster_url, "COCKROACH_DB_URL"),
-                     (settings.cockroach_read_replica_url, "COCKROACH_READ_REPLICA_URL")):
-        if url:
-            urls.parse(url, var)
-    local = Endpoint("local", local_url, "LOCAL_DB_URL") if local_url else None
+    local, cluster = resolve(settings, "local"), resolve(settings, "cluster")
+    if settings.cockroach_read_replica_url:
+        urls.parse(settings.cockroach_read_replica_url, "COCKROACH_READ_REPLICA_URL")
 
     if settings.database_target == "cluster":
-        if not cluster_url:
+        if cluster is None:
             raise ConfigError(
                 "DATABASE_TARGET=cluster but COCKROACH_DB_URL is not set and there is no embedded "
                 "stack; set COCKROACH_DB_URL, run `invoke up`, or unset DATABASE_TARGET"
@@ -201,8 +220,7 @@ def route(settings: Settings) -> Route:
             replica = Endpoint(
                 "read-replica", settings.cockroach_read_replica_url, "COCKROACH_READ_REPLICA_URL"
             )
-        return Route(env, Endpoint("cluster", cluster_url, "COCKROACH_DB_URL"),
-                     fallback=local, read_replica=replica)
+        return Route(env, cluster, fallback=local, read_replica=replica)
 
     if local is None:
         raise ConfigError(

@@ -32,6 +32,31 @@ class Engine:
     #: is an error (PostgreSQL has all three) or is reported and the run goes on (a CockroachDB
     #: release lacking one; checked against CockroachDB's documentation only).
     strict_session_reset: bool
+    #: The sync's session settings. Every statement of the sync reads by key (a batch's
+    #: thousands of keys) or by key range. For thousands of keys PostgreSQL's cost model prefers
+    #: scanning the whole table, a cost per batch that grows with the table (quadratic over a
+    #: first copy); its index probes are what is wanted, so sequential scans are made a last
+    #: resort for these sessions, and parallel workers cost more to start than such small
+    #: statements save. CockroachDB plans ``= ANY(array)`` as index lookups by itself.
+    sync_session_settings: tuple[str, ...]
+    #: ``TRUNCATE`` skips row-level capture triggers, so the sync adds a ``BEFORE TRUNCATE``
+    #: guard to each synced table (PostgreSQL; CockroachDB has no TRUNCATE triggers).
+    truncate_guard: bool
+    #: The sync's bulk path (``COPY`` both ways and set-based statements, cesar/sync/bulk.py)
+    #: was built and measured on PostgreSQL only; two such sides are needed to take it.
+    bulk_copy: bool
+    #: After a large write the sync refreshes the table's statistics with ``ANALYZE`` (sizes
+    #: from ``pg_class.reltuples``); CockroachDB refreshes its statistics automatically.
+    analyze_after_sync: bool
+    #: A filter for ``information_schema.columns`` leaving out hidden columns: CockroachDB's own
+    #: ``is_hidden`` (v21.1+; REGIONAL BY ROW's ``crdb_region`` is hidden). PostgreSQL has none.
+    visible_columns_filter: str
+    #: Statement-level capture triggers (PostgreSQL's transition tables, migration 017) have
+    #: companions the sync checks in ``pg_trigger``; CockroachDB uses row-level capture only.
+    statement_capture: bool
+    #: ``UNIQUE (id)`` is enforced by the engine itself on a ``(crdb_region, id)`` key of a
+    #: REGIONAL BY ROW table (CockroachDB); PostgreSQL needs the constraint declared.
+    implicit_unique_id: bool
 
     @property
     def default_mode(self) -> Mode:
@@ -44,12 +69,26 @@ POSTGRESQL = Engine(
     transactional_ddl=True,
     liveness_settings=("SET client_connection_check_interval = '2s'",),
     strict_session_reset=True,
+    sync_session_settings=("SET enable_seqscan = off", "SET max_parallel_workers_per_gather = 0"),
+    truncate_guard=True,
+    bulk_copy=True,
+    analyze_after_sync=True,
+    visible_columns_filter="",
+    statement_capture=True,
+    implicit_unique_id=False,
 )
 COCKROACHDB = Engine(
     name="cockroachdb",
     transactional_ddl=False,
     liveness_settings=(),
     strict_session_reset=False,
+    sync_session_settings=(),
+    truncate_guard=False,
+    bulk_copy=False,
+    analyze_after_sync=False,
+    visible_columns_filter=" AND is_hidden = 'NO'",
+    statement_capture=False,
+    implicit_unique_id=True,
 )
 ENGINES: dict[str, Engine] = {e.name: e for e in (POSTGRESQL, COCKROACHDB)}
 

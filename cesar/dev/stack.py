@@ -60,18 +60,8 @@ def _uses_embedded(settings: Settings) -> bool:
 
 
 def _endpoints(settings: Settings) -> list[db.Endpoint]:
-    local, cluster = settings.local_db_url, settings.cockroach_db_url
-    if local is None or cluster is None:
-        emb_local, emb_cluster = db.embedded_urls(settings)
-        local, cluster = local or emb_local, cluster or emb_cluster
-    out = []
-    if local:
-        urls.parse(local, "LOCAL_DB_URL")
-        out.append(db.Endpoint("local", local, "LOCAL_DB_URL"))
-    if cluster:
-        urls.parse(cluster, "COCKROACH_DB_URL")
-        out.append(db.Endpoint("cluster", cluster, "COCKROACH_DB_URL"))
-    return out
+    """The local and the cluster database that exist, each named after its source."""
+    return [e for e in (db.resolve(settings, "local"), db.resolve(settings, "cluster")) if e]
 
 
 def up(settings: Settings) -> UpResult:
@@ -80,10 +70,7 @@ def up(settings: Settings) -> UpResult:
             f"`invoke up` prepares the development stack, but ENVIRONMENT={settings.environment}; "
             "use `invoke migrate` and `invoke deploy` for staging and production"
         )
-    for url, variable in ((settings.local_db_url, "LOCAL_DB_URL"),
-                          (settings.cockroach_db_url, "COCKROACH_DB_URL")):
-        if url:
-            urls.parse(url, variable)  # refuse a bad URL before starting anything
+    _endpoints(settings)  # refuse a bad URL before starting anything
     started = time.perf_counter()
     result = UpResult(seconds=0.0)
     if _uses_embedded(settings):
@@ -96,7 +83,7 @@ def up(settings: Settings) -> UpResult:
         with db.connect(endpoint, settings, autocommit=True) as conn:
             report.reachable = True
             report.engine = db.detect_engine(conn)
-            run = migrate.apply_all(endpoint.url, settings, source=endpoint.variable)
+            run = migrate.apply_all(endpoint, settings)
             if run.done:
                 result.actions.append(f"applied {migrate.plural(len(run.done), 'migration')} "
                                       f"to the {endpoint.name} database")
@@ -119,7 +106,7 @@ def _sync_pass(settings: Settings) -> dict[str, Any] | None:
     """One sync run between the two databases; None without both of them."""
     from cesar.sync import run  # its errors are the operator's: one line, exit 1 or 2
 
-    endpoints = {e.name: e.url for e in _endpoints(settings)}
+    endpoints = {e.name: e for e in _endpoints(settings)}
     if len(endpoints) < 2:
         return None
     report = run.run_once(settings, endpoints["local"], endpoints["cluster"])

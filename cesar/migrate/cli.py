@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from cesar import migrate
+from cesar import db, migrate
 from cesar.config import load_settings
 from cesar.console import emit_json as _emit
 from cesar.migrate.lease import DEFAULT_LEASE_SECONDS, DEFAULT_WAIT_SECONDS, LeaseInfo
@@ -63,12 +63,10 @@ def _mode_option(fn: F) -> F:
 def _runner(url: str | None, migrations_dir: Path | None, command: str,
             as_json: bool = False, **options: Any) -> Iterator[migrate.Runner]:
     settings = load_settings()
-    source = "--url"
-    if url is None:
-        url, source = migrate.target_url(settings)
+    target = db.route(settings).primary if url is None else db.Endpoint("cluster", url, "--url")
     out = functools.partial(click.echo, err=as_json)
     conn, runner = migrate.open_runner(
-        url, settings, source=source, migrations_dir=migrations_dir, progress=out,
+        target, settings, migrations_dir=migrations_dir, progress=out,
         identity=Identity(command=f"migrate {command}"), **options,
     )
     with conn:

@@ -49,7 +49,7 @@ from cesar import __version__, db
 from cesar.config import Settings
 from cesar.console import first_line
 from cesar.credentials import APP_ROLE
-from cesar.db import engines, urls
+from cesar.db import engines
 from cesar.errors import ConfigError, OperationFailed
 from cesar.migrate import regions as migrate_regions
 from cesar.migrate.files import (
@@ -153,17 +153,29 @@ def _tracked_statuses(conn: psycopg.Connection) -> list[tuple[str, str]]:
 
 
 # ==================================================================== connecting
-def connect(url: str, settings: Settings, source: str = "--url") -> psycopg.Connection:
+def endpoint_of(target: str | db.Endpoint, source: str = "--url") -> db.Endpoint:
+    """``target`` as an endpoint: a bare URL is one given by ``source`` (``--url``)."""
+    if isinstance(target, db.Endpoint):
+        return target
+    return db.Endpoint("cluster", target, source)
+
+
+def connect(target: str | db.Endpoint, settings: Settings, source: str = "--url"
+            ) -> psycopg.Connection:
     """An autocommit connection for the runner, without the API's statement timeout (a schema
-    change may rightly take minutes). Failures name the URL with its password masked."""
-    db.require_tls(url, source, settings.environment)  # --url obeys the same rule as the route
+    change may rightly take minutes). Failures name the URL with its password masked, and
+    where it came from."""
+    endpoint = endpoint_of(target, source)
+    # --url obeys the same rule as the route
+    db.require_tls(endpoint.url, endpoint.variable, settings.environment)
     kwargs: dict[str, Any] = {**db.connect_kwargs(settings), "autocommit": True,
                               "options": "-c statement_timeout=0"}
     try:
-        return psycopg.connect(url, **kwargs)
+        return psycopg.connect(endpoint.url, **kwargs)
     except psycopg.OperationalError as exc:
         first = first_line(exc)
-        raise OperationFailed(f"cannot connect to {urls.mask(url)} ({source}): {first}") from None
+        raise OperationFailed(
+            f"cannot connect to {endpoint.masked} ({endpoint.variable}): {first}") from None
 
 
 def target_url(settings: Settings) -> tuple[str, str]:
@@ -1221,12 +1233,14 @@ def _require_reason(reason: str | None, command: str) -> None:
 
 
 # ==================================================================== one-call entry points
-def open_runner(url: str, settings: Settings, *, source: str = "--url",
+def open_runner(target: str | db.Endpoint, settings: Settings, *, source: str = "--url",
                 **options: Any) -> tuple[psycopg.Connection, Runner]:
-    """A connection and a Runner on it (the caller closes the connection)."""
-    conn = connect(url, settings, source)
+    """A connection and a Runner on it (the caller closes the connection). ``target``: an
+    endpoint, or a bare URL that ``source`` gave."""
+    endpoint = endpoint_of(target, source)
+    conn = connect(endpoint, settings)
     try:
-        runner = Runner(conn, connect=lambda: connect(url, settings, source), settings=settings,
+        runner = Runner(conn, connect=lambda: connect(endpoint, settings), settings=settings,
                         **options)
     except BaseException:
         conn.close()
@@ -1234,11 +1248,11 @@ def open_runner(url: str, settings: Settings, *, source: str = "--url",
     return conn, runner
 
 
-def apply_all(url: str, settings: Settings, *, source: str = "--url",
+def apply_all(target: str | db.Endpoint, settings: Settings, *, source: str = "--url",
               migrations_dir: Path | None = None, progress: Progress = _quiet) -> RunReport:
     """``cesar migrate up`` for one database, as ``invoke up`` uses it (``--regional-by-row``
     when ``CESAR_REGIONAL_BY_ROW`` is set)."""
-    conn, runner = open_runner(url, settings, source=source, migrations_dir=migrations_dir,
+    conn, runner = open_runner(target, settings, source=source, migrations_dir=migrations_dir,
                                progress=progress)
     with conn:
         return runner.up(regional_by_row=settings.regional_by_row)

@@ -32,7 +32,7 @@ from psycopg import sql
 from cesar import db
 from cesar.config import Settings
 from cesar.console import first_line
-from cesar.db import urls
+from cesar.db import engines
 from cesar.errors import ConfigError, OperationFailed
 from cesar.sync import bulk, capture, clock, divergence, lease, reconcile, state
 from cesar.sync.apply import LockBudget, Outcome, Target, apply_changes
@@ -59,15 +59,17 @@ def _quiet(_: str) -> None:
 
 @dataclass
 class Side:
-    role: str        # local or cluster
-    url: str
-    source: str      # where the URL came from (an option or a variable), for messages
+    endpoint: db.Endpoint  # its name is the side's role: local or cluster
     conn: psycopg.Connection
-    engine: str
+    engine: engines.Engine
+
+    @property
+    def role(self) -> str:
+        return self.endpoint.name
 
     @property
     def masked(self) -> str:
-        return urls.mask(self.url) or ""
+        return self.endpoint.masked
 
 
 @dataclass
@@ -177,47 +179,35 @@ class RunReport:
 
 
 # ------------------------------------------------------------------------- endpoints
-def resolve_urls(settings: Settings, local_url: str | None, remote_url: str | None
-                 ) -> tuple[tuple[str, str], tuple[str, str]]:
-    """``((local_url, source), (remote_url, source))`` from the options, else the environment.
+def resolve_endpoints(settings: Settings, local: str | db.Endpoint | None,
+                      cluster: str | db.Endpoint | None) -> tuple[db.Endpoint, db.Endpoint]:
+    """The two sides: an :class:`~cesar.db.Endpoint` as given (``invoke up`` hands over the
+    ones it migrated), a string as the value of ``--local-url`` / ``--remote-url``, else the
+    environment (:func:`cesar.db.resolve`).
 
     The cluster URL goes through the connection layer's routing, so staging and production
     require ``sslmode=verify-full`` exactly as the API does."""
-    if local_url:
-        urls.parse(local_url, "--local-url")
-        local = (local_url, "--local-url")
-    elif settings.local_db_url:
-        urls.parse(settings.local_db_url, "LOCAL_DB_URL")
-        local = (settings.local_db_url, "LOCAL_DB_URL")
-    else:
-        emb_local, _ = db.embedded_urls(settings)
-        if not emb_local:
-            raise ConfigError("no local database to sync: set LOCAL_DB_URL or pass --local-url "
-                              "(in development, `invoke up` provides one)")
-        local = (emb_local, "the embedded stack")
-    if remote_url:
-        urls.parse(remote_url, "--remote-url")
-        remote = (remote_url, "--remote-url")
-    elif settings.environment in ("staging", "production"):
-        endpoint = db.route(settings).primary  # verify-full is enforced there
-        remote = (endpoint.url, endpoint.variable)
-    elif settings.cockroach_db_url:
-        urls.parse(settings.cockroach_db_url, "COCKROACH_DB_URL")
-        remote = (settings.cockroach_db_url, "COCKROACH_DB_URL")
-    else:
-        _, emb_cluster = db.embedded_urls(settings)
-        if not emb_cluster:
-            raise ConfigError("no cluster to sync with: set COCKROACH_DB_URL or pass "
-                              "--remote-url (in development, `invoke up` provides one)")
-        remote = (emb_cluster, "the embedded stack")
+    if not isinstance(local, db.Endpoint):
+        local = db.resolve(settings, "local", ("--local-url", local))
+    if local is None:
+        raise ConfigError("no local database to sync: set LOCAL_DB_URL or pass --local-url "
+                          "(in development, `invoke up` provides one)")
+    if not isinstance(cluster, db.Endpoint):
+        if not cluster and settings.environment in ("staging", "production"):
+            cluster = db.route(settings).primary  # verify-full is enforced there
+        else:
+            cluster = db.resolve(settings, "cluster", ("--remote-url", cluster))
+    if cluster is None:
+        raise ConfigError("no cluster to sync with: set COCKROACH_DB_URL or pass "
+                          "--remote-url (in development, `invoke up` provides one)")
     # Explicit flags go through the same TLS rule as the variables (the local side may be a
     # unix socket or loopback database outside development; the cluster never is exempt).
-    db.require_tls(local[0], local[1], settings.environment, local=True)
-    db.require_tls(remote[0], remote[1], settings.environment)
-    return local, remote
+    db.require_tls(local.url, local.variable, settings.environment, local=True)
+    db.require_tls(cluster.url, cluster.variable, settings.environment)
+    return local, cluster
 
 
-def connect(url: str, source: str, role: str, settings: Settings, sync: SyncSettings
+def connect(endpoint: db.Endpoint, settings: Settings, sync: SyncSettings
             ) -> psycopg.Connection:
     """An autocommit connection set up the same way on both engines: UTC, read committed
     (CockroachDB: a non-locking read then never waits for a writer), the sync's timeouts."""
@@ -231,30 +221,24 @@ def connect(url: str, source: str, role: str, settings: Settings, sync: SyncSett
                    f"-c idle_in_transaction_session_timeout={int(sync.lease_seconds * 1000)}",
     }
     try:
-        conn = psycopg.connect(url, **kwargs)
+        conn = psycopg.connect(endpoint.url, **kwargs)
     except psycopg.OperationalError as exc:
         first = first_line(exc)
-        raise OperationFailed(f"cannot connect to the {role} database {urls.mask(url)} "
-                              f"({source}): {first}") from None
+        raise OperationFailed(f"cannot connect to the {endpoint.name} database "
+                              f"{endpoint.masked} ({endpoint.variable}): {first}") from None
     conn.execute("SET TimeZone = 'UTC'")
     conn.execute("SET default_transaction_isolation = 'read committed'")
-    if db.detect_engine(conn) == "postgresql":
-        # Every statement of the sync reads by key (a batch's thousands of keys) or by key
-        # range. For thousands of keys PostgreSQL's cost model prefers scanning the whole table,
-        # a cost per batch that grows with the table (quadratic over a first copy); its index
-        # probes are what is wanted, so sequential scans are made a last resort for these
-        # sessions. Parallel workers cost more to start than such small statements save.
-        # (CockroachDB plans `= ANY(array)` as index lookups by itself.)
-        conn.execute("SET enable_seqscan = off")
-        conn.execute("SET max_parallel_workers_per_gather = 0")
+    for setting in engines.of(conn).sync_session_settings:
+        conn.execute(setting)  # type: ignore[arg-type]
     return conn
 
 
 # ------------------------------------------------------------------------- the run
 @dataclass
 class Options:
-    local_url: str | None = None
-    remote_url: str | None = None
+    #: ``--local-url`` / ``--remote-url``, or the endpoints a caller already resolved.
+    local_url: str | db.Endpoint | None = None
+    remote_url: str | db.Endpoint | None = None
     full: bool = False
     dry_run: bool = False
     wait: float = 0.0
@@ -283,11 +267,10 @@ class Run:
 
     # ---------------------------------------------------------------- plumbing
     def _open(self) -> None:
-        (lurl, lsrc), (rurl, rsrc) = resolve_urls(self.settings, self.options.local_url,
-                                                  self.options.remote_url)
-        for role, url, source in (("local", lurl, lsrc), ("cluster", rurl, rsrc)):
-            conn = connect(url, source, role, self.settings, self.sync)
-            self.sides[role] = Side(role, url, source, conn, db.detect_engine(conn))
+        for endpoint in resolve_endpoints(self.settings, self.options.local_url,
+                                          self.options.remote_url):
+            conn = connect(endpoint, self.settings, self.sync)
+            self.sides[endpoint.name] = Side(endpoint, conn, engines.of(conn))
 
     def close(self) -> None:
         if self.lease is not None:
@@ -325,7 +308,9 @@ class Run:
             local, cluster = self.sides["local"], self.sides["cluster"]
             report.local, report.cluster = local.masked, cluster.masked
             nodes = {r: state.read_node(s.conn, r, s.masked) for r, s in self.sides.items()}
-            first = state.check_pair(nodes["local"], nodes["cluster"], repair=opts.full)
+            first = state.check_pair(nodes["local"], nodes["cluster"], repair=opts.full,
+                                     sources=(local.endpoint.variable,
+                                              cluster.endpoint.variable))
             specs = validate(local.conn, cluster.conn, opts.tables or self.sync.tables,
                              engines=(local.engine, cluster.engine))
             skew = clock.measure(local.conn, cluster.conn)
@@ -339,8 +324,7 @@ class Run:
             if not opts.dry_run:
                 try:
                     self.lease = lease.SyncLease.acquire(
-                        cluster.conn, lambda: connect(cluster.url, cluster.source, "cluster",
-                                                      self.settings, self.sync),
+                        cluster.conn, lambda: connect(cluster.endpoint, self.settings, self.sync),
                         seconds=self.sync.lease_seconds, wait=opts.wait)
                 except lease.LeaseBusy as busy:
                     holder = lease.Holder.of(busy.info)
@@ -354,7 +338,7 @@ class Run:
                 self.lease.install(local.conn)
             if not opts.dry_run:
                 for side in self.sides.values():
-                    if side.engine == "postgresql":
+                    if side.engine.truncate_guard:
                         report.truncate_guarded += divergence.ensure_truncate_guard(side.conn,
                                                                                     specs)
             report.first_pairing = first
@@ -417,8 +401,7 @@ class Run:
         """A large backlog between two PostgreSQL databases, in a real run."""
         threshold = self.sync.bulk_threshold
         return (not self.options.dry_run and threshold > 0 and pending_rows >= threshold
-                and self.sides[src].engine == "postgresql"
-                and self.sides[dst].engine == "postgresql")
+                and self.sides[src].engine.bulk_copy and self.sides[dst].engine.bulk_copy)
 
     def _bulk(self, src: str, dst: str, spec: TableSpec, tr: TableReport) -> None:
         """The bulk path first (cesar/sync/bulk.py); the batch path then moves what it left."""
@@ -499,7 +482,7 @@ class Run:
         conn = self._ack_conns.get(role)
         if conn is None or conn.closed:
             side = self.sides[role]
-            conn = connect(side.url, side.source, role, self.settings, self.sync)
+            conn = connect(side.endpoint, self.settings, self.sync)
             self._ack_conns[role] = conn
         return conn
 
@@ -542,7 +525,7 @@ class Run:
                 add(role, r.table, n)
         for role, counts in written.items():
             side = self.sides[role]
-            if side.engine != "postgresql" or not any(counts.values()):
+            if not side.engine.analyze_after_sync or not any(counts.values()):
                 continue
             # Like autovacuum's own rule: a tenth of the table changed (and enough rows).
             sizes = dict(side.conn.execute(
@@ -618,8 +601,8 @@ def run(settings: Settings, sync: SyncSettings, options: Options,
     return Run(settings, sync, options, progress).execute()
 
 
-def run_once(settings: Settings, local_url: str, cluster_url: str) -> RunReport:
+def run_once(settings: Settings, local: db.Endpoint, cluster: db.Endpoint) -> RunReport:
     """One run with the environment's sync settings (``invoke up``'s pass after migrating)."""
     from cesar.sync.tables import load_sync_settings
 
-    return run(settings, load_sync_settings(), Options(local_url, cluster_url))
+    return run(settings, load_sync_settings(), Options(local, cluster))

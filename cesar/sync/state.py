@@ -48,22 +48,23 @@ def read_node(conn: psycopg.Connection, role: str, url: str) -> Node:
     return Node(str(row[0]), row[1], row[2])
 
 
-def check_pair(local: Node, cluster: Node, *, repair: bool) -> bool:
+def check_pair(local: Node, cluster: Node, *, repair: bool, sources: tuple[str, str]) -> bool:
     """Whether this is the pair's first run; :class:`ConfigError` when the pair is wrong.
 
     ``repair`` (``--full``) accepts a new peer: the full reconcile then makes both sides equal
-    whatever the old peer had received."""
+    whatever the old peer had received. ``sources`` name where the local and the cluster URL
+    came from (a flag, a variable, the embedded stack), so a message names what to change."""
     if local.origin == cluster.origin:
         raise ConfigError(
-            "the local URL and the cluster URL lead to the same database (same sync origin "
+            f"{sources[0]} and {sources[1]} lead to the same database (same sync origin "
             f"{local.origin}); point them at two different databases"
         )
     for node, role in ((local, "local"), (cluster, "cluster")):
         if node.role is not None and node.role != role:
             raise ConfigError(
                 f"the database given as the {role} side was paired as the {node.role} side; "
-                "the URLs look swapped (--local-url is the local PostgreSQL, --remote-url the "
-                "cluster)"
+                f"the URLs look swapped ({sources[0]} is the local PostgreSQL, {sources[1]} "
+                "the cluster)"
             )
     first = local.peer is None or cluster.peer is None
     wrong = [(n, r, o) for n, r, o in ((local, "local", cluster.origin),

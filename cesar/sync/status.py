@@ -10,6 +10,7 @@ import psycopg
 
 from cesar.config import Settings
 from cesar.console import first_line
+from cesar.db import Endpoint
 from cesar.errors import ConfigError, OperationFailed
 from cesar.sync import capture, divergence, lease, run, state
 from cesar.sync.tables import SyncSettings
@@ -34,14 +35,14 @@ class SideStatus:
                 "pending": self.pending, "conflicts": self.conflicts}
 
 
-def _read_side(role: str, url: str, source: str, settings: Settings, sync: SyncSettings
+def _read_side(endpoint: Endpoint, settings: Settings, sync: SyncSettings
                ) -> tuple[SideStatus, psycopg.Connection | None]:
     from cesar import db
-    from cesar.db import urls
 
-    side = SideStatus(role, urls.mask(url) or "")
+    role = endpoint.name
+    side = SideStatus(role, endpoint.masked)
     try:
-        conn = run.connect(url, source, role, settings, sync)
+        conn = run.connect(endpoint, settings, sync)
     except OperationFailed as exc:
         side.error = str(exc)
         return side, None
@@ -61,9 +62,9 @@ def _read_side(role: str, url: str, source: str, settings: Settings, sync: SyncS
 def collect(settings: Settings, sync: SyncSettings, local_url: str | None = None,
             remote_url: str | None = None) -> dict[str, Any]:
     """Everything ``status`` shows, as one JSON-able object."""
-    (lurl, lsrc), (rurl, rsrc) = run.resolve_urls(settings, local_url, remote_url)
-    local, lconn = _read_side("local", lurl, lsrc, settings, sync)
-    cluster, cconn = _read_side("cluster", rurl, rsrc, settings, sync)
+    local_end, cluster_end = run.resolve_endpoints(settings, local_url, remote_url)
+    local, lconn = _read_side(local_end, settings, sync)
+    cluster, cconn = _read_side(cluster_end, settings, sync)
     holder = None
     differ: list[dict[str, Any]] = []
     try:

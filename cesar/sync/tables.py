@@ -22,6 +22,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cesar.config import ENV_FILES, load
+from cesar.db.engines import POSTGRESQL, Engine
 from cesar.errors import ConfigError
 from cesar.schema import SYNCED_TABLES
 
@@ -174,10 +175,9 @@ def _keys(array_type: str, param: str) -> sql.Composable:
 
 
 # ------------------------------------------------------------------------- validation
-def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: str) -> dict[str, object]:
-    # information_schema.columns.is_hidden: CockroachDB's own column (v21.1+, REGIONAL BY ROW's
-    # crdb_region is hidden).
-    hidden = " AND is_hidden = 'NO'" if engine == "cockroachdb" else ""
+def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: Engine
+             ) -> dict[str, object]:
+    hidden = engine.visible_columns_filter
     cols: dict[str, list[Column]] = {}
     for table, column, data_type in conn.execute(
         "SELECT table_name, column_name, data_type FROM information_schema.columns "
@@ -221,7 +221,7 @@ def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: str) -> dic
             [CAPTURE_TRIGGER, list(names)],
         ).fetchall()
     }
-    if engine == "postgresql":
+    if engine.statement_capture:
         for table, problem in statement_capture_gaps(conn, names).items():
             triggers[table] = problem
     refs: dict[str, set[str]] = {}
@@ -308,7 +308,9 @@ def _check_side(side: str, names: Sequence[str], cat: dict[str, object]) -> None
             )
         unique_id = cat["unique_id"]
         assert isinstance(unique_id, set)
-        if regional and cat["engine"] != "cockroachdb" and name not in unique_id:
+        engine = cat["engine"]
+        assert isinstance(engine, Engine)
+        if regional and not engine.implicit_unique_id and name not in unique_id:
             raise ConfigError(
                 f"synced table {name!r} in the {side} database has primary key "
                 f"({REGION_COLUMN}, id) but id alone is not unique; add UNIQUE (id) (CockroachDB "
@@ -338,7 +340,7 @@ def _check_side(side: str, names: Sequence[str], cat: dict[str, object]) -> None
 
 
 def validate(local: psycopg.Connection, remote: psycopg.Connection, names: Sequence[str],
-             *, engines: tuple[str, str] = ("postgresql", "postgresql")) -> list[TableSpec]:
+             *, engines: tuple[Engine, Engine] = (POSTGRESQL, POSTGRESQL)) -> list[TableSpec]:
     """The specs of ``names`` after checking both databases; :class:`ConfigError` otherwise."""
     if not names:
         raise ConfigError("CESAR_SYNC_TABLES is empty: name at least one table")

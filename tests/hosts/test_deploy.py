@@ -1,13 +1,17 @@
 """`ansible-playbook site.yml` over SSH against real hosts: converge, converge again with
 nothing to change, `--check --diff` with nothing to change, the testinfra suite in checks/, and a
-rolling deploy that stops at the first host whose /health fails."""
+rolling deploy that stops at the first host whose /health fails, and cesar-api restarted when
+(and only when) its environment file or CA certificate changed."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from cesar import deploy
 from cesar.dev import testhosts
@@ -93,3 +97,47 @@ def test_unhealthy_release_stops_the_rollout_at_the_first_host(first_deploy, hos
     assert rc == 0, _tail(output)
     counts = deploy.recap(output)
     assert counts[first]["changed"] > 0 and counts[second]["changed"] == 0, counts
+
+
+def _api_started(run: testhosts.Run, host: testhosts.Host) -> tuple[str, str]:
+    """cesar-api's main process and when it last became active: both change on a restart."""
+    result = subprocess.run(
+        [*testhosts.ssh_command(run, host),
+         "systemctl show --property=MainPID --property=ActiveEnterTimestamp --value cesar-api"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    pid, since = result.stdout.splitlines()[:2]
+    assert pid not in ("", "0"), f"cesar-api is not running on {host.name}"
+    return pid, since
+
+
+def test_api_restarts_when_only_its_env_file_or_ca_changes(first_deploy, host_run) -> None:
+    """The API reads its environment file and the database CA only at start: a re-run that
+    changes either of them alone restarts it on that host, a re-run that changes nothing
+    leaves the running process alone. One host (--limit) keeps the re-runs short; the last
+    run puts back the configuration every other test expects."""
+    assert first_deploy[0] == 0, "the first deploy failed"
+    host = host_run.hosts[-1]
+    inventory = yaml.safe_load(Path(host_run.inventory).read_text())
+    ca = inventory["all"]["vars"]["cesar_api_db_ca_cert"]
+
+    def deploy_host(*extra: str) -> tuple[str, str]:
+        plan = deploy.plan("development", inventory=host_run.inventory, limit=host.name,
+                           extra_vars=extra, ansible_dir=REPO / "ansible")
+        rc, output = deploy.run(plan)
+        assert rc == 0, _tail(output)
+        return _api_started(host_run, host)
+
+    start = _api_started(host_run, host)
+    assert deploy_host() == start, "a re-run with nothing changed restarted cesar-api"
+
+    env_changed = json.dumps({"cesar_api_extra_env": {"CESAR_POOL_MAX_SIZE": "11"}})
+    after_env = deploy_host(env_changed)
+    assert after_env != start, "only the environment file changed, but cesar-api kept running"
+
+    # Text outside the PEM block: the same CA to OpenSSL, another file to Ansible.
+    ca_changed = json.dumps({"cesar_api_db_ca_cert": ca.rstrip("\n") + "\n# re-issued\n"})
+    after_ca = deploy_host(env_changed, ca_changed)
+    assert after_ca != after_env, "only the CA certificate changed, but cesar-api kept running"
+
+    assert deploy_host() != after_ca  # back to the inventory's configuration (a change again)

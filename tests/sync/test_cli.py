@@ -165,3 +165,28 @@ def test_status_when_one_side_is_down(synced: Pair, cli: Callable[..., CliResult
     assert r.code == 0 and info["cluster"]["reachable"] is False
     assert len(info["tables"]) == 20  # read from the local side instead
 
+
+
+@pytest.mark.parametrize("command", [("sync", "run"), ("up",)])
+def test_urls_from_variables_are_named_by_their_variables(
+        synced: Pair, make_pair: Callable[[], Pair], cli: Callable[..., CliResult],
+        monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory,
+        command: tuple[str, ...]) -> None:
+    """A refusal names what the operator set, the variables, and no flag they never typed:
+    through `cesar sync run` and through the sync pass of `invoke up` (`cesar up`), which
+    migrates both databases first and then hands the same endpoints to the sync."""
+    monkeypatch.setenv("CESAR_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+    monkeypatch.setenv("LOCAL_DB_URL", synced.cluster_url)
+    monkeypatch.setenv("COCKROACH_DB_URL", synced.local_url)
+    r = cli(*command)
+    assert r.code == 2, r
+    assert ("the URLs look swapped (LOCAL_DB_URL is the local PostgreSQL, COCKROACH_DB_URL "
+            "the cluster)") in r.err, r.err
+    assert "--local-url" not in r.err and "--remote-url" not in r.err
+
+    alone = make_pair().local_url
+    monkeypatch.setenv("LOCAL_DB_URL", alone)
+    monkeypatch.setenv("COCKROACH_DB_URL", alone)
+    r = cli(*command)
+    assert r.code == 2, r
+    assert "LOCAL_DB_URL and COCKROACH_DB_URL lead to the same database" in r.err, r.err

@@ -7,6 +7,7 @@ import time
 import psycopg
 import pytest
 
+from cesar.db import Endpoint
 from cesar.sync import run
 from cesar.sync.tables import load_sync_settings
 from tests.conftest import make_settings
@@ -19,7 +20,7 @@ def test_an_idle_transaction_of_a_sync_session_ends_after_one_lease(
     with psycopg.connect(fresh_db, autocommit=True) as admin:
         admin.execute("CREATE TABLE held (id INT PRIMARY KEY)")
         admin.execute("INSERT INTO held VALUES (1)")
-        paused = run.connect(fresh_db, "--url", "local", make_settings(), sync)
+        paused = run.connect(Endpoint("local", fresh_db, "--url"), make_settings(), sync)
         paused.execute("BEGIN")
         paused.execute("SELECT * FROM held WHERE id = 1 FOR UPDATE")
         time.sleep(2.5)  # paused (as under SIGSTOP) past its 1 s lease, lock held

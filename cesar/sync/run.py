@@ -210,6 +210,29 @@ def resolve_urls(settings: Settings, local_url: str | None, remote_url: str | No
     return local, remote
 
 
+class CredentialRefused(OperationFailed):
+    """The server refused the login (wrong or removed password): maybe rotated meanwhile."""
+
+
+def _is_login_refused(exc: psycopg.OperationalError) -> bool:
+    # libpq reports a refusal during the connection's start-up as text only (no SQLSTATE on
+    # the exception); PostgreSQL and CockroachDB word it the same way (SQLSTATE 28P01).
+    return exc.sqlstate in ("28P01", "28000") or "password authentication failed" in str(exc)
+
+
+def _same_target(a: str, b: str) -> bool:
+    """Whether two URLs name the same server and database (only the login may differ)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    def where(url: str) -> dict[str, Any]:
+        return {k: v for k, v in conninfo_to_dict(url).items() if k not in ("user", "password")}
+
+    try:
+        return where(a) == where(b)
+    except psycopg.ProgrammingError:
+        return False
+
+
 def connect(url: str, source: str, role: str, settings: Settings, sync: SyncSettings
             ) -> psycopg.Connection:
     """An autocommit connection set up the same way on both engines: UTC, read committed
@@ -227,8 +250,9 @@ def connect(url: str, source: str, role: str, settings: Settings, sync: SyncSett
         conn = psycopg.connect(url, **kwargs)
     except psycopg.OperationalError as exc:
         first = first_line(exc)
-        raise OperationFailed(f"cannot connect to the {role} database {urls.mask(url)} "
-                              f"({source}): {first}") from None
+        refused = CredentialRefused if _is_login_refused(exc) else OperationFailed
+        raise refused(f"cannot connect to the {role} database {urls.mask(url)} "
+                      f"({source}): {first}") from None
     conn.execute("SET TimeZone = 'UTC'")
     conn.execute("SET default_transaction_isolation = 'read committed'")
     if db.detect_engine(conn) == "postgresql":
@@ -273,6 +297,7 @@ class Run:
         self._simulated: dict[str, tuple[set[str], set[str]]] = {}
         self._ack_conns: dict[str, psycopg.Connection] = {}
         self.budget = LockBudget(float(sync.lock_wait_budget_ms))
+        self._credentials_stamp = db.credential_files_stamp(settings)
 
     # ---------------------------------------------------------------- plumbing
     def _open(self) -> None:
@@ -281,6 +306,47 @@ class Run:
         for role, url, source in (("local", lurl, lsrc), ("cluster", rurl, rsrc)):
             conn = connect(url, source, role, self.settings, self.sync)
             self.sides[role] = Side(role, url, source, conn, db.detect_engine(conn))
+
+    def _connect(self, role: str) -> psycopg.Connection:
+        """Another connection to a side while the run goes on (the lease heartbeat's, the
+        acknowledgements'). A password rotation may have switched the login since the run
+        started, and the previous one is refused once its grace period ends: the URL is
+        resolved again first when the files credentials come from have changed, and once
+        more after a refused login."""
+        side = self.sides[role]
+        self._reread_credentials()
+        try:
+            return connect(side.url, side.source, role, self.settings, self.sync)
+        except CredentialRefused:
+            if not self._reread_credentials(force=True):
+                raise
+            log.warning("the %s database refused the run's login; connecting with the "
+                        "credential as it is now", role)
+            return connect(side.url, side.source, role, self.settings, self.sync)
+
+    def _reread_credentials(self, *, force: bool = False) -> bool:
+        """Resolve both URLs again (from the environment, the env files and the embedded
+        stack's state); adopt a URL whose server and database are unchanged (a new login,
+        never another target). Returns whether any URL changed."""
+        from cesar.config import load_settings
+
+        stamp = db.credential_files_stamp(self.settings)
+        if not force and stamp == self._credentials_stamp:
+            return False
+        self._credentials_stamp = stamp
+        try:
+            fresh = resolve_urls(load_settings(), self.options.local_url,
+                                 self.options.remote_url)
+        except ConfigError as exc:
+            log.warning("could not read the credentials again (%s); keeping the run's", exc)
+            return False
+        changed = False
+        for role, (url, source) in zip(("local", "cluster"), fresh, strict=True):
+            side = self.sides.get(role)
+            if side is not None and url != side.url and _same_target(url, side.url):
+                side.url, side.source = url, source
+                changed = True
+        return changed
 
     def close(self) -> None:
         if self.lease is not None:
@@ -332,8 +398,7 @@ class Run:
             if not opts.dry_run:
                 try:
                     self.lease = lease.SyncLease.acquire(
-                        cluster.conn, lambda: connect(cluster.url, cluster.source, "cluster",
-                                                      self.settings, self.sync),
+                        cluster.conn, lambda: self._connect("cluster"),
                         seconds=self.sync.lease_seconds, wait=opts.wait)
                 except lease.LeaseBusy as busy:
                     holder = lease.Holder.of(busy.info)
@@ -485,8 +550,7 @@ class Run:
         """A second connection to a side, for acknowledgements running beside the reads."""
         conn = self._ack_conns.get(role)
         if conn is None or conn.closed:
-            side = self.sides[role]
-            conn = connect(side.url, side.source, role, self.settings, self.sync)
+            conn = self._connect(role)
             self._ack_conns[role] = conn
         return conn
 

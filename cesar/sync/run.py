@@ -304,7 +304,13 @@ class Run:
         (lurl, lsrc), (rurl, rsrc) = resolve_urls(self.settings, self.options.local_url,
                                                   self.options.remote_url)
         for role, url, source in (("local", lurl, lsrc), ("cluster", rurl, rsrc)):
-            conn = connect(url, source, role, self.settings, self.sync)
+            try:
+                conn = connect(url, source, role, self.settings, self.sync)
+            except CredentialRefused:
+                # Read a moment ago, and already replaced by a rotation whose grace period
+                # has ended since: read once more.
+                (url, source) = self._resolve_again(role, url) or (url, source)
+                conn = connect(url, source, role, self.settings, self.sync)
             self.sides[role] = Side(role, url, source, conn, db.detect_engine(conn))
 
     def _connect(self, role: str) -> psycopg.Connection:
@@ -328,25 +334,32 @@ class Run:
         """Resolve both URLs again (from the environment, the env files and the embedded
         stack's state); adopt a URL whose server and database are unchanged (a new login,
         never another target). Returns whether any URL changed."""
-        from cesar.config import load_settings
 
         stamp = db.credential_files_stamp(self.settings)
         if not force and stamp == self._credentials_stamp:
             return False
         self._credentials_stamp = stamp
+        changed = False
+        for role, side in self.sides.items():
+            fresh = self._resolve_again(role, side.url)
+            if fresh is not None:
+                side.url, side.source = fresh
+                changed = True
+        return changed
+
+    def _resolve_again(self, role: str, url: str) -> tuple[str, str] | None:
+        """``role``'s (URL, source) as the settings give it now, if it differs from ``url``
+        in its login only (never another server or database); else None."""
+        from cesar.config import load_settings
+
         try:
             fresh = resolve_urls(load_settings(), self.options.local_url,
                                  self.options.remote_url)
         except ConfigError as exc:
             log.warning("could not read the credentials again (%s); keeping the run's", exc)
-            return False
-        changed = False
-        for role, (url, source) in zip(("local", "cluster"), fresh, strict=True):
-            side = self.sides.get(role)
-            if side is not None and url != side.url and _same_target(url, side.url):
-                side.url, side.source = url, source
-                changed = True
-        return changed
+            return None
+        new = fresh[0] if role == "local" else fresh[1]
+        return new if new[0] != url and _same_target(new[0], url) else None
 
     def close(self) -> None:
         if self.lease is not None:

@@ -203,6 +203,8 @@ class Soak:
         self.injected_error_at: float | None = None
         self.api_proc: subprocess.Popen[bytes] | None = None
         self.proxy: FaultProxy | None = None
+        self._env_lock = threading.Lock()
+        self._env_text = ""
 
     @property
     def api_log(self) -> Path:
@@ -235,7 +237,34 @@ class Soak:
                          CESAR_SYNC_LEASE_SECONDS=str(LEASE_S), **extra)
 
     def sync_env(self) -> dict[str, str]:
-        return self.env(LOCAL_DB_URL=self.local_url(), COCKROACH_DB_URL=self.cluster_url())
+        self.refresh_sync_credentials()
+        return self.env()
+
+    @property
+    def sync_dir(self) -> Path:
+        """The sync runs' working directory: its ``.env`` holds their URLs."""
+        return self.dir / "sync"
+
+    def refresh_sync_credentials(self) -> bool:
+        """Write the sync's URLs into ``sync/.env`` (mode 0600) when they changed.
+
+        Like the hosts' env file that a rotation rewrites, and unlike variables fixed when a
+        process starts, a file can be read again: a sync run that spans a rotation opens its
+        later connections with the login that is active then. Polled, so the file follows the
+        stack's switch of login within a moment; returns whether it was rewritten."""
+        text = (f"LOCAL_DB_URL='{self.local_url()}'\n"
+                f"COCKROACH_DB_URL='{self.cluster_url()}'\n")
+        with self._env_lock:
+            if text == self._env_text:
+                return False
+            self.sync_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.sync_dir / ".env.new"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(text)
+            os.replace(tmp, self.sync_dir / ".env")
+            self._env_text = text
+        return True
 
     # ------------------------------------------------------------------ the stack
     def setup(self, progress: Callable[[str], None]) -> None:
@@ -261,7 +290,7 @@ class Soak:
         assert self.api_proc is not None
         progress(f"API on {self.api_url} with 2 workers (pid {self.api_proc.pid})")
         # Last, so that the schedule starts right after it: the lag counts from here.
-        self.launcher = SyncLauncher(self.sync_env, self.log)
+        self.launcher = SyncLauncher(self.sync_env, self.log, cwd=self.sync_dir)
         first = self.launcher.run_once("setup")
         if not first.succeeded:
             raise OperationFailed(f"the first sync pass failed; see {self.log.path}")
@@ -511,10 +540,13 @@ class Soak:
         self.subscriber = Subscriber(self.api_url, self.write_key, self.log, self.stop)
         self.cluster_poller = Poller("cluster-probe", self.cluster_probe, self.stop, 0.5)
         self.lag_poller = Poller("lag", self.lag_probe, self.stop, 1.0)
+        self.credentials_poller = Poller("credentials", self.refresh_sync_credentials,
+                                         self.stop, 0.2)
         self.scheduler = Scheduler(self.launcher, opts.cycle_s, self.stop)
         threads: list[threading.Thread] = [*self.readers, *self.writers, self.api_writer,
                                            self.subscriber, self.cluster_poller,
-                                           self.lag_poller, self.scheduler]
+                                           self.lag_poller, self.credentials_poller,
+                                           self.scheduler]
         for t in threads:
             t.start()
         progress(f"load running: {READERS} readers x {READ_RATE:g}/s, 2 SQL writers x "
@@ -659,6 +691,7 @@ class Soak:
             "logs": str(self.logs_dir),
             "state_dir": str(self.state_dir) if self.options.keep else None,
         }
+        (self.sync_dir / ".env").unlink(missing_ok=True)  # generated credentials
         if not self.options.keep:
             shutil.rmtree(self.state_dir / "pgdata", ignore_errors=True)
             shutil.rmtree(self.state_dir / "backups", ignore_errors=True)

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from cesar.soak.load import Log
 
@@ -35,8 +36,9 @@ class SyncRun:
 class SyncLauncher:
     """Starts ``cesar sync run`` processes with the current URLs; logs their output."""
 
-    def __init__(self, env: Callable[[], dict[str, str]], log: Log) -> None:
-        self.env, self.log = env, log
+    def __init__(self, env: Callable[[], dict[str, str]], log: Log,
+                 cwd: Path | None = None) -> None:
+        self.env, self.log, self.cwd = env, log, cwd
         self.runs: list[SyncRun] = []
         self._lock = threading.Lock()
 
@@ -44,7 +46,7 @@ class SyncLauncher:
         return subprocess.Popen(
             [sys.executable, "-m", "cesar.cli", "sync", "run", "-q"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=self.env(),
+            text=True, env=self.env(), cwd=self.cwd,
         )
 
     def finish(self, proc: subprocess.Popen[str], tag: str, started_at: float,
@@ -61,6 +63,10 @@ class SyncLauncher:
                 level = "ERROR" if line.startswith(("cesar: error:", "Traceback")) else "INFO"
                 self.log.write(level, f"sync-{tag}", f"pid {proc.pid}: {line}")
         code = proc.returncode
+        # Start to end as the scheduler sees it (the process's start-up included): what the
+        # lag and a fault's recovery are made of.
+        self.log.info(f"sync-{tag}", f"pid {proc.pid}: exit {code} after "
+                                      f"{time.time() - started_at:.2f} s")
         if code < 0:
             self.log.info(f"sync-{tag}", f"pid {proc.pid} ended by signal "
                                           f"{signal.Signals(-code).name}")

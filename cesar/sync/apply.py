@@ -213,6 +213,11 @@ def _apply(conn: psycopg.Connection, target: Target, spec: TableSpec,
             out.discarded.append(ch)
             if decision.conflict:
                 conflicts.append((ch, "existing_won"))
+    held = _held_by_foreign_keys(conn, spec, to_apply, dry_run=target.dry_run)
+    if held:
+        out.deferred.extend(ch for ch in to_apply if ch.pk in held)
+        to_apply = [ch for ch in to_apply if ch.pk not in held]
+        conflicts = [(ch, r) for ch, r in conflicts if ch.pk not in held]
     records = _conflict_records(conn, spec, conflicts, existing)
     if target.dry_run:
         out.applied.extend(to_apply)
@@ -266,6 +271,44 @@ def _lock(conn: psycopg.Connection, target: Target, spec: TableSpec,
     meta = {r[0]: r for r in conn.execute(meta_q + sql.SQL(" FOR UPDATE SKIP LOCKED"),
                                           params).fetchall()}
     return _state(keys, locked, meta), (present - locked) | (meta_present - set(meta))
+
+
+def _held_by_foreign_keys(conn: psycopg.Connection, spec: TableSpec, changes: list[Change],
+                          *, dry_run: bool) -> set[str]:
+    """The keys of ``changes`` that would violate a foreign key between synced tables on the
+    target now: a row whose parent is not there (yet), a delete whose key a child row there
+    still references. A run moves parents before children and child deletes before parent
+    deletes, but a writer that commits both between the two tables' passes hands it the child
+    (or the parent's delete) alone; such a key stays pending for the next run, which moves the
+    other one first, instead of failing on the target's constraint (an error in its log).
+
+    The parents found are locked ``FOR KEY SHARE`` (as the constraint's own check locks them):
+    a target writer cannot delete one before this transaction commits; one that a writer holds
+    (``SKIP LOCKED``) counts as absent, so the child waits instead of the run."""
+    held: set[str] = set()
+    live = [ch for ch in changes if not ch.deleted and ch.row is not None]
+    if spec.parents and live:
+        rows = {ch.pk: json.loads(ch.row) for ch in live if ch.row is not None}
+        for fk in spec.parents:
+            wanted = {str(v) for r in rows.values() if (v := r.get(fk.column)) is not None}
+            if not wanted:
+                continue
+            lock = "" if dry_run else " FOR KEY SHARE SKIP LOCKED"
+            present = {k for (k,) in conn.execute(
+                sql.SQL("SELECT CAST(id AS TEXT) FROM {} WHERE {}" + lock).format(
+                    sql.Identifier(fk.parent), key_filter("id", f"{fk.parent_pk_type}[]")),
+                {"keys": sorted(wanted)}).fetchall()}
+            held |= {pk for pk, r in rows.items()
+                     if r.get(fk.column) is not None and str(r[fk.column]) not in present}
+    gone = sorted(ch.pk for ch in changes if ch.deleted)
+    for fk in spec.children if gone else ():
+        held |= {k for (k,) in conn.execute(
+            sql.SQL("SELECT DISTINCT CAST({c} AS TEXT) FROM {t} WHERE {f}").format(
+                c=sql.Identifier(fk.column), t=sql.Identifier(fk.child),
+                f=key_filter(sql.Identifier(fk.column).as_string(conn),
+                             f"{fk.parent_pk_type}[]")),
+            {"keys": gone}).fetchall()}
+    return held
 
 
 def _range_is_new(conn: psycopg.Connection, spec: TableSpec, params: dict[str, Any]) -> bool:

@@ -142,7 +142,8 @@ class RunReport:
         parts = [f"{verb} {self.moved} row{'' if self.moved == 1 else 's'}",
                  f"{self.conflicts} conflict{'' if self.conflicts == 1 else 's'}"]
         if self.deferred:
-            parts.append(f"{self.deferred} deferred (locked by an open transaction: next run)")
+            parts.append(f"{self.deferred} deferred (locked by an open transaction, or "
+                         "waiting for its parent or child row: next run)")
         if self.failed:
             parts.append(f"{self.failed} failed (see sync_conflicts; retried every run)")
         differ = [d for d in self.divergence if d.divergent_rows]

@@ -11,7 +11,7 @@ between the two sides, lacks the capture trigger, or comes before a table it ref
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Annotated
 
@@ -88,12 +88,29 @@ class Column:
 
 
 @dataclass(frozen=True)
+class ForeignKey:
+    """A single-column foreign key between two synced tables: ``child.column`` references the
+    key ``id`` of ``parent`` (whose key type is ``parent_pk_type``)."""
+
+    child: str
+    column: str
+    parent: str
+    parent_pk_type: str
+
+
+@dataclass(frozen=True)
 class TableSpec:
-    """A validated synced table: its columns (same on both sides) and its key's type."""
+    """A validated synced table: its columns (same on both sides) and its key's type.
+
+    ``parents``: its foreign keys to other synced tables; ``children``: the synced tables'
+    foreign keys to it. A run holds back a row whose parent is not on the target yet, and a
+    delete whose key a child row on the target still references (cesar/sync/apply.py)."""
 
     name: str
     columns: tuple[Column, ...]
     pk_type: str
+    parents: tuple[ForeignKey, ...] = ()
+    children: tuple[ForeignKey, ...] = ()
 
     @cached_property
     def ident(self) -> sql.Identifier:
@@ -216,11 +233,28 @@ def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: str) -> dic
         "  AND tc.table_name = ANY(%s)", [list(names)],
     ).fetchall():
         refs.setdefault(table, set()).add(referenced)
+    # Single-column foreign keys to a table's id, with their column (for holding back a child
+    # whose parent has not arrived yet). information_schema: the same on both engines.
+    fk_cols: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
+    for table, constraint, column, referenced, ref_column in conn.execute(
+        "SELECT tc.table_name, tc.constraint_name, kcu.column_name, ccu.table_name, "
+        "ccu.column_name FROM information_schema.table_constraints AS tc "
+        "JOIN information_schema.key_column_usage AS kcu "
+        "  ON kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema "
+        " AND kcu.table_name = tc.table_name "
+        "JOIN information_schema.constraint_column_usage AS ccu "
+        "  ON ccu.constraint_name = tc.constraint_name AND ccu.table_schema = tc.table_schema "
+        "WHERE tc.constraint_type = 'FOREIGN KEY' AND tc.table_schema = current_schema() "
+        "  AND tc.table_name = ANY(%s)", [list(names)],
+    ).fetchall():
+        fk_cols.setdefault((table, constraint), set()).add((column, referenced, ref_column))
+    fks = [(table, *next(iter(cols))) for (table, _), cols in sorted(fk_cols.items())
+           if len(cols) == 1]
     for table, key in pks.items():
         if key == [REGION_COLUMN, "id"]:  # the partition column is not synced
             cols[table] = [c for c in cols.get(table, []) if c.name != REGION_COLUMN]
     return {"columns": cols, "pks": pks, "triggers": triggers, "refs": refs,
-            "unique_id": unique_id, "engine": engine}
+            "unique_id": unique_id, "engine": engine, "fks": fks}
 
 
 #: PostgreSQL's statement-level capture (migration 017): sync_capture serves INSERT only, and
@@ -339,4 +373,16 @@ def validate(local: psycopg.Connection, remote: psycopg.Connection, names: Seque
                     f"CESAR_SYNC_TABLES lists {name!r} before {parent!r}, which it references; "
                     "list parents first (inserts are applied in that order)"
                 )
-    return specs
+    return _with_foreign_keys(specs, cats["local"]["fks"])
+
+
+def _with_foreign_keys(specs: list[TableSpec], found: object) -> list[TableSpec]:
+    """The specs with their foreign keys between synced tables (to another table's ``id``; a
+    self-reference is left to the database: one batch may hold both rows)."""
+    assert isinstance(found, list)
+    by_name = {s.name: s for s in specs}
+    fks = [ForeignKey(child, column, parent, by_name[parent].pk_type)
+           for child, column, parent, ref_column in found
+           if child in by_name and parent in by_name and child != parent and ref_column == "id"]
+    return [replace(s, parents=tuple(f for f in fks if f.child == s.name),
+                    children=tuple(f for f in fks if f.parent == s.name)) for s in specs]

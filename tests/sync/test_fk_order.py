@@ -1,0 +1,222 @@
+"""Parents and children written while a run is moving them: no foreign-key violation.
+
+A run moves inserts parents first and deletes children first, table by table. A writer that
+commits a parent and its child after the parent table's pass has read, but before the child
+table's pass reads, hands the run a child whose parent is not on the target yet (and, for
+deletes, a parent whose child is still there). Before, the target's write failed with a
+foreign-key violation: an ERROR line in the server's log per attempt, the key recorded as
+``failed`` in ``sync_conflicts``. Now such a key waits (stays pending) for the next run, without
+an error anywhere; the next run moves both and the sides are identical.
+
+The writer is placed at that exact moment by a hook on the run's read of the child's (or the
+parent's) pending changes; a second test runs a free writer beside many runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cesar.sync import capture
+from tests.sync.conftest import Pair
+
+FK_ERROR = "violates foreign key constraint"
+
+
+@pytest.fixture
+def server_log(pair: Pair) -> Iterator[Callable[[], list[str]]]:
+    """The server log lines written since the fixture started that report an FK violation."""
+    path: Path = pair.pg.pg.log_file
+    start = path.stat().st_size
+
+    def lines() -> list[str]:
+        with path.open("rb") as fh:
+            fh.seek(start)
+            text = fh.read().decode(errors="replace")
+        return [ln for ln in text.splitlines() if FK_ERROR in ln]
+
+    yield lines
+
+
+def new_agent(pair: Pair, side: str) -> str:
+    agent = str(uuid.uuid4())
+    pair.sql(side, "INSERT INTO agents (id, name, mob_alias, role) "
+                   "VALUES (%s, 'fk', 'fk', 'test')", [agent])
+    return agent
+
+
+def new_capability(pair: Pair, side: str, agent: str) -> str:
+    cap = str(uuid.uuid4())
+    pair.sql(side, "INSERT INTO agent_capabilities (id, agent_id, capability) "
+                   "VALUES (%s, %s, 'c')", [cap, agent])
+    return cap
+
+
+def hook_read(monkeypatch: pytest.MonkeyPatch, table: str, deleted: bool,
+              action: Callable[[], None]) -> list[int]:
+    """Run ``action`` once, just before the run's first read of ``table``'s pending changes
+    of that kind; returns a list that holds 1 once it ran."""
+    real = capture.read_pending
+    done: list[int] = []
+
+    def read(conn: Any, spec: Any, **kw: Any) -> list[capture.Change]:
+        if spec.name == table and kw["deleted"] is deleted and not done:
+            done.append(1)
+            action()
+        return real(conn, spec, **kw)
+
+    monkeypatch.setattr(capture, "read_pending", read)
+    return done
+
+
+def failed_conflicts(pair: Pair) -> list[dict[str, Any]]:
+    return [c for side in ("local", "cluster") for c in pair.conflicts(side)
+            if c["resolution"] == "failed"]
+
+
+def test_a_child_written_with_its_parent_during_a_run_waits_for_it(
+        synced: Pair, server_log: Callable[[], list[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pair = synced
+    # Something of the child table is pending when the run starts, so its pass runs.
+    new_capability(pair, "local", "a9e5c0de-0001-4000-8000-000000000001")
+    written: dict[str, str] = {}
+
+    def writer() -> None:  # after the agents pass has read: parent and child, committed
+        written["agent"] = new_agent(pair, "local")
+        written["cap"] = new_capability(pair, "local", written["agent"])
+
+    ran = hook_read(monkeypatch, "agent_capabilities", False, writer)
+    report = pair.sync()
+    assert ran == [1]
+
+    assert server_log() == [], "the run's write failed on the target's foreign key"
+    assert report.failed == 0 and failed_conflicts(pair) == []
+    monkeypatch.undo()
+    pair.sync()
+    pair.assert_identical()
+    assert pair.pending("local") == 0 and pair.pending("cluster") == 0
+    assert pair.sql("cluster", "SELECT agent_id::TEXT FROM agent_capabilities WHERE id = %s",
+                    [written["cap"]]) == [(written["agent"],)]
+    assert server_log() == []
+
+
+def test_a_parent_deleted_with_its_child_during_a_run_waits_for_it(
+        synced: Pair, server_log: Callable[[], list[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pair = synced
+    agent = new_agent(pair, "local")
+    cap = new_capability(pair, "local", agent)
+    pair.sync()
+    assert pair.sql("cluster", "SELECT count(*) FROM agent_capabilities WHERE id = %s",
+                    [cap]) == [(1,)]
+    # A delete of another agent is pending when the run starts, so the agents' delete pass runs.
+    pair.sql("local", "DELETE FROM agents WHERE id = %s", [new_agent(pair, "local")])
+
+    def writer() -> None:  # after the children's delete pass has read: child, then parent
+        pair.sql("local", "DELETE FROM agent_capabilities WHERE id = %s", [cap])
+        pair.sql("local", "DELETE FROM agents WHERE id = %s", [agent])
+
+    ran = hook_read(monkeypatch, "agents", True, writer)
+    report = pair.sync()
+    assert ran == [1]
+
+    assert server_log() == [], "the run's delete failed on the target's foreign key"
+    assert report.failed == 0 and failed_conflicts(pair) == []
+    monkeypatch.undo()
+    pair.sync()
+    pair.assert_identical()
+    assert pair.pending("local") == 0 and pair.pending("cluster") == 0
+    assert pair.sql("cluster", "SELECT count(*) FROM agents WHERE id = %s", [agent]) == [(0,)]
+    assert server_log() == []
+
+
+def test_a_free_writer_of_parents_and_children_beside_runs(
+        synced: Pair, server_log: Callable[[], list[str]]) -> None:
+    """Two writers (one per side) create and delete agents with capabilities, each pair in
+    one transaction, while runs follow each other: no FK error, nothing failed, and the sides
+    end identical."""
+    pair = synced
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write(side: str) -> None:
+        try:
+            with pair.connect(side, autocommit=False) as conn:
+                made: list[tuple[str, str]] = []
+                while not stop.is_set():
+                    agent, cap = str(uuid.uuid4()), str(uuid.uuid4())
+                    conn.execute("INSERT INTO agents (id, name, mob_alias, role) "
+                                 "VALUES (%s, 'w', 'w', 'w')", [agent])
+                    conn.execute("INSERT INTO agent_capabilities (id, agent_id, capability) "
+                                 "VALUES (%s, %s, 'c')", [cap, agent])
+                    conn.commit()
+                    made.append((agent, cap))
+                    if len(made) > 3:
+                        old_agent, old_cap = made.pop(0)
+                        conn.execute("DELETE FROM agent_capabilities WHERE id = %s", [old_cap])
+                        conn.execute("DELETE FROM agents WHERE id = %s", [old_agent])
+                        conn.commit()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(side,)) for side in ("local", "cluster")]
+    for t in threads:
+        t.start()
+    failed = 0
+    try:
+        for _ in range(25):
+            failed += pair.sync().failed
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    for _ in range(3):  # what the last runs left pending (their parents came after them)
+        failed += pair.sync().failed
+    assert server_log() == [], "a run's write failed on the target's foreign key"
+    assert failed == 0 and failed_conflicts(pair) == []
+    pair.assert_identical()
+    assert pair.pending("local") == 0 and pair.pending("cluster") == 0
+
+
+def test_the_bulk_path_leaves_a_child_without_its_parent_to_the_next_run(
+        synced: Pair, server_log: Callable[[], list[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same race on the bulk path (COPY and set-based statements): the chunk does not fail
+    on the constraint; the child without its parent waits, everything else moves."""
+    from cesar.sync import bulk
+
+    pair = synced
+    pair.settings = pair.settings.model_copy(update={"bulk_threshold": 1})
+    old = new_capability(pair, "local", "a9e5c0de-0002-4000-8000-000000000002")
+    real = bulk.move
+    written: dict[str, str] = {}
+
+    def move(source: Any, target: Any, spec: Any, **kw: Any) -> Any:
+        if spec.name == "agent_capabilities" and not written:
+            written["agent"] = new_agent(pair, "local")
+            written["cap"] = new_capability(pair, "local", written["agent"])
+        return real(source, target, spec, **kw)
+
+    monkeypatch.setattr(bulk, "move", move)
+    report = pair.sync()
+    assert written
+
+    assert server_log() == [], "the bulk chunk failed on the target's foreign key"
+    assert report.failed == 0 and failed_conflicts(pair) == []
+    caps = next(t for t in report.tables
+                if t.table == "agent_capabilities" and t.direction == "local_to_cluster")
+    assert caps.bulk_applied == 1  # the other key of the chunk moved
+    assert pair.sql("cluster", "SELECT count(*) FROM agent_capabilities WHERE id = %s",
+                    [old]) == [(1,)]
+    monkeypatch.undo()
+    pair.sync()
+    pair.assert_identical()
+    assert pair.pending("local") == 0 and pair.pending("cluster") == 0
+    assert server_log() == []

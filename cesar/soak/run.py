@@ -109,14 +109,9 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
     "api_worker_killed": (
         r"^writer-api: .*(?:" + _HTTP + ")",
     ),
-    # A process that read the previous credential before the switch and opens a connection
-    # after the grace period ends (a sync run spanning the rotation: its lease heartbeat)
-    # is refused once; the next run reads the new credential.
-    "password_rotation": (
-        r'^postgresql: .*FATAL:\s+password authentication failed for user "cesar_app_[ab]".*'
-        r"has no password assigned",
-        r"^sync-\w+: .*password authentication failed",
-    ),
+    # Every client follows the switch of login (the API and the writers read the stack's
+    # state again, the sync its env file): a refused login is not the rotation's doing.
+    "password_rotation": (),
     "backup": (),
     "additive_migration": (),
     # The migration runner's first look at an empty database reads its tracking table before
@@ -128,18 +123,9 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
 
 
 #: Error lines that no fault causes but that are understood, each with its reason. They are
-#: counted in the report (``known_errors``) and do not fail the run; keep this list short.
-KNOWN: dict[str, tuple[str, ...]] = {
-    # The sync reads each table's pending rows in its own statement, parents first; a writer
-    # that commits a parent and its child between those two reads makes the child arrive
-    # without its parent. The apply then finds the key by splitting the batch, records it in
-    # sync_conflicts as failed and leaves it pending; the next run moves parent and child.
-    # Nothing is lost (the soak checks that), but the server logs the failed INSERT.
-    "sync: child read before its parent committed (retried next run)": (
-        r"^postgresql: .*ERROR:\s+insert or update on table \"\w+\" violates foreign key "
-        r"constraint .*STATEMENT:\s+INSERT INTO .* FROM json_populate_recordset\(",
-    ),
-}
+#: counted in the report (``known_errors``) and do not fail the run; keep this list short
+#: (empty: the one entry it had, the sync applying a child before its parent, was fixed).
+KNOWN: dict[str, tuple[str, ...]] = {}
 
 
 @dataclass

@@ -44,6 +44,8 @@ Progress = Callable[[str], None]
 #: A run that wrote at least this many rows of a table, and a tenth of it, refreshes its
 #: statistics (PostgreSQL).
 ANALYZE_AFTER_ROWS = 1_000
+#: How long a commit may wait for a lock (see Run._fence): far above any flush, far below a hang.
+COMMIT_LOCK_TIMEOUT = "10s"
 DIRECTIONS = (("local", "cluster", "local_to_cluster"), ("cluster", "local", "cluster_to_local"))
 
 
@@ -384,9 +386,17 @@ class Run:
             self.lease.check()
 
     def _fence(self, conn: psycopg.Connection) -> None:
-        """Inside a writing transaction on either side: still this run's lease?"""
+        """Inside a writing transaction on either side, last before its commit: still this
+        run's lease? Then the commit's own lock wait gets its own limit."""
         if self.lease is not None:
             self.lease.fence(conn)
+            # The short lock_timeout of an apply is for rows an open transaction holds. What
+            # a commit can still wait for is PostgreSQL's one cluster-wide lock that orders
+            # the commits of transactions that sent NOTIFY (the event log's trigger does, for
+            # every writer of a watched table), held by each for its commit's WAL flush: a
+            # queue that always moves. Given up on after 1 ms, the commit failed ("canceling
+            # statement due to lock timeout" on COMMIT) and its batch was redone key by key.
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", [COMMIT_LOCK_TIMEOUT])
 
     # ---------------------------------------------------------------- steps
     def execute(self) -> RunReport:

@@ -528,11 +528,13 @@ class Soak:
         self.lag_poller = Poller("lag", self.lag_probe, self.stop, 1.0)
         self.credentials_poller = Poller("credentials", self.refresh_sync_credentials,
                                          self.stop, 0.2)
+        # The machine's 1-minute load average: a p95 or a lag is read against it.
+        self.load_poller = Poller("load", lambda: os.getloadavg()[0], self.stop, 5.0)
         self.scheduler = Scheduler(self.launcher, opts.cycle_s, self.stop)
         threads: list[threading.Thread] = [*self.readers, *self.writers, self.api_writer,
                                            self.subscriber, self.cluster_poller,
                                            self.lag_poller, self.credentials_poller,
-                                           self.scheduler]
+                                           self.load_poller, self.scheduler]
         for t in threads:
             t.start()
         progress(f"load running: {READERS} readers x {READ_RATE:g}/s, 2 SQL writers x "
@@ -604,6 +606,11 @@ class Soak:
                          key=lambda s: s.at)
         fault_windows = [(f.window[0] - SLACK_S, f.window[1] + SLACK_S) for f in self.faults]
         minutes = report.per_minute(samples, fault_windows, self.started)
+        for m in minutes:
+            loads = [v for at, v in self.load_poller.values
+                     if v is not None and int((at - self.started) // 60) == m["minute"]]
+            m["load_avg"] = round(max(loads), 1) if loads else None
+        runs = [r.ended_at - r.started_at for r in self.launcher.runs if r.succeeded]
         p95s = [m["p95_ms"] for m in minutes if m["p95_ms"] is not None]
         max_p95 = max(p95s) if p95s else None
         lag = [(at, v * self.options.compress) for at, v in self.lag_poller.values
@@ -667,7 +674,13 @@ class Soak:
                        "api_tasks": len(self.api_writer.created)},
             "lost": lost[:20],
             "sync_runs": {"total": len(self.launcher.runs),
-                          "succeeded": sum(r.succeeded for r in self.launcher.runs)},
+                          "succeeded": sum(r.succeeded for r in self.launcher.runs),
+                          # Go to exit, real seconds (the process was started beforehand).
+                          "seconds_median": (round(sorted(runs)[len(runs) // 2], 2)
+                                             if runs else None),
+                          "seconds_max": round(max(runs), 2) if runs else None},
+            "load_avg_max": max((v for _, v in self.load_poller.values if v is not None),
+                                default=None),
             "explained_errors": _count_by(e.explained_by for e in errors
                                          if e.explained_by and e not in known),
             "known_errors": _count_by(e.explained_by for e in known),
@@ -684,6 +697,10 @@ class Soak:
         return result
 
     def _stop_stack(self) -> None:
+        launcher = getattr(self, "launcher", None)
+        if launcher is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                launcher.close()
         if self.api_proc is not None and self.api_proc.poll() is None:
             self.api_proc.send_signal(signal.SIGTERM)
             try:

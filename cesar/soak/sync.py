@@ -41,13 +41,35 @@ class SyncLauncher:
         self.env, self.log, self.cwd = env, log, cwd
         self.runs: list[SyncRun] = []
         self._lock = threading.Lock()
+        self._ready: subprocess.Popen[str] | None = None  # imported, waiting for its go
 
-    def start(self) -> subprocess.Popen[str]:
+    def _spawn(self) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "cesar.cli", "sync", "run", "-q"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [sys.executable, "-m", "cesar.soak.warm"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=self.env(), cwd=self.cwd,
         )
+
+    def start(self) -> subprocess.Popen[str]:
+        """``cesar sync run -q`` now: in the process made ready beforehand (its imports
+        done), and the next one is prepared meanwhile (see cesar/soak/warm.py)."""
+        with self._lock:
+            proc, self._ready = self._ready, None
+        if proc is None or proc.poll() is not None:
+            proc = self._spawn()
+        assert proc.stdin is not None
+        proc.stdin.write("sync run -q\n")
+        proc.stdin.flush()
+        with self._lock:
+            self._ready = self._spawn()
+        return proc
+
+    def close(self) -> None:
+        """End the process kept ready (it runs nothing: its stdin closes)."""
+        with self._lock:
+            proc, self._ready = self._ready, None
+        if proc is not None:
+            proc.communicate(timeout=60)
 
     def finish(self, proc: subprocess.Popen[str], tag: str, started_at: float,
                timeout: float = RUN_TIMEOUT) -> SyncRun:

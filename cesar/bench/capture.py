@@ -2,10 +2,12 @@
 
 On a scratch database of the embedded server (``invoke up`` first), migrated with every
 migration, three tables of the shape of ``agents``: ``agents`` itself (PostgreSQL's
-statement-level capture, migration 017), a copy with 011's row-level trigger (what CockroachDB
-runs, and PostgreSQL before 017), and a copy without capture. The same ``INSERT ... SELECT`` of
-``--rows`` rows goes into each, in turn, ``--rounds`` times (interleaved, so that the machine's
-load falls on all three alike). Prints each time and the ratios to the insert without capture.
+statement-level capture, migration 017, and the event log's capture, 016/018), the same with the
+event log's capture off (``sync_only``: the sync's own share), a copy with 011's row-level
+trigger (what CockroachDB runs, and PostgreSQL before 017), and a copy without capture. The
+same ``INSERT ... SELECT`` of ``--rows`` rows goes into each, in turn, ``--rounds`` times
+(interleaved, so that the machine's load falls on all alike). Prints each time and the ratios
+to the insert without capture.
 
 Target (issue 17): the captured insert within 1.5x of the plain one.
 """
@@ -34,7 +36,13 @@ INSERT = ("INSERT INTO {} (id, name, mob_alias, role) SELECT gen_random_uuid(), 
 ROW_TRIGGER = ("CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE ON agents_row "
                "FOR EACH ROW WHEN (current_setting('cesar.sync_apply', true) IS DISTINCT FROM "
                "'on') EXECUTE FUNCTION sync_capture()")
-TABLES = {"plain": "agents_plain", "statement": "agents", "row": "agents_row"}
+TABLES = {"plain": "agents_plain", "statement": "agents", "row": "agents_row",
+          "sync_only": "agents"}
+#: ``sync_only``: ``agents`` with the event log's capture (migrations 016/018) switched off for
+#: that insert, in its transaction: the sync's own share of what ``statement`` costs.
+EVENT_TRIGGERS = ("SELECT tgname FROM pg_trigger WHERE tgrelid = 'agents'::regclass "
+                  "AND tgname IN ('event_capture', 'event_capture_update', "
+                  "'event_capture_delete')")
 
 
 def main(argv: list[str]) -> int:
@@ -64,10 +72,19 @@ def main(argv: list[str]) -> int:
             conn.execute("CREATE TABLE agents_plain (LIKE agents INCLUDING ALL)")
             for i in range(args.rounds):
                 for kind, table in TABLES.items():
-                    started = time.perf_counter()
-                    conn.execute(sql.SQL(INSERT).format(sql.Identifier(table)),
-                                 [f" r{i}", args.rows])
-                    times[kind].append(round(time.perf_counter() - started, 3))
+                    events = [r[0] for r in conn.execute(EVENT_TRIGGERS)] if (
+                        kind == "sync_only") else []
+                    with conn.transaction():
+                        for trigger in events:
+                            conn.execute(sql.SQL("ALTER TABLE agents DISABLE TRIGGER {}").format(
+                                sql.Identifier(trigger)))
+                        started = time.perf_counter()
+                        conn.execute(sql.SQL(INSERT).format(sql.Identifier(table)),
+                                     [f" r{i}{kind}", args.rows])
+                        times[kind].append(round(time.perf_counter() - started, 3))
+                        for trigger in events:
+                            conn.execute(sql.SQL("ALTER TABLE agents ENABLE TRIGGER {}").format(
+                                sql.Identifier(trigger)))
                     loads.append(round(os.getloadavg()[0], 2))
     finally:
         with psycopg.connect(pg.superuser_conninfo("postgres"), autocommit=True) as su:

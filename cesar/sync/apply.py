@@ -54,6 +54,9 @@ class Outcome:
     deferred: list[Change] = field(default_factory=list)   # busy on the target: next run
     failed: list[Change] = field(default_factory=list)     # cannot be applied: recorded
     conflicts: int = 0                                     # rows added to sync_conflicts
+    #: Failures found before writing (a foreign key the data breaks): key -> reason, recorded
+    #: after the batch's transaction without running the statement that would fail.
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def settled(self) -> list[Change]:
@@ -64,6 +67,7 @@ class Outcome:
         for name in ("applied", "same", "discarded", "deferred", "failed"):
             getattr(self, name).extend(getattr(other, name))
         self.conflicts += other.conflicts
+        self.refused.update(other.refused)
         return self
 
 
@@ -152,8 +156,14 @@ def apply_changes(target: Target, spec: TableSpec, changes: Sequence[Change],
         return Outcome()
     started = time.monotonic()
     try:
-        return db.run_transaction(
+        out = db.run_transaction(
             target.conn, lambda c: _apply(c, target, spec, changes, expect), **target.retry)
+        if not target.dry_run:
+            for ch in out.failed:
+                if ch.pk in out.refused:
+                    out.conflicts += _record_failure(target, spec, ch, out.refused[ch.pk],
+                                                     FOREIGN_KEY_VIOLATION)
+        return out
     except ROW_ERRORS as exc:
         if target.dry_run:
             raise
@@ -170,7 +180,8 @@ def apply_changes(target: Target, spec: TableSpec, changes: Sequence[Change],
         if isinstance(exc, BUSY_ERRORS):
             return Outcome(deferred=list(changes))
         return Outcome(failed=list(changes),
-                       conflicts=_record_failure(target, spec, changes[0], exc))
+                       conflicts=_record_failure(target, spec, changes[0], first_line(exc),
+                                                 getattr(exc, "sqlstate", None)))
 
 
 # ------------------------------------------------------------------------- one transaction
@@ -213,11 +224,13 @@ def _apply(conn: psycopg.Connection, target: Target, spec: TableSpec,
             out.discarded.append(ch)
             if decision.conflict:
                 conflicts.append((ch, "existing_won"))
-    held = _held_by_foreign_keys(conn, spec, to_apply, dry_run=target.dry_run)
-    if held:
-        out.deferred.extend(ch for ch in to_apply if ch.pk in held)
-        to_apply = [ch for ch in to_apply if ch.pk not in held]
-        conflicts = [(ch, r) for ch, r in conflicts if ch.pk not in held]
+    held, refused = _held_by_foreign_keys(conn, spec, to_apply, dry_run=target.dry_run)
+    if held or refused:
+        out.deferred.extend(ch for ch in to_apply if ch.pk in held and ch.pk not in refused)
+        out.failed.extend(ch for ch in to_apply if ch.pk in refused)
+        out.refused.update(refused)
+        to_apply = [ch for ch in to_apply if ch.pk not in held and ch.pk not in refused]
+        conflicts = [(ch, r) for ch, r in conflicts if ch.pk not in held | set(refused)]
     records = _conflict_records(conn, spec, conflicts, existing)
     if target.dry_run:
         out.applied.extend(to_apply)
@@ -274,41 +287,69 @@ def _lock(conn: psycopg.Connection, target: Target, spec: TableSpec,
 
 
 def _held_by_foreign_keys(conn: psycopg.Connection, spec: TableSpec, changes: list[Change],
-                          *, dry_run: bool) -> set[str]:
+                          *, dry_run: bool) -> tuple[set[str], dict[str, str]]:
     """The keys of ``changes`` that would violate a foreign key between synced tables on the
-    target now: a row whose parent is not there (yet), a delete whose key a child row there
-    still references. A run moves parents before children and child deletes before parent
-    deletes, but a writer that commits both between the two tables' passes hands it the child
-    (or the parent's delete) alone; such a key stays pending for the next run, which moves the
-    other one first, instead of failing on the target's constraint (an error in its log).
+    target now: ``(held, refused)``.
+
+    A run moves parents before children and child deletes before parent deletes, but a writer
+    that commits both between the two tables' passes hands it the child alone (or the parent's
+    delete while the child is still here). Such a key is *held*: it stays pending for the next
+    run, which moves the other one first, instead of failing on the target's constraint (an
+    ERROR in its log, a failure recorded for a race). A real conflict is *refused*: recorded as
+    failed (SQLSTATE 23503) without running the statement that would fail, exactly when this
+    side's own unsent change breaks it: the parent's tombstone here is still pending (deleted
+    here, not sent yet), or a child here still pending references the parent deleted there.
 
     The parents found are locked ``FOR KEY SHARE`` (as the constraint's own check locks them):
     a target writer cannot delete one before this transaction commits; one that a writer holds
     (``SKIP LOCKED``) counts as absent, so the child waits instead of the run."""
     held: set[str] = set()
+    refused: dict[str, str] = {}
     live = [ch for ch in changes if not ch.deleted and ch.row is not None]
-    if spec.parents and live:
+    for fk in spec.parents if live else ():
         rows = {ch.pk: json.loads(ch.row) for ch in live if ch.row is not None}
-        for fk in spec.parents:
-            wanted = {str(v) for r in rows.values() if (v := r.get(fk.column)) is not None}
-            if not wanted:
+        wanted = {str(v) for r in rows.values() if (v := r.get(fk.column)) is not None}
+        if not wanted:
+            continue
+        lock = "" if dry_run else " FOR KEY SHARE SKIP LOCKED"
+        present = {k for (k,) in conn.execute(
+            sql.SQL("SELECT CAST(id AS TEXT) FROM {} WHERE {}" + lock).format(
+                sql.Identifier(fk.parent), key_filter("id", f"{fk.parent_pk_type}[]")),
+            {"keys": sorted(wanted)}).fetchall()}
+        missing = wanted - present
+        if not missing:
+            continue
+        deleted_here = {k for (k,) in conn.execute(
+            sql.SQL("SELECT pk FROM sync_versions WHERE table_name = %(table)s AND {} "
+                    "AND deleted AND pending").format(key_filter("pk", "TEXT[]")),
+            {"table": fk.parent, "keys": sorted(missing)}).fetchall()}
+        for pk, r in rows.items():
+            value = r.get(fk.column)
+            if value is None or str(value) not in missing:
                 continue
-            lock = "" if dry_run else " FOR KEY SHARE SKIP LOCKED"
-            present = {k for (k,) in conn.execute(
-                sql.SQL("SELECT CAST(id AS TEXT) FROM {} WHERE {}" + lock).format(
-                    sql.Identifier(fk.parent), key_filter("id", f"{fk.parent_pk_type}[]")),
-                {"keys": sorted(wanted)}).fetchall()}
-            held |= {pk for pk, r in rows.items()
-                     if r.get(fk.column) is not None and str(r[fk.column]) not in present}
+            if str(value) in deleted_here:
+                refused[pk] = (f"{spec.name}.{fk.column} references {fk.parent} {value}, which "
+                               "this database deleted (not yet sent): the foreign key forbids "
+                               "the row; fix the data on one side")
+            else:
+                held.add(pk)
     gone = sorted(ch.pk for ch in changes if ch.deleted)
     for fk in spec.children if gone else ():
-        held |= {k for (k,) in conn.execute(
-            sql.SQL("SELECT DISTINCT CAST({c} AS TEXT) FROM {t} WHERE {f}").format(
-                c=sql.Identifier(fk.column), t=sql.Identifier(fk.child),
-                f=key_filter(sql.Identifier(fk.column).as_string(conn),
-                             f"{fk.parent_pk_type}[]")),
-            {"keys": gone}).fetchall()}
-    return held
+        col = sql.Identifier(fk.column)
+        for parent, pending in conn.execute(
+            sql.SQL("SELECT CAST(c.{col} AS TEXT), bool_or(coalesce(v.pending, false)) "
+                    "FROM {t} AS c LEFT JOIN sync_versions AS v ON v.table_name = %(child)s "
+                    "AND v.pk = CAST(c.id AS TEXT) WHERE {f} GROUP BY c.{col}").format(
+                col=col, t=sql.Identifier(fk.child),
+                f=key_filter(f"c.{col.as_string(conn)}", f"{fk.parent_pk_type}[]")),
+            {"keys": gone, "child": fk.child}).fetchall():
+            if pending:
+                refused[parent] = (f"{fk.child} rows of this database not yet sent reference "
+                                   f"{spec.name} {parent} through {fk.column}: the foreign key "
+                                   "forbids its delete; fix the data on one side")
+            else:
+                held.add(parent)
+    return held, refused
 
 
 def _range_is_new(conn: psycopg.Connection, spec: TableSpec, params: dict[str, Any]) -> bool:
@@ -460,10 +501,13 @@ def _vparts(v: Version | None) -> tuple[Any, Any]:
     return (None, None) if v is None else (v[0], v[1])
 
 
-def _record_failure(target: Target, spec: TableSpec, ch: Change, exc: BaseException) -> int:
+#: SQLSTATE of a foreign-key violation, for the ones found before writing.
+FOREIGN_KEY_VIOLATION = "23503"
+
+
+def _record_failure(target: Target, spec: TableSpec, ch: Change, reason: str,
+                    sqlstate: str | None) -> int:
     """Record a change that cannot be applied, with the reason, in its own transaction."""
-    reason = first_line(exc)
-    sqlstate = getattr(exc, "sqlstate", None)
 
     def work(c: psycopg.Connection) -> int:
         current = c.execute(

@@ -220,3 +220,26 @@ def test_the_bulk_path_leaves_a_child_without_its_parent_to_the_next_run(
     pair.assert_identical()
     assert pair.pending("local") == 0 and pair.pending("cluster") == 0
     assert server_log() == []
+
+
+def test_a_real_conflict_is_recorded_as_failed_without_an_error_in_the_log(
+        synced: Pair, server_log: Callable[[], list[str]]) -> None:
+    """A child written on one side under a parent deleted on the other is not a race: it can
+    never be applied. It is recorded (SQLSTATE 23503) each way, as before, but found by a query
+    instead of a failing statement; and it stays recorded, not held, on the next run."""
+    pair = synced
+    agent = new_agent(pair, "local")
+    pair.sync()
+    pair.sql("cluster", "DELETE FROM agents WHERE id = %s", [agent])
+    cap = new_capability(pair, "local", agent)
+
+    report = pair.sync()
+
+    assert report.failed == 2  # the child cannot reach the cluster, the delete cannot reach local
+    failed = failed_conflicts(pair)
+    assert {(c["table_name"], c["pk"], c["sqlstate"]) for c in failed} == {
+        ("agent_capabilities", cap, "23503"), ("agents", agent, "23503")}
+    assert server_log() == []
+    again = pair.sync()
+    assert again.failed == 2 and len(failed_conflicts(pair)) == 2  # recorded once
+    assert server_log() == []

@@ -109,14 +109,9 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
     "api_worker_killed": (
         r"^writer-api: .*(?:" + _HTTP + ")",
     ),
-    # A process that read the previous credential before the switch and opens a connection
-    # after the grace period ends (a sync run spanning the rotation: its lease heartbeat)
-    # is refused once; the next run reads the new credential.
-    "password_rotation": (
-        r'^postgresql: .*FATAL:\s+password authentication failed for user "cesar_app_[ab]".*'
-        r"has no password assigned",
-        r"^sync-\w+: .*password authentication failed",
-    ),
+    # Every client follows the switch of login (the API and the writers read the stack's
+    # state again, the sync its env file): a refused login is not the rotation's doing.
+    "password_rotation": (),
     "backup": (),
     "additive_migration": (),
     # The migration runner's first look at an empty database reads its tracking table before
@@ -128,18 +123,9 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
 
 
 #: Error lines that no fault causes but that are understood, each with its reason. They are
-#: counted in the report (``known_errors``) and do not fail the run; keep this list short.
-KNOWN: dict[str, tuple[str, ...]] = {
-    # The sync reads each table's pending rows in its own statement, parents first; a writer
-    # that commits a parent and its child between those two reads makes the child arrive
-    # without its parent. The apply then finds the key by splitting the batch, records it in
-    # sync_conflicts as failed and leaves it pending; the next run moves parent and child.
-    # Nothing is lost (the soak checks that), but the server logs the failed INSERT.
-    "sync: child read before its parent committed (retried next run)": (
-        r"^postgresql: .*ERROR:\s+insert or update on table \"\w+\" violates foreign key "
-        r"constraint .*STATEMENT:\s+INSERT INTO .* FROM json_populate_recordset\(",
-    ),
-}
+#: counted in the report (``known_errors``) and do not fail the run; keep this list short
+#: (empty: the one entry it had, the sync applying a child before its parent, was fixed).
+KNOWN: dict[str, tuple[str, ...]] = {}
 
 
 @dataclass
@@ -203,6 +189,8 @@ class Soak:
         self.injected_error_at: float | None = None
         self.api_proc: subprocess.Popen[bytes] | None = None
         self.proxy: FaultProxy | None = None
+        self._env_lock = threading.Lock()
+        self._env_text = ""
 
     @property
     def api_log(self) -> Path:
@@ -235,7 +223,34 @@ class Soak:
                          CESAR_SYNC_LEASE_SECONDS=str(LEASE_S), **extra)
 
     def sync_env(self) -> dict[str, str]:
-        return self.env(LOCAL_DB_URL=self.local_url(), COCKROACH_DB_URL=self.cluster_url())
+        self.refresh_sync_credentials()
+        return self.env()
+
+    @property
+    def sync_dir(self) -> Path:
+        """The sync runs' working directory: its ``.env`` holds their URLs."""
+        return self.dir / "sync"
+
+    def refresh_sync_credentials(self) -> bool:
+        """Write the sync's URLs into ``sync/.env`` (mode 0600) when they changed.
+
+        Like the hosts' env file that a rotation rewrites, and unlike variables fixed when a
+        process starts, a file can be read again: a sync run that spans a rotation opens its
+        later connections with the login that is active then. Polled, so the file follows the
+        stack's switch of login within a moment; returns whether it was rewritten."""
+        text = (f"LOCAL_DB_URL='{self.local_url()}'\n"
+                f"COCKROACH_DB_URL='{self.cluster_url()}'\n")
+        with self._env_lock:
+            if text == self._env_text:
+                return False
+            self.sync_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.sync_dir / ".env.new"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(text)
+            os.replace(tmp, self.sync_dir / ".env")
+            self._env_text = text
+        return True
 
     # ------------------------------------------------------------------ the stack
     def setup(self, progress: Callable[[str], None]) -> None:
@@ -261,7 +276,7 @@ class Soak:
         assert self.api_proc is not None
         progress(f"API on {self.api_url} with 2 workers (pid {self.api_proc.pid})")
         # Last, so that the schedule starts right after it: the lag counts from here.
-        self.launcher = SyncLauncher(self.sync_env, self.log)
+        self.launcher = SyncLauncher(self.sync_env, self.log, cwd=self.sync_dir)
         first = self.launcher.run_once("setup")
         if not first.succeeded:
             raise OperationFailed(f"the first sync pass failed; see {self.log.path}")
@@ -511,10 +526,15 @@ class Soak:
         self.subscriber = Subscriber(self.api_url, self.write_key, self.log, self.stop)
         self.cluster_poller = Poller("cluster-probe", self.cluster_probe, self.stop, 0.5)
         self.lag_poller = Poller("lag", self.lag_probe, self.stop, 1.0)
+        self.credentials_poller = Poller("credentials", self.refresh_sync_credentials,
+                                         self.stop, 0.2)
+        # The machine's 1-minute load average: a p95 or a lag is read against it.
+        self.load_poller = Poller("load", lambda: os.getloadavg()[0], self.stop, 5.0)
         self.scheduler = Scheduler(self.launcher, opts.cycle_s, self.stop)
         threads: list[threading.Thread] = [*self.readers, *self.writers, self.api_writer,
                                            self.subscriber, self.cluster_poller,
-                                           self.lag_poller, self.scheduler]
+                                           self.lag_poller, self.credentials_poller,
+                                           self.load_poller, self.scheduler]
         for t in threads:
             t.start()
         progress(f"load running: {READERS} readers x {READ_RATE:g}/s, 2 SQL writers x "
@@ -586,6 +606,11 @@ class Soak:
                          key=lambda s: s.at)
         fault_windows = [(f.window[0] - SLACK_S, f.window[1] + SLACK_S) for f in self.faults]
         minutes = report.per_minute(samples, fault_windows, self.started)
+        for m in minutes:
+            loads = [v for at, v in self.load_poller.values
+                     if v is not None and int((at - self.started) // 60) == m["minute"]]
+            m["load_avg"] = round(max(loads), 1) if loads else None
+        runs = [r.ended_at - r.started_at for r in self.launcher.runs if r.succeeded]
         p95s = [m["p95_ms"] for m in minutes if m["p95_ms"] is not None]
         max_p95 = max(p95s) if p95s else None
         lag = [(at, v * self.options.compress) for at, v in self.lag_poller.values
@@ -649,7 +674,13 @@ class Soak:
                        "api_tasks": len(self.api_writer.created)},
             "lost": lost[:20],
             "sync_runs": {"total": len(self.launcher.runs),
-                          "succeeded": sum(r.succeeded for r in self.launcher.runs)},
+                          "succeeded": sum(r.succeeded for r in self.launcher.runs),
+                          # Go to exit, real seconds (the process was started beforehand).
+                          "seconds_median": (round(sorted(runs)[len(runs) // 2], 2)
+                                             if runs else None),
+                          "seconds_max": round(max(runs), 2) if runs else None},
+            "load_avg_max": max((v for _, v in self.load_poller.values if v is not None),
+                                default=None),
             "explained_errors": _count_by(e.explained_by for e in errors
                                          if e.explained_by and e not in known),
             "known_errors": _count_by(e.explained_by for e in known),
@@ -659,12 +690,17 @@ class Soak:
             "logs": str(self.logs_dir),
             "state_dir": str(self.state_dir) if self.options.keep else None,
         }
+        (self.sync_dir / ".env").unlink(missing_ok=True)  # generated credentials
         if not self.options.keep:
             shutil.rmtree(self.state_dir / "pgdata", ignore_errors=True)
             shutil.rmtree(self.state_dir / "backups", ignore_errors=True)
         return result
 
     def _stop_stack(self) -> None:
+        launcher = getattr(self, "launcher", None)
+        if launcher is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                launcher.close()
         if self.api_proc is not None and self.api_proc.poll() is None:
             self.api_proc.send_signal(signal.SIGTERM)
             try:

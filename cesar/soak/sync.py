@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from cesar.soak.load import Log
 
@@ -35,17 +36,40 @@ class SyncRun:
 class SyncLauncher:
     """Starts ``cesar sync run`` processes with the current URLs; logs their output."""
 
-    def __init__(self, env: Callable[[], dict[str, str]], log: Log) -> None:
-        self.env, self.log = env, log
+    def __init__(self, env: Callable[[], dict[str, str]], log: Log,
+                 cwd: Path | None = None) -> None:
+        self.env, self.log, self.cwd = env, log, cwd
         self.runs: list[SyncRun] = []
         self._lock = threading.Lock()
+        self._ready: subprocess.Popen[str] | None = None  # imported, waiting for its go
+
+    def _spawn(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cesar.soak.warm"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=self.env(), cwd=self.cwd,
+        )
 
     def start(self) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cesar.cli", "sync", "run", "-q"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=self.env(),
-        )
+        """``cesar sync run -q`` now: in the process made ready beforehand (its imports
+        done), and the next one is prepared meanwhile (see cesar/soak/warm.py)."""
+        with self._lock:
+            proc, self._ready = self._ready, None
+        if proc is None or proc.poll() is not None:
+            proc = self._spawn()
+        assert proc.stdin is not None
+        proc.stdin.write("sync run -q\n")
+        proc.stdin.flush()
+        with self._lock:
+            self._ready = self._spawn()
+        return proc
+
+    def close(self) -> None:
+        """End the process kept ready (it runs nothing: its stdin closes)."""
+        with self._lock:
+            proc, self._ready = self._ready, None
+        if proc is not None:
+            proc.communicate(timeout=60)
 
     def finish(self, proc: subprocess.Popen[str], tag: str, started_at: float,
                timeout: float = RUN_TIMEOUT) -> SyncRun:
@@ -61,6 +85,10 @@ class SyncLauncher:
                 level = "ERROR" if line.startswith(("cesar: error:", "Traceback")) else "INFO"
                 self.log.write(level, f"sync-{tag}", f"pid {proc.pid}: {line}")
         code = proc.returncode
+        # Start to end as the scheduler sees it (the process's start-up included): what the
+        # lag and a fault's recovery are made of.
+        self.log.info(f"sync-{tag}", f"pid {proc.pid}: exit {code} after "
+                                      f"{time.time() - started_at:.2f} s")
         if code < 0:
             self.log.info(f"sync-{tag}", f"pid {proc.pid} ended by signal "
                                           f"{signal.Signals(-code).name}")

@@ -45,6 +45,8 @@ Progress = Callable[[str], None]
 #: A run that wrote at least this many rows of a table, and a tenth of it, refreshes its
 #: statistics (PostgreSQL).
 ANALYZE_AFTER_ROWS = 1_000
+#: How long a commit may wait for a lock (see Run._fence): far above any flush, far below a hang.
+COMMIT_LOCK_TIMEOUT = "10s"
 DIRECTIONS = (("local", "cluster", "local_to_cluster"), ("cluster", "local", "cluster_to_local"))
 
 
@@ -207,6 +209,29 @@ def resolve_endpoints(settings: Settings, local: str | db.Endpoint | None,
     return local, cluster
 
 
+class CredentialRefused(OperationFailed):
+    """The server refused the login (wrong or removed password): maybe rotated meanwhile."""
+
+
+def _is_login_refused(exc: psycopg.OperationalError) -> bool:
+    # libpq reports a refusal during the connection's start-up as text only (no SQLSTATE on
+    # the exception); PostgreSQL and CockroachDB word it the same way (SQLSTATE 28P01).
+    return exc.sqlstate in ("28P01", "28000") or "password authentication failed" in str(exc)
+
+
+def _same_target(a: str, b: str) -> bool:
+    """Whether two URLs name the same server and database (only the login may differ)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    def where(url: str) -> dict[str, Any]:
+        return {k: v for k, v in conninfo_to_dict(url).items() if k not in ("user", "password")}
+
+    try:
+        return where(a) == where(b)
+    except psycopg.ProgrammingError:
+        return False
+
+
 def connect(endpoint: db.Endpoint, settings: Settings, sync: SyncSettings
             ) -> psycopg.Connection:
     """An autocommit connection set up the same way on both engines: UTC, read committed
@@ -224,8 +249,9 @@ def connect(endpoint: db.Endpoint, settings: Settings, sync: SyncSettings
         conn = psycopg.connect(endpoint.url, **kwargs)
     except psycopg.OperationalError as exc:
         first = first_line(exc)
-        raise OperationFailed(f"cannot connect to the {endpoint.name} database "
-                              f"{endpoint.masked} ({endpoint.variable}): {first}") from None
+        refused = CredentialRefused if _is_login_refused(exc) else OperationFailed
+        raise refused(f"cannot connect to the {endpoint.name} database "
+                      f"{endpoint.masked} ({endpoint.variable}): {first}") from None
     conn.execute("SET TimeZone = 'UTC'")
     conn.execute("SET default_transaction_isolation = 'read committed'")
     for setting in engines.of(conn).sync_session_settings:
@@ -264,13 +290,67 @@ class Run:
         self._simulated: dict[str, tuple[set[str], set[str]]] = {}
         self._ack_conns: dict[str, psycopg.Connection] = {}
         self.budget = LockBudget(float(sync.lock_wait_budget_ms))
+        self._credentials_stamp = db.credential_files_stamp(settings)
 
     # ---------------------------------------------------------------- plumbing
     def _open(self) -> None:
         for endpoint in resolve_endpoints(self.settings, self.options.local_url,
                                           self.options.remote_url):
-            conn = connect(endpoint, self.settings, self.sync)
+            try:
+                conn = connect(endpoint, self.settings, self.sync)
+            except CredentialRefused:
+                # Read a moment ago, and already replaced by a rotation whose grace period
+                # has ended since: read once more.
+                endpoint = self._resolve_again(endpoint) or endpoint
+                conn = connect(endpoint, self.settings, self.sync)
             self.sides[endpoint.name] = Side(endpoint, conn, engines.of(conn))
+
+    def _connect(self, role: str) -> psycopg.Connection:
+        """Another connection to a side while the run goes on (the lease heartbeat's, the
+        acknowledgements'). A password rotation may have switched the login since the run
+        started, and the previous one is refused once its grace period ends: the URL is
+        resolved again first when the files credentials come from have changed, and once
+        more after a refused login."""
+        self._reread_credentials()
+        try:
+            return connect(self.sides[role].endpoint, self.settings, self.sync)
+        except CredentialRefused:
+            if not self._reread_credentials(force=True):
+                raise
+            log.warning("the %s database refused the run's login; connecting with the "
+                        "credential as it is now", role)
+            return connect(self.sides[role].endpoint, self.settings, self.sync)
+
+    def _reread_credentials(self, *, force: bool = False) -> bool:
+        """Resolve both URLs again (from the environment, the env files and the embedded
+        stack's state); adopt a URL whose server and database are unchanged (a new login,
+        never another target). Returns whether any URL changed."""
+
+        stamp = db.credential_files_stamp(self.settings)
+        if not force and stamp == self._credentials_stamp:
+            return False
+        self._credentials_stamp = stamp
+        changed = False
+        for side in self.sides.values():
+            fresh = self._resolve_again(side.endpoint)
+            if fresh is not None:
+                side.endpoint = fresh
+                changed = True
+        return changed
+
+    def _resolve_again(self, endpoint: db.Endpoint) -> db.Endpoint | None:
+        """``endpoint``'s side as the settings give it now, if it differs from ``endpoint``
+        in its login only (never another server or database); else None."""
+        from cesar.config import load_settings
+
+        try:
+            fresh = resolve_endpoints(load_settings(), self.options.local_url,
+                                      self.options.remote_url)
+        except ConfigError as exc:
+            log.warning("could not read the credentials again (%s); keeping the run's", exc)
+            return None
+        new = fresh[0] if endpoint.name == "local" else fresh[1]
+        return new if new.url != endpoint.url and _same_target(new.url, endpoint.url) else None
 
     def close(self) -> None:
         if self.lease is not None:
@@ -294,9 +374,17 @@ class Run:
             self.lease.check()
 
     def _fence(self, conn: psycopg.Connection) -> None:
-        """Inside a writing transaction on either side: still this run's lease?"""
+        """Inside a writing transaction on either side, last before its commit: still this
+        run's lease? Then the commit's own lock wait gets its own limit."""
         if self.lease is not None:
             self.lease.fence(conn)
+            # The short lock_timeout of an apply is for rows an open transaction holds. What
+            # a commit can still wait for is PostgreSQL's one cluster-wide lock that orders
+            # the commits of transactions that sent NOTIFY (the event log's trigger does, for
+            # every writer of a watched table), held by each for its commit's WAL flush: a
+            # queue that always moves. Given up on after 1 ms, the commit failed ("canceling
+            # statement due to lock timeout" on COMMIT) and its batch was redone key by key.
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", [COMMIT_LOCK_TIMEOUT])
 
     # ---------------------------------------------------------------- steps
     def execute(self) -> RunReport:
@@ -324,7 +412,7 @@ class Run:
             if not opts.dry_run:
                 try:
                     self.lease = lease.SyncLease.acquire(
-                        cluster.conn, lambda: connect(cluster.endpoint, self.settings, self.sync),
+                        cluster.conn, lambda: self._connect("cluster"),
                         seconds=self.sync.lease_seconds, wait=opts.wait)
                 except lease.LeaseBusy as busy:
                     holder = lease.Holder.of(busy.info)
@@ -481,8 +569,7 @@ class Run:
         """A second connection to a side, for acknowledgements running beside the reads."""
         conn = self._ack_conns.get(role)
         if conn is None or conn.closed:
-            side = self.sides[role]
-            conn = connect(side.endpoint, self.settings, self.sync)
+            conn = self._connect(role)
             self._ack_conns[role] = conn
         return conn
 

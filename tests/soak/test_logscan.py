@@ -96,20 +96,36 @@ def test_the_same_line_outside_any_window_is_unexplained(tmp_path: Path) -> None
     assert len(unexplained) == len(errors) - 2
 
 
-def test_known_sync_foreign_key_race_matches_only_the_syncs_own_statement() -> None:
+def test_the_syncs_foreign_key_error_is_explained_by_nothing() -> None:
+    """The sync holds back a child whose parent is not on the target yet: a foreign-key
+    error of its own statement is a bug again, in any window, known or not."""
     line = ('2026-11-30 11:00:02.200 UTC [101] ERROR:  insert or update on table "agent_runs" '
             'violates foreign key constraint "agent_runs_task_id_fkey"\n'
             '2026-11-30 11:00:02.200 UTC [101] DETAIL:  Key (task_id)=(x) is not present\n'
             '2026-11-30 11:00:02.200 UTC [101] STATEMENT:  INSERT INTO "agent_runs" ("id") '
             'SELECT "id" FROM json_populate_recordset(CAST(NULL AS "agent_runs"), $1)\n')
-    by_writer = line.replace('SELECT "id" FROM json_populate_recordset(CAST(NULL AS '
-                             '"agent_runs"), $1)', "VALUES ($1)")
-    always = [logscan.Window(r, T0 - timedelta(days=1), T0 + timedelta(days=1), p)
-              for r, p in KNOWN.items()]
-    sync_error = logscan.parse(line.splitlines(), "postgresql")
-    writer_error = logscan.parse(by_writer.splitlines(), "postgresql")
-    assert logscan.match(sync_error, always) == []
-    assert logscan.match(writer_error, always) == writer_error
+    everything = [logscan.Window(r, T0 - timedelta(days=1), T0 + timedelta(days=1), p)
+                  for r, p in {**KNOWN, **EXPLAINS}.items()]
+    errors = logscan.parse(line.splitlines(), "postgresql")
+    assert errors and logscan.match(errors, everything) == errors
+
+
+def test_a_refused_login_is_not_explained_by_a_rotation() -> None:
+    """A process that follows the rotation never presents the previous password: a refusal
+    inside the rotation's window fails the run like anywhere else."""
+    window = logscan.Window("password_rotation", T0, T0 + timedelta(seconds=15),
+                            EXPLAINS["password_rotation"])
+    lines = [
+        '2026-11-30 11:00:03.000 UTC [102] FATAL:  password authentication failed for user '
+        '"cesar_app_a"',
+        '2026-11-30 11:00:03.000 UTC [102] DETAIL:  User "cesar_app_a" has no password assigned.',
+    ]
+    errors = logscan.parse(lines, "postgresql")
+    sync = logscan.parse(["2026-11-30T11:00:03.100000+00:00 ERROR sync-cron: pid 7: cesar: "
+                          "error: cannot connect to the local database (LOCAL_DB_URL): "
+                          "password authentication failed"], "soak")
+    assert errors and sync
+    assert logscan.match(errors + sync, [window]) == errors + sync
 
 
 def test_a_paused_sync_run_ended_by_the_idle_in_transaction_limit_is_explained() -> None:

@@ -45,14 +45,14 @@ class SyncLauncher:
 
     def _spawn(self) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "cesar.soak.warm"],
+            [sys.executable, "-m", "cesar.cli", "--ready"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=self.env(), cwd=self.cwd,
         )
 
     def start(self) -> subprocess.Popen[str]:
         """``cesar sync run -q`` now: in the process made ready beforehand (its imports
-        done), and the next one is prepared meanwhile (see cesar/soak/warm.py)."""
+        done), and the next one is prepared meanwhile (see cesar.cli.ready)."""
         with self._lock:
             proc, self._ready = self._ready, None
         if proc is None or proc.poll() is not None:

@@ -1,4 +1,5 @@
-"""A sync run's process made ready ahead of its turn runs exactly what it is told, once."""
+"""The root command: a process made ready ahead of its turn (``--ready``) runs exactly what it
+is told, once."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from tests.conftest import REPO, child_env
 
 
 def _warm(stdin: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cesar.soak.warm"], input=stdin, text=True,
+    return subprocess.run([sys.executable, "-m", "cesar.cli", "--ready"], input=stdin, text=True,
                           capture_output=True, cwd=REPO, env=child_env(), timeout=120)
 
 

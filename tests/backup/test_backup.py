@@ -386,7 +386,7 @@ def test_a_forced_restore_whose_rename_fails_leaves_the_database_accepting_conne
             conn.execute(f'CREATE DATABASE "{name}"')
     try:
         with pytest.raises(Exception) as failed:  # noqa: PT011 - its kind is checked below
-            restore._swap_in(bk.server, "swapsrc", "swapdst", True)
+            restore.swap_in(bk.server, "swapsrc", "swapdst", True)
         with bk.su("postgres") as conn:
             allowed = conn.execute("SELECT datallowconn FROM pg_database "
                                    "WHERE datname = 'swapdst'").fetchone()

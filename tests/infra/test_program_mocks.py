@@ -42,7 +42,7 @@ def upload(container: offline.Registered, path: str) -> dict[str, Any]:
 def image_of(run: offline.OfflineRun, container: offline.Registered) -> str:
     """The image reference a container runs (it runs the image id of a RemoteImage)."""
     image_id = container.plain_inputs["image"]
-    by_id = {"sha256:" + offline._stand_in(str(r.plain_inputs["name"]), 64): r.plain_inputs["name"]
+    by_id = {"sha256:" + offline.stand_in(str(r.plain_inputs["name"]), 64): r.plain_inputs["name"]
              for r in run.of_type(IMAGE)}
     return by_id[image_id]
 

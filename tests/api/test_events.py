@@ -21,7 +21,7 @@ from websockets.sync.client import connect as ws_connect
 from cesar.api.settings import AuthSettings
 from cesar.events import log as elog
 from cesar.events.settings import EventSettings
-from tests.api.conftest import ApiServer, make_key, serve, settings_for
+from tests.api.helpers import ApiServer, make_key, serve, settings_for
 from tests.api.sse import SseStream
 
 AGENT = "a9e5c0de-0001-4000-8000-000000000001"
@@ -530,7 +530,7 @@ def test_prune_keeps_what_is_younger_than_the_retention(migrated_db: str) -> Non
 
 
 def test_cesar_events_prune_and_status(migrated_db: str) -> None:
-    from tests.api.conftest import run_cesar
+    from tests.api.helpers import run_cesar
 
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         new_task(conn, "to prune")

@@ -24,7 +24,7 @@ from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from cesar.api.settings import AuthSettings
-from tests.api.conftest import ApiServer, serve, settings_for
+from tests.api.helpers import ApiServer, serve, settings_for
 from tests.api.test_routes import ROUTES
 
 #: Routes that answer without a key.

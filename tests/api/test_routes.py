@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from cesar import db, migrate
-from tests.api.conftest import ApiServer, closed_port, sample, serve, settings_for
+from tests.api.helpers import ApiServer, closed_port, sample, serve, settings_for
 
 ROUTES = {"/agents", "/agents/{agent_id}", "/events", "/health", "/health/live", "/metrics"}
 #: The work routes (tasks, runs, dispatch): tests/api/test_tasks.py, test_runs.py, test_dispatch.py.

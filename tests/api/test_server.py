@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from cesar.dev.embedded import free_port
-from tests.api.conftest import run_cesar, sample
+from tests.api.helpers import run_cesar, sample
 from tests.helpers import REPO
 
 

@@ -23,7 +23,7 @@ from cesar.errors import ConfigError
 from cesar.rotate import scram
 from infra import images, monitoring_files, offline, outputs, program, selfhosted
 from infra import settings as stack_settings
-from tests.infra.conftest import STACKS, settings_of
+from tests.infra.helpers import STACKS, settings_of
 
 CONTAINER = "docker:index/container:Container"
 IMAGE = "docker:index/remoteImage:RemoteImage"

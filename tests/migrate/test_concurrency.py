@@ -18,9 +18,8 @@ import psycopg
 import pytest
 
 from cesar import migrate
-from tests.helpers import PgStack
-
-from .conftest import events, file_count, query, schema_dump
+from tests.helpers import PgStack, query, schema_dump
+from tests.migrate.helpers import events, file_count
 
 Spawn = Callable[..., subprocess.Popen[str]]
 

@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 
 from cesar.dev.embedded import pg_bindir
-from tests.helpers import PgStack
-
-from .conftest import child_env, full_dump, query, schema_dump
+from tests.helpers import PgStack, child_env, full_dump, query, schema_dump
 
 SET = Path(__file__).parent / "corpus" / "pg_dump_style"
 MODES = ["transactional", "per-statement"]

@@ -28,7 +28,7 @@ from psycopg.types.json import Jsonb
 
 from cesar.sync import run as sync_run
 from tests.helpers import make_settings
-from tests.sync.conftest import Pair, sync_settings
+from tests.sync.helpers import Pair, sync_settings
 
 SEED = int(os.environ.get("CESAR_SYNC_RANDOM_SEED", "20261125"))
 STEPS = int(os.environ.get("CESAR_SYNC_RANDOM_STEPS", "160"))

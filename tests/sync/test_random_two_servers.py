@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.sync.conftest import SKEW_SECONDS, Pair, child_env
+from tests.sync.helpers import SKEW_SECONDS, Pair, child_env
 
 SEEDS = [int(s) for s in os.environ.get("CESAR_SYNC_RANDOM2_SEEDS", "20261130").split(",")]
 SECONDS = float(os.environ.get("CESAR_SYNC_RANDOM2_SECONDS", "15"))

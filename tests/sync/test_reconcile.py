@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests.sync.conftest import Pair
+from tests.sync.helpers import Pair
 
 BYPASS = "SELECT set_config('cesar.sync_apply', 'on', false)"  # a session the capture ignores
 

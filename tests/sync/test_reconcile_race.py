@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from cesar.sync import reconcile
-from tests.sync.conftest import Pair
+from tests.sync.helpers import Pair
 from tests.sync.test_reconcile import bypass
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -168,3 +169,70 @@ def rows(db_url: str, query: str, params: Any = None) -> list[dict[str, Any]]:
 def active_agents(db_url: str) -> list[str]:
     return [str(r["id"]) for r in rows(db_url, "SELECT id FROM agents WHERE status = 'active' "
                                                "ORDER BY name")]
+
+
+@contextmanager
+def cesar_api(*args: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """``cesar api ARGS`` as its own process (as systemd runs it), stopped with SIGTERM after."""
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("CESAR_", "PROMETHEUS_"))}
+    full_env.update(env)
+    proc = subprocess.Popen([sys.executable, "-m", "cesar.cli", "api", *args], cwd=REPO,
+                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[str], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"cesar api exited: {proc.stdout.read() if proc.stdout else ''}"
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url}/health never answered 200")
+
+
+#: The monitoring credential the servers started here accept on /metrics (generated per run).
+MONITOR = secrets.token_urlsafe(24)
+
+
+def base_env(url: str, tmp: Path) -> dict[str, str]:
+    return {"ENVIRONMENT": "development", "LOCAL_DB_URL": url,
+            "CESAR_STATE_DIR": str(tmp / "state"), "CESAR_API_METRICS_TOKEN": MONITOR}
+
+
+#: Every route the application serves (test_routes.py checks the OpenAPI document lists these).
+ROUTES = {"/agents", "/agents/{agent_id}", "/events", "/health", "/health/live", "/metrics"}
+#: The work routes (tasks, runs, dispatch): tests/api/test_tasks.py, test_runs.py, test_dispatch.py.
+ROUTES |= {"/tasks", "/tasks/{task_id}", "/tasks/{task_id}/cancel", "/dispatch", "/runs",
+           "/runs/{run_id}", "/runs/{run_id}/events", "/runs/{run_id}/finish"}
+#: The sync's conflicts, read-only (the dashboard's conflicts page): tests/web/.
+ROUTES |= {"/conflicts"}
+
+
+def event_settings(**overrides: Any) -> EventSettings:
+    """Event settings that poll fast and let idle streams go after a second."""
+    values: dict[str, Any] = {"heartbeat_seconds": 15.0, "poll_seconds": 0.05,
+                              "idle_seconds": 1.0}
+    values.update(overrides)
+    return EventSettings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def serve_events(url: str, tmp: Path, **overrides: Any) -> Any:
+    """``serve`` with event settings for the /events tests (and no lockout from failed keys)."""
+    auth = AuthSettings(_env_file=None, auth_failure_limit=100_000)  # type: ignore[call-arg]
+    app_settings = settings_for(url, tmp)
+    return serve(app_settings, auth, events=event_settings(**overrides))

@@ -89,3 +89,14 @@ def child_env() -> dict[str, str]:
     env = base_child_env()
     env["CESAR_SYNC_TABLES"] = ",".join(SYNCED_TABLES + TEST_TABLES)
     return env
+
+
+BYPASS = "SELECT set_config('cesar.sync_apply', 'on', false)"  # a session the capture ignores
+
+
+def bypass(pair: Pair, side: str, *statements: tuple[str, list]) -> None:
+    """Run statements that the capture does not see (drift: what --full is for)."""
+    with pair.connect(side) as conn:
+        conn.execute(BYPASS)
+        for query, params in statements:
+            conn.execute(query, params)  # type: ignore[arg-type]

@@ -14,8 +14,7 @@ import uuid
 import pytest
 
 from cesar.sync import reconcile
-from tests.sync.helpers import Pair
-from tests.sync.test_reconcile import bypass
+from tests.sync.helpers import Pair, bypass
 
 
 def test_a_write_between_the_reconcile_s_reads_is_not_stamped_on_an_old_image(

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.api.helpers import make_key
+from tests.api.helpers import make_key, serve_events
 from tests.api.sse import SseStream
-from tests.api.test_events import serve_events
 from tests.sync.helpers import Pair
 
 

@@ -14,7 +14,7 @@ on the same server minutes apart at most. So each lever is measured on its own:
 The key lookup is cached per worker (``CESAR_API_KEY_CACHE_SECONDS``, 2 s) in every row; the
 ``threads`` row with ``--no-key-cache`` shows what the cache saves (a lookup per request).
 
-Target (issue 17): ``/agents`` p95 at 50 clients within 2x the bare endpoint's.
+Target: ``/agents`` p95 at 50 clients within 2x the bare endpoint's.
 """
 
 from __future__ import annotations

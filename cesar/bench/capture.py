@@ -7,7 +7,7 @@ runs, and PostgreSQL before 017), and a copy without capture. The same ``INSERT 
 ``--rows`` rows goes into each, in turn, ``--rounds`` times (interleaved, so that the machine's
 load falls on all three alike). Prints each time and the ratios to the insert without capture.
 
-Target (issue 17): the captured insert within 1.5x of the plain one.
+Target: the captured insert within 1.5x of the plain one.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import psycopg
 from cesar.backup import archive
 from cesar.backup.base import Backup, repo_lock
 from cesar.backup.settings import Server
+from cesar.db.sockets import free_port, unix_socket_dir
 from cesar.errors import OperationFailed
 
 
@@ -40,12 +40,6 @@ class Scratch:
 
     def connect(self, dbname: str = "postgres") -> psycopg.Connection:
         return psycopg.connect(self.conninfo(dbname), autocommit=True, connect_timeout=10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _recovery_conf(scratch: Scratch, target: dict[str, str]) -> str:
@@ -75,7 +69,8 @@ def start(server: Server, backup: Backup, target: dict[str, str]) -> Scratch:
     settings; empty: the end of the archive). Returns once the server is promoted and
     answering; on failure the scratch is removed and the error names the log's reason."""
     root = server.repo / "scratch" / uuid.uuid4().hex[:12]
-    scratch = Scratch(server, root / "pgdata", root / "run", _free_port(), root / "postgres.log")
+    scratch = Scratch(server, root / "pgdata", unix_socket_dir(root / "run", "cesar-scratch"),
+                      free_port(), root / "postgres.log")
     root.mkdir(mode=0o700, parents=True)
     try:
         if server.owner is not None:
@@ -165,6 +160,8 @@ def stop(scratch: Scratch) -> None:
                             "-w", "-t", "60", "stop", "-m", "immediate"],
                            scratch.server.owner, "stopping the scratch server", timeout=90)
     shutil.rmtree(root, ignore_errors=True)
+    if not scratch.socket_dir.is_relative_to(root):  # the short one under /tmp
+        shutil.rmtree(scratch.socket_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -448,6 +448,21 @@ class Lease:
         if conn is not None:
             self.fence(conn)
 
+    def explain(self, exc: psycopg.Error) -> LeaseLost | None:
+        """A connection of this holder's work failed: the :class:`LeaseLost` it amounts to when
+        the lease is lost or has gone unrenewed for a whole lease by this process's clock (a
+        holder paused inside a transaction finds its session ended by the server, which ends
+        transactions idle for one lease: see ``idle_in_transaction_session_timeout`` in
+        cesar.sync.run); None when the lease was renewed in time (then the failure is the
+        database's, not the lease's)."""
+        if not self._lost.is_set():
+            unrenewed = time.monotonic() - self._renewed
+            if unrenewed < self.seconds:
+                return None
+            self._lose(f"not renewed for {unrenewed:.0f} s; the database ended its session: "
+                       f"{first_line(exc)}")
+        return self._lost_error()
+
     def fence(self, conn: psycopg.Connection) -> None:
         """Inside the caller's writing transaction: fail unless this holder and generation
         still hold the row, and keep it that way until the commit (``FOR SHARE``)."""

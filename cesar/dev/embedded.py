@@ -28,14 +28,12 @@ owned by ``cesar_app`` and privileges never drift between the two.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import ipaddress
 import json
 import os
 import pwd
 import shutil
-import socket
 import stat
 import subprocess
 import time
@@ -49,6 +47,7 @@ from psycopg import sql
 from cesar.config import DEV_STATE_FILE
 from cesar.credentials import APP_ROLE, LOGINS, new_password, write_private
 from cesar.db import urls
+from cesar.db.sockets import free_port, unix_socket_dir
 from cesar.errors import ConfigError, OperationFailed
 
 SUPERUSER = "postgres"
@@ -59,7 +58,6 @@ RUN_AS = "cesar-pg"  # system user that owns the server when we run as root
 STATE_FILE = DEV_STATE_FILE
 # The longest a committed transaction waits before its WAL segment is archived: the RPO bound.
 ARCHIVE_TIMEOUT = 10
-_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for ".s.PGSQL.NNNNN"
 
 
 @dataclass
@@ -214,11 +212,8 @@ class EmbeddedPostgres:
 
     # ---------------------------------------------------------------- internals
     def _socket_dir(self, owner: pwd.struct_passwd | None) -> Path:
-        path = self.state_dir / "run"
-        if len(str(path)) > _SOCKET_PATH_MAX:
-            # A unix socket path must fit in 108 bytes; deep checkouts fall back to /tmp.
-            digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
-            path = Path("/tmp") / f"cesar-pg-{digest}"
+        # A deep checkout's state directory may not fit a unix socket path: then /tmp.
+        path = unix_socket_dir(self.state_dir / "run")
         path.mkdir(mode=0o700, exist_ok=True)
         if owner is not None:
             os.chown(path, owner.pw_uid, owner.pw_gid)
@@ -409,11 +404,34 @@ def _run(
         )
     except subprocess.CalledProcessError as exc:
         detail = (exc.stderr or exc.stdout or "").strip().splitlines()
-        tail = detail[-1] if detail else f"exit code {exc.returncode}"
+        tail = _log_reason(log_file) or (detail[-1] if detail else f"exit code {exc.returncode}")
         hint = f"; see {log_file}" if log_file else ""
         raise OperationFailed(f"{what} failed: {tail}{hint}") from None
     except subprocess.TimeoutExpired:
         raise OperationFailed(f"{what} did not finish within 120 s") from None
+
+
+def _log_reason(log_file: Path | None) -> str:
+    """The server's own reason for not starting: its last FATAL or PANIC line, after what the
+    same process said just before it that was not routine (``Unix-domain socket path ... is
+    too long`` precedes ``could not create any Unix-domain sockets``), without their prefixes;
+    empty when the log has none."""
+    try:
+        with open(log_file or "", "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    routine = ("starting PostgreSQL", "listening on", "database system is")
+    # this start only: an earlier start's reason is not this one's
+    first = max((i for i, line in enumerate(lines) if "starting PostgreSQL" in line), default=0)
+    for i in range(len(lines) - 1, first - 1, -1):
+        if "FATAL:" in lines[i] or "PANIC:" in lines[i]:
+            pid = lines[i].split("]", 1)[0]
+            picked = [line for line in lines[max(first, i - 3):i]
+                      if line.startswith(pid) and not any(r in line for r in routine)]
+            return " / ".join(line.split(":  ", 1)[-1].strip() for line in [*picked, lines[i]])
+    return ""
 
 
 def _replace_if_different(path: Path, text: str) -> bool:
@@ -435,7 +453,3 @@ def tls_bindir() -> Path | None:
     return None
 
 
-def free_port(host: str = HOST) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])

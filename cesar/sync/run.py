@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg import errors as pgerrors
 from psycopg import sql
 
 from cesar import db
@@ -45,6 +46,11 @@ Progress = Callable[[str], None]
 #: statistics (PostgreSQL).
 ANALYZE_AFTER_ROWS = 1_000
 DIRECTIONS = (("local", "cluster", "local_to_cluster"), ("cluster", "local", "cluster_to_local"))
+
+
+#: A session ended under the run (the server gone, or a transaction idle for one lease ended
+#: by the server, reported as 25P03 when its FATAL is read, else as a closed connection).
+SESSION_GONE = (psycopg.OperationalError, pgerrors.IdleInTransactionSessionTimeout)
 
 
 def _quiet(_: str) -> None:
@@ -371,6 +377,12 @@ class Run:
                     f"{failed[0].error}" + (f" (and {len(failed) - 1} more)" if len(failed) > 1
                                             else "") + "; the other tables were synced; see "
                     "`cesar sync status` (last_error) and rerun with -v")
+        except SESSION_GONE as exc:
+            # A run paused past its lease inside a transaction finds its session ended.
+            lost = self.lease.explain(exc) if self.lease is not None else None
+            if lost is None:
+                raise
+            raise lost from None
         finally:
             report.seconds = time.perf_counter() - started
             self.close()
@@ -392,8 +404,8 @@ class Run:
                     if not deleted and self._bulk_applies(src, dst, p.rows):
                         self._bulk(src, dst, spec, tr)
                     self._move(src, dst, spec, deleted, tr)
-                except psycopg.OperationalError:
-                    raise  # a database is gone: nothing else can move either
+                except SESSION_GONE:
+                    raise  # a database or this run's session is gone: nothing else can move
                 except psycopg.Error as exc:
                     # One table's failure (its SQL, not a row: rows are split out and recorded)
                     # must not hold back the others: record it, go on, fail the run at the end.

@@ -22,9 +22,13 @@ from tests.sync.helpers import Pair, child_env
 
 #: `cesar sync run` that stops itself the first time it reaches ``point`` (apply: a batch is
 #: about to be applied on the target; acknowledge: the target committed, the source is not yet
-#: acknowledged; slow-apply: hold the lease for a minute, to be killed).
+#: acknowledged; in-acknowledge: inside the acknowledging transaction, its rows updated and
+#: locked, before its fence; slow-apply: hold the lease for a minute, to be killed).
+#: The stop is sent to the calling thread, so that it stops right there: a signal sent to the
+#: process is taken by its main thread, and the caller ran on for a moment (into a transaction,
+#: on a loaded machine) before the stop reached it.
 PAUSER = """
-import os, signal, sys, time
+import os, signal, sys, threading, time
 from cesar.sync import apply, capture, run
 point, local, cluster = sys.argv[1:4]
 stopped = []
@@ -33,7 +37,7 @@ def pause_before(real):
     def wrapper(*args, **kwargs):
         if not stopped:
             stopped.append(True)
-            os.kill(os.getpid(), signal.SIGSTOP)
+            signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
         return real(*args, **kwargs)
     return wrapper
 
@@ -41,6 +45,11 @@ if point == "apply":
     run.apply_changes = pause_before(run.apply_changes)
 elif point == "acknowledge":
     capture.acknowledge = pause_before(capture.acknowledge)
+elif point == "in-acknowledge":
+    real_ack = capture.acknowledge
+    def inside(conn, spec, changes, fence=None, **kwargs):
+        return real_ack(conn, spec, changes, fence=pause_before(fence), **kwargs)
+    capture.acknowledge = inside
 elif point == "slow-apply":
     real = run.apply_changes
     def slow(*args, **kwargs):
@@ -162,3 +171,23 @@ def test_a_run_killed_on_this_host_is_taken_over_at_once(runs: Runs) -> None:
 
     assert report.moved == 5
     pair.assert_identical()
+
+
+def test_a_run_paused_inside_its_acknowledgement_reports_the_lost_lease(runs: Runs) -> None:
+    """The server ends a transaction idle for one lease (the sync's sessions set
+    idle_in_transaction_session_timeout to it), so the paused run resumes on a closed
+    connection: that is its lease lost, said as such, and its acknowledgement did not land."""
+    pair = runs.pair
+    write_rows(pair)
+    first = runs.start("in-acknowledge", 1)
+    wait_stopped(first, "the run")
+    second = take_over(runs, "apply")  # it reads the 5 rows: the locks were released
+
+    os.kill(first.pid, signal.SIGCONT)
+    _, err = first.communicate(timeout=60)
+
+    assert first.returncode == 1, err
+    assert "lost the sync lease" in err and "the database ended its session" in err, err
+    assert "Traceback" not in err
+    assert pair.pending("local") == 5
+    finish_second(second, pair)

@@ -96,7 +96,8 @@ def plain(value: Any) -> Any:
 
 
 # --------------------------------------------------------------- mocks
-def _stand_in(name: str, n: int = 24) -> str:
+def stand_in(name: str, n: int = 24) -> str:
+    """The stable hex value the mocks give ``name`` (an id, a password): the same every run."""
     return hashlib.sha256(name.encode()).hexdigest()[:n]
 
 
@@ -137,17 +138,17 @@ class RecordingMocks(pulumi.runtime.Mocks):
         elif token == "tls:index/certRequest:CertRequest":
             out["certRequestPem"] = FAKE_PEM["csr"]
         elif token == "random:index/randomPassword:RandomPassword":
-            out["result"] = "Mk" + _stand_in(args.name, int(args.inputs.get("length", 24)) - 2)
+            out["result"] = "Mk" + stand_in(args.name, int(args.inputs.get("length", 24)) - 2)
             self.secret_values.add(out["result"])
         elif token == "random:index/randomBytes:RandomBytes":
-            raw = bytes.fromhex(_stand_in(args.name, int(args.inputs.get("length", 16)) * 2))
+            raw = bytes.fromhex(stand_in(args.name, int(args.inputs.get("length", 16)) * 2))
             out.update(hex=raw.hex(), base64=base64.b64encode(raw).decode())
         elif token == "docker:index/container:Container" and args.name in self.exit_codes:
             out["exitCode"] = self.exit_codes[args.name]
         elif token == "docker:index/remoteImage:RemoteImage":
-            out["imageId"] = "sha256:" + _stand_in(str(args.inputs.get("name")), 64)
+            out["imageId"] = "sha256:" + stand_in(str(args.inputs.get("name")), 64)
         elif token == "cockroach:index/cluster:Cluster":
-            cluster_id = _stand_in(args.name, 8) + "-0000-4000-8000-" + _stand_in(args.name, 12)
+            cluster_id = stand_in(args.name, 8) + "-0000-4000-8000-" + stand_in(args.name, 12)
             out["regions"] = [
                 {**region, "sqlDns": f"{args.inputs['name']}-{region['name']}.mock.crdb.io",
                  "uiDns": f"admin-{args.inputs['name']}-{region['name']}.mock.crdb.io"}

@@ -13,20 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from cesar.credentials import LOGINS
 from cesar.dev.embedded import EmbeddedPostgres, tls_bindir
-from tests.helpers import (
-    CONFIG_VARS,
-    IN_CI,
-    REPO,
-    PgStack,
-    child_env,
-    make_settings,
-    new_state_dir,
-    require,
-    stopped,
-    wait_stopped,
-)
+from tests.helpers import CONFIG_VARS, PgStack, new_state_dir, require
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +71,3 @@ def fresh_db(pg_stack: PgStack) -> Iterator[str]:
     finally:
         pg_stack.drop_database(name)
 
-
-# The helpers stay importable from here for tests written before tests/helpers.py.
-__all__ = ["IN_CI", "LOGINS", "REPO", "PgStack", "child_env", "make_settings", "new_state_dir",
-           "require", "stopped", "tls_bindir", "wait_stopped"]

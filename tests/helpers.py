@@ -5,12 +5,15 @@ Fixtures live in conftest.py; what a test calls directly lives here, imported by
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -18,7 +21,7 @@ from psycopg import sql
 
 from cesar.config import Settings
 from cesar.credentials import APP_ROLE
-from cesar.dev.embedded import EmbeddedPostgres, StackState
+from cesar.dev.embedded import EmbeddedPostgres, StackState, pg_bindir
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -109,3 +112,62 @@ def new_state_dir(prefix: str) -> Path:
     path = REPO / ".cesar" / "tests" / f"{prefix}-{uuid.uuid4().hex[:8]}"
     path.mkdir(parents=True)
     return path
+
+
+@dataclass
+class CliResult:
+    """A ``cesar`` command's exit code and both outputs."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def run_in_process(capsys: pytest.CaptureFixture[str], argv: Sequence[str]) -> CliResult:
+    """``cesar ARGV`` in this process (fast; no subprocess), its outputs read from ``capsys``."""
+    from cesar.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(argv))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    else:  # pragma: no cover - main always exits
+        code = 0
+    out, err = capsys.readouterr()
+    return CliResult(code, out, err)
+
+
+def query(url: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+    """Run one statement on its own autocommit connection; its rows, if it returns any."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(statement, params)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description is not None else []
+
+
+def _pg_dump(url: str, *args: str) -> str:
+    """``pg_dump ARGS`` of the database behind ``url`` (as its login, over TCP), without the
+    header lines that name the versions and (since 17.6) a random \\restrict key."""
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    env = {**child_env(), "PGPASSWORD": str(params["password"])}
+    out = subprocess.run(
+        [str(pg_bindir() / "pg_dump"), "--no-owner", "--no-privileges",
+         "-h", str(params["host"]), "-p", str(params["port"]), "-U", str(params["user"]),
+         *args, str(params["dbname"])],
+        env=env, capture_output=True, text=True, check=True, timeout=60,
+    ).stdout
+    return "\n".join(line for line in out.splitlines()
+                     if not line.startswith(("\\restrict", "\\unrestrict", "-- Dumped")))
+
+
+def schema_dump(pg: PgStack, url: str, *extra: str) -> str:
+    """``pg_dump --schema-only`` of the database behind ``url``."""
+    return _pg_dump(url, "--schema-only", *extra)
+
+
+def full_dump(pg: PgStack, url: str) -> str:
+    """Schema and data: what a dry run must leave byte-for-byte unchanged."""
+    return _pg_dump(url)

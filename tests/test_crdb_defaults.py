@@ -43,7 +43,7 @@ def crdb_session(pg_stack: PgStack, fresh_db: str) -> psycopg.Connection:
 def test_rotation_reads_no_internal_table_to_save_the_old_verifier(
         crdb_session: psycopg.Connection) -> None:
     assert rotator.detect_engine(crdb_session) == "cockroachdb"
-    assert rotator._read_verifier(crdb_session, "cesar_app_a") is None
+    assert rotator.read_verifier(crdb_session, "cesar_app_a") is None
 
 
 def _sql_strings(path: Path) -> list[str]:

@@ -141,7 +141,7 @@ def restore(server: Server, target: datetime, into: str, *, force: bool = False,
                     sql.Identifier(temp)))
             raise
         recovered_to = stop.committed_at or f"{backup.finished_at} (the backup; no later commit)"
-    replaced = _swap_in(server, temp, into, force)
+    replaced = swap_in(server, temp, into, force)
     return RestoreResult(into, server.app_url_for(into), target.isoformat(), backup.label,
                          recovered_to, replaced, time.perf_counter() - started)
 
@@ -188,7 +188,7 @@ def _copy(server: Server, s: scratch.Scratch, into: str) -> None:
         raise failure
 
 
-def _swap_in(server: Server, temp: str, into: str, force: bool) -> str | None:
+def swap_in(server: Server, temp: str, into: str, force: bool) -> str | None:
     """Give the restored copy its name; an existing database is renamed aside, not dropped."""
     with server.connect() as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [into]).fetchone()

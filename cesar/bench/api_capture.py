@@ -8,7 +8,7 @@ companions; nothing else is touched), ``--rounds`` times each, and reports p95 w
 p95 without. The triggers are enabled again at the end, whatever happens (a run that is killed
 meanwhile leaves them disabled: ``cesar sync run`` then refuses, naming the trigger).
 
-Target (issue 17): within 1.2x.
+Target: within 1.2x.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ log line costs), ``--access-log-unbuffered`` one with a write per access line
 unless ``--load-generator python`` (:mod:`cesar.bench.api`); every row records the machine's
 load average as it ended.
 
-Target (issue 17): ``/agents`` p95 at 50 clients within 2x the bare endpoint's.
+Target: ``/agents`` p95 at 50 clients within 2x the bare endpoint's.
 """
 
 from __future__ import annotations

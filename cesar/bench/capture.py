@@ -9,7 +9,7 @@ same ``INSERT ... SELECT`` of ``--rows`` rows goes into each, in turn, ``--round
 (interleaved, so that the machine's load falls on all alike). Prints each time and the ratios
 to the insert without capture.
 
-Target (issue 17): the captured insert within 1.5x of the plain one.
+Target: the captured insert within 1.5x of the plain one.
 """
 
 from __future__ import annotations

@@ -130,18 +130,20 @@ def missing_requirements() -> list[str]:
     if os.geteuid() != 0:
         missing.append("root (systemd-nspawn and network namespaces need it)")
     for tool, package in TOOLS.items():
-        if not _have(tool):
+        if not have_tool(tool):
             missing.append(f"{tool} (apt-get install {package})")
     if tls_bindir() is None:
         missing.append("a PostgreSQL built with SSL (apt-get install postgresql)")
     return missing
 
 
-def _have(tool: str) -> bool:
+def have_tool(tool: str) -> bool:
+    """Whether ``tool`` is installed (root's PATH may lack /usr/sbin)."""
     return shutil.which(tool) is not None or Path("/usr/sbin", tool).exists()
 
 
-def _require() -> None:
+def check_requirements() -> None:
+    """Raise a ConfigError naming everything missing_requirements() found."""
     missing = missing_requirements()
     if missing:
         raise ConfigError("test hosts need " + ", ".join(missing))
@@ -209,7 +211,7 @@ def up(count: int = 2, *, owner: str = "invoke", sync_hosts: int = 1,
     """Start ``count`` hosts and their database; write the inventory. Cleans up on failure."""
     if not 1 <= count <= 20:
         raise ConfigError(f"--count {count}: start between 1 and 20 hosts")
-    _require()
+    check_requirements()
     reap_orphans(progress)
     rootfs = ensure_rootfs(progress=progress)
     RUNS.mkdir(parents=True, exist_ok=True)
@@ -270,9 +272,10 @@ def _network(run: Run, count: int) -> None:
         _ip("-n", host.netns, "link", "set", "lo", "up")
 
 
-def pick_subnet() -> ipaddress.IPv4Network:
-    """The first /24 of 10.77.0.0/16 that overlaps no address on this machine."""
-    out = _run(["ip", "-j", "-4", "addr"], "ip addr")
+def pick_subnet(ip_addr_json: str | None = None) -> ipaddress.IPv4Network:
+    """The first /24 of 10.77.0.0/16 that overlaps no address on this machine (as
+    ``ip -j -4 addr`` lists them; ``ip_addr_json`` is that listing, read here when not given)."""
+    out = _run(["ip", "-j", "-4", "addr"], "ip addr") if ip_addr_json is None else ip_addr_json
     used = [
         ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}").network
         for link in json.loads(out) for a in link.get("addr_info", [])
@@ -459,7 +462,7 @@ def down(run: Run, progress: Progress = _quiet) -> list[str]:
     """Tear down everything ``state.json`` names; safe to repeat, and on a half-made run."""
     done: list[str] = []
     for host in run.hosts:
-        if host.pid is not None and _stop_nspawn(host):
+        if host.pid is not None and stop_nspawn(host):
             done.append(f"stopped {host.name} (pid {host.pid})")
     for host in run.hosts:
         if _exists(["ip", "netns", "list"], host.netns):
@@ -505,10 +508,10 @@ def reap_orphans(progress: Progress = _quiet) -> None:
             down(run, progress)
 
 
-def _stop_nspawn(host: Host, grace: float = 20.0) -> bool:
+def stop_nspawn(host: Host, grace: float = 20.0) -> bool:
     """SIGTERM asks nspawn for an orderly shutdown of the container; SIGKILL after ``grace``."""
     pid = host.pid
-    if pid is None or not _alive(pid) or not _is_our_nspawn(pid, host):
+    if pid is None or not _alive(pid) or not is_our_nspawn(pid, host):
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -521,7 +524,7 @@ def _stop_nspawn(host: Host, grace: float = 20.0) -> bool:
     return True
 
 
-def _is_our_nspawn(pid: int, host: Host) -> bool:
+def is_our_nspawn(pid: int, host: Host) -> bool:
     """The pid still belongs to the nspawn we started (pids are reused)."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")

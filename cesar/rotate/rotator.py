@@ -385,7 +385,7 @@ class Rotator:
     def _set(self, st: RotationState, pending: Credential) -> None:
         with self.primary.admin() as admin:
             if st.previous_verifier is None:
-                st.previous_verifier = _read_verifier(admin, pending.login) or ""
+                st.previous_verifier = read_verifier(admin, pending.login) or ""
                 self.save(st)
             try:
                 self._still_locked()
@@ -537,7 +537,8 @@ def _other(login: str) -> str:
     return LOGINS[1] if login == LOGINS[0] else LOGINS[0]
 
 
-def _read_verifier(admin: psycopg.Connection, login: str) -> str | None:
+def read_verifier(admin: psycopg.Connection, login: str) -> str | None:
+    """The stored password verifier of ``login``, or None where no catalog may show it."""
     if detect_engine(admin) == "cockroachdb":
         # No supported catalog exposes a stored verifier on CockroachDB (pg_authid has no
         # password there) and system.users is refused by default from v26.1

@@ -104,8 +104,9 @@ def _rows(conn: psycopg.Connection, spec: TableSpec, lo: Any, hi: Any
             canon=spec.canonical_text("t"), t=spec.ident, where=where), params).fetchall()}
 
 
-def _versions(conn: psycopg.Connection, spec: TableSpec, keys: list[str]
-              ) -> dict[str, Version]:
+def read_versions(conn: psycopg.Connection, spec: TableSpec, keys: list[str]
+                  ) -> dict[str, Version]:
+    """The (version, origin) each of ``keys`` has in ``spec``'s table on one side."""
     return {pk: (v, o) for pk, v, o in conn.execute(
         "SELECT pk, version, origin FROM sync_versions "
         "WHERE table_name = %s AND pk = ANY(CAST(%b AS TEXT[]))",
@@ -192,7 +193,7 @@ def _snapshot(sides: tuple[_Side, _Side], spec: TableSpec, lo: Any, hi: Any,
         report.rows_compared += sum(len(r) for r in rows.values())
         keys = sorted(k for k in rows["local"].keys() | rows["cluster"].keys()
                       if _differ(rows["local"].get(k), rows["cluster"].get(k)))
-        versions = {s.name: _versions(s.conn, spec, keys) if keys else {} for s in sides}
+        versions = {s.name: read_versions(s.conn, spec, keys) if keys else {} for s in sides}
     return rows, versions
 
 

@@ -1,123 +1,17 @@
-"""Fixtures of the API's tests: the real application served by uvicorn on a free port, on a
-real PostgreSQL database migrated by the real runner. Nothing is mocked.
-
-``serve(settings)`` runs uvicorn in a thread of the test process (so a test can also read the
-app's state); ``api`` is one such server for a whole module, on a migrated database that the
-module's tests must not change (tests that break something make their own database).
+"""Fixtures of the API's tests: migrated databases on the session's PostgreSQL (migrated by the
+real runner) and ``api``, the real application served over HTTP for a whole module, on a
+database that the module's tests must not change (tests that break something make their own).
+Nothing is mocked; the helpers the tests call live in tests/api/helpers.py.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import secrets
-import socket
-import subprocess
-import sys
-import threading
-import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
-import psycopg
 import pytest
-import uvicorn
 
-from cesar import migrate
-from cesar.api.app import create_app
-from cesar.api.settings import AuthSettings
-from cesar.config import Settings
-from cesar.dev.embedded import free_port
-from cesar.events.settings import EventSettings
-from tests.helpers import REPO, PgStack, make_settings
-
-
-@dataclass
-class ApiServer:
-    url: str
-    server: uvicorn.Server
-    #: A key with every scope, created in the served database when it could be (else one of the
-    #: right shape that no database knows: its lookup then meets the database's state).
-    key: str = ""
-    #: The monitoring credential (CESAR_API_METRICS_TOKEN) this server accepts.
-    monitor: str = ""
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-    def get(self, path: str, *, key: str | None = None, **kwargs: object) -> httpx.Response:
-        """GET with the server's key (``key=""``: none; or another key)."""
-        chosen = self.key if key is None else key
-        headers = dict(kwargs.pop("headers", None) or {})  # type: ignore[call-overload]
-        if chosen:
-            headers.setdefault("Authorization", f"Bearer {chosen}")
-        return httpx.get(f"{self.url}{path}", timeout=kwargs.pop("timeout", 5.0),  # type: ignore[arg-type]
-                         headers=headers, **kwargs)  # type: ignore[arg-type]
-
-
-def make_key(url: str, *scopes: str, name: str = "tests", **kwargs: object) -> str:
-    """A new API key in the database at ``url`` (every scope unless given)."""
-    from cesar import keys
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        return keys.create(conn, name, list(scopes or keys.SCOPES), actor="tests",
-                           **kwargs).key  # type: ignore[arg-type]
-
-
-def server_key(url: str | None) -> str:
-    from cesar import keys
-
-    if url:
-        try:
-            return make_key(url)
-        except psycopg.Error:  # down or not migrated: the test is about that
-            pass
-    return keys.generate()[0]
-
-
-def settings_for(url: str, tmp: Path, **overrides: object) -> Settings:
-    """Development settings serving ``url`` as the local database, and nothing embedded."""
-    return make_settings(local_db_url=url, state_dir=tmp / "no-embedded-stack", **overrides)
-
-
-@contextmanager
-def serve(settings: Settings, auth: AuthSettings | None = None,
-          events: EventSettings | None = None) -> Iterator[ApiServer]:
-    """The application under uvicorn (real HTTP) on a free port, for the block's duration."""
-    port = free_port()
-    key = server_key(settings.local_db_url)
-    monitor = secrets.token_urlsafe(24)
-    auth = auth or AuthSettings(_env_file=None, metrics_token=monitor)  # type: ignore[call-arg]
-    secret = auth.metrics_token.get_secret_value() if auth.metrics_token else ""
-    config = uvicorn.Config(create_app(settings, auth, events), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start (see the captured log)")
-        time.sleep(0.02)
-    try:
-        yield ApiServer(f"http://127.0.0.1:{port}", server, key, secret)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-
-
-def migrated_database(pg_stack: PgStack, settings: Settings | None = None) -> tuple[str, str]:
-    """A new database with every migration applied; returns (name, app URL)."""
-    name = f"t_api_{uuid.uuid4().hex[:10]}"
-    url = pg_stack.create_database(name)
-    migrate.apply_all(url, settings or make_settings(),
-                      migrations_dir=REPO / "sql" / "migrations")
-    return name, url
+from tests.api.helpers import ApiServer, migrated_database, serve, settings_for
+from tests.helpers import PgStack
 
 
 @pytest.fixture(scope="module")
@@ -143,34 +37,3 @@ def migrated_db(pg_stack: PgStack) -> Iterator[str]:
         yield url
     finally:
         pg_stack.drop_database(name)
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 where nothing listens (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def sample(text: str, name: str, labels: str = "") -> float:
-    """The value of one sample in Prometheus text (``labels`` as written, e.g. ``route="/x"``),
-    summed over every series of that name whose labels contain it."""
-    total, found = 0.0, False
-    for line in text.splitlines():
-        match = re.match(rf"^{re.escape(name)}(\{{.*\}})? (\S+)$", line)
-        if match and labels in (match.group(1) or ""):
-            total += float(match.group(2))
-            found = True
-    if not found:
-        raise AssertionError(f"no sample {name}{{{labels}}} in the exposition")
-    return total
-
-
-def run_cesar(*args: str, env: dict[str, str] | None = None,
-              timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``cesar ARGS`` as a separate process, from the repository root."""
-    full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("CESAR_", "PROMETHEUS_"))}
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "cesar.cli", *args], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)

@@ -17,8 +17,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from cesar.api import aio
 from cesar.dev.embedded import free_port
-from tests.api.conftest import ApiServer, serve, settings_for
-from tests.conftest import PgStack, child_env
+from tests.api.helpers import ApiServer, serve, settings_for
+from tests.helpers import PgStack, child_env
 
 
 @pytest.fixture

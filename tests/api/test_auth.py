@@ -16,8 +16,17 @@ import pytest
 from cesar import keys
 from cesar.api.settings import AuthSettings
 from cesar.dev.embedded import free_port
-from tests.api.conftest import ApiServer, make_key, run_cesar, sample, serve, settings_for
-from tests.api.test_server import base_env, cesar_api, wait_healthy
+from tests.api.helpers import (
+    ApiServer,
+    base_env,
+    cesar_api,
+    make_key,
+    run_cesar,
+    sample,
+    serve,
+    settings_for,
+    wait_healthy,
+)
 
 #: The documented bound on a revocation reaching every worker (docs/api.md).
 REVOCATION_BOUND = 5.0

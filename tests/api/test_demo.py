@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from cesar.cli import main
-from tests.api.conftest import run_cesar, serve, settings_for
-from tests.api.work_helpers import rows
+from tests.api.helpers import rows, run_cesar, serve, settings_for
 
 
 def test_demo_drives_the_api_and_leaves_nothing_running(migrated_db: str,

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from cesar.cli import main
-from tests.api.conftest import closed_port, make_key, serve, settings_for
-from tests.api.work_helpers import active_agents, call, rows
+from tests.api.helpers import active_agents, call, closed_port, make_key, rows, serve, settings_for
 
 
 def cli_env(url: str, tmp: Path) -> dict[str, str]:

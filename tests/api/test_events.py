@@ -18,26 +18,11 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from cesar.api.settings import AuthSettings
 from cesar.events import log as elog
-from cesar.events.settings import EventSettings
-from tests.api.conftest import ApiServer, make_key, serve, settings_for
+from tests.api.helpers import ApiServer, make_key, serve_events
 from tests.api.sse import SseStream
 
 AGENT = "a9e5c0de-0001-4000-8000-000000000001"
-
-
-def event_settings(**overrides: Any) -> EventSettings:
-    values: dict[str, Any] = {"heartbeat_seconds": 15.0, "poll_seconds": 0.05,
-                              "idle_seconds": 1.0}
-    values.update(overrides)
-    return EventSettings(_env_file=None, **values)  # type: ignore[call-arg]
-
-
-def serve_events(url: str, tmp: Path, **overrides: Any) -> Any:
-    auth = AuthSettings(_env_file=None, auth_failure_limit=100_000)  # type: ignore[call-arg]
-    app_settings = settings_for(url, tmp)
-    return serve(app_settings, auth, events=event_settings(**overrides))
 
 
 def hub_of(api: ApiServer) -> Any:
@@ -484,7 +469,7 @@ def test_every_worker_delivers_every_event(migrated_db: str, tmp_path: Path) -> 
     import subprocess
 
     from cesar.dev.embedded import free_port
-    from tests.api.test_server import cesar_api, wait_healthy
+    from tests.api.helpers import cesar_api, wait_healthy
 
     key = make_key(migrated_db, "agents:read")
     port = free_port()
@@ -530,7 +515,7 @@ def test_prune_keeps_what_is_younger_than_the_retention(migrated_db: str) -> Non
 
 
 def test_cesar_events_prune_and_status(migrated_db: str) -> None:
-    from tests.api.conftest import run_cesar
+    from tests.api.helpers import run_cesar
 
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         new_task(conn, "to prune")

@@ -24,8 +24,7 @@ from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from cesar.api.settings import AuthSettings
-from tests.api.conftest import ApiServer, serve, settings_for
-from tests.api.test_routes import ROUTES
+from tests.api.helpers import ROUTES, ApiServer, serve, settings_for
 
 #: Routes that answer without a key.
 OPEN = {"/health", "/health/live"}

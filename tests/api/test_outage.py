@@ -15,7 +15,7 @@ import pytest
 from cesar import migrate
 from cesar.api.settings import AuthSettings
 from cesar.dev.embedded import EmbeddedPostgres
-from tests.api.conftest import ApiServer, sample, serve, settings_for
+from tests.api.helpers import ApiServer, sample, serve, settings_for
 from tests.helpers import REPO, make_settings, new_state_dir
 
 #: The client gives up after this long: /health must have answered by then.

@@ -9,14 +9,7 @@ import psycopg
 import pytest
 
 from cesar import db, migrate
-from tests.api.conftest import ApiServer, closed_port, sample, serve, settings_for
-
-ROUTES = {"/agents", "/agents/{agent_id}", "/events", "/health", "/health/live", "/metrics"}
-#: The work routes (tasks, runs, dispatch): tests/api/test_tasks.py, test_runs.py, test_dispatch.py.
-ROUTES |= {"/tasks", "/tasks/{task_id}", "/tasks/{task_id}/cancel", "/dispatch", "/runs",
-           "/runs/{run_id}", "/runs/{run_id}/events", "/runs/{run_id}/finish"}
-#: The sync's conflicts, read-only (the dashboard's conflicts page): tests/web/.
-ROUTES |= {"/conflicts"}
+from tests.api.helpers import ROUTES, ApiServer, closed_port, sample, serve, settings_for
 
 
 def agents_in(url: str) -> dict[str, dict[str, object]]:
@@ -230,7 +223,6 @@ def test_openapi_describes_every_route_and_its_status_codes(api: ApiServer) -> N
     health = doc["components"]["schemas"]["Components"]["properties"]["database"]
     assert {"cockroachdb", "postgresql"} <= {e for alt in health["anyOf"]
                                              for e in alt.get("enum", [])}
-
 
 
 def test_the_read_replica_is_part_of_readiness(migrated_url: str, tmp_path: Path) -> None:

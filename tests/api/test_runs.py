@@ -11,8 +11,7 @@ import psycopg
 import pytest
 from psycopg import errors as pgerrors
 
-from tests.api.conftest import ApiServer, make_key, serve, settings_for
-from tests.api.work_helpers import active_agents, call, rows
+from tests.api.helpers import ApiServer, active_agents, call, make_key, rows, serve, settings_for
 
 RUN_FIELDS = {"id", "agent_id", "task_id", "status", "started_at", "finished_at", "tokens_in",
               "tokens_out", "cost_usd", "error"}

@@ -2,64 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import secrets
-import signal
 import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
 from cesar.dev.embedded import free_port
-from tests.api.conftest import run_cesar, sample
-from tests.helpers import REPO
-
-
-@contextmanager
-def cesar_api(*args: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
-    full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("CESAR_", "PROMETHEUS_"))}
-    full_env.update(env)
-    proc = subprocess.Popen([sys.executable, "-m", "cesar.cli", "api", *args], cwd=REPO,
-                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[str], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"cesar api exited: {proc.stdout.read() if proc.stdout else ''}"
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url}/health never answered 200")
-
-
-#: The monitoring credential the servers started here accept on /metrics (generated per run).
-MONITOR = secrets.token_urlsafe(24)
-
-
-def base_env(url: str, tmp: Path) -> dict[str, str]:
-    return {"ENVIRONMENT": "development", "LOCAL_DB_URL": url,
-            "CESAR_STATE_DIR": str(tmp / "state"), "CESAR_API_METRICS_TOKEN": MONITOR}
+from tests.api.helpers import MONITOR, base_env, cesar_api, run_cesar, sample, wait_healthy
 
 
 def test_several_workers_share_one_view_of_the_metrics(migrated_url: str,

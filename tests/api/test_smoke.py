@@ -12,7 +12,7 @@ import psycopg
 from cesar import smoke
 from cesar.db import urls
 from cesar.dev import tls
-from tests.api.conftest import (
+from tests.api.helpers import (
     ApiServer,
     closed_port,
     run_cesar,

@@ -14,8 +14,7 @@ import pytest
 from psycopg import errors as pgerrors
 
 from cesar import keys
-from tests.api.conftest import ApiServer, make_key, serve, settings_for
-from tests.api.work_helpers import call, rows
+from tests.api.helpers import ApiServer, call, make_key, rows, serve, settings_for
 
 TASK_FIELDS = {"id", "title", "description", "status", "priority", "requested_by", "payload",
                "agent_id", "preferred_agent_id", "created_at", "updated_at"}

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from cesar.backup import archive, base, drill, restore
-from tests.backup.conftest import BackupStack
+from tests.backup.helpers import BackupStack
 
 
 class Writers:
@@ -386,7 +386,7 @@ def test_a_forced_restore_whose_rename_fails_leaves_the_database_accepting_conne
             conn.execute(f'CREATE DATABASE "{name}"')
     try:
         with pytest.raises(Exception) as failed:  # noqa: PT011 - its kind is checked below
-            restore._swap_in(bk.server, "swapsrc", "swapdst", True)
+            restore.swap_in(bk.server, "swapsrc", "swapdst", True)
         with bk.su("postgres") as conn:
             allowed = conn.execute("SELECT datallowconn FROM pg_database "
                                    "WHERE datname = 'swapdst'").fetchone()
@@ -453,7 +453,7 @@ def test_a_drill_stopped_by_sigterm_records_a_failure(bk: BackupStack) -> None:
 def test_setup_keeps_the_operators_settings(bk: BackupStack, tmp_path: Path) -> None:
     """`backup setup` never downgrades wal_level (logical archives too) and never silently
     replaces another archive_command."""
-    from tests.backup.conftest import drop_stack, make_stack
+    from tests.backup.helpers import drop_stack, make_stack
 
     # Another command: refused, unless forced (checked on the shared server, changing nothing).
     with bk.su("postgres") as conn:
@@ -484,7 +484,7 @@ def test_a_re_initialised_embedded_server_archives_into_a_fresh_repository() -> 
     archives (and backs up) without colliding with the old segment names."""
     import shutil
 
-    from tests.backup.conftest import drop_stack, make_stack
+    from tests.backup.helpers import drop_stack, make_stack
 
     stack = make_stack("reinit")
     try:

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cesar import metrics
 from cesar.backup import base, status
 from infra import metrics as catalog
-from tests.backup.conftest import BackupStack
+from tests.backup.helpers import BackupStack
 
 
 def test_status_metrics_are_served_by_the_api_and_known_to_the_rules(

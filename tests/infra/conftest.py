@@ -7,7 +7,6 @@ amtool are Debian's (``prometheus``, ``prometheus-alertmanager``), required in C
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -16,18 +15,7 @@ import pytest
 
 from cesar.dev import tls
 from infra import monitoring_files, offline
-from infra import settings as stack_settings
-from tests.helpers import REPO, require
-
-STACKS = tuple(sorted(p.name[len("Pulumi."):-len(".yaml")] for p in REPO.glob("Pulumi.*.yaml")))
-PROMTOOL_TESTS = Path(__file__).parent / "promtool"
-
-
-def tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    require(path is not None, f"{name} (apt-get install {package})")
-    assert path is not None
-    return path
+from tests.infra.helpers import STACKS, settings_of, tool
 
 
 @pytest.fixture(scope="session")
@@ -48,12 +36,6 @@ def amtool() -> Callable[..., subprocess.CompletedProcess[str]]:
         return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60)
 
     return run
-
-
-def settings_of(stack: str) -> stack_settings.StackSettings:
-    values = {k.split(":", 1)[1]: offline.decode_value(v)
-              for k, v in offline.stack_config(stack).items() if k.startswith("cesar:")}
-    return stack_settings.from_values(values, stack=stack)
 
 
 @pytest.fixture(scope="session")

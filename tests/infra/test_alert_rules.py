@@ -15,7 +15,7 @@ import yaml
 
 from infra.monitoring import files as monitoring_files
 from infra.monitoring import metrics, rules
-from tests.infra.conftest import PROMTOOL_TESTS, STACKS, settings_of
+from tests.infra.helpers import PROMTOOL_TESTS, STACKS, settings_of
 
 
 def rule_files(root: Path) -> list[Path]:

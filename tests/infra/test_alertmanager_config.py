@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from infra import alertmanager_config as am
-from tests.infra.conftest import STACKS
+from tests.infra.helpers import STACKS
 
 
 def path(rendered, stack: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 from cesar.backup import cockroach
 from cesar.errors import ConfigError
 from infra import backups, images, offline, selfhosted
-from tests.infra.test_program_mocks import CONTAINER, image_of, upload
+from tests.infra.helpers import CONTAINER, image_of, upload
 
 
 def _override(stack: str, key: str, patch: dict | None) -> dict[str, str]:

@@ -14,8 +14,7 @@ from cesar.errors import ConfigError
 from infra import images, offline
 from infra import settings as stack_settings
 from tests.helpers import REPO
-from tests.infra.conftest import STACKS, settings_of
-from tests.infra.test_program_mocks import CONTAINER, image_of, upload
+from tests.infra.helpers import CONTAINER, STACKS, image_of, settings_of, upload
 
 CLUSTER = "cockroach:index/cluster:Cluster"
 BOOTSTRAP = "/bootstrap/bootstrap.sql"

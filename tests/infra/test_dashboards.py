@@ -13,7 +13,7 @@ import yaml
 
 import cesar
 from infra import grafana, metrics, rules
-from tests.infra.conftest import STACKS
+from tests.infra.helpers import STACKS
 
 
 def dashboard(rendered, stack: str) -> dict:

@@ -23,28 +23,11 @@ from cesar.errors import ConfigError
 from cesar.rotate import scram
 from infra import images, monitoring_files, offline, outputs, program, selfhosted
 from infra import settings as stack_settings
-from tests.infra.conftest import STACKS, settings_of
-
-CONTAINER = "docker:index/container:Container"
-IMAGE = "docker:index/remoteImage:RemoteImage"
+from tests.infra.helpers import CONTAINER, IMAGE, STACKS, image_of, override, settings_of, upload
 
 
 def containers(run: offline.OfflineRun) -> dict[str, offline.Registered]:
     return {r.name: r for r in run.of_type(CONTAINER)}
-
-
-def upload(container: offline.Registered, path: str) -> dict[str, Any]:
-    found = [u for u in container.plain_inputs.get("uploads", []) if u["file"] == path]
-    assert len(found) == 1, f"{container.name} has {len(found)} uploads at {path}"
-    return found[0]
-
-
-def image_of(run: offline.OfflineRun, container: offline.Registered) -> str:
-    """The image reference a container runs (it runs the image id of a RemoteImage)."""
-    image_id = container.plain_inputs["image"]
-    by_id = {"sha256:" + offline._stand_in(str(r.plain_inputs["name"]), 64): r.plain_inputs["name"]
-             for r in run.of_type(IMAGE)}
-    return by_id[image_id]
 
 
 def test_the_stack_files_are_dev_staging_and_production() -> None:
@@ -319,16 +302,10 @@ def test_production_prometheus_scrapes_the_cloud_export_with_a_key_file(runs) ->
 
 
 # ------------------------------------------------------------------ refusals
-def _override(stack: str, key: str, change: dict[str, Any]) -> dict[str, str]:
-    current = offline.stack_config(stack).get(key)
-    value = json.loads(current) if current else {}
-    if isinstance(value, dict):
-        value.update(change)
-    return {key: json.dumps(value)}
 
 
 @pytest.mark.parametrize(("stack", "config", "fragment"), [
-    ("staging", _override("staging", "cesar:cluster", {"insecure": True}),
+    ("staging", override("staging", "cesar:cluster", {"insecure": True}),
      "cesar:cluster.insecure is true outside development"),
     ("production", {"cesar:allowlist": json.dumps([{"name": "anyone", "cidr": "0.0.0.0/0"}])},
      "allowlist entry 'anyone' (0.0.0.0/0) opens the cluster to the whole Internet"),
@@ -336,7 +313,7 @@ def _override(stack: str, key: str, change: dict[str, Any]) -> dict[str, str]:
      "allowlist entry 'office' (198.51.0.0/16) is wider than the limit /24"),
     ("dev", {"cesar:images": json.dumps({"grafana": "grafana/grafana:latest"})},
      "the grafana image 'grafana/grafana:latest' is not pinned"),
-    ("staging", _override("staging", "cesar:monitoring", {"bindAddress": "0.0.0.0"}),
+    ("staging", override("staging", "cesar:monitoring", {"bindAddress": "0.0.0.0"}),
      "publishes on every interface outside development"),
 ])
 def test_the_program_refuses_unsafe_stacks_before_creating_anything(
@@ -365,7 +342,7 @@ def test_the_active_login_chooses_the_connection_url() -> None:
 
 
 def test_an_insecure_dev_cluster_has_no_certificates_and_no_passwords() -> None:
-    run = offline.run("dev", config=_override("dev", "cesar:cluster", {"insecure": True}))
+    run = offline.run("dev", config=override("dev", "cesar:cluster", {"insecure": True}))
     assert not run.of_type("tls:index/privateKey:PrivateKey")
     node = run.named("cesar-dev-roach-1").plain_inputs
     assert "--insecure" in node["command"] and node.get("uploads", []) == []

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from infra import prometheus_config
-from tests.infra.conftest import STACKS, settings_of
+from tests.infra.helpers import STACKS, settings_of
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -14,7 +14,7 @@ import pytest
 
 from cesar.errors import ConfigError
 from infra import offline
-from tests.infra.test_program_mocks import _override, upload
+from tests.infra.helpers import override, upload
 
 AUDIT_STATEMENTS = [
     "SET CLUSTER SETTING server.auth_log.sql_connections.enabled = true;",
@@ -42,7 +42,7 @@ def test_secure_clusters_log_authentication_and_audit_the_sensitive_tables(
 
 
 def test_an_insecure_dev_cluster_has_no_authentication_to_log() -> None:
-    run = offline.run("dev", config=_override("dev", "cesar:cluster", {"insecure": True}))
+    run = offline.run("dev", config=override("dev", "cesar:cluster", {"insecure": True}))
     text = "\n".join(_sql(run, "cesar-dev-roach-init"))
     assert "auth_log" not in text and "EXPERIMENTAL_AUDIT" not in text
 

@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 
 from cesar.migrate.files import EQUIVALENT_REVISIONS, load
-from tests.helpers import PgStack
-
-from .conftest import query
+from tests.helpers import PgStack, query
 
 NAME = "011_sync_capture"
 

@@ -18,9 +18,8 @@ import psycopg
 import pytest
 
 from cesar import migrate
-from tests.helpers import PgStack
-
-from .conftest import events, file_count, query, schema_dump
+from tests.helpers import PgStack, query, schema_dump
+from tests.migrate.helpers import events, file_count, finish, sleeping_in_migration, wait_until
 
 Spawn = Callable[..., subprocess.Popen[str]]
 
@@ -40,20 +39,6 @@ SELECT pg_sleep(CASE WHEN to_regclass('kill_switch') IS NULL THEN 0 ELSE 60 END)
 
 CREATE INDEX IF NOT EXISTS slow_marker_idx ON slow_marker (id);
 """
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30, what: str = "",
-               interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(interval)
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
 
 
 def lease_row(url: str) -> list[tuple]:
@@ -227,14 +212,6 @@ def test_heartbeat_keeps_a_long_migration_s_lease_from_being_taken_over(
 
 
 # ------------------------------------------------------------------ SIGKILL and recovery
-def _sleeping_in_migration(pg: PgStack, url: str) -> bool:
-    """Whether a runner is inside 900_slow's sleep (other sessions' queries: superuser only)."""
-    dbname = url.rsplit("/", 1)[1].split("?")[0]
-    with pg.superuser() as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND state = 'active' "
-            "AND query LIKE 'SELECT pg_sleep(CASE%%'", [dbname]).fetchone()
-    return bool(row and row[0])
 
 
 @pytest.mark.slow
@@ -248,7 +225,7 @@ def test_sigkill_mid_migration_then_the_next_run_recovers_within_the_lease(
     args = ("up", "--url", fresh_db, "--migrations-dir", str(migrations), "--mode", mode,
             "--lease-seconds", "3")
     victim = spawn(*args)
-    wait_until(lambda: _sleeping_in_migration(pg_stack, fresh_db),
+    wait_until(lambda: sleeping_in_migration(pg_stack, fresh_db),
                what="the runner inside 900_slow")
     holder = lease_row(fresh_db)[0][0]
     assert f":{victim.pid}:" in holder

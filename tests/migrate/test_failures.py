@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from cesar import migrate
-
-from .conftest import events, file_count, query
+from tests.helpers import query
+from tests.migrate.helpers import events, file_count
 
 PARTIAL = """\
 -- 900_partial: three steps; the third fails until fixed.

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.helpers import wait_stopped
-
-from .conftest import child_env, query
+from tests.helpers import child_env, query, wait_stopped
 
 #: `cesar migrate ARGS` that stops itself right after its Nth lease renewal by the runner
 #: (not the heartbeat's): the first is "applying <migration>", the second the one just before

@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import PgStack
-
-from .conftest import query
+from tests.helpers import PgStack, query
 
 INJECT = """
 CREATE FUNCTION public.maybe_ambiguous() RETURNS int LANGUAGE plpgsql AS $$

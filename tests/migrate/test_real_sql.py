@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 
 from cesar.dev.embedded import pg_bindir
-from tests.helpers import PgStack
-
-from .conftest import child_env, full_dump, query, schema_dump
+from tests.helpers import PgStack, child_env, full_dump, query, schema_dump
 
 SET = Path(__file__).parent / "corpus" / "pg_dump_style"
 MODES = ["transactional", "per-statement"]
@@ -368,7 +366,7 @@ def test_a_no_transaction_file_killed_mid_way_resumes_where_its_progress_says(
 ) -> None:
     """SIGKILL during statement 2 of a no-transaction file: statement 1 is recorded, so the
     next run (once the lease expires) resumes at 2 and never builds the first index again."""
-    from .test_concurrency import _sleeping_in_migration, finish, wait_until
+    from tests.migrate.helpers import finish, sleeping_in_migration, wait_until
 
     _add(mdir, "001_table", "CREATE TABLE t (a text, b text);\n")
     _add(mdir, "002_index",
@@ -380,7 +378,7 @@ def test_a_no_transaction_file_killed_mid_way_resumes_where_its_progress_says(
     query(fresh_db, "CREATE TABLE kill_switch (armed boolean)")
     args = ("up", "--url", fresh_db, "--migrations-dir", str(mdir), "--lease-seconds", "3")
     victim = spawn(*args)
-    wait_until(lambda: _sleeping_in_migration(pg_stack, fresh_db), what="the sleep statement")
+    wait_until(lambda: sleeping_in_migration(pg_stack, fresh_db), what="the sleep statement")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     query(fresh_db, "DROP TABLE kill_switch")

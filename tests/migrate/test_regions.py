@@ -38,9 +38,8 @@ from cesar.migrate.regions import (
 from cesar.migrate.sql import split
 from cesar.migrate.store import EVENTS_TABLE, widen_events_check
 from cesar.sync.tables import SYNCED_TABLES
-from tests.helpers import PgStack, make_settings
-
-from .conftest import events, file_count, query, schema_dump
+from tests.helpers import PgStack, make_settings, query, schema_dump
+from tests.migrate.helpers import events, file_count
 
 TABLES = REGIONAL_TABLES
 REGIONS = ("us-east1", "europe-west1", "us-central1")

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from cesar import migrate
-from tests.helpers import PgStack
-
-from .conftest import events, query, schema_dump
+from tests.helpers import PgStack, query, schema_dump
+from tests.migrate.helpers import events
 
 RUNNER_TABLES = ("-T", "schema_migrations", "-T", "schema_migration_events",
                  "-T", "schema_migration_lease")

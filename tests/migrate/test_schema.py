@@ -11,8 +11,8 @@ import pytest
 from cesar import migrate
 from cesar.errors import ConfigError
 from cesar.migrate.sql import split
-
-from .conftest import REPO_MIGRATIONS, query
+from tests.helpers import query
+from tests.migrate.helpers import REPO_MIGRATIONS
 
 # Statement forms that have an IF [NOT] EXISTS / OR REPLACE variant on both engines: a
 # migration must use it, so a statement re-run after a crash is harmless.

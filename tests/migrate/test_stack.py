@@ -14,9 +14,8 @@ import pytest
 
 from cesar import migrate
 from cesar.dev.embedded import EmbeddedPostgres, free_port
-from tests.helpers import REPO, new_state_dir
-
-from .conftest import child_env, file_count, query
+from tests.helpers import REPO, child_env, new_state_dir, query
+from tests.migrate.helpers import file_count
 
 
 def invoke(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -20,9 +20,8 @@ from psycopg import sql
 
 from cesar.db import urls
 from cesar.dev.embedded import APP_ROLE
-from tests.helpers import PgStack
-
-from .conftest import file_count, query
+from tests.helpers import PgStack, query
+from tests.migrate.helpers import file_count
 
 
 @pytest.fixture

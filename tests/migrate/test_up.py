@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from cesar import __version__, migrate
-from tests.helpers import PgStack
-
-from .conftest import events, file_count, full_dump, query
+from tests.helpers import PgStack, full_dump, query
+from tests.migrate.helpers import events, file_count
 
 
 @pytest.mark.parametrize("mode", ["transactional", "per-statement"])

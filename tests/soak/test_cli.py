@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, child_env
+from tests.helpers import REPO, child_env
 
 
 @pytest.mark.parametrize(("args", "names"), [

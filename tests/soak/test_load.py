@@ -11,7 +11,7 @@ import psycopg
 
 from cesar import migrate
 from cesar.soak.load import Ledger, Log, SqlWriter, missing_or_stale
-from tests.conftest import REPO, make_settings
+from tests.helpers import REPO, make_settings
 
 
 def test_acknowledged_writes_are_found_and_a_dropped_or_changed_one_is_reported(

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from cesar.soak.run import ALL_FAULTS
-from tests.conftest import REPO, child_env
+from tests.helpers import REPO, child_env
 
 
 @pytest.mark.soak

@@ -5,8 +5,8 @@ migrated template (``CREATE DATABASE ... TEMPLATE``: a file copy, much faster th
 eleven migrations twice per test). A copy also copies ``sync_node.origin``, so each copy gets a
 new one, exactly as migration 010 would have drawn it.
 
-Besides the schema's synced tables the template has ``items`` (a plain synced table for the
-randomised test) and ``named_items`` (with a UNIQUE column that the two sides can violate apart).
+Besides the schema's synced tables the template has the test tables (tests/sync/helpers.py
+TEST_TABLES). The helpers the tests call (``Pair``, ``sync_settings``) live in that module.
 """
 
 from __future__ import annotations
@@ -16,22 +16,25 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
 from cesar import migrate
-from cesar.sync import run as sync_run
-from cesar.sync.run import Options, RunReport
-from cesar.sync.tables import SYNCED_TABLES, SyncSettings
-from tests.helpers import REPO, PgStack, make_settings, new_state_dir, require
-from tests.helpers import child_env as base_child_env
+from cesar.sync.tables import SYNCED_TABLES
+from tests.helpers import (
+    REPO,
+    CliResult,
+    PgStack,
+    make_settings,
+    new_state_dir,
+    require,
+    run_in_process,
+)
+from tests.sync.helpers import SKEW_SECONDS, TEST_TABLES, Pair, sync_settings
 
-TEST_TABLES = ("items", "named_items")
 TEST_DDL = """
 CREATE TABLE items (
     id         UUID        PRIMARY KEY,
@@ -51,12 +54,6 @@ CAPTURE = ("CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE ON {} F
            "EXECUTE FUNCTION sync_capture()")
 NEW_ORIGIN = ("UPDATE sync_node SET origin = substr(replace(gen_random_uuid()::TEXT, '-', ''), "
               "1, 16) WHERE singleton")
-
-
-def sync_settings(**overrides: Any) -> SyncSettings:
-    """SyncSettings from the given values only (no environment, no .env files)."""
-    overrides.setdefault("tables", SYNCED_TABLES + TEST_TABLES)
-    return SyncSettings(_env_file=None, **overrides)  # type: ignore[call-arg]
 
 
 def _template(stack: PgStack) -> str:
@@ -80,8 +77,6 @@ def sync_template(pg_stack: PgStack) -> Iterator[str]:
         pg_stack.drop_database(name)
 
 
-#: The second server's clock runs this far ahead of real time (libfaketime).
-SKEW_SECONDS = 3.0
 FAKETIME_LIBS = (Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
                  Path("/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"))
 
@@ -129,58 +124,6 @@ def skewed_template(skewed_stack: PgStack) -> Iterator[str]:
         yield name
     finally:
         skewed_stack.drop_database(name)
-
-
-@dataclass
-class Pair:
-    """The two sides of one test, and ways to run the sync between them."""
-
-    pg: PgStack
-    local_url: str
-    cluster_url: str
-    settings: SyncSettings = field(default_factory=sync_settings)
-
-    def url(self, side: str) -> str:
-        return self.local_url if side == "local" else self.cluster_url
-
-    def connect(self, side: str, autocommit: bool = True) -> psycopg.Connection:
-        return psycopg.connect(self.url(side), autocommit=autocommit)
-
-    def options(self, **kw: Any) -> Options:
-        return Options(local_url=self.local_url, remote_url=self.cluster_url, **kw)
-
-    def sync(self, *, full: bool = False, dry_run: bool = False, wait: float = 0.0,
-             **settings: Any) -> RunReport:
-        """One run in this process (``wait``: for the lease of a run that died)."""
-        s = self.settings.model_copy(update=settings) if settings else self.settings
-        report = sync_run.run(make_settings(), s,
-                              self.options(full=full, dry_run=dry_run, wait=wait))
-        assert report.in_progress is None, f"the lease is held: {report.in_progress}"
-        return report
-
-    def sql(self, side: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        with self.connect(side) as conn:
-            cur = conn.execute(query, params)  # type: ignore[arg-type]
-            return cur.fetchall() if cur.description is not None else []
-
-    def rows(self, side: str, table: str) -> dict[str, dict[str, Any]]:
-        """Every row of ``table`` on one side, by id, as the database returns its values."""
-        with self.connect(side) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-            got = cur.execute(sql.SQL("SELECT * FROM {} ORDER BY id").format(
-                sql.Identifier(table))).fetchall()
-        return {str(r["id"]): r for r in got}
-
-    def assert_identical(self, tables: tuple[str, ...] = SYNCED_TABLES + TEST_TABLES) -> None:
-        for table in tables:
-            local, cluster = self.rows("local", table), self.rows("cluster", table)
-            assert local == cluster, f"{table} differs between the two sides"
-
-    def pending(self, side: str) -> int:
-        return int(self.sql(side, "SELECT count(*) FROM sync_versions WHERE pending")[0][0])
-
-    def conflicts(self, side: str) -> list[dict[str, Any]]:
-        with self.connect(side) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-            return cur.execute("SELECT * FROM sync_conflicts ORDER BY detected_at, id").fetchall()
 
 
 def _copy(stack: PgStack, template: str, names: list[tuple[PgStack, str]]) -> str:
@@ -235,37 +178,13 @@ def synced(pair: Pair) -> Pair:
     return pair
 
 
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
         ) -> Callable[..., CliResult]:
     """``cesar ARGS`` in this process, with the test tables synced; code and both outputs."""
-    from cesar.cli import main
-
     monkeypatch.setenv("CESAR_SYNC_TABLES", ",".join(SYNCED_TABLES + TEST_TABLES))
 
     def run(*args: str) -> CliResult:
-        capsys.readouterr()
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        else:  # pragma: no cover - main always exits
-            code = 0
-        out, err = capsys.readouterr()
-        return CliResult(code, out, err)
+        return run_in_process(capsys, args)
 
     return run
-
-
-def child_env() -> dict[str, str]:
-    """The environment of a sync subprocess: no operator configuration leaks in."""
-    env = base_child_env()
-    env["CESAR_SYNC_TABLES"] = ",".join(SYNCED_TABLES + TEST_TABLES)
-    return env

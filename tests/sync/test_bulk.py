@@ -15,7 +15,7 @@ import uuid
 
 import psycopg
 
-from tests.sync.conftest import Pair, child_env
+from tests.sync.helpers import Pair, child_env
 
 #: Small enough for a test: 2,500 rows are three chunks.
 BULK = {"bulk_threshold": 1000, "bulk_chunk": 1000}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.sync.conftest import Pair
+from tests.sync.helpers import Pair
 
 CESAR = "a9e5c0de-0001-4000-8000-000000000001"
 NEW = "00000000-0000-4000-8000-00000000beef"

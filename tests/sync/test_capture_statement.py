@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tests.sync.conftest import Pair
+from tests.sync.helpers import Pair
 
 CESAR = "a9e5c0de-0001-4000-8000-000000000001"
 

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.sync.conftest import CliResult, Pair
+from tests.helpers import CliResult
+from tests.sync.helpers import Pair
 
 
 def sync_run(cli: Callable[..., CliResult], pair: Pair, *args: str,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from cesar.errors import OperationFailed
-from tests.sync.conftest import SKEW_SECONDS, Pair
+from tests.sync.helpers import SKEW_SECONDS, Pair
 
 
 def test_a_run_refuses_when_the_clocks_differ_by_more_than_the_bound(skewed_pair: Pair) -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.api.conftest import sample, serve, settings_for
-from tests.sync.conftest import CliResult, Pair
+from tests.api.helpers import sample, serve, settings_for
+from tests.helpers import CliResult
+from tests.sync.helpers import Pair
 
 
 @pytest.mark.parametrize("side", ["local", "cluster"])

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from tests.helpers import wait_stopped
-from tests.sync.conftest import Pair, child_env
+from tests.sync.helpers import Pair, child_env
 
 #: `cesar sync run` that stops itself the first time it reaches ``point`` (apply: a batch is
 #: about to be applied on the target; acknowledge: the target committed, the source is not yet

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.conftest import sample, serve, settings_for
-from tests.sync.conftest import CliResult, Pair
+from tests.api.helpers import sample, serve, settings_for
+from tests.helpers import CliResult
+from tests.sync.helpers import Pair
 
 
 def test_health_and_metrics_show_the_lag_per_table_and_direction(synced: Pair,

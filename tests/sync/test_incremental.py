@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from cesar.sync import capture
-from tests.migrate.conftest import full_dump
-from tests.sync.conftest import Pair
+from tests.helpers import full_dump
+from tests.sync.helpers import Pair
 
 SIDES = ("local", "cluster")
 

@@ -11,8 +11,8 @@ import psycopg
 
 from cesar import keys
 from cesar.api.settings import AuthSettings
-from tests.api.conftest import serve, settings_for
-from tests.sync.conftest import Pair
+from tests.api.helpers import serve, settings_for
+from tests.sync.helpers import Pair
 
 #: The documented bound on a revocation reaching the API (docs/api.md).
 BOUND = 5.0

@@ -11,7 +11,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.sync.conftest import CliResult, Pair, child_env
+from tests.helpers import CliResult
+from tests.sync.helpers import Pair, child_env
 
 #: Runs `cesar sync run` in a child process after replacing one function with a SIGKILL of the
 #: process itself: the kill lands exactly at that point, with no hook in the code under test.

@@ -13,7 +13,7 @@ import uuid
 
 import psycopg
 
-from tests.sync.conftest import Pair
+from tests.sync.helpers import Pair
 
 WAITED = 0.2  # a wait seen this long was a real lock wait (lock_timeout 500 ms), not a 1 ms try
 

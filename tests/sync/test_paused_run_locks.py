@@ -10,7 +10,7 @@ import pytest
 from cesar.db import Endpoint
 from cesar.sync import run
 from cesar.sync.tables import load_sync_settings
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 
 def test_an_idle_transaction_of_a_sync_session_ends_after_one_lease(

@@ -28,7 +28,7 @@ from psycopg.types.json import Jsonb
 
 from cesar.sync import run as sync_run
 from tests.helpers import make_settings
-from tests.sync.conftest import Pair, sync_settings
+from tests.sync.helpers import Pair, sync_settings
 
 SEED = int(os.environ.get("CESAR_SYNC_RANDOM_SEED", "20261125"))
 STEPS = int(os.environ.get("CESAR_SYNC_RANDOM_STEPS", "160"))
@@ -205,7 +205,7 @@ def test_random_histories_converge_to_the_last_write(synced: Pair) -> None:
         history.step()
         time.sleep(history.rng.uniform(0, 0.004))  # let a background run get somewhere
         if i == STEPS // 2:
-            history.kill_one_run()  # at least one run dies with SIGKILL, whatever the seed
+            history.kill_one_run()  # at least one run dies with SIGKILL, whatever the random seed
     history.stop_background_sync(kill=history.rng.random() < 0.5)
     while history.open:  # the writers stop: everything still open commits or rolls back
         history.end(history.open[0], commit=rng.random() < 0.8)

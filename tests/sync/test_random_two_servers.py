@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.sync.conftest import SKEW_SECONDS, Pair, child_env
+from tests.sync.helpers import SKEW_SECONDS, Pair, child_env
 
 SEEDS = [int(s) for s in os.environ.get("CESAR_SYNC_RANDOM2_SEEDS", "20261130").split(",")]
 SECONDS = float(os.environ.get("CESAR_SYNC_RANDOM2_SECONDS", "15"))
@@ -208,7 +208,7 @@ def test_two_servers_with_skewed_clocks_converge_to_the_last_write(
     writers.start()
     try:
         deadline = time.monotonic() + SECONDS
-        # Whatever the seed, each kind of trouble at least once (in the seed's order) while the
+        # Whatever the random seed, each kind of trouble at least once (in an order it draws) while
         # writers write, then more at random until the time is up.
         first = [lambda: runs.finish(runs.start("--full")), lambda: runs.overlap(rng),
                  lambda: runs.pause_past_the_lease(rng), lambda: runs.kill(rng),

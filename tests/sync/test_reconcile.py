@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests.sync.conftest import Pair
-
-BYPASS = "SELECT set_config('cesar.sync_apply', 'on', false)"  # a session the capture ignores
-
-
-def bypass(pair: Pair, side: str, *statements: tuple[str, list]) -> None:
-    """Run statements that the capture does not see (drift: what --full is for)."""
-    with pair.connect(side) as conn:
-        conn.execute(BYPASS)
-        for query, params in statements:
-            conn.execute(query, params)  # type: ignore[arg-type]
+from tests.sync.helpers import Pair, bypass
 
 
 def items_report(report):  # type: ignore[no-untyped-def]

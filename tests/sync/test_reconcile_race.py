@@ -14,8 +14,7 @@ import uuid
 import pytest
 
 from cesar.sync import reconcile
-from tests.sync.conftest import Pair
-from tests.sync.test_reconcile import bypass
+from tests.sync.helpers import Pair, bypass
 
 
 def test_a_write_between_the_reconcile_s_reads_is_not_stamped_on_an_old_image(
@@ -26,7 +25,7 @@ def test_a_write_between_the_reconcile_s_reads_is_not_stamped_on_an_old_image(
     # Drift the capture never saw: the cluster's image differs, with the same version.
     bypass(synced, "cluster", ("UPDATE items SET val = 'B' WHERE id = %s", [key]))
 
-    real = reconcile._versions
+    real = reconcile.read_versions
     written: list[bool] = []
 
     def write_then_read(conn, spec, keys):  # type: ignore[no-untyped-def]
@@ -35,7 +34,7 @@ def test_a_write_between_the_reconcile_s_reads_is_not_stamped_on_an_old_image(
             synced.sql("local", "UPDATE items SET val = 'C' WHERE id = %s", [key])
         return real(conn, spec, keys)
 
-    monkeypatch.setattr(reconcile, "_versions", write_then_read)
+    monkeypatch.setattr(reconcile, "read_versions", write_then_read)
     synced.sync(full=True)
     monkeypatch.undo()
     assert written
@@ -57,7 +56,7 @@ def test_a_key_deferred_by_the_reconcile_is_not_reported_as_divergence(
     synced.sync()
     bypass(synced, "cluster", ("UPDATE items SET val = 'B' WHERE id = %s", [key]))
 
-    real = reconcile._versions
+    real = reconcile.read_versions
     written: list[bool] = []
 
     def write_then_read(conn, spec, keys):  # type: ignore[no-untyped-def]
@@ -66,7 +65,7 @@ def test_a_key_deferred_by_the_reconcile_is_not_reported_as_divergence(
             synced.sql("local", "UPDATE items SET val = 'C' WHERE id = %s", [key])
         return real(conn, spec, keys)
 
-    monkeypatch.setattr(reconcile, "_versions", write_then_read)
+    monkeypatch.setattr(reconcile, "read_versions", write_then_read)
     report = synced.sync(full=True)
     monkeypatch.undo()
 

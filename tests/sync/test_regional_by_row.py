@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from cesar.errors import ConfigError
-from tests.sync.conftest import Pair
+from tests.sync.helpers import Pair
 
 REGIONAL = (
     "ALTER TABLE items ADD COLUMN crdb_region TEXT NOT NULL DEFAULT 'us-east1'",

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.api.conftest import make_key
+from tests.api.helpers import make_key, serve_events
 from tests.api.sse import SseStream
-from tests.api.test_events import serve_events
-from tests.sync.conftest import Pair
+from tests.sync.helpers import Pair
 
 
 def test_a_change_on_the_other_database_reaches_the_stream_after_a_sync_run(

@@ -9,9 +9,8 @@ from pathlib import Path
 import psycopg
 
 from cesar import keys
-from tests.api.conftest import serve, settings_for
-from tests.api.work_helpers import call
-from tests.sync.conftest import Pair
+from tests.api.helpers import call, serve, settings_for
+from tests.sync.helpers import Pair
 
 
 def test_one_task_for_one_key_across_a_sync(synced: Pair, tmp_path: Path) -> None:

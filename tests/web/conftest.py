@@ -11,26 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from cesar import db, keys, stack, web
-from cesar.config import Settings
 from cesar.dev.embedded import free_port
-from cesar.dev.service import ApiService
-from tests.conftest import make_settings, new_state_dir, require
-
-CHROMIUM = "/usr/bin/chromium"
-SCOPES = ["agents:read", "tasks:write", "health:detail"]
-
-
-def require_node() -> None:
-    require(shutil.which("node") is not None and shutil.which("npm") is not None,
-            "Node.js 20 with npm: apt-get install nodejs npm (the dashboard's build and tests)")
+from tests.helpers import make_settings, new_state_dir, require
+from tests.web.helpers import CHROMIUM, SCOPES, WebStack, require_node
 
 
 @pytest.fixture(scope="session")
@@ -39,30 +28,6 @@ def web_modules() -> Path:
     require_node()
     web.install()
     return web.WEB_SOURCE
-
-
-@dataclass
-class WebStack:
-    settings: Settings
-    port: int
-    key: str
-    read_key: str
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def dashboard_url(self) -> str:
-        return f"{self.api_url}{web.BASE_PATH}/"
-
-    def api(self) -> ApiService:
-        return ApiService(self.settings.state_dir, port=self.port)
-
-    def sql(self) -> psycopg.Connection[Any]:
-        """A plain connection to the database the API serves (the local one), autocommit."""
-        endpoint = db.route(self.settings).primary
-        return db.connect(endpoint, self.settings, autocommit=True)
 
 
 @pytest.fixture(scope="session")
@@ -116,9 +81,3 @@ def page(browser: Any) -> Iterator[Any]:
         context.close()
     # The API serves the page under the CSP nginx sets on hosts: nothing may break it.
     assert not violations, violations
-
-
-def sign_in(page: Any, stack_: WebStack, key: str | None = None, path: str = "") -> None:
-    page.goto(stack_.dashboard_url + path)
-    page.get_by_label("API key").fill(key or stack_.key)
-    page.get_by_role("button", name="Sign in").click()

@@ -9,8 +9,8 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from tests.conftest import REPO
-from tests.web.conftest import WebStack, sign_in
+from tests.helpers import REPO
+from tests.web.helpers import WebStack, sign_in
 
 #: The API paths that return data (anything outside the static export under /ui/).
 DATA_PATHS = re.compile(r"^/(agents|tasks|runs|events|conflicts|health|dispatch|metrics)\b")

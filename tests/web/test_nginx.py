@@ -21,8 +21,8 @@ import yaml
 from playwright.sync_api import expect
 
 from cesar.dev.embedded import free_port
-from tests.conftest import REPO, require
-from tests.web.conftest import WebStack
+from tests.helpers import REPO, require
+from tests.web.helpers import WebStack
 
 ROLE = REPO / "ansible" / "roles" / "cesar_web"
 SNIPPET = "/etc/nginx/snippets/cesar-web-headers.conf"

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from cesar import web
-from tests.conftest import REPO, child_env
-from tests.web.conftest import WebStack
+from tests.helpers import REPO, child_env
+from tests.web.helpers import WebStack
 
 
 def test_status_json_has_dashboard_url_while_served(web_stack: WebStack) -> None:

@@ -1,0 +1,102 @@
+"""Helpers of the sync's tests: the two sides of a test (``Pair``), the settings and the
+environment that sync the test tables, and the skew of the second server's clock.
+
+Fixtures live in conftest.py beside this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cesar.sync import run as sync_run
+from cesar.sync.run import Options, RunReport
+from cesar.sync.tables import SYNCED_TABLES, SyncSettings
+from tests.helpers import PgStack, make_settings
+from tests.helpers import child_env as base_child_env
+
+#: Tables of the test template besides the schema's: ``items`` (a plain synced table for the
+#: randomised test) and ``named_items`` (a UNIQUE column the two sides can violate apart).
+TEST_TABLES = ("items", "named_items")
+
+#: The second server's clock runs this far ahead of real time (libfaketime).
+SKEW_SECONDS = 3.0
+
+
+def sync_settings(**overrides: Any) -> SyncSettings:
+    """SyncSettings from the given values only (no environment, no .env files)."""
+    overrides.setdefault("tables", SYNCED_TABLES + TEST_TABLES)
+    return SyncSettings(_env_file=None, **overrides)  # type: ignore[call-arg]
+
+
+@dataclass
+class Pair:
+    """The two sides of one test, and ways to run the sync between them."""
+
+    pg: PgStack
+    local_url: str
+    cluster_url: str
+    settings: SyncSettings = field(default_factory=sync_settings)
+
+    def url(self, side: str) -> str:
+        return self.local_url if side == "local" else self.cluster_url
+
+    def connect(self, side: str, autocommit: bool = True) -> psycopg.Connection:
+        return psycopg.connect(self.url(side), autocommit=autocommit)
+
+    def options(self, **kw: Any) -> Options:
+        return Options(local_url=self.local_url, remote_url=self.cluster_url, **kw)
+
+    def sync(self, *, full: bool = False, dry_run: bool = False, wait: float = 0.0,
+             **settings: Any) -> RunReport:
+        """One run in this process (``wait``: for the lease of a run that died)."""
+        s = self.settings.model_copy(update=settings) if settings else self.settings
+        report = sync_run.run(make_settings(), s,
+                              self.options(full=full, dry_run=dry_run, wait=wait))
+        assert report.in_progress is None, f"the lease is held: {report.in_progress}"
+        return report
+
+    def sql(self, side: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with self.connect(side) as conn:
+            cur = conn.execute(query, params)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description is not None else []
+
+    def rows(self, side: str, table: str) -> dict[str, dict[str, Any]]:
+        """Every row of ``table`` on one side, by id, as the database returns its values."""
+        with self.connect(side) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            got = cur.execute(sql.SQL("SELECT * FROM {} ORDER BY id").format(
+                sql.Identifier(table))).fetchall()
+        return {str(r["id"]): r for r in got}
+
+    def assert_identical(self, tables: tuple[str, ...] = SYNCED_TABLES + TEST_TABLES) -> None:
+        for table in tables:
+            local, cluster = self.rows("local", table), self.rows("cluster", table)
+            assert local == cluster, f"{table} differs between the two sides"
+
+    def pending(self, side: str) -> int:
+        return int(self.sql(side, "SELECT count(*) FROM sync_versions WHERE pending")[0][0])
+
+    def conflicts(self, side: str) -> list[dict[str, Any]]:
+        with self.connect(side) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            return cur.execute("SELECT * FROM sync_conflicts ORDER BY detected_at, id").fetchall()
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a sync subprocess: no operator configuration leaks in."""
+    env = base_child_env()
+    env["CESAR_SYNC_TABLES"] = ",".join(SYNCED_TABLES + TEST_TABLES)
+    return env
+
+
+BYPASS = "SELECT set_config('cesar.sync_apply', 'on', false)"  # a session the capture ignores
+
+
+def bypass(pair: Pair, side: str, *statements: tuple[str, list]) -> None:
+    """Run statements that the capture does not see (drift: what --full is for)."""
+    with pair.connect(side) as conn:
+        conn.execute(BYPASS)
+        for query, params in statements:
+            conn.execute(query, params)  # type: ignore[arg-type]

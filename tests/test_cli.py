@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import REPO, child_env
+from tests.helpers import REPO, child_env
 
 
 def _warm(stdin: str) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from tests.sync.conftest import Pair
+from tests.sync.helpers import Pair
 
 
 def _superuser(pair: Pair, side: str = "local") -> psycopg.Connection[Any]:

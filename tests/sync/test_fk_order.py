@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from cesar.sync import capture
-from tests.sync.conftest import Pair
+from tests.sync.helpers import Pair
 
 FK_ERROR = "violates foreign key constraint"
 

@@ -21,7 +21,7 @@ from cesar.config import load_settings
 from cesar.db import urls
 from cesar.sync import run as sync_run
 from tests.helpers import APP_ROLE
-from tests.sync.conftest import Pair
+from tests.sync.helpers import Pair
 
 
 def _login_url(url: str, user: str, password: str) -> str:

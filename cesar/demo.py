@@ -14,7 +14,6 @@ made when missing or no longer valid. Outside development nothing is created.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 import uuid
@@ -28,6 +27,8 @@ import httpx
 import psycopg
 
 from cesar.config import Settings
+from cesar.console import first_line
+from cesar.credentials import write_private
 from cesar.errors import ConfigError, OperationFailed
 
 DEMO_SCOPES = ["agents:read", "tasks:write"]
@@ -233,14 +234,9 @@ def _development_key(settings: Settings) -> str:
                                   actor=f"cesar demo ({keys.operator()})")
     except psycopg.Error as exc:
         raise OperationFailed(f"cannot make the demo's key in the {endpoint.name} database "
-                              f"{endpoint.masked}: {str(exc).strip().splitlines()[0]}; run "
+                              f"{endpoint.masked}: {first_line(exc)}; run "
                               "`invoke up` and `invoke migrate`") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{DEMO_KEY_FILE}.{os.getpid()}")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(created.key + "\n")
-    os.replace(partial, path)
+    write_private(path, created.key + "\n")
     return created.key
 
 

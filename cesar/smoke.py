@@ -19,7 +19,6 @@ failure makes this one pointless (``"auth"`` for anything reading the database: 
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import ssl
 import struct
@@ -36,6 +35,7 @@ from psycopg import errors as pgerrors
 from cesar import db
 from cesar.config import Settings, load_settings
 from cesar.console import first_line
+from cesar.credentials import write_private
 from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
 
@@ -546,12 +546,7 @@ def development_key(settings: Settings) -> str | None:
                                   f"({keys.operator()})")
     except (OperationFailed, psycopg.Error):
         return path.read_text().strip() if path.is_file() else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{SMOKE_KEY_FILE}.{os.getpid()}")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(created.key + "\n")
-    os.replace(partial, path)
+    write_private(path, created.key + "\n")
     return created.key
 
 

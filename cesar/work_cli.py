@@ -16,6 +16,7 @@ import click
 import psycopg
 from psycopg import errors as pgerrors
 
+from cesar.console import first_line
 from cesar.errors import OperationFailed
 
 
@@ -51,7 +52,7 @@ def dispatch_command(limit: int, url: str | None, dry_run: bool, as_json: bool) 
                               "schema (migration 015); run `invoke migrate`") from None
     except psycopg.OperationalError as exc:
         raise OperationFailed(f"dispatch on the {endpoint.name} database {endpoint.masked} "
-                              f"failed: {str(exc).strip().splitlines()[0]}") from None
+                              f"failed: {first_line(exc)}") from None
     finally:
         conn.close()
     summary: dict[str, Any] = {"assigned": [a.as_dict() for a in done], "dry_run": dry_run}

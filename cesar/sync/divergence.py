@@ -30,6 +30,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
+from cesar.console import first_line
 from cesar.sync.capture import pending_summary
 from cesar.sync.tables import TableSpec
 
@@ -107,7 +108,7 @@ def ensure_truncate_guard(conn: psycopg.Connection, specs: Sequence[TableSpec]) 
         except (pgerrors.InsufficientPrivilege, pgerrors.DuplicateObject) as exc:
             log.warning("could not add the TRUNCATE guard on %s (%s); a TRUNCATE is then "
                         "reported by the divergence check, not refused", spec.name,
-                        str(exc).strip().splitlines()[0])
+                        first_line(exc))
             continue
         done.append(spec.name)
     return done

@@ -84,16 +84,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await follower.stop()
-        app.state.events.stop()
-        app.state.auth.usage.stop()
-        checker.close()
-        watcher.stop()
-        if reads is not None:
-            await reads.close()
-        database.close()
-        metrics.mark_worker_dead()
-        accesslog.flush_all()  # the process may end by its re-raised SIGTERM, without atexit
+        try:
+            await follower.stop()
+            app.state.events.stop()
+            app.state.auth.usage.stop()
+            checker.close()
+            watcher.stop()
+            if reads is not None:
+                await reads.close()
+            database.close()
+            metrics.mark_worker_dead()
+        finally:
+            # Whatever failed above: the process may end by its re-raised SIGTERM, without
+            # atexit, and the buffered access lines must be written first.
+            accesslog.flush_all()
 
 
 def create_app(settings: Settings | None = None,

@@ -58,8 +58,11 @@ class Endpoint:
     that gave it, named by every message about it (so it travels whole, never as a bare URL)."""
 
     name: Literal["local", "cluster", "read-replica"]
-    url: str
+    url: str  # it holds the password: the repr below shows ``masked`` instead
     variable: str
+
+    def __repr__(self) -> str:
+        return f"Endpoint(name={self.name!r}, masked={self.masked!r}, variable={self.variable!r})"
 
     @property
     def masked(self) -> str:
@@ -378,6 +381,16 @@ class Database:
             log.error("the configuration now routes to the %s database; restart to switch "
                       "targets (only credentials are reloaded)", fresh.primary.name)
             return
+        for old_end, new_end in ((self.route.primary, fresh.primary),
+                                 (self.route.read_replica, fresh.read_replica)):
+            if (old_end is None) != (new_end is None) or (
+                    old_end is not None and new_end is not None
+                    and not urls.same_target(old_end.url, new_end.url)):
+                log.error("the configuration (%s) now names another server or database than "
+                          "%s; restart to switch targets (only credentials are reloaded)",
+                          (new_end or old_end).variable,  # type: ignore[union-attr]
+                          (old_end or new_end).masked)  # type: ignore[union-attr]
+                return
         self.route = fresh
         if self.endpoint.name == fresh.primary.name:
             self.endpoint = fresh.primary

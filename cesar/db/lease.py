@@ -455,6 +455,11 @@ class Lease:
         transactions idle for one lease: see ``idle_in_transaction_session_timeout`` in
         cesar.sync.run); None when the lease was renewed in time (then the failure is the
         database's, not the lease's)."""
+        # Only a session that ended (no SQLSTATE: the connection closed under the client;
+        # 25P03: the server ended the idle transaction): a canceled statement or a lock not
+        # granted is the database's answer, whatever the heartbeat's state.
+        if exc.sqlstate not in (None, "25P03"):
+            return None
         if not self._lost.is_set():
             unrenewed = time.monotonic() - self._renewed
             if unrenewed < self.seconds:
@@ -523,7 +528,7 @@ class Lease:
                     self._renewed = attempt
                 except LeaseLost:
                     return
-                except (psycopg.Error, OperationFailed) as exc:
+                except Exception as exc:  # noqa: BLE001 - any failure is a missed renewal
                     if time.monotonic() - self._renewed >= self.seconds:
                         # The row may have expired and been taken: stop the work.
                         first = first_line(exc)

@@ -52,3 +52,20 @@ def mask(url: str | None) -> str | None:
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
+
+
+def same_target(a: str, b: str) -> bool:
+    """Whether two URLs name the same server and database, only the login (user, password)
+    differing: what a credential reload may change. A URL without a database names the
+    user's own (libpq's default), so a new user there is another database: not the same."""
+
+    def where(url: str) -> dict[str, str]:
+        parts = {k: v for k, v in psycopg.conninfo.conninfo_to_dict(url).items()
+                 if v is not None}
+        parts["dbname"] = parts.get("dbname") or parts.get("user") or ""
+        return {k: v for k, v in parts.items() if k not in ("user", "password")}
+
+    try:
+        return where(a) == where(b)
+    except psycopg.ProgrammingError:
+        return False

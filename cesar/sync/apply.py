@@ -158,12 +158,6 @@ def apply_changes(target: Target, spec: TableSpec, changes: Sequence[Change],
     try:
         out = db.run_transaction(
             target.conn, lambda c: _apply(c, target, spec, changes, expect), **target.retry)
-        if not target.dry_run:
-            for ch in out.failed:
-                if ch.pk in out.refused:
-                    out.conflicts += _record_failure(target, spec, ch, out.refused[ch.pk],
-                                                     FOREIGN_KEY_VIOLATION)
-        return out
     except ROW_ERRORS as exc:
         if target.dry_run:
             raise
@@ -182,6 +176,14 @@ def apply_changes(target: Target, spec: TableSpec, changes: Sequence[Change],
         return Outcome(failed=list(changes),
                        conflicts=_record_failure(target, spec, changes[0], first_line(exc),
                                                  getattr(exc, "sqlstate", None)))
+    # Outside the batch's handler: the batch has committed, and a failure to record a refused
+    # key must never make the committed batch be applied again in halves.
+    if not target.dry_run:
+        for ch in out.failed:
+            if ch.pk in out.refused:
+                out.conflicts += _record_failure(target, spec, ch, out.refused[ch.pk],
+                                                 FOREIGN_KEY_VIOLATION)
+    return out
 
 
 # ------------------------------------------------------------------------- one transaction

@@ -18,6 +18,7 @@ state), so its report says what would move and what would conflict.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,7 +33,7 @@ from psycopg import sql
 from cesar import db
 from cesar.config import Settings
 from cesar.console import first_line
-from cesar.db import engines
+from cesar.db import engines, urls
 from cesar.errors import ConfigError, OperationFailed
 from cesar.sync import bulk, capture, clock, divergence, lease, reconcile, state
 from cesar.sync.apply import LockBudget, Outcome, Target, apply_changes
@@ -45,8 +46,10 @@ Progress = Callable[[str], None]
 #: A run that wrote at least this many rows of a table, and a tenth of it, refreshes its
 #: statistics (PostgreSQL).
 ANALYZE_AFTER_ROWS = 1_000
-#: How long a commit may wait for a lock (see Run._fence): far above any flush, far below a hang.
-COMMIT_LOCK_TIMEOUT = "10s"
+#: How long a commit may wait for a lock (see Run._fence): far above any flush, far below a hang;
+#: at most a third of the lease (while the commit waits, the fence's share lock on the lease row
+#: holds the heartbeat's renewal back).
+COMMIT_LOCK_TIMEOUT_S = 10.0
 DIRECTIONS = (("local", "cluster", "local_to_cluster"), ("cluster", "local", "cluster_to_local"))
 
 
@@ -219,19 +222,6 @@ def _is_login_refused(exc: psycopg.OperationalError) -> bool:
     return exc.sqlstate in ("28P01", "28000") or "password authentication failed" in str(exc)
 
 
-def _same_target(a: str, b: str) -> bool:
-    """Whether two URLs name the same server and database (only the login may differ)."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    def where(url: str) -> dict[str, Any]:
-        return {k: v for k, v in conninfo_to_dict(url).items() if k not in ("user", "password")}
-
-    try:
-        return where(a) == where(b)
-    except psycopg.ProgrammingError:
-        return False
-
-
 def connect(endpoint: db.Endpoint, settings: Settings, sync: SyncSettings
             ) -> psycopg.Connection:
     """An autocommit connection set up the same way on both engines: UTC, read committed
@@ -291,6 +281,7 @@ class Run:
         self._ack_conns: dict[str, psycopg.Connection] = {}
         self.budget = LockBudget(float(sync.lock_wait_budget_ms))
         self._credentials_stamp = db.credential_files_stamp(settings)
+        self._credentials_lock = threading.Lock()
 
     # ---------------------------------------------------------------- plumbing
     def _open(self) -> None:
@@ -312,31 +303,34 @@ class Run:
         resolved again first when the files credentials come from have changed, and once
         more after a refused login."""
         self._reread_credentials()
+        tried = self.sides[role].endpoint
         try:
-            return connect(self.sides[role].endpoint, self.settings, self.sync)
+            return connect(tried, self.settings, self.sync)
         except CredentialRefused:
-            if not self._reread_credentials(force=True):
+            # Another thread (heartbeat, acknowledgements) may have adopted the new login
+            # between this one's read and its refusal: then that one is tried, else read again.
+            self._reread_credentials(force=True)
+            now = self.sides[role].endpoint
+            if now.url == tried.url:
                 raise
             log.warning("the %s database refused the run's login; connecting with the "
                         "credential as it is now", role)
-            return connect(self.sides[role].endpoint, self.settings, self.sync)
+            return connect(now, self.settings, self.sync)
 
-    def _reread_credentials(self, *, force: bool = False) -> bool:
+    def _reread_credentials(self, *, force: bool = False) -> None:
         """Resolve both URLs again (from the environment, the env files and the embedded
         stack's state); adopt a URL whose server and database are unchanged (a new login,
-        never another target). Returns whether any URL changed."""
-
-        stamp = db.credential_files_stamp(self.settings)
-        if not force and stamp == self._credentials_stamp:
-            return False
-        self._credentials_stamp = stamp
-        changed = False
-        for side in self.sides.values():
-            fresh = self._resolve_again(side.endpoint)
-            if fresh is not None:
-                side.endpoint = fresh
-                changed = True
-        return changed
+        never another target). One thread at a time: the stamp and the endpoints change
+        together."""
+        with self._credentials_lock:
+            stamp = db.credential_files_stamp(self.settings)
+            if not force and stamp == self._credentials_stamp:
+                return
+            self._credentials_stamp = stamp
+            for side in self.sides.values():
+                fresh = self._resolve_again(side.endpoint)
+                if fresh is not None:
+                    side.endpoint = fresh
 
     def _resolve_again(self, endpoint: db.Endpoint) -> db.Endpoint | None:
         """``endpoint``'s side as the settings give it now, if it differs from ``endpoint``
@@ -346,11 +340,19 @@ class Run:
         try:
             fresh = resolve_endpoints(load_settings(), self.options.local_url,
                                       self.options.remote_url)
-        except ConfigError as exc:
-            log.warning("could not read the credentials again (%s); keeping the run's", exc)
+        except Exception as exc:  # noqa: BLE001 - a file mid-write, unreadable: keep the run's
+            log.warning("could not read the credentials again (%s); keeping the run's",
+                        first_line(exc))
             return None
         new = fresh[0] if endpoint.name == "local" else fresh[1]
-        return new if new.url != endpoint.url and _same_target(new.url, endpoint.url) else None
+        if new.url == endpoint.url:
+            return None
+        if not urls.same_target(new.url, endpoint.url):
+            log.warning("the %s database's configuration (%s) now names %s, not the run's %s: "
+                        "a run never switches servers or databases; keeping the run's",
+                        endpoint.name, new.variable, new.masked, endpoint.masked)
+            return None
+        return new
 
     def close(self) -> None:
         if self.lease is not None:
@@ -384,7 +386,8 @@ class Run:
             # every writer of a watched table), held by each for its commit's WAL flush: a
             # queue that always moves. Given up on after 1 ms, the commit failed ("canceling
             # statement due to lock timeout" on COMMIT) and its batch was redone key by key.
-            conn.execute("SELECT set_config('lock_timeout', %s, true)", [COMMIT_LOCK_TIMEOUT])
+            wait = min(COMMIT_LOCK_TIMEOUT_S, self.sync.lease_seconds / 3)
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(wait * 1000)}ms"])
 
     # ---------------------------------------------------------------- steps
     def execute(self) -> RunReport:

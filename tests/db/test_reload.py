@@ -25,7 +25,8 @@ def _write_env(path: Path, url: str) -> None:
 
 def _who(database: Database) -> tuple[str, str]:
     assert database.pool is not None
-    database.pool.drain()  # the next connection is a new one, built from the current URL
+    database.pool.drain()  # every connection is replaced, built from the URL as of now ...
+    database.pool.wait(timeout=30)  # ... and all are there before anything changes again
     with database.connection() as conn:
         row = conn.execute("SELECT current_database(), session_user").fetchone()
     assert row is not None

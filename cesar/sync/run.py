@@ -577,18 +577,38 @@ class Run:
         return conn
 
     def _reconcile(self, specs: list[TableSpec], report: RunReport) -> None:
+        """Each table, parents first; then, if a key was deferred, each table that deferred
+        one again, children first. A parent's delete is held while its child is still there
+        (the child's comes later in the first pass) and nothing about it is pending, so no
+        incremental run would move it: the second pass does, in the same run."""
         local, cluster = self.sides["local"].conn, self.sides["cluster"].conn
-        for spec in specs:
-            def target(side: str) -> Target:
-                return self._target(side, "cluster_to_local" if side == "local"
-                                    else "local_to_cluster")
 
-            rr = reconcile.reconcile_table(
+        def target(side: str) -> Target:
+            return self._target(side, "cluster_to_local" if side == "local"
+                                else "local_to_cluster")
+
+        def one(spec: TableSpec) -> reconcile.ReconcileReport:
+            return reconcile.reconcile_table(
                 local, cluster, spec, range_size=self.sync.range_size, target=target,
                 batch_size=self.sync.batch_size, check=self._check_lease)
+
+        reports = {spec.name: one(spec) for spec in specs}
+        for spec in reversed(specs):
+            first = reports[spec.name]
+            if not first.deferred:
+                continue
+            again = one(spec)
+            first.repaired_local += again.repaired_local
+            first.repaired_cluster += again.repaired_cluster
+            first.conflicts_local += again.conflicts_local
+            first.conflicts_cluster += again.conflicts_cluster
+            first.failed = again.failed  # a key that failed fails again: counted once
+            first.deferred = again.deferred  # what is still left for the next run
+            first.seconds += again.seconds
+        for rr in reports.values():
             report.reconcile.append(rr)
             if rr.ranges_differing:
-                self.progress(f"  reconcile {spec.name}: {rr.ranges_differing} of {rr.ranges} "
+                self.progress(f"  reconcile {rr.table}: {rr.ranges_differing} of {rr.ranges} "
                               f"ranges differ, {rr.repaired_local + rr.repaired_cluster} rows "
                               "repaired")
 

@@ -1,4 +1,7 @@
-"""Shared fixtures: a real embedded PostgreSQL for the whole session, fresh databases per test.
+"""Shared fixtures: a real embedded PostgreSQL for the whole session, fresh databases per test,
+migrated databases and ``api``, the real application served over HTTP for a whole module (the
+API's tests and its clients' tests, smoke and demo, use them; a module's tests must not change
+that database: tests that break something make their own).
 
 Nothing here mocks the database. A requirement that is missing fails the run in CI (CI=true)
 with a message naming what to install; outside CI it skips with the same message.
@@ -14,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from cesar.dev.embedded import EmbeddedPostgres, tls_bindir
+from tests.api.helpers import ApiServer, migrated_database, serve, settings_for
 from tests.helpers import CONFIG_VARS, PgStack, new_state_dir, require
 
 
@@ -71,3 +75,27 @@ def fresh_db(pg_stack: PgStack) -> Iterator[str]:
     finally:
         pg_stack.drop_database(name)
 
+
+@pytest.fixture(scope="module")
+def migrated_url(pg_stack: PgStack) -> Iterator[str]:
+    name, url = migrated_database(pg_stack)
+    try:
+        yield url
+    finally:
+        pg_stack.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def api(migrated_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    with serve(settings_for(migrated_url, tmp_path_factory.mktemp("api"))) as server:
+        yield server
+
+
+@pytest.fixture
+def migrated_db(pg_stack: PgStack) -> Iterator[str]:
+    """A migrated database for one test, which it may break."""
+    name, url = migrated_database(pg_stack)
+    try:
+        yield url
+    finally:
+        pg_stack.drop_database(name)

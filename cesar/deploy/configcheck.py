@@ -20,6 +20,7 @@ database is reachable.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,13 +30,12 @@ from dotenv import dotenv_values
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource
 
+import cesar
 from cesar import db
 from cesar.config import Settings, load
 from cesar.errors import ConfigError
 
 Purpose = Literal["api", "sync"]
-# Where the settings classes live: every variable cesar reads is a field of one of them.
-SETTINGS_MODULES = ("cesar.config", "cesar.api.settings", "cesar.sync.tables")
 # Read by libraries the service runs, not by cesar's settings.
 _RUNTIME_VARIABLES = frozenset({"PROMETHEUS_MULTIPROC_DIR"})
 
@@ -52,10 +52,30 @@ class Report:
                 f"{len(self.keys)} variables ({', '.join(self.keys)})")
 
 
+def settings_modules() -> list[str]:
+    """The cesar modules that define settings classes, found in the installed package's source.
+
+    Every variable cesar reads is a field of one of them; finding them (rather than listing
+    them) keeps a class added later from being refused by the deploy's check.
+    """
+    root = Path(cesar.__file__).parent
+    names = []
+    for path in sorted(root.rglob("*.py")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if re.search(r"^class \w+\([^)]*Settings\b", text, re.MULTILINE):
+            parts = path.relative_to(root.parent).with_suffix("").parts
+            names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
 def settings_classes() -> list[type[BaseSettings]]:
-    """The settings classes of :data:`SETTINGS_MODULES` (a module not installed is skipped)."""
+    """The settings classes of :func:`settings_modules` (a module whose dependencies are not
+    installed on this host is skipped: its service does not run here)."""
     found: list[type[BaseSettings]] = []
-    for name in SETTINGS_MODULES:
+    for name in settings_modules():
         try:
             module = importlib.import_module(name)
         except ImportError:

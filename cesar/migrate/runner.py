@@ -754,7 +754,7 @@ class Runner:
                 return False
             for st in statements:
                 _execute(conn, st)
-            self._finish(conn, step, "transactional", len(statements), started)
+            self.finish_step(conn, step, "transactional", len(statements), started)
             lease.check(conn)  # fenced last: the lease row is held FOR SHARE only to the commit
             return True
 
@@ -877,7 +877,7 @@ class Runner:
             in_doubt = False
             self.progress(f"  [{st.index}/{len(statements)}] line {st.line}: {st.summary()} "
                           f"({(time.perf_counter() - t0) * 1000:.0f} ms{note})")
-        db.run_transaction(self.conn, lambda c: self._finish(
+        db.run_transaction(self.conn, lambda c: self.finish_step(
             c, step, mode, len(statements), started), **self._retry)
         return True
 
@@ -978,8 +978,12 @@ class Runner:
             self._held.check(conn)  # raises LeaseLost if that is why
             raise OperationFailed(f"the tracking row of {step.name} changed under this runner")
 
-    def _finish(self, conn: psycopg.Connection, step: Step, mode: str, total: int,
-                started: float) -> None:
+    def finish_step(self, conn: psycopg.Connection, step: Step, mode: str, total: int,
+                    started: float) -> None:
+        """Mark ``step`` done in the tracking table and release its claim (every statement ran).
+
+        Public as the point a fault test stops a runner at: between the last statement and
+        the tracking row's update."""
         # Fenced, and only our own claim: a runner paused past its lease must not mark done
         # (and release) a migration that another runner now holds.
         self._lease_held().check(conn)

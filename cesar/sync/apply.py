@@ -238,7 +238,7 @@ def _apply(conn: psycopg.Connection, target: Target, spec: TableSpec,
         out.applied.extend(to_apply)
         out.conflicts = len(records)
         return out
-    applied = _write(conn, spec, to_apply, existing)
+    applied = write_changes(conn, spec, to_apply, existing)
     out.applied.extend(ch for ch in to_apply if ch.pk in applied)
     out.deferred.extend(ch for ch in to_apply if ch.pk not in applied)
     out.conflicts = _insert_conflicts(conn, target.direction,
@@ -357,7 +357,7 @@ def _held_by_foreign_keys(conn: psycopg.Connection, spec: TableSpec, changes: li
 def _range_is_new(conn: psycopg.Connection, spec: TableSpec, params: dict[str, Any]) -> bool:
     """Whether the target has no row and no version row anywhere in the keys' range: two
     index probes instead of one lookup per key. (A writer inserting into that range meanwhile
-    is still safe: new version rows are inserted with ON CONFLICT DO NOTHING, see _write.)"""
+    is still safe: new version rows are inserted with ON CONFLICT DO NOTHING, see write_changes.)"""
     row = conn.execute(
         sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {t} WHERE {r}) AND NOT EXISTS "
                 "(SELECT 1 FROM sync_versions WHERE table_name = %(table)s AND {m})").format(
@@ -381,9 +381,10 @@ def _state(keys: list[str], locked: set[str], meta: dict[str, Any]) -> dict[str,
     return state
 
 
-def _write(conn: psycopg.Connection, spec: TableSpec, changes: list[Change],
-           existing: dict[str, Existing]) -> set[str]:
-    """Write the winners and their version rows; returns the keys written.
+def write_changes(conn: psycopg.Connection, spec: TableSpec, changes: list[Change],
+                  existing: dict[str, Existing]) -> set[str]:
+    """Write the winners and their version rows; returns the keys written. Public as the point
+    a fault test kills a sync at: written in the target's transaction, not yet committed.
 
     A key with no version row on the target gets one with ``ON CONFLICT DO NOTHING``: if a
     writer created it meanwhile, that key is left out (deferred) rather than overwritten."""

@@ -2,7 +2,8 @@
 thread of the test process, so a test can also read the app's state) or as ``cesar api`` in its
 own process, keys and databases for it, HTTP calls with a key, and reads of the served database.
 
-Fixtures live in conftest.py beside this file.
+Fixtures that use them (``migrated_url``, ``api``, ``migrated_db``) live in tests/conftest.py:
+the smoke and demo tests outside tests/api/ use them too.
 """
 
 from __future__ import annotations

@@ -76,3 +76,47 @@ def test_command_exits_2_with_one_line(tmp_path: Path, capsys) -> None:
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cesar: error: ")
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["CESAR_EVENTS_RETENTION_HOURS='48'", "CESAR_API_READ_PATH='async'",
+     "CESAR_BACKUP_KEEP='5'"],
+    ids=["events", "read-path", "backup"],
+)
+def test_every_variable_cesar_reads_passes_the_deploy_check(tmp_path: Path, line: str) -> None:
+    # Ansible validates app.env with this command: a variable the API reads must not fail it.
+    path = _file(tmp_path, f"ENVIRONMENT='development'\nLOCAL_DB_URL='{CLUSTER}'\n{line}\n")
+    assert line.split("=")[0] in check(path, "api").keys
+
+
+def test_a_bad_value_of_such_a_variable_is_refused(tmp_path: Path) -> None:
+    path = _file(tmp_path, f"ENVIRONMENT='development'\nLOCAL_DB_URL='{CLUSTER}'\n"
+                           "CESAR_EVENTS_RETENTION_HOURS='0'\n")
+    with pytest.raises(ConfigError, match="CESAR_EVENTS_RETENTION_HOURS='0' is not valid"):
+        check(path, "api")
+
+
+def test_the_check_finds_every_settings_class_in_cesar() -> None:
+    # Import every cesar module and collect the settings classes defined in them: the check
+    # must know each one, so a class added later cannot be forgotten by a second list.
+    import importlib
+    import pkgutil
+
+    from pydantic_settings import BaseSettings
+
+    import cesar
+    from cesar.deploy.configcheck import settings_classes
+
+    defined = set()
+    for info in pkgutil.walk_packages(cesar.__path__, "cesar."):
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:
+            continue
+        defined |= {obj for obj in vars(module).values()
+                    if isinstance(obj, type) and issubclass(obj, BaseSettings)
+                    and obj.__module__ == info.name}
+    assert defined, "no settings class found: the walk is broken"
+    missing = sorted(f"{c.__module__}.{c.__qualname__}" for c in defined - set(settings_classes()))
+    assert not missing

@@ -171,7 +171,7 @@ def test_alerts_carry_severity_summary_and_description(rendered, stack: str) -> 
         assert alert["annotations"]["description"].strip(), alert["alert"]
 
 
-def test_the_seed_alerts_keep_their_meaning(rendered) -> None:
+def test_sync_lag_connection_failure_and_migration_alerts_keep_their_thresholds(rendered) -> None:
     alerts = {r["alert"]: r for f in rule_files(rendered["dev"]) for r in loaded(f)
               if "alert" in r}
     lag = alerts["DatabaseSyncLag"]

@@ -81,7 +81,7 @@ def test_panel_queries_parse_with_promtool(rendered, promtool, tmp_path: Path) -
     assert promtool("check", "rules", str(path)).returncode != 0
 
 
-def test_the_dashboard_answers_the_seed_questions(rendered) -> None:
+def test_the_dashboard_shows_sync_lag_latency_errors_and_cluster_health(rendered) -> None:
     board = dashboard(rendered, "dev")
     by_title = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in board["panels"]}
     assert "cesar_sync_lag_seconds" in by_title["Sync lag per table"]

@@ -126,18 +126,18 @@ def test_a_heartbeat_that_keeps_failing_stops_the_work(fresh_db: str) -> None:
             lease.release()
 
 
-#: `cesar migrate ARGS` that stops itself on entering the migration's `_finish` (every statement
+#: `cesar migrate ARGS` that stops itself on entering the migration's `finish_step` (every statement
 #: run and its progress recorded; the tracking row not yet marked done).
 FINISH_PAUSER = """
 import os, signal, sys
 from cesar import migrate
-real = migrate.Runner._finish
+real = migrate.Runner.finish_step
 
 def finish(self, *args, **kwargs):
     os.kill(os.getpid(), signal.SIGSTOP)
     return real(self, *args, **kwargs)
 
-migrate.Runner._finish = finish
+migrate.Runner.finish_step = finish
 from cesar.cli import main
 main(["migrate", *sys.argv[1:]])
 """

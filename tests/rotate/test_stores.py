@@ -260,8 +260,9 @@ def test_an_application_url_without_verify_full_stops_the_rotation_before_any_ch
         assert conn.execute("SELECT session_user").fetchone() == ("cesar_app_a",)
 
 
-def test_the_test_step_applies_the_rule_not_a_substring(operator_dir: Path,
-                                                        tmp_path: Path) -> None:
+def test_the_rotation_applies_the_tls_rule_not_a_substring(operator_dir: Path,
+                                                           tmp_path: Path) -> None:
+    # The URL contains "sslmode=verify-full", but libpq reads the last sslmode: disable.
     env_file = operator_dir / ".env.cockroach"
     good = _env_value(operator_dir, "COCKROACH_DB_URL")
     env_file.write_text(env_file.read_text().replace(
@@ -269,6 +270,6 @@ def test_the_test_step_applies_the_rule_not_a_substring(operator_dir: Path,
     primary = EnvFileStore(env_file, _admin_url(operator_dir))
     rotator = Rotator(primary, [], state_dir=tmp_path / "state", environment="staging",
                       grace_seconds=0)
-    with pytest.raises(ConfigError, match="^test: the application URL in the env-file store "
+    with pytest.raises(ConfigError, match="^the application URL in the env-file store "
                                           "has sslmode=disable; ENVIRONMENT=staging"):
-        rotator._test(primary.active())
+        rotator.run()

@@ -1,6 +1,6 @@
 """cesar.firewall: the API hosts' nftables ruleset and the networks it accepts. The ruleset is
 checked by the real `nft -c` (Debian's nftables); the packets are the host tier's test
-(tests/hosts/test_firewall_hosts.py)."""
+(tests/hosts/test_firewall.py)."""
 
 from __future__ import annotations
 

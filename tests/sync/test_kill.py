@@ -27,11 +27,11 @@ def die(*args, **kwargs):
 if point == "after-target-commit":      # the target committed, the source is not acknowledged
     capture.acknowledge = die
 elif point == "before-target-commit":   # the target's transaction has written, not committed
-    real_write = apply._write
+    real_write = apply.write_changes
     def write_then_die(*args, **kwargs):
         real_write(*args, **kwargs)
         die()
-    apply._write = write_then_die
+    apply.write_changes = write_then_die
 elif point == "during-first-reconcile":
     from cesar.sync import reconcile
     reconcile.reconcile_table = die

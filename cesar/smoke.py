@@ -34,7 +34,7 @@ from psycopg import errors as pgerrors
 
 from cesar import db
 from cesar.config import Settings, load_settings
-from cesar.console import first_line
+from cesar.console import emit_json, first_line
 from cesar.credentials import write_private
 from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
@@ -594,9 +594,7 @@ def smoke(as_json: bool, api_url: str | None, expect_database: str | None,
                       api_key=api_key(settings))
     report = run(options)
     if as_json:
-        import json
-
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        emit_json(report.as_dict())
     else:
         _print_table(report)
     if report.failed:

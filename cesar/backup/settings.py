@@ -17,6 +17,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cesar.config import ENV_FILES, Settings, load
+from cesar.console import first_line
 from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
 
@@ -77,7 +78,7 @@ class Server:
         try:
             return psycopg.connect(self.conninfo(dbname), autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as exc:
-            first = (str(exc).strip().splitlines() or ["?"])[0]
+            first = first_line(exc)
             raise OperationFailed(
                 f"cannot reach the PostgreSQL server at {self.host}:{self.port} as {self.user}: "
                 f"{first} (is it running? `invoke up` for the embedded stack)") from None

@@ -30,6 +30,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import psycopg
 
+from cesar.console import first_line
 from cesar.credentials import write_private
 from cesar.db import urls
 from cesar.dev.embedded import CLUSTER_DB, HOST, LOCAL_DB, EmbeddedPostgres
@@ -250,7 +251,7 @@ class EnvFileStore:
         try:
             conn = psycopg.connect(self.admin_url, autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as exc:
-            first = (str(exc).strip().splitlines() or ["?"])[0]
+            first = first_line(exc)
             raise OperationFailed(f"cannot connect with CESAR_ADMIN_DB_URL "
                                   f"{urls.mask(self.admin_url)}: {first}") from None
         with conn:

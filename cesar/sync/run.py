@@ -658,7 +658,7 @@ class Run:
                 state.write_state(side.conn, rows)
             except psycopg.Error as exc:
                 log.warning("could not record the refusal in sync_state: %s",
-                            (str(exc).strip().splitlines() or [""])[0])
+                            first_line(exc))
 
     def _check_divergence(self, specs: list[TableSpec], report: RunReport) -> None:
         """Record how many rows the sides differ by: the count check, and what a reconcile

@@ -409,39 +409,33 @@ UNSUPPORTED = frozenset({"0A000", "42601", "42883"})
 LOST = frozenset({"08", "57"})
 
 
-def target(settings: Settings, url: str | None, local: bool) -> tuple[str, str]:
-    """The URL to check and where it came from; the TLS rule applies to every one."""
+def target(settings: Settings, url: str | None, local: bool) -> db.Endpoint:
+    """The database to check, with where its URL came from; the TLS rule applies to every one."""
     env = settings.environment
-    if url:
-        db.require_tls(url, "--url", env)
-        return url, "--url"
+    if url is not None:
+        return db.command_target(settings, url)
     if local:
         endpoint = db.resolve(settings, "local")
         if endpoint is None:
             raise ConfigError("no local database: set LOCAL_DB_URL or run `invoke up`")
         db.require_tls(endpoint.url, endpoint.variable, env, local=True)
-        return endpoint.url, endpoint.variable
+        return endpoint
     if env != "development":
-        endpoint = db.route(settings).primary
-        return endpoint.url, endpoint.variable
+        return db.route(settings).primary
     endpoint = db.resolve(settings, "cluster")
     if endpoint is None:
         raise ConfigError("no cluster to check: set COCKROACH_DB_URL, pass --url, or run "
                           "`invoke up`")
-    return endpoint.url, endpoint.variable
+    return endpoint
 
 
 def run(settings: Settings, tables: Sequence[str], url: str | None = None,
         local: bool = False) -> Report:
-    chosen, source = target(settings, url, local)
-    try:
-        conn = psycopg.connect(chosen, **{**db.connect_kwargs(settings), "autocommit": True})
-    except psycopg.OperationalError as exc:
-        first = first_line(exc)
-        raise OperationFailed(f"cannot connect to {urls.mask(chosen)} ({source}): {first}"
-                              ) from None
+    endpoint = target(settings, url, local)
+    conn = db.dial(endpoint, describe=f"cannot connect to {endpoint.masked} ({endpoint.variable})",
+                   **{**db.connect_kwargs(settings), "autocommit": True})
     with conn:
-        return check(conn, tables, url=chosen)
+        return check(conn, tables, url=endpoint.url)
 
 
 # ==================================================================== the command

@@ -478,20 +478,19 @@ def run(options: Options, checks: list[Check] | None = None) -> Report:
                   time.perf_counter() - started)
 
 
-def cluster_url(settings: Settings) -> tuple[str, str]:
-    """The URL the database checks use, and the variable (or source) it came from."""
-    if settings.cockroach_db_url:
-        return settings.cockroach_db_url, "COCKROACH_DB_URL"
+def cluster_endpoint(settings: Settings) -> db.Endpoint:
+    """The cluster the database checks use (COCKROACH_DB_URL, else in development the embedded
+    stand-in), with where its URL came from."""
+    endpoint = db.resolve(settings, "cluster")
+    if endpoint is not None:
+        return endpoint
     if settings.environment != "development":
         raise ConfigError(
             f"COCKROACH_DB_URL is not set; ENVIRONMENT={settings.environment} smoke-tests the "
             "CockroachDB cluster (set it in the environment or .env.cockroach)"
         )
-    _local, cluster = db.embedded_urls(settings)
-    if cluster is None:
-        raise ConfigError("no cluster URL: set COCKROACH_DB_URL, or run `invoke up` for the "
-                          "embedded stand-in")
-    return cluster, "the embedded cesar_cluster"
+    raise ConfigError("no cluster URL: set COCKROACH_DB_URL, or run `invoke up` for the "
+                      "embedded stand-in")
 
 
 def default_api_url(settings: Settings) -> str:
@@ -584,10 +583,10 @@ def smoke(as_json: bool, api_url: str | None, expect_database: str | None,
           expected_agents: int, budget_ms: float, burst: int, timeout: float) -> None:
     """Check the cluster and the API end to end (the deployment checklist as one command)."""
     settings = load_settings()
-    url, variable = cluster_url(settings)
+    cluster = cluster_endpoint(settings)
     if expect_database is None and settings.environment != "development":
         expect_database = "cockroachdb"
-    options = Options(url=url, variable=variable, environment=settings.environment,
+    options = Options(url=cluster.url, variable=cluster.variable, environment=settings.environment,
                       api_url=(api_url or default_api_url(settings)).rstrip("/"),
                       expect_database=expect_database, expected_agents=expected_agents,
                       budget_ms=budget_ms, burst=burst, timeout=timeout,

@@ -36,7 +36,7 @@ from cesar import db
 from cesar.config import Settings, load_settings
 from cesar.console import emit_json, first_line
 from cesar.credentials import write_private
-from cesar.db import urls
+from cesar.db import engines, urls
 from cesar.errors import ConfigError, OperationFailed
 
 Status = Literal["pass", "warn", "fail", "skip"]
@@ -286,7 +286,7 @@ def check_server(ctx: Context) -> Outcome:
     expected = ctx.options.expect_database
     if expected and ctx.engine != expected:
         return "fail", f"{short}: the engine is {ctx.engine}, expected {expected}"
-    if server.engine == "cockroachdb":
+    if engines.named(server.engine).release_gated:
         if server.version is None:
             return "fail", (f"a CockroachDB server whose release cannot be parsed from version() "
                             f"({version[:80]!r}); run `cesar doctor` to judge it against "

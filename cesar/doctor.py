@@ -24,7 +24,7 @@ from cesar import cockroach, db
 from cesar.cockroach import ServerVersion, Version
 from cesar.config import Settings
 from cesar.console import first_line
-from cesar.db import urls
+from cesar.db import engines, urls
 from cesar.errors import ConfigError, OperationFailed
 from cesar.sync.tables import CAPTURE_TRIGGER
 
@@ -97,7 +97,7 @@ class Result:
             return (f"capability {c.name} could not be checked: {self.detail}; {c.used_by} "
                     "relies on it")
         needs = (f"; it needs CockroachDB {c.minimum.series} or later (source: {c.source})"
-                 if self.engine == "cockroachdb" else "")
+                 if engines.named(self.engine).release_gated else "")
         return f"capability {c.name} is missing: {self.detail}{needs}; {c.used_by} relies on it"
 
 
@@ -140,7 +140,7 @@ def _existing_tables(conn: psycopg.Connection, names: Sequence[str]) -> set[str]
 
 def probe_release(p: Probe) -> str:
     server = p.release
-    if server.engine != "cockroachdb":
+    if not engines.named(server.engine).release_gated:
         return f"{server.short} (no CockroachDB release gate)"
     if server.version is None:
         raise Missing(f"the server's version() cannot be read: {server.text[:80]!r}")
@@ -159,9 +159,7 @@ def probe_release(p: Probe) -> str:
 
 
 def probe_plpgsql_trigger_function(p: Probe) -> str:
-    if p.server.engine == "cockroachdb":
-        # CockroachDB's own rendering of the function (pg_language's rows there are not a
-        # documented interface); SHOW CREATE FUNCTION exists since v22.2.
+    if engines.named(p.server.engine).show_create_function:
         try:
             with p.scratch():
                 rows = p.conn.execute(sql.SQL("SELECT create_statement FROM [SHOW CREATE "
@@ -267,28 +265,26 @@ def probe_read_committed(p: Probe) -> str:
     return "READ COMMITTED transactions run as READ COMMITTED"
 
 
-PRE_HASHED_SETTING = "server.user_login.store_client_pre_hashed_passwords.enabled"
-
-
 def probe_scram(p: Probe) -> str:
     """Does the server store a pre-hashed SCRAM verifier as given? ``password_encryption`` does
     not say: it only governs how a cleartext password is hashed."""
-    if p.server.engine == "cockroachdb":
+    setting = engines.named(p.server.engine).pre_hashed_password_setting
+    if setting:
         # While this setting is off, CockroachDB takes 'SCRAM-SHA-256$...' for a cleartext
         # password and hashes it: the rotation would set a password nobody knows.
         try:
             with p.scratch():
-                row = p.conn.execute(f"SHOW CLUSTER SETTING {PRE_HASHED_SETTING}").fetchone()
+                row = p.conn.execute(f"SHOW CLUSTER SETTING {setting}").fetchone()
         except pgerrors.InsufficientPrivilege:
-            raise Unverified(f"this login may not read {PRE_HASHED_SETTING} (it needs "
+            raise Unverified(f"this login may not read {setting} (it needs "
                              "VIEWCLUSTERSETTING); its default, true, accepts pre-hashed "
                              "verifiers") from None
         value = str(row[0]).lower() if row else "?"
         if value not in ("true", "t", "on"):
-            raise Missing(f"{PRE_HASHED_SETTING} is {value}: a pre-hashed verifier would be "
+            raise Missing(f"{setting} is {value}: a pre-hashed verifier would be "
                           f"stored as a cleartext password (SET CLUSTER SETTING "
-                          f"{PRE_HASHED_SETTING} = true)")
-        return f"{PRE_HASHED_SETTING} = true"
+                          f"{setting} = true)")
+        return f"{setting} = true"
     # PostgreSQL: set a throwaway verifier on this login, in a transaction rolled back (a role
     # may change its own password); read it back where this login may read pg_authid.
     from cesar.credentials import new_password
@@ -373,7 +369,7 @@ def check(conn: psycopg.Connection, tables: Sequence[str], *, url: str = "",
                 detail = capability.probe(probe)
             except Unverified as exc:
                 detail, warning = f"not verified: {exc}", True
-            gate = server.engine == "cockroachdb" and (
+            gate = engines.named(server.engine).release_gated and (
                 server.version is None or not server.version.at_least(capability.minimum))
             if gate and capability.name != "server-release":
                 raise Missing(f"the server is {server.short}")
@@ -409,39 +405,33 @@ UNSUPPORTED = frozenset({"0A000", "42601", "42883"})
 LOST = frozenset({"08", "57"})
 
 
-def target(settings: Settings, url: str | None, local: bool) -> tuple[str, str]:
-    """The URL to check and where it came from; the TLS rule applies to every one."""
+def target(settings: Settings, url: str | None, local: bool) -> db.Endpoint:
+    """The database to check, with where its URL came from; the TLS rule applies to every one."""
     env = settings.environment
-    if url:
-        db.require_tls(url, "--url", env)
-        return url, "--url"
+    if url is not None:
+        return db.command_target(settings, url)
     if local:
         endpoint = db.resolve(settings, "local")
         if endpoint is None:
             raise ConfigError("no local database: set LOCAL_DB_URL or run `invoke up`")
         db.require_tls(endpoint.url, endpoint.variable, env, local=True)
-        return endpoint.url, endpoint.variable
+        return endpoint
     if env != "development":
-        endpoint = db.route(settings).primary
-        return endpoint.url, endpoint.variable
+        return db.route(settings).primary
     endpoint = db.resolve(settings, "cluster")
     if endpoint is None:
         raise ConfigError("no cluster to check: set COCKROACH_DB_URL, pass --url, or run "
                           "`invoke up`")
-    return endpoint.url, endpoint.variable
+    return endpoint
 
 
 def run(settings: Settings, tables: Sequence[str], url: str | None = None,
         local: bool = False) -> Report:
-    chosen, source = target(settings, url, local)
-    try:
-        conn = psycopg.connect(chosen, **{**db.connect_kwargs(settings), "autocommit": True})
-    except psycopg.OperationalError as exc:
-        first = first_line(exc)
-        raise OperationFailed(f"cannot connect to {urls.mask(chosen)} ({source}): {first}"
-                              ) from None
+    endpoint = target(settings, url, local)
+    conn = db.dial(endpoint, describe=f"cannot connect to {endpoint.masked} ({endpoint.variable})",
+                   **{**db.connect_kwargs(settings), "autocommit": True})
     with conn:
-        return check(conn, tables, url=chosen)
+        return check(conn, tables, url=endpoint.url)
 
 
 # ==================================================================== the command

@@ -27,7 +27,7 @@ def _connection(url: str | None) -> Iterator[psycopg.Connection[Any]]:
     from cesar.config import load_settings
 
     settings = load_settings()
-    endpoint = db.Endpoint("cluster", url, "--url") if url else db.route(settings).primary
+    endpoint = db.command_target(settings, url)
     conn = db.connect(endpoint, settings, autocommit=True)
     try:
         yield conn

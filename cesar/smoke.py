@@ -34,9 +34,9 @@ from psycopg import errors as pgerrors
 
 from cesar import db
 from cesar.config import Settings, load_settings
-from cesar.console import first_line
+from cesar.console import emit_json, first_line
 from cesar.credentials import write_private
-from cesar.db import urls
+from cesar.db import engines, urls
 from cesar.errors import ConfigError, OperationFailed
 
 Status = Literal["pass", "warn", "fail", "skip"]
@@ -286,7 +286,7 @@ def check_server(ctx: Context) -> Outcome:
     expected = ctx.options.expect_database
     if expected and ctx.engine != expected:
         return "fail", f"{short}: the engine is {ctx.engine}, expected {expected}"
-    if server.engine == "cockroachdb":
+    if engines.named(server.engine).release_gated:
         if server.version is None:
             return "fail", (f"a CockroachDB server whose release cannot be parsed from version() "
                             f"({version[:80]!r}); run `cesar doctor` to judge it against "
@@ -478,20 +478,19 @@ def run(options: Options, checks: list[Check] | None = None) -> Report:
                   time.perf_counter() - started)
 
 
-def cluster_url(settings: Settings) -> tuple[str, str]:
-    """The URL the database checks use, and the variable (or source) it came from."""
-    if settings.cockroach_db_url:
-        return settings.cockroach_db_url, "COCKROACH_DB_URL"
+def cluster_endpoint(settings: Settings) -> db.Endpoint:
+    """The cluster the database checks use (COCKROACH_DB_URL, else in development the embedded
+    stand-in), with where its URL came from."""
+    endpoint = db.resolve(settings, "cluster")
+    if endpoint is not None:
+        return endpoint
     if settings.environment != "development":
         raise ConfigError(
             f"COCKROACH_DB_URL is not set; ENVIRONMENT={settings.environment} smoke-tests the "
             "CockroachDB cluster (set it in the environment or .env.cockroach)"
         )
-    _local, cluster = db.embedded_urls(settings)
-    if cluster is None:
-        raise ConfigError("no cluster URL: set COCKROACH_DB_URL, or run `invoke up` for the "
-                          "embedded stand-in")
-    return cluster, "the embedded cesar_cluster"
+    raise ConfigError("no cluster URL: set COCKROACH_DB_URL, or run `invoke up` for the "
+                      "embedded stand-in")
 
 
 def default_api_url(settings: Settings) -> str:
@@ -584,19 +583,17 @@ def smoke(as_json: bool, api_url: str | None, expect_database: str | None,
           expected_agents: int, budget_ms: float, burst: int, timeout: float) -> None:
     """Check the cluster and the API end to end (the deployment checklist as one command)."""
     settings = load_settings()
-    url, variable = cluster_url(settings)
+    cluster = cluster_endpoint(settings)
     if expect_database is None and settings.environment != "development":
         expect_database = "cockroachdb"
-    options = Options(url=url, variable=variable, environment=settings.environment,
+    options = Options(url=cluster.url, variable=cluster.variable, environment=settings.environment,
                       api_url=(api_url or default_api_url(settings)).rstrip("/"),
                       expect_database=expect_database, expected_agents=expected_agents,
                       budget_ms=budget_ms, burst=burst, timeout=timeout,
                       api_key=api_key(settings))
     report = run(options)
     if as_json:
-        import json
-
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        emit_json(report.as_dict())
     else:
         _print_table(report)
     if report.failed:

@@ -35,7 +35,7 @@ def dispatch_command(limit: int, url: str | None, dry_run: bool, as_json: bool) 
     from cesar.console import emit_json
 
     settings = load_settings()
-    endpoint = db.Endpoint("cluster", url, "--url") if url else db.route(settings).primary
+    endpoint = db.command_target(settings, url)
     actor = f"cli:{keys.operator()} (cesar dispatch)"
     conn = db.connect(endpoint, settings)
     try:

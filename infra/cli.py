@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from cesar.config import load_settings
+from cesar.console import emit_json
 from cesar.errors import ConfigError, OperationFailed
 
 STACKS = {"development": "dev", "staging": "staging", "production": "production"}
@@ -192,9 +193,8 @@ def plan(stack: str | None, as_json: bool) -> None:
     resources = sorted(({"type": r.type, "name": r.name} for r in run.resources),
                        key=lambda r: (r["name"], r["type"]))
     if as_json:
-        click.echo(json.dumps({"stack": name, "resources": resources,
-                               "outputs": sorted(run.outputs),
-                               "secret_outputs": sorted(run.secret_outputs)}, indent=2))
+        emit_json({"stack": name, "resources": resources, "outputs": sorted(run.outputs),
+                   "secret_outputs": sorted(run.secret_outputs)})
         return
     click.echo(f"stack {name}: {len(resources)} resources (Pulumi mocks; nothing was created)")
     width = max(len(r["name"]) for r in resources)

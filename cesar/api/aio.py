@@ -42,6 +42,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cesar import keys
 from cesar.config import ENV_FILES, load
+from cesar.console import first_line
 from cesar.db import Database, Endpoint, connect_kwargs
 from cesar.errors import OperationFailed
 
@@ -167,7 +168,7 @@ class AsyncReads:
                 checked = True
                 log.info("a pooled connection to the %s database failed (%s); checking the "
                          "pool and reading again", endpoint.name,
-                         (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+                         first_line(exc))
                 await pool.check()
 
     async def _revive(self, which: str, endpoint: Endpoint) -> bool:

@@ -47,6 +47,7 @@ from cesar import keys, metrics
 from cesar.api.aio import AsyncReads
 from cesar.api.models import Error
 from cesar.api.settings import AuthSettings
+from cesar.console import first_line
 from cesar.db import Database
 from cesar.errors import OperationFailed
 
@@ -197,7 +198,7 @@ class UsageRecorder:
                 keys.record_usage(conn, list(batch))
         except Exception as exc:  # noqa: BLE001 - kept for the next attempt, never fatal
             log.warning("could not record the last use of %d key(s): %s", len(batch),
-                        (str(exc).splitlines() or [type(exc).__name__])[0])
+                        first_line(exc))
             with self._lock:
                 self._used |= batch
 

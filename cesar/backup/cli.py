@@ -7,6 +7,7 @@ import sys
 import click
 
 from cesar.console import emit_json as _emit
+from cesar.console import fail
 from cesar.errors import OperationFailed
 
 
@@ -157,9 +158,7 @@ def drill_command(as_json: bool, metrics_file: str | None) -> None:
     if not result["ok"]:
         reasons = result["problems"] or [f"table {t['table']} differs"
                                          for t in result["tables"] if not t["match"]]
-        click.echo(f"cesar: error: drill failed: {reasons[0] if reasons else 'no tables'}",
-                   err=True)
-        sys.exit(1)
+        fail(f"drill failed: {reasons[0] if reasons else 'no tables'}", 1)
 
 
 @backup_group.command("status")

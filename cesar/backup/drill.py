@@ -129,7 +129,7 @@ def run(server: Server) -> dict[str, Any]:
         terminated = True
         result["problems"].append("the drill was stopped (SIGTERM) before it finished")
     except Exception as exc:  # noqa: BLE001 - any failure is a failed drill, recorded below
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = first_line(exc)
         result["problems"].append(f"the drill failed: {type(exc).__name__}: {first}")
     finally:
         if previous is not None:

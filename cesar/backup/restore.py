@@ -19,6 +19,7 @@ from psycopg import sql
 from cesar.backup import archive, base, scratch, stoppoint
 from cesar.backup.archive import run_as
 from cesar.backup.settings import Server
+from cesar.console import first_line
 from cesar.db import urls
 from cesar.errors import ConfigError, OperationFailed
 
@@ -217,7 +218,7 @@ def swap_in(server: Server, temp: str, into: str, force: bool) -> str | None:
                                                   f"restored copy is kept as {temp}") from None
                         time.sleep(0.1)
                     except psycopg.Error as exc:
-                        first = (str(exc).strip().splitlines() or ["?"])[0]
+                        first = first_line(exc)
                         raise OperationFailed(f"could not rename {into} aside to {aside} "
                                               f"({first}); the restored copy is kept as "
                                               f"{temp}") from None

@@ -16,9 +16,10 @@ import psycopg
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cesar import db
 from cesar.config import ENV_FILES, Settings, load
 from cesar.db import urls
-from cesar.errors import ConfigError, OperationFailed
+from cesar.errors import ConfigError
 
 
 def _alias(name: str) -> AliasChoices:
@@ -74,13 +75,11 @@ class Server:
                                               dbname=dbname, **extra)
 
     def connect(self, dbname: str = "postgres") -> psycopg.Connection:
-        try:
-            return psycopg.connect(self.conninfo(dbname), autocommit=True, connect_timeout=10)
-        except psycopg.OperationalError as exc:
-            first = (str(exc).strip().splitlines() or ["?"])[0]
-            raise OperationFailed(
-                f"cannot reach the PostgreSQL server at {self.host}:{self.port} as {self.user}: "
-                f"{first} (is it running? `invoke up` for the embedded stack)") from None
+        server = f"the PostgreSQL server at {self.host}:{self.port} as {self.user}"
+        return db.dial(db.Endpoint("local", self.conninfo(dbname), server),
+                       describe=f"cannot reach {server}",
+                       hint=" (is it running? `invoke up` for the embedded stack)",
+                       autocommit=True, connect_timeout=10)
 
     def app_url_for(self, dbname: str) -> str | None:
         if not self.app_url:

@@ -102,6 +102,16 @@ def resolve(settings: Settings, name: Literal["local", "cluster"],
     return Endpoint(name, url, source)
 
 
+def command_target(settings: Settings, url: str | None, flag: str = "--url") -> Endpoint:
+    """What a command with an optional URL flag works on: the flag's URL when given (named by
+    the flag in every message, under the same TLS rule as a variable's), else the database the
+    API serves (:func:`route`'s primary)."""
+    if url is None:
+        return route(settings).primary
+    require_tls(url, flag, settings.environment)  # parses it too: a bad URL names the flag
+    return Endpoint("cluster", url, flag)
+
+
 LOOPBACK_HOSTS = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -253,15 +263,27 @@ def connect_kwargs(settings: Settings) -> dict[str, object]:
     }
 
 
-def connect(endpoint: Endpoint, settings: Settings, **kwargs: object) -> psycopg.Connection:
-    """One direct connection (no pool). Failures name the endpoint with its password masked."""
+def dial(endpoint: Endpoint, *, describe: str | None = None, hint: str = "",
+         **kwargs: object) -> psycopg.Connection:
+    """Open one direct connection to ``endpoint`` with exactly ``kwargs`` (every direct
+    connection cesar opens comes through here, so a failure reads the same everywhere).
+
+    A failure is an OperationFailed ``<describe>: <the server's first line><hint>``;
+    ``describe`` defaults to ``cannot connect to the NAME database MASKED (SOURCE)``. The
+    driver's exception is its ``__cause__``: a caller can still tell a refused login from a
+    server that is down."""
     try:
-        return psycopg.connect(endpoint.url, **{**connect_kwargs(settings), **kwargs})
+        return psycopg.connect(endpoint.url, **kwargs)  # type: ignore[arg-type]
     except psycopg.OperationalError as exc:
-        raise OperationFailed(
-            f"cannot connect to the {endpoint.name} database {endpoint.masked} "
-            f"({endpoint.variable}): {first_line(exc)}"
-        ) from None
+        head = describe or (f"cannot connect to the {endpoint.name} database {endpoint.masked} "
+                            f"({endpoint.variable})")
+        raise OperationFailed(f"{head}: {first_line(exc)}{hint}") from exc
+
+
+def connect(endpoint: Endpoint, settings: Settings, **kwargs: object) -> psycopg.Connection:
+    """One direct connection (no pool) with the session settings of :func:`connect_kwargs`.
+    Failures name the endpoint with its password masked."""
+    return dial(endpoint, **{**connect_kwargs(settings), **kwargs})
 
 
 def credential_files_stamp(settings: Settings) -> tuple[tuple[str, int], ...]:

@@ -8,7 +8,7 @@ runs the PostgreSQL side for real (embedded PostgreSQL 16 and Debian's 15).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import psycopg
@@ -58,6 +58,19 @@ class Engine:
     #: REGIONAL BY ROW table (CockroachDB); PostgreSQL needs the constraint declared.
     implicit_unique_id: bool
 
+    # What `cesar doctor` and `cesar smoke` judge (keyword-only: the facts above keep their
+    # positions).
+    #: Capabilities carry the CockroachDB release that brought each; a server of this engine is
+    #: judged against those minimums. PostgreSQL has no such gate: the suite runs it for real.
+    release_gated: bool = field(default=False, kw_only=True)
+    #: The doctor reads a function's definition with ``SHOW CREATE FUNCTION`` (CockroachDB,
+    #: v22.2+, whose ``pg_language`` rows are no documented interface) instead of ``pg_proc``.
+    show_create_function: bool = field(default=False, kw_only=True)
+    #: The cluster setting that decides whether a pre-hashed SCRAM verifier sent as a password
+    #: is stored as given (CockroachDB, default true:
+    #: https://www.cockroachlabs.com/docs/stable/cluster-settings); PostgreSQL always stores it.
+    pre_hashed_password_setting: str | None = field(default=None, kw_only=True)
+
     @property
     def default_mode(self) -> Mode:
         """The migration runner's ``--mode auto`` on this engine."""
@@ -79,6 +92,9 @@ POSTGRESQL = Engine(
 )
 COCKROACHDB = Engine(
     name="cockroachdb",
+    release_gated=True,
+    show_create_function=True,
+    pre_hashed_password_setting="server.user_login.store_client_pre_hashed_passwords.enabled",
     transactional_ddl=False,
     liveness_settings=(),
     strict_session_reset=False,

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import click
 
+from cesar.console import emit_json
 from cesar.errors import ConfigError, OperationFailed
 
 # Debian bookworm, the hosts' release: CPython 3.11, glibc 2.36.
@@ -223,4 +224,4 @@ def build_command(out: Path, python: str, glibc: str, as_json: bool) -> None:
     release = build(out, python=python, platforms=manylinux_platforms((major, minor)),
                     progress=(lambda _m: None) if as_json else (lambda m: click.echo(m)))
     if as_json:
-        click.echo(json.dumps(release.as_dict(), indent=2))
+        emit_json(release.as_dict())

@@ -196,7 +196,7 @@ def status(settings: Settings) -> dict[str, Any]:
                 else:
                     cluster = endpoint
         elif settings.cockroach_db_url:
-            cluster = db.Endpoint("cluster", settings.cockroach_db_url, "COCKROACH_DB_URL")
+            cluster = db.resolve(settings, "cluster")
     except ConfigError as exc:
         route_error = str(exc)
     return {

@@ -11,9 +11,7 @@ def _connect(url: str | None):  # type: ignore[no-untyped-def]
     from cesar import db
 
     settings = load_settings()
-    endpoint = db.route(settings).primary
-    if url:
-        endpoint = db.Endpoint(endpoint.name, url, "--url")
+    endpoint = db.command_target(settings, url)
     return db.connect(endpoint, settings, autocommit=True)
 
 

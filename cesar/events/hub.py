@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from cesar import db
+from cesar.console import first_line
 from cesar.events import log as elog
 from cesar.events.settings import EventSettings
 
@@ -179,7 +180,7 @@ class Hub:
             except psycopg.Error as exc:
                 logger.warning("the /events reader lost its database connection (%s); "
                                "reconnecting in %.1f s",
-                               (str(exc).splitlines() or [type(exc).__name__])[0], backoff)
+                               first_line(exc), backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
             except Exception:  # a bug: logged, and the reader keeps going

@@ -40,7 +40,6 @@ from cesar.migrate.runner import (
     sha256_file,
     step_mode,
     summary,
-    target_url,
     transactional_problem,
 )
 
@@ -49,5 +48,5 @@ __all__ = [
     "LEASE_TABLE", "MODES", "PACKAGED_DIR", "TRACKING_TABLE", "LocalityPlan", "Migration",
     "MigrationFailed", "Plan", "Progress", "RunReport", "Runner", "Step", "Tracked", "apply_all",
     "connect", "load", "make_plan", "migration_names", "open_runner", "plural", "resolve_dir",
-    "sha256_file", "step_mode", "summary", "target_url", "transactional_problem",
+    "sha256_file", "step_mode", "summary", "transactional_problem",
 ]

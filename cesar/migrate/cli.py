@@ -63,7 +63,7 @@ def _mode_option(fn: F) -> F:
 def _runner(url: str | None, migrations_dir: Path | None, command: str,
             as_json: bool = False, **options: Any) -> Iterator[migrate.Runner]:
     settings = load_settings()
-    target = db.route(settings).primary if url is None else db.Endpoint("cluster", url, "--url")
+    target = db.command_target(settings, url)
     out = functools.partial(click.echo, err=as_json)
     conn, runner = migrate.open_runner(
         target, settings, migrations_dir=migrations_dir, progress=out,

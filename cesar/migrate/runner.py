@@ -153,11 +153,13 @@ def _tracked_statuses(conn: psycopg.Connection) -> list[tuple[str, str]]:
 
 
 # ==================================================================== connecting
-def endpoint_of(target: str | db.Endpoint, source: str = "--url") -> db.Endpoint:
-    """``target`` as an endpoint: a bare URL is one given by ``source`` (``--url``)."""
+def endpoint_of(target: str | db.Endpoint, settings: Settings, source: str = "--url"
+                ) -> db.Endpoint:
+    """``target`` as an endpoint: a bare URL is one given by ``source`` (``--url``), checked
+    like every flag's URL."""
     if isinstance(target, db.Endpoint):
         return target
-    return db.Endpoint("cluster", target, source)
+    return db.command_target(settings, target, source)
 
 
 def connect(target: str | db.Endpoint, settings: Settings, source: str = "--url"
@@ -165,23 +167,12 @@ def connect(target: str | db.Endpoint, settings: Settings, source: str = "--url"
     """An autocommit connection for the runner, without the API's statement timeout (a schema
     change may rightly take minutes). Failures name the URL with its password masked, and
     where it came from."""
-    endpoint = endpoint_of(target, source)
-    # --url obeys the same rule as the route
+    endpoint = endpoint_of(target, settings, source)
+    # An endpoint handed over whole obeys the same rule as the route
     db.require_tls(endpoint.url, endpoint.variable, settings.environment)
-    kwargs: dict[str, Any] = {**db.connect_kwargs(settings), "autocommit": True,
-                              "options": "-c statement_timeout=0"}
-    try:
-        return psycopg.connect(endpoint.url, **kwargs)
-    except psycopg.OperationalError as exc:
-        first = first_line(exc)
-        raise OperationFailed(
-            f"cannot connect to {endpoint.masked} ({endpoint.variable}): {first}") from None
-
-
-def target_url(settings: Settings) -> tuple[str, str]:
-    """The configured environment's target: (url, the variable it came from)."""
-    endpoint = db.route(settings).primary
-    return endpoint.url, endpoint.variable
+    return db.dial(endpoint, describe=f"cannot connect to {endpoint.masked} ({endpoint.variable})",
+                   **{**db.connect_kwargs(settings), "autocommit": True,
+                      "options": "-c statement_timeout=0"})
 
 
 # ==================================================================== reports
@@ -1241,7 +1232,7 @@ def open_runner(target: str | db.Endpoint, settings: Settings, *, source: str = 
                 **options: Any) -> tuple[psycopg.Connection, Runner]:
     """A connection and a Runner on it (the caller closes the connection). ``target``: an
     endpoint, or a bare URL that ``source`` gave."""
-    endpoint = endpoint_of(target, source)
+    endpoint = endpoint_of(target, settings, source)
     conn = connect(endpoint, settings)
     try:
         runner = Runner(conn, connect=lambda: connect(endpoint, settings), settings=settings,

@@ -30,6 +30,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import psycopg
 
+from cesar import db
 from cesar.credentials import write_private
 from cesar.db import urls
 from cesar.dev.embedded import CLUSTER_DB, HOST, LOCAL_DB, EmbeddedPostgres
@@ -247,12 +248,9 @@ class EnvFileStore:
                 "application logins (CockroachDB: admin; PostgreSQL: CREATEROLE with ADMIN "
                 "OPTION); put it in .env.cockroach"
             )
-        try:
-            conn = psycopg.connect(self.admin_url, autocommit=True, connect_timeout=10)
-        except psycopg.OperationalError as exc:
-            first = (str(exc).strip().splitlines() or ["?"])[0]
-            raise OperationFailed(f"cannot connect with CESAR_ADMIN_DB_URL "
-                                  f"{urls.mask(self.admin_url)}: {first}") from None
+        admin = db.Endpoint("cluster", self.admin_url, "CESAR_ADMIN_DB_URL")
+        conn = db.dial(admin, describe=f"cannot connect with CESAR_ADMIN_DB_URL {admin.masked}",
+                       autocommit=True, connect_timeout=10)
         with conn:
             yield conn
 

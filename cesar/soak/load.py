@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from cesar.console import first_line
 from cesar.soak.report import Sample
 
 #: What each table's state is compared on (besides its key).
@@ -134,7 +135,7 @@ class SqlWriter(threading.Thread):
                     self._one(conn)
                 except (psycopg.Error, OSError) as exc:
                     self.failures += 1
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    first = first_line(exc)
                     self.log.error(f"writer-{self.side}",
                                    f"{type(exc).__name__}: {first}")
                     if conn is not None:

@@ -33,6 +33,7 @@ import psycopg
 
 from cesar import urls
 from cesar.config import Settings
+from cesar.credentials import write_private
 from cesar.dev.embedded import CLUSTER_DB, LOCAL_DB, EmbeddedPostgres, StackState, free_port
 from cesar.errors import ConfigError, OperationFailed
 from cesar.soak import logscan, report
@@ -243,12 +244,7 @@ class Soak:
         with self._env_lock:
             if text == self._env_text:
                 return False
-            self.sync_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.sync_dir / ".env.new"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(text)
-            os.replace(tmp, self.sync_dir / ".env")
+            write_private(self.sync_dir / ".env", text)
             self._env_text = text
         return True
 

@@ -44,6 +44,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
+from cesar.console import first_line
 from cesar.sync import capture
 from cesar.sync.apply import ROW_ERRORS, Target
 from cesar.sync.capture import Change
@@ -221,7 +222,7 @@ def move(source: psycopg.Connection, target: Target, spec: TableSpec, *, chunk: 
             # Whole chunk rolled back: its keys are still pending and take the batch path.
             result.left_to_batches += 1
             log.info("bulk chunk of %s after %r left to the batch path: %s", spec.name, after,
-                     (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+                     first_line(exc))
             written = 0
         if written:
             acked, position = acknowledge_chunk(source, target, spec, fence, retry)

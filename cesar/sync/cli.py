@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
 from cesar.config import load_settings
 from cesar.console import emit_json as _emit
+from cesar.console import fail
 from cesar.errors import ConfigError
 from cesar.sync.tables import load_sync_settings
 
@@ -100,8 +100,7 @@ def status_cmd(local_url: str | None, remote_url: str | None, as_json: bool) -> 
     else:
         _print_status(info)
     if not (info["local"]["reachable"] or info["cluster"]["reachable"]):
-        click.echo("cesar: error: neither database could be read", err=True)
-        sys.exit(1)
+        fail("neither database could be read", 1)
 
 
 def _fmt_lag(lag: float | None) -> str:

@@ -236,12 +236,12 @@ def connect(endpoint: db.Endpoint, settings: Settings, sync: SyncSettings
                    f"-c idle_in_transaction_session_timeout={int(sync.lease_seconds * 1000)}",
     }
     try:
-        conn = psycopg.connect(endpoint.url, **kwargs)
-    except psycopg.OperationalError as exc:
-        first = first_line(exc)
-        refused = CredentialRefused if _is_login_refused(exc) else OperationFailed
-        raise refused(f"cannot connect to the {endpoint.name} database "
-                      f"{endpoint.masked} ({endpoint.variable}): {first}") from None
+        conn = db.dial(endpoint, **kwargs)
+    except OperationFailed as exc:
+        cause = exc.__cause__
+        if isinstance(cause, psycopg.OperationalError) and _is_login_refused(cause):
+            raise CredentialRefused(str(exc)) from cause
+        raise
     conn.execute("SET TimeZone = 'UTC'")
     conn.execute("SET default_transaction_isolation = 'read committed'")
     for setting in engines.of(conn).sync_session_settings:
@@ -681,7 +681,7 @@ class Run:
                 state.write_state(side.conn, rows)
             except psycopg.Error as exc:
                 log.warning("could not record the refusal in sync_state: %s",
-                            (str(exc).strip().splitlines() or [""])[0])
+                            first_line(exc))
 
     def _check_divergence(self, specs: list[TableSpec], report: RunReport) -> None:
         """Record how many rows the sides differ by: the count check, and what a reconcile

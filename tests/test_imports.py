@@ -8,12 +8,17 @@ function or behind ``importlib`` counts like any other.
 from __future__ import annotations
 
 import ast
+import contextlib
 import re
 from pathlib import Path
 
 import pytest
 
-from cesar._moved import MOVED
+import infra
+from cesar._moved import MOVED as CESAR_MOVED
+
+# Old names of both packages; each resolves to its new module (tests/test_moved.py).
+MOVED = {**CESAR_MOVED, **infra.MOVED}
 
 ROOT = Path(__file__).resolve().parents[1]
 # The root command names its subcommands as "module:attribute" strings; those in cesar count as
@@ -78,10 +83,19 @@ def imports_of(path: Path) -> set[str]:
     return {_canonical(name) for name in found}
 
 
-def _sources() -> list[Path]:
-    files = [*ROOT.joinpath("cesar").rglob("*.py"), *ROOT.joinpath("infra").rglob("*.py"),
-             ROOT / "tasks.py"]
+def _sources(*trees: str) -> list[Path]:
+    trees = trees or ("cesar", "infra")
+    files = [*(f for tree in trees for f in ROOT.joinpath(tree).rglob("*.py")), ROOT / "tasks.py"]
     return sorted(f for f in files if "__pycache__" not in f.parts)
+
+
+# A table of old names maps each to the module it now is: the package holding the table names
+# (and loads, on the first import of an old name) every target, so the targets count as imports.
+ALIAS_TABLES = {"cesar._moved": CESAR_MOVED, "infra": infra.MOVED}
+
+
+def _imports_with_aliases(path: Path) -> set[str]:
+    return imports_of(path) | set(ALIAS_TABLES.get(_module_name(path), {}).values())
 
 
 def _under(name: str, prefix: str) -> bool:
@@ -94,7 +108,7 @@ def _violations() -> list[str]:
     out = []
     for path in _sources():
         me = _module_name(path)
-        for imported in sorted(imports_of(path)):
+        for imported in sorted(_imports_with_aliases(path)):
             for importer, forbidden, why in RULES:
                 if _under(me, importer) and _under(imported, forbidden) and imported != me:
                     out.append(f"{me} imports {imported} ({why})")
@@ -115,3 +129,74 @@ def test_the_walk_sees_every_kind_of_import(tmp_path: Path, source: str, expecte
     module = tmp_path / "probe.py"
     module.write_text(source)
     assert expected in imports_of(module)
+
+
+def _raw_imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+    """Module and ``module.name`` paths as written (old names not mapped to new ones)."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                me = module.split(".")
+                anchor = me[: len(me) - node.level + is_package]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"):
+            found.add(str(node.args[0].value))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            lazy = LAZY.match(node.value)
+            if lazy:
+                found.add(lazy.group(1))
+            elif "import " in node.value:
+                # Code handed to a child interpreter (``python -c``) imports like any other.
+                with contextlib.suppress(SyntaxError):
+                    found |= _raw_imports(ast.parse(node.value), module, is_package)
+    return found
+
+
+# Where an old name is imported on purpose: the proof that old names keep working.
+OLD_NAMES_ALLOWED = {"tests.test_moved": "proves each old name is its new module",
+                     "tests.test_imports": "its probes import old names to see them caught"}
+
+
+def _old_name_imports() -> list[str]:
+    out = []
+    for path in _sources("cesar", "infra", "tests"):
+        me = _module_name(path)
+        if me in OLD_NAMES_ALLOWED:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for name in sorted(_raw_imports(tree, me, path.name == "__init__.py")):
+            old = next((o for o in MOVED if name == o or name.startswith(o + ".")), None)
+            if old:
+                out.append(f"{me} imports {name}: use {MOVED[old]}{name[len(old):]}")
+    return out
+
+
+def test_project_code_imports_modules_by_their_current_names() -> None:
+    # The old names are for code outside the project; inside, an import of one hides where the
+    # module lives and keeps the alias table loaded for no reason.
+    assert _old_name_imports() == []
+
+
+@pytest.mark.parametrize("source", [
+    "from cesar import stack\n",
+    "import cesar.urls\n",
+    "from infra import monitoring_files as files\n",
+    "from infra.selfhosted import require_success\n",
+    "def f():\n    from infra import (\n        grafana,\n    )\n",
+    "import importlib\nimportlib.import_module('cesar.service')\n",
+    "CODE = 'from cesar.migrate_cli import migrate_group'\n",
+])
+def test_the_old_name_walk_sees_every_kind_of_import(source: str) -> None:
+    found = _raw_imports(ast.parse(source), "tests.probe", False)
+    assert any(name == old or name.startswith(old + ".") for name in found for old in MOVED)
+
+
+def test_an_alias_table_counts_as_importing_its_targets() -> None:
+    assert set(infra.MOVED.values()) <= _imports_with_aliases(ROOT / "infra" / "__init__.py")

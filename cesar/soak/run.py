@@ -31,7 +31,6 @@ from typing import Any
 import httpx
 import psycopg
 
-from cesar import urls
 from cesar.config import Settings
 from cesar.dev.embedded import CLUSTER_DB, LOCAL_DB, EmbeddedPostgres, StackState, free_port
 from cesar.errors import ConfigError, OperationFailed
@@ -758,4 +757,4 @@ def soak(options: Options, settings: Settings,
         raise
 
 
-__all__ = ["ALL_FAULTS", "LOCAL_DB", "Options", "parse_duration", "soak", "urls"]
+__all__ = ["ALL_FAULTS", "LOCAL_DB", "Options", "parse_duration", "soak"]

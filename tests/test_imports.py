@@ -37,6 +37,10 @@ RULES = [
     ("infra", "cesar.dev", "the Pulumi program never needs the development stack"),
     ("tasks", "tests", "tasks.py calls cesar; the test suite is not a library"),
     ("cesar", "infra", "the wheel the hosts install has no infra/; infra imports cesar"),
+    ("cesar.backup", "cesar.dev",
+     "backups run on hosts; the dev stack hands its server over in its state file (config)"),
+    ("cesar.api", "cesar.web",
+     "the API serves the export (cesar.api.dashboard); building it and its client use the API"),
 ]
 
 
@@ -200,3 +204,84 @@ def test_the_old_name_walk_sees_every_kind_of_import(source: str) -> None:
 
 def test_an_alias_table_counts_as_importing_its_targets() -> None:
     assert set(infra.MOVED.values()) <= _imports_with_aliases(ROOT / "infra" / "__init__.py")
+
+
+# Development tools that run only beside the embedded stack, so they load it at import.
+DEV_TOOLS = ("cesar.dev", "cesar.bench", "cesar.soak")
+
+
+def _top_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Imports that run when the module is imported: its body, and ``if``/``try`` blocks in it,
+    except ``if TYPE_CHECKING:`` (never run)."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    todo: list[ast.stmt] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        elif isinstance(node, ast.If):
+            if not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+                todo += node.body
+            todo += node.orelse
+        elif isinstance(node, ast.Try):
+            todo += [*node.body, *node.orelse, *node.finalbody,
+                     *(s for h in node.handlers for s in h.body)]
+    return found
+
+
+def _dev_loaded_at_import(root: Path = ROOT) -> list[str]:
+    out = []
+    for path in sorted(root.joinpath("cesar").rglob("*.py")):
+        me = _module_name(path) if root == ROOT else path.stem
+        if any(_under(me, tool) for tool in DEV_TOOLS):
+            continue
+        for node in _top_level_imports(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                names = [f"{node.module}.{a.name}" for a in node.names] + [node.module or ""]
+            names = [_canonical(n) for n in names]
+            if any(_under(n, "cesar.dev") for n in names):
+                out.append(f"{me}:{node.lineno} imports the dev stack at import time")
+    return out
+
+
+def test_shipped_modules_load_the_dev_stack_only_when_they_use_it() -> None:
+    # The wheel the hosts install carries cesar/dev/, but nothing there may run on a host: an
+    # operator command loads it inside the development branch that needs it.
+    assert _dev_loaded_at_import() == []
+
+
+def test_a_dev_import_at_import_time_is_found(tmp_path: Path) -> None:
+    (tmp_path / "cesar").mkdir()
+    (tmp_path / "cesar" / "bad.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import cesar.dev.embedded\n"
+        "try:\n    from cesar import stack\nexcept ImportError:\n    pass\n")
+    (tmp_path / "cesar" / "good.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import cesar.dev.embedded\n"
+        "def f():\n    from cesar.dev import embedded\n")
+    assert _dev_loaded_at_import(tmp_path) == ["bad:5 imports the dev stack at import time"]
+
+
+def _private_imports() -> list[str]:
+    """``from M import _name`` where M is not a sibling in the importer's own package."""
+    out = []
+    for path in _sources():
+        me = _module_name(path)
+        package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.ImportFrom) and node.module and not node.level):
+                continue
+            module = _canonical(node.module)
+            is_package = (ROOT.joinpath(*module.split(".")) / "__init__.py").is_file()
+            home = module if is_package else module.rpartition(".")[0]
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__") \
+                        and home != package:
+                    out.append(f"{me} imports {module}.{alias.name}")
+    return out
+
+
+def test_no_module_reaches_a_private_name_of_another_package() -> None:
+    # A private name can change with its module; what another package needs gets a public one.
+    assert _private_imports() == []

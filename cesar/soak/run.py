@@ -282,7 +282,7 @@ class Soak:
         progress("first sync pass done (pairing, full reconcile)")
 
     def _start_api(self) -> None:
-        from cesar.dev.service import _wait_healthy
+        from cesar.dev.service import wait_healthy
 
         port = self.options.api_port or free_port()
         self.api_url = f"http://127.0.0.1:{port}"
@@ -293,8 +293,8 @@ class Soak:
                  "--port", str(port), "--workers", "2"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=self.env(), start_new_session=True)
-        _wait_healthy(self.api_url, deadline=time.monotonic() + 60, log=self.api_log,
-                      child=self.api_proc)
+        wait_healthy(self.api_url, deadline=time.monotonic() + 60, log=self.api_log,
+                     child=self.api_proc)
 
     def api_workers(self) -> list[int]:
         """The pids of the API's worker processes: the supervisor's children started by

@@ -285,3 +285,57 @@ def _private_imports() -> list[str]:
 def test_no_module_reaches_a_private_name_of_another_package() -> None:
     # A private name can change with its module; what another package needs gets a public one.
     assert _private_imports() == []
+
+
+ENGINE_NAMES = {"cockroachdb", "postgresql"}
+# Where code outside cesar/db/engines.py still compares an engine name, and why.
+ENGINE_NAME_ALLOWED = {
+    "cesar.db": "detect_engine turns the server's version() into the name engines.named reads",
+    "cesar.doctor": "its probes are being moved onto the engine objects separately",
+    "cesar.smoke": "its release check is being moved onto the engine objects separately",
+}
+
+
+def _is_engine_name(node: ast.expr) -> bool:
+    if isinstance(node, ast.Constant):
+        return node.value in ENGINE_NAMES
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return any(_is_engine_name(e) for e in node.elts)
+    return False
+
+
+def engine_name_comparisons(path: Path, module: str) -> list[str]:
+    """``x == "cockroachdb"``, ``"postgresql" != x``, ``x in ("cockroachdb", ...)`` and
+    ``match x: case "cockroachdb":`` in ``path``."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Compare) and any(
+                _is_engine_name(side) for side in (node.left, *node.comparators)):
+            out.append(f"{module}:{node.lineno} compares an engine name")
+        elif isinstance(node, ast.match_case) and isinstance(node.pattern, ast.MatchValue) \
+                and _is_engine_name(node.pattern.value):
+            out.append(f"{module}:{node.pattern.lineno} matches an engine name")
+    return out
+
+
+def test_engine_facts_come_from_the_engine_objects() -> None:
+    # A fact that differs between the engines lives on cesar.db.engines' objects, with its
+    # source; a name compared elsewhere is a fact kept where no one looks for it.
+    found = []
+    for path in _sources():
+        me = _module_name(path)
+        if me == "cesar.db.engines" or me in ENGINE_NAME_ALLOWED:
+            continue
+        found += engine_name_comparisons(path, me)
+    assert found == []
+
+
+@pytest.mark.parametrize("source", [
+    "if engine == 'cockroachdb':\n    pass\n",
+    "ok = 'postgresql' != server.engine\n",
+    "ok = name in ('cockroachdb', 'x')\n",
+    "match engine:\n    case 'postgresql':\n        pass\n",
+])
+def test_an_engine_name_comparison_is_found(tmp_path: Path, source: str) -> None:
+    (tmp_path / "probe.py").write_text(source)
+    assert len(engine_name_comparisons(tmp_path / "probe.py", "probe")) == 1

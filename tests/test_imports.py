@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import re
 from pathlib import Path
 
@@ -44,6 +45,12 @@ RULES = [
 ]
 
 
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    """One parse per file for every check (the test session reads each file once)."""
+    return ast.parse(path.read_text(), str(path))
+
+
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -65,7 +72,7 @@ def _canonical(name: str) -> str:
 
 def imports_of(path: Path) -> set[str]:
     """Every module ``path`` imports, by its current name."""
-    tree = ast.parse(path.read_text(), str(path))
+    tree = _tree(path)
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -170,11 +177,11 @@ OLD_NAMES_ALLOWED = {"tests.test_moved": "proves each old name is its new module
 
 def _old_name_imports() -> list[str]:
     out = []
-    for path in _sources("cesar", "infra", "tests"):
+    for path in _sources("cesar", "infra", "tests", "checks"):
         me = _module_name(path)
         if me in OLD_NAMES_ALLOWED:
             continue
-        tree = ast.parse(path.read_text(), str(path))
+        tree = _tree(path)
         for name in sorted(_raw_imports(tree, me, path.name == "__init__.py")):
             old = next((o for o in MOVED if name == o or name.startswith(o + ".")), None)
             if old:
@@ -235,7 +242,7 @@ def _dev_loaded_at_import(root: Path = ROOT) -> list[str]:
         me = _module_name(path) if root == ROOT else path.stem
         if any(_under(me, tool) for tool in DEV_TOOLS):
             continue
-        for node in _top_level_imports(ast.parse(path.read_text(), str(path))):
+        for node in _top_level_imports(_tree(path)):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             else:
@@ -269,7 +276,7 @@ def _private_imports() -> list[str]:
     for path in _sources():
         me = _module_name(path)
         package = me if path.name == "__init__.py" else me.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(_tree(path)):
             if not (isinstance(node, ast.ImportFrom) and node.module and not node.level):
                 continue
             module = _canonical(node.module)
@@ -308,7 +315,7 @@ def engine_name_comparisons(path: Path, module: str) -> list[str]:
     """``x == "cockroachdb"``, ``"postgresql" != x``, ``x in ("cockroachdb", ...)`` and
     ``match x: case "cockroachdb":`` in ``path``."""
     out = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(_tree(path)):
         if isinstance(node, ast.Compare) and any(
                 _is_engine_name(side) for side in (node.left, *node.comparators)):
             out.append(f"{module}:{node.lineno} compares an engine name")

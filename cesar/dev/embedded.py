@@ -113,7 +113,8 @@ class EmbeddedPostgres:
             return None
         try:
             data = json.loads(self.state_file.read_text())
-            data.pop("urls", None)  # handed over for the configuration (save_state), not state
+            # Handed over for the configuration and backups (save_state), not state.
+            data.pop("urls", None)
             data.pop("server", None)
             return StackState(**data)
         except (ValueError, TypeError, AttributeError) as exc:

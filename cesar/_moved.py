@@ -37,7 +37,6 @@ MOVED: dict[str, str] = {
     "cesar.lease": "cesar.db.lease",
     "cesar.urls": "cesar.db.urls",
     "tests.hosts.testhosts": "cesar.dev.testhosts",
-    "cesar.provisioning": "infra.cli",  # in a checkout only: the wheel has no infra/
 }
 
 

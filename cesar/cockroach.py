@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from cesar.db import engines
+
 #: The release, as the Docker image tag and the name the docs use.
 PINNED_RELEASE = "v25.4.10"
 #: Its major series: what CockroachDB Cloud takes as ``cockroach_version``.
@@ -78,24 +80,30 @@ MINIMUM = Version.parse(PINNED_SERIES)  # the oldest release `cesar doctor` acce
 class ServerVersion:
     """What ``SELECT version()`` says: the engine and, when it can be read, its release."""
 
-    engine: str  # "cockroachdb" or "postgresql"
+    engine: engines.EngineName
     version: Version | None
     text: str
+
+    @property
+    def traits(self) -> engines.Engine:
+        """The engine object this server's facts come from."""
+        return engines.named(self.engine)
 
     @property
     def version_text(self) -> str | None:
         """``v25.4.10`` on CockroachDB, ``16.2`` on PostgreSQL."""
         if self.version is None:
             return None
-        if self.engine == "cockroachdb":
+        if self.traits.full_release:
             return str(self.version)
         return f"{self.version.major}.{self.version.minor}"
 
     @property
     def short(self) -> str:
-        if self.engine == "cockroachdb":
-            return f"CockroachDB {self.version}" if self.version else "CockroachDB (unknown)"
-        return self.text.split(" on ")[0].split(",")[0] or "PostgreSQL"
+        label = self.traits.label
+        if self.traits.full_release:
+            return f"{label} {self.version}" if self.version else f"{label} (unknown)"
+        return self.text.split(" on ")[0].split(",")[0] or label
 
 
 def parse_server_version(text: str) -> ServerVersion:
@@ -111,10 +119,10 @@ def parse_server_version(text: str) -> ServerVersion:
     text = text.strip()
     m = _CRDB.match(text)
     if m:
-        return ServerVersion("cockroachdb",
+        return ServerVersion(engines.COCKROACHDB.name,
                              Version(int(m[1]), int(m[2]), int(m[3]), m[4] or ""), text)
     if text.startswith("CockroachDB"):
-        return ServerVersion("cockroachdb", None, text)
+        return ServerVersion(engines.COCKROACHDB.name, None, text)
     m = _PG.match(text)
     version = Version(int(m[1]), int(m[2] or 0)) if m else None
-    return ServerVersion("postgresql", version, text)
+    return ServerVersion(engines.POSTGRESQL.name, version, text)

@@ -8,6 +8,7 @@ the same variables come from the systemd ``EnvironmentFile`` written by Ansible.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -127,22 +128,58 @@ def load_settings(**overrides: object) -> Settings:
     return load(Settings, **overrides)
 
 
-def dev_urls(settings: Settings) -> tuple[str | None, str | None]:
-    """The embedded stack's (local, cluster) URLs, handed over in its state file by ``invoke up``;
-    ``(None, None)`` outside development, before the first ``invoke up``, or from a state file
-    written before the URLs were (the next ``invoke up`` adds them)."""
+def _handover(settings: Settings) -> dict | None:
+    """The development stack's state file as read in development; None elsewhere or before it."""
     if settings.environment != "development":
-        return None, None
+        return None
     path = Path(settings.state_dir) / DEV_STATE_FILE
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        return None, None
+        return None
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"{path} is unreadable ({exc}); move it aside and run `invoke up` again"
         ) from None
-    handed = data.get("urls") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def dev_urls(settings: Settings) -> tuple[str | None, str | None]:
+    """The embedded stack's (local, cluster) URLs, handed over in its state file by ``invoke up``;
+    ``(None, None)`` outside development, before the first ``invoke up``, or from a state file
+    written before the URLs were (the next ``invoke up`` adds them)."""
+    handed = (_handover(settings) or {}).get("urls")
     if not isinstance(handed, dict):
         return None, None
     return handed.get("local"), handed.get("cluster")
+
+
+@dataclass(frozen=True)
+class DevServer:
+    """The embedded server as its superuser reaches it over the unix socket (backups need it)."""
+
+    socket_dir: str
+    port: int
+    superuser: str
+    database: str      # the local database
+    data_dir: Path
+    bindir: Path | None  # None when the stack could not name its binaries (CESAR_PG_BINDIR does)
+
+
+def dev_server(settings: Settings) -> DevServer | None:
+    """The embedded server, handed over in the same state file as the URLs (so backups never
+    need the development stack's code, which hosts do not install); None where ``dev_urls``
+    is, or from a state file written before the server was handed over."""
+    handed = (_handover(settings) or {}).get("server")
+    if not isinstance(handed, dict):
+        return None
+    try:
+        bindir = handed.get("bindir")
+        return DevServer(socket_dir=str(handed["socket_dir"]), port=int(handed["port"]),
+                         superuser=str(handed["superuser"]), database=str(handed["database"]),
+                         data_dir=Path(handed["data_dir"]),
+                         bindir=Path(bindir) if bindir else None)
+    except (KeyError, TypeError, ValueError) as exc:
+        path = Path(settings.state_dir) / DEV_STATE_FILE
+        raise ConfigError(f"{path} is unreadable (server: {exc!r}); move it aside and run "
+                          "`invoke up` again") from None

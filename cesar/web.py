@@ -1,11 +1,11 @@
-"""The dashboard (``web/``) on the development stack: build it when its sources change, serve it.
+"""The dashboard (``web/``) on the development stack: build it when its sources change.
 
-The API serves the static export itself under ``/ui/`` (``mount``), so the page and the API share
-one origin: no CORS, and the key travels only in the ``Authorization`` header of same-origin
-requests. ``build`` runs ``npm ci`` when ``package-lock.json`` changed and ``next build`` when any
-source changed (a hash stamp in the state directory), then swaps the export into
-``<state>/web`` in one rename, so a running API never serves a half-written build. On hosts nginx
-serves the same export (ansible role ``cesar_web``).
+The API serves the static export itself under ``/ui/`` (``cesar.api.dashboard``), so the page
+and the API share one origin: no CORS, and the key travels only in the ``Authorization`` header
+of same-origin requests. ``build`` runs ``npm ci`` when ``package-lock.json`` changed and ``next
+build`` when any source changed (a hash stamp in the state directory), then swaps the export
+into ``<state>/web`` in one rename, so a running API never serves a half-written build. On hosts
+nginx serves the same export (ansible role ``cesar_web``).
 """
 
 from __future__ import annotations
@@ -20,64 +20,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
+from cesar.api.dashboard import BASE_PATH
 from cesar.errors import ConfigError, OperationFailed
 
-#: Where the dashboard lives in the API's URL space (``basePath`` in web/next.config.mjs).
-BASE_PATH = "/ui"
 WEB_SOURCE = Path(__file__).resolve().parent.parent / "web"
 #: What the build depends on; node_modules, .next and out are its products.
 _SOURCES = ("package.json", "package-lock.json", "next.config.mjs", "tsconfig.json", "src",
             "public")
 #: Seconds npm ci and next build may take.
 BUILD_TIMEOUT = 600
-
-
-def served_dir() -> Path:
-    """The export the API serves: ``CESAR_WEB_DIR``, else ``<state dir>/web``."""
-    explicit = os.environ.get("CESAR_WEB_DIR")
-    if explicit:
-        return Path(explicit)
-    return Path(os.environ.get("CESAR_STATE_DIR") or ".cesar") / "web"
-
-
-#: The headers nginx sets on hosts (ansible/roles/cesar_web), set here too so the development
-#: stack runs the page under the same Content-Security-Policy the tests check.
-SECURITY_HEADERS = {
-    "content-security-policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; "
-        "form-action 'self'; frame-ancestors 'none'"),
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
-    "x-frame-options": "DENY",
-}
-
-
-class _WithHeaders:
-    """An ASGI wrapper adding fixed headers to every response of the wrapped app."""
-
-    def __init__(self, app: ASGIApp, headers: dict[str, str]) -> None:
-        self.app = app
-        self.headers = [(k.encode(), v.encode()) for k, v in headers.items()]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-def mount(app: FastAPI) -> None:
-    """Serve the export under ``/ui/`` when it exists (checked per request: a build made after
-    the API started is served without a restart)."""
-    static = StaticFiles(directory=served_dir(), html=True, check_dir=False)
-    app.mount(BASE_PATH, _WithHeaders(static, SECURITY_HEADERS), name="dashboard")
 
 
 def sources_hash(source: Path = WEB_SOURCE) -> str:
@@ -225,7 +176,7 @@ CLIENT_SCHEMA = WEB_SOURCE / "src" / "lib" / "api-schema.ts"
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI document the API serves at /openapi.json (no database needed to make it)."""
-    from cesar.api.app import create_app
+    from cesar.api.app import create_app  # FastAPI's whole app, only when a client is generated
 
     return create_app().openapi()
 

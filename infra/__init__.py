@@ -25,6 +25,9 @@ MOVED: dict[str, str] = {
     "infra.metrics": "infra.monitoring.metrics",
     "infra.rules": "infra.monitoring.rules",
     "infra.security_rules": "infra.monitoring.security_rules",
+    # The provisioning commands' module before they moved into infra/. Only infra knows the
+    # name: the cesar wheel on hosts has no infra/, so cesar itself must never name it.
+    "cesar.provisioning": "infra.cli",
 }
 
 install(MOVED)

@@ -212,7 +212,8 @@ def plan(stack: str | None, as_json: bool) -> None:
 def render(stack: str | None, out_dir: Path) -> None:
     """Write the monitoring configuration a stack generates (for reading or promtool)."""
     _offline()
-    from infra import monitoring_files, offline, settings
+    from infra import offline, settings
+    from infra.monitoring import files as monitoring_files
 
     root = project_root()
     name = _stack(stack)

@@ -18,13 +18,14 @@ import pulumi_random as random
 
 from cesar import cluster_bootstrap
 from cesar.errors import CesarError
-from infra import backups as backup_infra
-from infra import outputs, security, selfhosted
+from infra import outputs
 from infra import settings as stack_settings
-from infra.alertmanager_config import CRITICAL, WARNING
-from infra.cloud import CloudCluster
+from infra.cluster import backups as backup_infra
+from infra.cluster import security, selfhosted
+from infra.cluster.cloud import CloudCluster
+from infra.cluster.selfhosted import SelfHostedCluster
 from infra.monitoring import GRAFANA_ADMIN_USER, Monitoring
-from infra.selfhosted import SelfHostedCluster
+from infra.monitoring.alertmanager_config import CRITICAL, WARNING
 from infra.settings import StackSettings
 
 

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from cesar.db import engines
 from cesar.migrate import regions as migrate_regions
 from cesar.rotate import rotator
 from tests.helpers import REPO, PgStack
@@ -42,7 +43,7 @@ def crdb_session(pg_stack: PgStack, fresh_db: str) -> psycopg.Connection:
 
 def test_rotation_reads_no_internal_table_to_save_the_old_verifier(
         crdb_session: psycopg.Connection) -> None:
-    assert rotator.detect_engine(crdb_session) == "cockroachdb"
+    assert engines.of(crdb_session) is engines.COCKROACHDB
     assert rotator.read_verifier(crdb_session, "cesar_app_a") is None
 
 

@@ -24,8 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cesar import __version__, metrics, web
-from cesar.api import accesslog, agents, aio, auth, conflicts, credentials
+from cesar import __version__, metrics
+from cesar.api import accesslog, agents, aio, auth, conflicts, credentials, dashboard
 from cesar.api import events as events_routes
 from cesar.api import runs as work_runs
 from cesar.api import tasks as work_tasks
@@ -130,7 +130,7 @@ def create_app(settings: Settings | None = None,
                       dependencies=[Security(auth.metrics_access)], responses=auth.JSON_RESPONSES,
                       summary="Prometheus metrics (text exposition format 0.0.4); the scope "
                               "metrics:read, or the Prometheus credential")
-    web.mount(app)  # the dashboard's static export under /ui/, same origin as the API
+    dashboard.mount(app)  # the dashboard's static export under /ui/, same origin as the API
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(WorkError, work_error)
     app.add_exception_handler(OperationFailed, _unavailable)

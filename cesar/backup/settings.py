@@ -17,7 +17,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cesar import db
-from cesar.config import ENV_FILES, Settings, load
+from cesar.config import ENV_FILES, Settings, dev_server, dev_urls, load
 from cesar.db import urls
 from cesar.errors import ConfigError
 
@@ -122,17 +122,18 @@ def resolve(settings: Settings, backup: BackupSettings | None = None) -> Server:
     if settings.environment != "development":
         raise ConfigError(f"ENVIRONMENT={settings.environment} has no embedded server to back "
                           "up: set CESAR_BACKUP_PGHOST, CESAR_BACKUP_BINDIR and CESAR_BACKUP_REPO")
-    from cesar.dev.embedded import LOCAL_DB, SUPERUSER, EmbeddedPostgres, pg_bindir
-
-    pg = EmbeddedPostgres(settings.state_dir, bindir=settings.pg_bindir)
-    state = pg.load_state()
-    if state is None:
+    server = dev_server(settings)
+    if server is None:
         raise ConfigError("there is no local database server to back up: run `invoke up` first "
                           "(or set CESAR_BACKUP_PGHOST for a server of your own)")
-    repo = embedded_repo(pg.state_dir)
-    return Server(state.socket_dir, state.port, SUPERUSER, settings.pg_bindir or pg_bindir(),
-                  repo, backup.database or LOCAL_DB, pg.local_url(state),
-                  _server_owner_for(pg.pgdata), **common)
+    bindir = settings.pg_bindir or server.bindir
+    if bindir is None:
+        raise ConfigError("the embedded server's binaries are unknown: set CESAR_PG_BINDIR to "
+                          "the directory holding its pg_ctl")
+    local_url, _ = dev_urls(settings)
+    return Server(server.socket_dir, server.port, server.superuser, bindir,
+                  embedded_repo(settings.state_dir), backup.database or server.database,
+                  local_url, _server_owner_for(server.data_dir), **common)
 
 
 def _dbname(url: str | None) -> str | None:

@@ -25,8 +25,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cesar import db, keys, stack
+from cesar import db, keys
 from cesar.config import load_settings
+from cesar.dev import stack
 
 CHROMIUM = "/usr/bin/chromium"
 TARGET_P95_MS = 250.0

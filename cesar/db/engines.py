@@ -1,9 +1,11 @@
 """What differs between the two engines, held by one object each instead of ``if`` branches.
 
-Code asks the engine object of its connection (:func:`of`) for a fact, e.g. whether schema
-changes are transactional, and never compares engine names itself. Facts about CockroachDB
-carry their source; they were checked against CockroachDB's documentation, while the test suite
-runs the PostgreSQL side for real (embedded PostgreSQL 16 and Debian's 15).
+Code asks the engine object of its connection (:func:`of`, or :func:`named` for a name it was
+handed) for a fact, e.g. whether schema changes are transactional, rather than comparing engine
+names; tests/test_imports.py finds such comparisons outside this module and lists the few that
+remain with their reason. Facts about CockroachDB carry their source; they were checked against
+CockroachDB's documentation, while the test suite runs the PostgreSQL side for real (embedded
+PostgreSQL 16 and Debian's 15).
 """
 
 from __future__ import annotations
@@ -20,6 +22,38 @@ Mode = Literal["transactional", "per-statement"]
 @dataclass(frozen=True)
 class Engine:
     name: EngineName
+    # ---- sessions, rotation, events, regions, server versions ----
+    #: What people call it, in messages.
+    label: str
+    #: Releases are told by major.minor.patch (CockroachDB's ``v25.4.10``; its ``version()``
+    #: adds build details) rather than by major.minor (PostgreSQL's ``16.2``, whose
+    #: ``version()`` leads with a short name of its own).
+    full_release: bool
+    #: This session's id, as ``sessions_query`` lists it.
+    session_id_query: str
+    #: A login's other open sessions: (id, database, application, client), oldest first, with
+    #: only columns a role that may list other users' sessions can read. PostgreSQL:
+    #: ``pg_stat_activity`` (``pid``, ``usename``, ``datname`` for any role; ``client_addr``,
+    #: ``application_name`` for ``pg_read_all_stats``, NULL otherwise). CockroachDB:
+    #: ``SHOW CLUSTER SESSIONS`` (a statement, not ``crdb_internal``, which v26.1 denies by
+    #: default; ``status`` since v23.1; needs ``VIEWACTIVITY`` or ``VIEWACTIVITYREDACTED``),
+    #: read without its query columns, which ``VIEWACTIVITYREDACTED`` would redact anyway.
+    sessions_query: str
+    #: A login's stored password verifier, or None where no supported catalog shows one
+    #: (CockroachDB: ``pg_authid`` has no password and ``system.users`` is refused by default
+    #: from v26.1, ``allow_unsafe_internals``).
+    verifier_query: str | None
+    #: A server without TLS has no passwords at all (CockroachDB's insecure mode).
+    passwords_need_tls: bool
+    #: A transaction's snapshot lists the transaction ids still in flight
+    #: (``pg_current_snapshot()``), so the event tail can tell a gap that will fill from one
+    #: that never will; CockroachDB has none, so the tail waits out a time window instead.
+    snapshot_xids: bool
+    #: ``LISTEN``/``NOTIFY`` wakes the event reader (CockroachDB has no ``LISTEN``).
+    listen_notify: bool
+    #: Regions and table localities (CockroachDB's multi-region SQL, v21.1+).
+    multi_region: bool
+    # ---- end of sessions, rotation, events, regions, server versions ----
     #: Schema changes take part in the enclosing transaction (a failed migration leaves no
     #: trace). CockroachDB runs schema changes reliably only as implicit transactions, one
     #: statement each (https://www.cockroachlabs.com/docs/stable/online-schema-changes).
@@ -79,6 +113,18 @@ class Engine:
 
 POSTGRESQL = Engine(
     name="postgresql",
+    label="PostgreSQL",
+    full_release=False,
+    session_id_query="SELECT pg_backend_pid()::text",
+    sessions_query=(
+        "SELECT pid::text, datname, application_name, client_addr::text "
+        "FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid() "
+        "ORDER BY backend_start"),
+    verifier_query="SELECT rolpassword FROM pg_authid WHERE rolname = %s",
+    passwords_need_tls=False,
+    snapshot_xids=True,
+    listen_notify=True,
+    multi_region=False,
     transactional_ddl=True,
     liveness_settings=("SET client_connection_check_interval = '2s'",),
     strict_session_reset=True,
@@ -95,6 +141,18 @@ COCKROACHDB = Engine(
     release_gated=True,
     show_create_function=True,
     pre_hashed_password_setting="server.user_login.store_client_pre_hashed_passwords.enabled",
+    label="CockroachDB",
+    full_release=True,
+    session_id_query="SHOW session_id",
+    sessions_query=(
+        "SELECT session_id::STRING, NULL::STRING, application_name, client_address "
+        "FROM [SHOW CLUSTER SESSIONS] "
+        "WHERE user_name = %s AND status != 'CLOSED' ORDER BY session_start"),
+    verifier_query=None,
+    passwords_need_tls=True,
+    snapshot_xids=False,
+    listen_notify=False,
+    multi_region=True,
     transactional_ddl=False,
     liveness_settings=(),
     strict_session_reset=False,

@@ -113,7 +113,9 @@ class EmbeddedPostgres:
             return None
         try:
             data = json.loads(self.state_file.read_text())
-            data.pop("urls", None)  # handed over for the configuration (save_state), not state
+            # Handed over for the configuration and backups (save_state), not state.
+            data.pop("urls", None)
+            data.pop("server", None)
             return StackState(**data)
         except (ValueError, TypeError, AttributeError) as exc:
             raise ConfigError(
@@ -123,8 +125,18 @@ class EmbeddedPostgres:
     def save_state(self, state: StackState) -> None:
         # The URLs ride in the same 0600 file, written in one atomic replace, so a rotation's
         # new password and the URL that carries it land together; config.dev_urls reads them.
-        handed = {"urls": {"local": self.local_url(state), "cluster": self.cluster_url(state)}}
+        handed = {"urls": {"local": self.local_url(state), "cluster": self.cluster_url(state)},
+                  "server": self._server_handover(state)}
         write_private(self.state_file, json.dumps({**asdict(state), **handed}, indent=2) + "\n")
+
+    def _server_handover(self, state: StackState) -> dict[str, object]:
+        """What backups need of this server (config.dev_server reads it back)."""
+        try:
+            bindir: str | None = str(self.bindir or pg_bindir())
+        except ConfigError:
+            bindir = None  # no pgserver: the backup then needs CESAR_PG_BINDIR
+        return {"socket_dir": state.socket_dir, "port": state.port, "superuser": SUPERUSER,
+                "database": LOCAL_DB, "data_dir": str(self.pgdata), "bindir": bindir}
 
     @property
     def ca_file(self) -> Path:

@@ -82,7 +82,7 @@ class ApiService:
         """Start the API unless it runs; wait until /health answers 200."""
         proc = self.running()
         if proc is not None:
-            _wait_healthy(proc.url, deadline=time.monotonic() + START_TIMEOUT, log=self.log_file)
+            wait_healthy(proc.url, deadline=time.monotonic() + START_TIMEOUT, log=self.log_file)
             return [f"the API is already running on {proc.url} (pid {proc.pid})"]
         self._forget()  # stale files of a process that is gone
         check_port(HOST, self.port)
@@ -99,7 +99,7 @@ class ApiService:
         write_private(self.pid_file, f"{child.pid}\n")
         write_private(self.state_file, json.dumps(asdict(proc), indent=2) + "\n")
         try:
-            _wait_healthy(proc.url, deadline=time.monotonic() + START_TIMEOUT,
+            wait_healthy(proc.url, deadline=time.monotonic() + START_TIMEOUT,
                           log=self.log_file, child=child)
         except OperationFailed:
             self._terminate(child.pid)
@@ -185,8 +185,10 @@ def _health(url: str, timeout: float = 2.0) -> tuple[int | None, str | None]:
     return response.status_code, engine
 
 
-def _wait_healthy(url: str, *, deadline: float, log: Path,
-                  child: subprocess.Popen[bytes] | None = None) -> None:
+def wait_healthy(url: str, *, deadline: float, log: Path,
+                 child: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until ``url``/health answers 200; a started ``child`` that exits ends the wait with
+    the last line of its ``log``. Raises OperationFailed past ``deadline`` (monotonic)."""
     code: int | None = None
     while time.monotonic() < deadline:
         if child is not None and child.poll() is not None:

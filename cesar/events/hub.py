@@ -28,6 +28,7 @@ import psycopg
 
 from cesar import db
 from cesar.console import first_line
+from cesar.db import engines
 from cesar.events import log as elog
 from cesar.events.settings import EventSettings
 
@@ -86,7 +87,7 @@ class Hub:
         self.subscribers: set[Subscriber] = set()
         #: Every id at or below this has been published (None until the reader has started).
         self.position: int | None = None
-        self.engine: str | None = None
+        self.engine: engines.Engine | None = None
         self.mode: str | None = None
         self.dropped_total = 0
         self.published_total = 0
@@ -150,8 +151,8 @@ class Hub:
         # Its own name: an operator sees (and may end) the reader in pg_stat_activity.
         kwargs["application_name"] = f"{kwargs['application_name']}-events"[:63]
         conn = psycopg.connect(url, **{**kwargs, "autocommit": True})
-        self.engine = db.detect_engine(conn)
-        self.mode = ("notify" if self.engine == "postgresql" and self.settings.source == "notify"
+        self.engine = engines.of(conn)
+        self.mode = ("notify" if self.engine.listen_notify and self.settings.source == "notify"
                      else "poll")
         if self.mode == "notify":
             conn.execute(f"LISTEN {elog.CHANNEL}")
@@ -164,7 +165,7 @@ class Hub:
         while not self._stop.is_set():
             try:
                 conn = self._conn = self._connect()
-                tail = tail or elog.Tail(self.engine or "postgresql",
+                tail = tail or elog.Tail(self.engine or engines.POSTGRESQL,
                                          gap_seconds=self.settings.gap_seconds)
                 backoff = 0.5
                 with conn:

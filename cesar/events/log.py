@@ -36,6 +36,8 @@ from typing import Any
 
 import psycopg
 
+from cesar.db.engines import Engine
+
 logger = logging.getLogger(__name__)
 
 #: The channel the capture trigger notifies on PostgreSQL.
@@ -93,7 +95,7 @@ class Tail:
     Not thread-safe: one reader (the API's event source) owns it.
     """
 
-    def __init__(self, engine: str, *, gap_seconds: float = 30.0, batch: int = 1000) -> None:
+    def __init__(self, engine: Engine, *, gap_seconds: float = 30.0, batch: int = 1000) -> None:
         self.engine = engine
         self.gap_seconds = gap_seconds
         self.batch = batch
@@ -109,21 +111,21 @@ class Tail:
         return self._horizon is not None or self.position is None
 
     def _snapshot(self, conn: psycopg.Connection) -> tuple[int, frozenset[int]]:
-        if self.engine == "cockroachdb":
+        if not self.engine.snapshot_xids:
             return 0, frozenset()
         row = conn.execute(_SNAPSHOT).fetchone()
         assert row is not None
         return int(row[0]), frozenset(int(x) for x in row[1])
 
     def _over(self, horizon: _Horizon, xip: frozenset[int]) -> bool:
-        if self.engine == "cockroachdb":
+        if not self.engine.snapshot_xids:
             return time.monotonic() >= horizon.deadline
         return not (horizon.xids & xip)
 
     def read(self, conn: psycopg.Connection) -> list[Event]:
         """The next events in id order that can be delivered now (``conn``: autocommit)."""
         with conn.transaction():
-            if self.engine != "cockroachdb":
+            if self.engine.snapshot_xids:
                 # One snapshot for the xids and the rows.
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             _, xip = self._snapshot(conn)
@@ -149,7 +151,7 @@ class Tail:
         """The starting position: the newest id, once every id below it is settled."""
         row = conn.execute("SELECT coalesce(max(id), 0) FROM event_log").fetchone()
         newest = int(row[0]) if row else 0
-        if self.engine == "cockroachdb":
+        if not self.engine.snapshot_xids:
             # No xids to wait on, and waiting out the window would keep the stream unready that
             # long: start at once (a write in flight at this moment may be skipped, as a gap).
             self.position = self._settled = newest

@@ -39,6 +39,7 @@ import psycopg
 from psycopg import sql
 
 from cesar.console import first_line
+from cesar.db import engines
 from cesar.errors import ConfigError, OperationFailed
 from cesar.schema import SYNCED_TABLES
 
@@ -90,7 +91,7 @@ def read_catalog(conn: psycopg.Connection, engine: str, tables: Sequence[str]) -
     ``GLOBAL``, or NULL outside a multi-region database.
     """
     database = conn.info.dbname
-    if engine != "cockroachdb":
+    if not engines.named(engine).multi_region:
         return Catalog(engine, database)
     try:
         row = conn.execute(CATALOG_QUERIES[0]).fetchone()
@@ -174,7 +175,7 @@ class LocalityPlan:
 
     @property
     def applies(self) -> bool:
-        return self.engine == "cockroachdb"
+        return engines.named(self.engine).multi_region
 
     def regions_text(self) -> str:
         return ", ".join(f"{r} (primary)" if r == self.primary_region else r

@@ -9,7 +9,6 @@ import click
 
 from cesar import db, rotate
 from cesar.config import Settings, load_settings
-from cesar.dev.embedded import EmbeddedPostgres
 from cesar.errors import ConfigError
 from cesar.rotate.stores import (
     AnsibleVaultStore,
@@ -27,12 +26,15 @@ REPO_ANSIBLE = Path("ansible")
 def build(settings: Settings, *, skip: set[str], grace: float, max_attempts: int,
           progress=click.echo) -> rotate.Rotator:  # noqa: ANN001
     """The stores that apply to the configured environment (see docs/rotation.md)."""
-    pg = EmbeddedPostgres(settings.state_dir, bindir=settings.pg_bindir)
-    primary: PrimaryStore
-    if settings.environment == "development" and pg.load_state() is not None \
-            and not settings.cockroach_db_url:
-        primary = EmbeddedStore(pg)
-    else:
+    primary: PrimaryStore | None = None
+    if settings.environment == "development" and not settings.cockroach_db_url:
+        # Only development has an embedded stack; elsewhere its code is never loaded.
+        from cesar.dev.embedded import EmbeddedPostgres
+
+        pg = EmbeddedPostgres(settings.state_dir, bindir=settings.pg_bindir)
+        if pg.load_state() is not None:
+            primary = EmbeddedStore(pg)
+    if primary is None:
         if settings.admin_db_url:  # the same TLS rule as every other URL a command opens
             db.require_tls(settings.admin_db_url, "CESAR_ADMIN_DB_URL", settings.environment)
         primary = EnvFileStore(ENV_FILE, settings.admin_db_url)

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 
 from cesar import db
+from cesar.db import engines
 from cesar.errors import ConfigError, OperationFailed
 
 TABLE = "credential_rotation"
@@ -119,34 +120,14 @@ class Session:
 
 def session_id(conn: psycopg.Connection) -> str:
     """This connection's id as :func:`sessions_of` reports it."""
-    if db.detect_engine(conn) == "cockroachdb":
-        row = conn.execute("SHOW session_id").fetchone()
-    else:
-        row = conn.execute("SELECT pg_backend_pid()::text").fetchone()
+    row = conn.execute(engines.of(conn).session_id_query).fetchone()
     assert row is not None
     return str(row[0])
 
 
 def sessions_of(admin: psycopg.Connection, login: str) -> list[Session]:
-    """The server's open sessions of ``login``, read through the admin connection.
-
-    Only columns every role that may list other users' sessions can read are used: PostgreSQL's
-    ``pg_stat_activity`` shows ``pid``, ``usename``, ``datname`` to any role and ``client_addr``,
-    ``application_name`` to members of ``pg_read_all_stats`` (NULL otherwise); CockroachDB's
-    ``SHOW CLUSTER SESSIONS`` (a statement, not ``crdb_internal``, which v26.1 denies by
-    default; its ``status`` column since v23.1) lists other users' sessions to a role with
-    ``VIEWACTIVITY`` or ``VIEWACTIVITYREDACTED`` (or ``admin``) and is read without its query
-    columns, which ``VIEWACTIVITYREDACTED`` would redact anyway.
-    """
-    if db.detect_engine(admin) == "cockroachdb":
-        rows = admin.execute(
-            "SELECT session_id::STRING, NULL::STRING, application_name, client_address "
-            "FROM [SHOW CLUSTER SESSIONS] "
-            "WHERE user_name = %s AND status != 'CLOSED' ORDER BY session_start",
-            [login]).fetchall()
-    else:
-        rows = admin.execute(
-            "SELECT pid::text, datname, application_name, client_addr::text "
-            "FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid() "
-            "ORDER BY backend_start", [login]).fetchall()
+    """The server's open sessions of ``login``, read through the admin connection, with only
+    the columns any role that may list other users' sessions can read (the engine's
+    ``sessions_query`` says which, and since which release)."""
+    rows = admin.execute(engines.of(admin).sessions_query, [login]).fetchall()
     return [Session(*row) for row in rows]

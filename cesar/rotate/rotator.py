@@ -54,7 +54,7 @@ from psycopg import sql
 
 from cesar.console import first_line
 from cesar.credentials import LOGINS, new_password, write_private
-from cesar.db import detect_engine, lease, require_tls
+from cesar.db import engines, lease, require_tls
 from cesar.errors import ConfigError, OperationFailed
 from cesar.rotate import record as rotate_record
 from cesar.rotate import scram
@@ -317,9 +317,10 @@ class Rotator:
                     f"preflight: the active credential ({active.login}) does not connect: "
                     f"{first_line(exc)}{hint}; fix that before rotating") from None
         with self.primary.admin() as admin:
-            if detect_engine(admin) == "cockroachdb" and not admin.pgconn.ssl_in_use:
+            engine = engines.of(admin)
+            if engine.passwords_need_tls and not admin.pgconn.ssl_in_use:
                 raise ConfigError(
-                    "the CockroachDB cluster is insecure (no TLS): it has no passwords to "
+                    f"the {engine.label} cluster is insecure (no TLS): it has no passwords to "
                     "rotate; rotation needs a secure cluster")
 
     def _record(self) -> rotate_record.Record:
@@ -539,16 +540,14 @@ def _other(login: str) -> str:
 
 def read_verifier(admin: psycopg.Connection, login: str) -> str | None:
     """The stored password verifier of ``login``, or None where no catalog may show it."""
-    if detect_engine(admin) == "cockroachdb":
-        # No supported catalog exposes a stored verifier on CockroachDB (pg_authid has no
-        # password there) and system.users is refused by default from v26.1
-        # (allow_unsafe_internals). As with a CREATEROLE admin on PostgreSQL below, a failed
-        # test then leaves the inactive login with no password.
+    query = engines.of(admin).verifier_query
+    if query is None:
+        # As with a CREATEROLE admin on PostgreSQL below, a failed test then leaves the
+        # inactive login with no password.
         return None
     try:
         with admin.transaction():
-            row = admin.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
-                                [login]).fetchone()
+            row = admin.execute(query, [login]).fetchone()
     except psycopg.errors.InsufficientPrivilege:
         # Only superusers read pg_authid; a CREATEROLE admin cannot, and a failed test then
         # leaves the inactive login with no password (its state after a normal retire).

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import psycopg
@@ -33,8 +33,10 @@ import psycopg
 from cesar import db
 from cesar.credentials import write_private
 from cesar.db import urls
-from cesar.dev.embedded import CLUSTER_DB, HOST, LOCAL_DB, EmbeddedPostgres
 from cesar.errors import ConfigError, OperationFailed
+
+if TYPE_CHECKING:  # the embedded stack is development's; hosts rotate through the other stores
+    from cesar.dev.embedded import EmbeddedPostgres
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ class EmbeddedStore:
         self._save(state)
 
     def urls_for(self, cred: Credential) -> list[str]:
+        from cesar.dev.embedded import CLUSTER_DB, HOST, LOCAL_DB
+
         state = self._state()
         params = ({"sslmode": "verify-full", "sslrootcert": str(self.pg.ca_file)} if state.tls
                   else {"sslmode": "disable"})
@@ -137,6 +141,8 @@ class EmbeddedStore:
 
     @contextmanager
     def admin(self) -> Iterator[psycopg.Connection]:
+        from cesar.dev.embedded import CLUSTER_DB
+
         # On the cluster stand-in: the rotation record lives there (roles are server-wide).
         with psycopg.connect(self.pg.superuser_conninfo(CLUSTER_DB), autocommit=True) as conn:
             yield conn

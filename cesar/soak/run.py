@@ -31,7 +31,6 @@ from typing import Any
 import httpx
 import psycopg
 
-from cesar import urls
 from cesar.config import Settings
 from cesar.credentials import write_private
 from cesar.dev.embedded import CLUSTER_DB, LOCAL_DB, EmbeddedPostgres, StackState, free_port
@@ -279,7 +278,7 @@ class Soak:
         progress("first sync pass done (pairing, full reconcile)")
 
     def _start_api(self) -> None:
-        from cesar.dev.service import _wait_healthy
+        from cesar.dev.service import wait_healthy
 
         port = self.options.api_port or free_port()
         self.api_url = f"http://127.0.0.1:{port}"
@@ -290,8 +289,8 @@ class Soak:
                  "--port", str(port), "--workers", "2"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=self.env(), start_new_session=True)
-        _wait_healthy(self.api_url, deadline=time.monotonic() + 60, log=self.api_log,
-                      child=self.api_proc)
+        wait_healthy(self.api_url, deadline=time.monotonic() + 60, log=self.api_log,
+                     child=self.api_proc)
 
     def api_workers(self) -> list[int]:
         """The pids of the API's worker processes: the supervisor's children started by
@@ -754,4 +753,4 @@ def soak(options: Options, settings: Settings,
         raise
 
 
-__all__ = ["ALL_FAULTS", "LOCAL_DB", "Options", "parse_duration", "soak", "urls"]
+__all__ = ["ALL_FAULTS", "LOCAL_DB", "Options", "parse_duration", "soak"]

@@ -28,10 +28,10 @@ import pulumiverse_cockroach as cockroach
 
 from cesar.backup.cockroach import BackupPlan, setup_sql
 from cesar.errors import ConfigError
-from infra import cloud
+from infra.cluster import cloud
+from infra.cluster.selfhosted import require_success
 from infra.images import require_pinned
 from infra.naming import SQL_PORT, Names, docker_labels
-from infra.selfhosted import require_success
 from infra.settings import StackSettings
 
 MINIO = "minio/minio:RELEASE.2024-10-13T13-34-11Z"

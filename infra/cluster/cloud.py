@@ -20,8 +20,8 @@ import pulumiverse_cockroach as cockroach
 
 from cesar import allowlist
 from cesar.db import urls
+from infra.cluster.selfhosted import require_success
 from infra.naming import SQL_PORT
-from infra.selfhosted import require_success
 from infra.settings import StackSettings
 
 CA_FILE = "/certs/ca.crt"
@@ -64,7 +64,7 @@ class CloudCluster(pulumi.ComponentResource):
                  cockroach_image: str,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("cesar:infra:CloudCluster", name, None, opts)
-        from infra import backups as backup_infra  # it builds on this module
+        from infra.cluster import backups as backup_infra  # it builds on this module
         spec = settings.cloud
         assert spec is not None
         names = settings.names

@@ -20,7 +20,7 @@ import pulumi_docker as docker
 
 from cesar import allowlist
 from cesar.errors import OperationFailed
-from infra.certs import ClusterCertificates
+from infra.cluster.certs import ClusterCertificates
 from infra.naming import HTTP_PORT, RPC_PORT, SQL_PORT, Names, docker_labels
 from infra.settings import SelfHosted, StackSettings
 

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 import pulumi
 import pulumi_docker as docker
 
-from infra import monitoring_files
+from infra.monitoring import files as monitoring_files
+from infra.monitoring.prometheus_config import API_METRICS_TOKEN_FILE, CA_FILE, CLOUD_API_KEY_FILE
 from infra.naming import ALERTMANAGER_PORT, GRAFANA_PORT, PROMETHEUS_PORT, docker_labels
-from infra.prometheus_config import API_METRICS_TOKEN_FILE, CA_FILE, CLOUD_API_KEY_FILE
 from infra.settings import StackSettings
 
 PROMETHEUS_UID = "65534"   # nobody, in prom/prometheus and prom/alertmanager

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra import alertmanager_config, grafana, prometheus_config, rules
+from infra.monitoring import alertmanager_config, grafana, prometheus_config, rules
 from infra.naming import Names
 from infra.settings import Receiver, StackSettings
 

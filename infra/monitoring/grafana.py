@@ -4,8 +4,8 @@ The dashboard answers the operators' questions at a glance: how far behind the s
 (its "Grafana sync-lag query", now from ``cesar_sync_lag_seconds`` rather than SQL on
 ``sync_state``), the API's p95 latency against the 200 ms budget, connection errors against the
 alert's threshold, and the cluster's health (live nodes, unavailable and under-replicated
-ranges, clock offset, disk). Every query names only metrics of ``infra.metrics`` or recording
-rules of ``infra.rules`` (tested), and is plain PromQL that promtool parses.
+ranges, clock offset, disk). Every query names only metrics of ``infra.monitoring.metrics`` or
+recording rules of ``infra.monitoring.rules`` (tested), and is plain PromQL that promtool parses.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
+from infra.monitoring.rules import CONNECTION_ERRORS_IN_5M, SYNC_LAG_SECONDS
 from infra.naming import PROMETHEUS_PORT
-from infra.rules import CONNECTION_ERRORS_IN_5M, SYNC_LAG_SECONDS
 
 DATASOURCE_UID = "cesar-prometheus"
 DASHBOARD_UID = "cesar-overview"

@@ -18,6 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
+from cesar.db import engines
 from cesar.events import log as elog
 from tests.api.helpers import ApiServer, make_key, serve_events
 from tests.api.sse import SseStream
@@ -580,7 +581,7 @@ def test_the_cockroachdb_rule_settles_a_gap_after_its_window_only(migrated_db: s
     itself, run here on PostgreSQL (the SQL it issues is the same on both engines)."""
     with psycopg.connect(migrated_db) as a, psycopg.connect(migrated_db, autocommit=True) as b, \
             psycopg.connect(migrated_db, autocommit=True) as reader:
-        tail = elog.Tail("cockroachdb", gap_seconds=1.5)
+        tail = elog.Tail(engines.COCKROACHDB, gap_seconds=1.5)
         tail.read(reader)  # the start: nothing open, so it starts at the newest id
         assert tail.position == last_id(migrated_db)
         new_task(a, "open")

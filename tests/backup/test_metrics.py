@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cesar import metrics
 from cesar.backup import base, status
-from infra import metrics as catalog
+from infra.monitoring import metrics as catalog
 from tests.backup.helpers import BackupStack
 
 

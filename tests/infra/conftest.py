@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from cesar.dev import tls
-from infra import monitoring_files, offline
+from infra import offline
+from infra.monitoring import files as monitoring_files
 from tests.infra.helpers import STACKS, settings_of, tool
 
 

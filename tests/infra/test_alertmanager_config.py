@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from infra import alertmanager_config as am
+from infra.monitoring import alertmanager_config as am
 from tests.infra.helpers import STACKS
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from cesar.backup import cockroach
 from cesar.errors import ConfigError
-from infra import backups, images, offline, selfhosted
+from infra import images, offline
+from infra.cluster import backups, selfhosted
 from tests.infra.helpers import CONTAINER, image_of, upload
 
 

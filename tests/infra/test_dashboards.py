@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import cesar
-from infra import grafana, metrics, rules
+from infra.monitoring import grafana, metrics, rules
 from tests.infra.helpers import STACKS
 
 

@@ -21,8 +21,10 @@ import yaml
 from cesar import cockroach
 from cesar.errors import ConfigError
 from cesar.rotate import scram
-from infra import images, monitoring_files, offline, outputs, program, selfhosted
+from infra import images, offline, outputs, program
 from infra import settings as stack_settings
+from infra.cluster import selfhosted
+from infra.monitoring import files as monitoring_files
 from tests.infra.helpers import CONTAINER, IMAGE, STACKS, image_of, override, settings_of, upload
 
 

@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from infra import prometheus_config
+from infra.monitoring import prometheus_config
 from tests.infra.helpers import STACKS, settings_of
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from cesar import db, keys, stack, web
+from cesar import db, keys, web
+from cesar.dev import stack
 from cesar.dev.embedded import free_port
 from tests.helpers import make_settings, new_state_dir, require
 from tests.web.helpers import CHROMIUM, SCOPES, WebStack, require_node

@@ -298,8 +298,6 @@ ENGINE_NAMES = {"cockroachdb", "postgresql"}
 # Where code outside cesar/db/engines.py still compares an engine name, and why.
 ENGINE_NAME_ALLOWED = {
     "cesar.db": "detect_engine turns the server's version() into the name engines.named reads",
-    "cesar.doctor": "its probes are being moved onto the engine objects separately",
-    "cesar.smoke": "its release check is being moved onto the engine objects separately",
 }
 
 

@@ -100,3 +100,24 @@ def bypass(pair: Pair, side: str, *statements: tuple[str, list]) -> None:
         conn.execute(BYPASS)
         for query, params in statements:
             conn.execute(query, params)  # type: ignore[arg-type]
+
+
+def superuser(pair: Pair, side: str = "local") -> psycopg.Connection[Any]:
+    """The server's superuser, connected to ``side``'s database of ``pair``."""
+    dbname = psycopg.conninfo.conninfo_to_dict(pair.url(side))["dbname"]
+    return pair.pg.superuser(str(dbname))
+
+
+def function_calls(conn: psycopg.Connection[Any], functions: tuple[str, ...], statement: str,
+                   params: Any = None) -> int:
+    """How many times the PL/pgSQL ``functions`` ran for ``statement`` (its own transaction;
+    counted by the server: track_functions, read before the commit)."""
+    count = ("SELECT coalesce(sum(pg_stat_get_xact_function_calls(p.oid)), 0) FROM pg_proc p "
+             "WHERE p.proname = ANY(%s)")
+    with conn.transaction():
+        conn.execute("SET LOCAL track_functions = 'pl'")
+        before = conn.execute(count, [list(functions)]).fetchone()
+        conn.execute(statement, params)
+        after = conn.execute(count, [list(functions)]).fetchone()
+    assert before is not None and after is not None
+    return int(after[0]) - int(before[0])

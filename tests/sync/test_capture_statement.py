@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tests.sync.helpers import Pair
+from tests.sync.helpers import Pair, function_calls, superuser
 
 CESAR = "a9e5c0de-0001-4000-8000-000000000001"
 
@@ -20,27 +20,12 @@ def versions(pair: Pair, side: str = "local", table: str = "agents") -> dict[str
               "WHERE table_name = %s", [table])}
 
 
-def _superuser(pair: Pair) -> psycopg.Connection[Any]:
-    dbname = psycopg.conninfo.conninfo_to_dict(pair.local_url)["dbname"]
-    return pair.pg.superuser(str(dbname))
-
-
 def _calls(conn: psycopg.Connection[Any], statement: str, params: Any = None) -> int:
-    """How many times PL/pgSQL trigger functions ran for ``statement`` (its own transaction;
-    counted by the server: track_functions, read before the commit)."""
-    count = ("SELECT coalesce(sum(pg_stat_get_xact_function_calls(p.oid)), 0) FROM pg_proc p "
-             "WHERE p.proname IN ('sync_capture', 'sync_capture_statement')")
-    with conn.transaction():
-        conn.execute("SET LOCAL track_functions = 'pl'")
-        before = conn.execute(count).fetchone()
-        conn.execute(statement, params)
-        after = conn.execute(count).fetchone()
-    assert before is not None and after is not None
-    return int(after[0]) - int(before[0])
+    return function_calls(conn, ('sync_capture', 'sync_capture_statement'), statement, params)
 
 
 def test_a_bulk_statement_runs_the_capture_once_not_once_per_row(pair: Pair) -> None:
-    with _superuser(pair) as conn:
+    with superuser(pair) as conn:
         insert = _calls(conn, "INSERT INTO agents (id, name, mob_alias, role) "
                               "SELECT gen_random_uuid(), 'a' || g, 'alias', 'bulk' "
                               "FROM generate_series(1, 500) AS g")
@@ -147,7 +132,7 @@ def test_a_run_refuses_a_statement_capture_missing_a_companion(pair: Pair) -> No
 
     from cesar.errors import ConfigError
 
-    with _superuser(pair) as conn:
+    with superuser(pair) as conn:
         conn.execute("ALTER TABLE agents DISABLE TRIGGER sync_capture_update")
     with pytest.raises(ConfigError, match="sync_capture_update on 'agents' is missing or "
                                           "disabled in the local database"):

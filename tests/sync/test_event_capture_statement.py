@@ -9,26 +9,11 @@ from typing import Any
 
 import psycopg
 
-from tests.sync.helpers import Pair
-
-
-def _superuser(pair: Pair, side: str = "local") -> psycopg.Connection[Any]:
-    dbname = psycopg.conninfo.conninfo_to_dict(pair.url(side))["dbname"]
-    return pair.pg.superuser(str(dbname))
+from tests.sync.helpers import Pair, function_calls, superuser
 
 
 def _calls(conn: psycopg.Connection[Any], statement: str, params: Any = None) -> int:
-    """How many times the event capture's PL/pgSQL functions ran for ``statement`` (counted by
-    the server: track_functions, read before the commit)."""
-    count = ("SELECT coalesce(sum(pg_stat_get_xact_function_calls(p.oid)), 0) FROM pg_proc p "
-             "WHERE p.proname IN ('event_capture', 'event_capture_statement')")
-    with conn.transaction():
-        conn.execute("SET LOCAL track_functions = 'pl'")
-        before = conn.execute(count).fetchone()
-        conn.execute(statement, params)
-        after = conn.execute(count).fetchone()
-    assert before is not None and after is not None
-    return int(after[0]) - int(before[0])
+    return function_calls(conn, ('event_capture', 'event_capture_statement'), statement, params)
 
 
 def _events(conn: psycopg.Connection[Any], after: int) -> list[tuple[Any, ...]]:
@@ -43,7 +28,7 @@ def _last(conn: psycopg.Connection[Any]) -> int:
 
 def test_a_bulk_statement_logs_every_row_with_one_trigger_call(pair: Pair) -> None:
     ids = sorted(str(uuid.uuid4()) for _ in range(500))
-    with _superuser(pair) as conn:
+    with superuser(pair) as conn:
         start = _last(conn)
         insert = _calls(conn, "INSERT INTO agents (id, name, mob_alias, role) "
                               "SELECT i, 'n' || i::TEXT, 'alias', 'bulk' "

@@ -55,8 +55,9 @@ def main(argv: list[str]) -> int:
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     pg = EmbeddedPostgres(Path(settings.state_dir))
     state = pg.load_state()
-    if state is None:
-        raise SystemExit("cesar: error: no embedded stack: run `uv run invoke up` first")
+    if state is None or pg.pid() is None:
+        raise SystemExit("cesar: error: the embedded stack is not running: run "
+                         "`uv run invoke up` first")
     name = f"bench_capture_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg.superuser_conninfo("postgres"), autocommit=True) as su:
         su.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name),

@@ -686,8 +686,13 @@ class Run:
     def _check_divergence(self, specs: list[TableSpec], report: RunReport) -> None:
         """Record how many rows the sides differ by: the count check, and what a reconcile
         found and could not repair (the larger of the two, when both ran)."""
+        local, cluster = self.sides["local"], self.sides["cluster"]
         found = {f.table: f for f in divergence.count_check(
-            self.sides["local"].conn, self.sides["cluster"].conn, specs)}
+            local.conn, cluster.conn, specs, bound_seconds=self.sync.orphan_check_seconds,
+            force=report.full,
+            # The engine that needs the TRUNCATE guard (PostgreSQL) is the one whose file
+            # nodes and per-table counters tell a table that may have lost rows.
+            fingerprinted=(local.engine.truncate_guard, cluster.engine.truncate_guard))}
         for r in report.reconcile:
             # A deferred key was written meanwhile (or is held by a writer): it moves on the
             # next run, so it is not a divergence the reconcile left behind.
@@ -697,7 +702,8 @@ class Run:
             found[r.table] = divergence.Found(
                 r.table, max(left, counted.divergent_rows if counted else 0), "full",
                 counted.local_rows if counted else None,
-                counted.cluster_rows if counted else None)
+                counted.cluster_rows if counted else None,
+                counted.orphan_check if counted else {})
         report.divergence = sorted(found.values(), key=lambda f: f.table)
         try:
             divergence.record([s.conn for s in self.sides.values()], report.divergence)

@@ -66,6 +66,9 @@ class SyncSettings(BaseSettings):
         "0: never)")
     bulk_chunk: int = Field(100_000, ge=1_000, le=10_000_000,
                             description="CESAR_SYNC_BULK_CHUNK: keys per bulk transaction")
+    orphan_check_seconds: float = Field(
+        3600.0, ge=0, description="CESAR_SYNC_ORPHAN_CHECK_SECONDS: longest time between two "
+        "searches of a quiet, unchanged table for version rows whose row is gone (0: every run)")
     max_clock_skew_ms: int = Field(
         1000, ge=0, description="CESAR_SYNC_MAX_CLOCK_SKEW_MS: refuse to run when the two "
         "databases' clocks differ by more (last writer wins compares their timestamps)")

@@ -260,7 +260,8 @@ class _Side:
 def count_check(local: psycopg.Connection, cluster: psycopg.Connection,
                 specs: Sequence[TableSpec], *, bound_seconds: float = 0.0,
                 force: bool = False,
-                fingerprinted: tuple[bool, bool] = (True, True)) -> list[Found]:
+                fingerprinted: tuple[bool, bool] = (True, True),
+                pending: set[str] | None = None) -> list[Found]:
     """Every table, every run: for the tables with nothing pending on either side, the
     difference of the two sides' row counts. On each side, the live version rows whose row is
     gone (read in one snapshot: the capture writes a row and its version in one transaction,
@@ -268,12 +269,13 @@ def count_check(local: psycopg.Connection, cluster: psycopg.Connection,
     cannot (see :func:`_decide`). The larger of the two is recorded.
 
     ``fingerprinted``: per side, whether its engine has the counters :data:`FINGERPRINTS`
-    reads (PostgreSQL)."""
+    reads (PostgreSQL). ``pending``: the tables with changes pending on either side, read
+    by the caller just now (saves reading them again)."""
     def quiet() -> set[str]:
         busy = set(pending_summary(local)) | set(pending_summary(cluster))
         return {s.name for s in specs if s.name not in busy}
 
-    before = quiet()
+    before = quiet() if pending is None else {s.name for s in specs if s.name not in pending}
     busy = {s.name for s in specs} - before
     local_side = _Side(local, specs, fingerprinted[0])
     cluster_side = _Side(cluster, specs, fingerprinted[1])

@@ -665,7 +665,7 @@ class Run:
                                        tr.error))
         for side in self.sides.values():
             state.write_state(side.conn, rows)
-        self._check_divergence(specs, report)
+        self._check_divergence(specs, report, set(after["local"]) | set(after["cluster"]))
 
     def _record_refusal(self, specs: list[TableSpec], error: str) -> None:
         """A run refused before moving anything: ``sync_state.last_error`` says why, so
@@ -683,7 +683,8 @@ class Run:
                 log.warning("could not record the refusal in sync_state: %s",
                             first_line(exc))
 
-    def _check_divergence(self, specs: list[TableSpec], report: RunReport) -> None:
+    def _check_divergence(self, specs: list[TableSpec], report: RunReport,
+                          pending: set[str] | None = None) -> None:
         """Record how many rows the sides differ by: the count check, and what a reconcile
         found and could not repair (the larger of the two, when both ran)."""
         local, cluster = self.sides["local"], self.sides["cluster"]
@@ -692,7 +693,8 @@ class Run:
             force=report.full,
             # The engine that needs the TRUNCATE guard (PostgreSQL) is the one whose file
             # nodes and per-table counters tell a table that may have lost rows.
-            fingerprinted=(local.engine.truncate_guard, cluster.engine.truncate_guard))}
+            fingerprinted=(local.engine.truncate_guard, cluster.engine.truncate_guard),
+            pending=pending)}
         for r in report.reconcile:
             # A deferred key was written meanwhile (or is held by a writer): it moves on the
             # next run, so it is not a divergence the reconcile left behind.

@@ -1,21 +1,21 @@
 """Divergence is never silent: a cheap check on every run, a precise one on every ``--full``,
 and TRUNCATE (which no row trigger sees) refused on PostgreSQL.
 
-- Every run, per table and side, the live version rows whose row is gone (one snapshot: works
-  on a busy table). Once nothing is pending on either side (no captured change in flight:
+- Every run, for the tables with nothing pending on either side (no captured change in flight:
   the run holds the lease, so nothing else acknowledges), both sides' ``count(*)`` are compared
   and the difference is recorded in ``sync_divergence`` (method ``count``) on both sides. It
-  finds rows removed or added behind the capture (a TRUNCATE, a restore, hand edits with the
-  capture disabled); an update behind the capture keeps the counts equal and is found by the
-  next ``--full``.
+  finds rows removed or added behind the capture on one side (a TRUNCATE, a restore, hand edits
+  with the capture disabled); an update behind the capture keeps the counts equal and is found
+  by the next ``--full``.
+- Per table and side, the live version rows whose row is gone (one snapshot: works on a busy
+  table, and finds rows removed on both sides alike). It reads every version row of the table,
+  so it runs only when it can find what the counts cannot: the table is busy, its fingerprint
+  (file nodes, delete counter) changed, the last search found some or is older than
+  ``CESAR_SYNC_ORPHAN_CHECK_SECONDS``, or the run is a ``--full`` (:func:`_decide`). Each side
+  records its last search in ``sync_orphan_checks`` (migration 019) once it has finished.
 - ``--full`` records the keys it found differing and could not repair (method ``full``).
 - ``cesar sync status``, ``/health`` (a problem per table) and ``/metrics``
   (``cesar_sync_divergent_rows{table}``) report the last record.
-
-The check reads every version row of every table on each side, every run (a hash anti-join):
-at the sizes this project syncs (thousands to a few million rows) a fraction of a second to a
-few seconds per side, the largest fixed cost of an incremental run on a large table; the two
-sides are read at the same time.
 """
 
 from __future__ import annotations

@@ -223,3 +223,15 @@ def test_a_run_killed_during_the_search_records_no_search(synced: Pair) -> None:
     assert all(checked > before[side]["items"][0]
                for side in ("local", "cluster")
                for checked in [_records(synced, side)["items"][0]])
+
+
+def test_without_migration_019_every_run_searches(synced: Pair) -> None:
+    for side in ("local", "cluster"):
+        synced.sql(side, "DROP TABLE sync_orphan_checks")
+    _items(synced, "local", 10)
+    synced.sync()
+    _symmetric_delete(synced, 2)  # the counters are not waited for: the search runs anyway
+    report = synced.sync()
+    assert _divergent(report) == 4
+    checks = next(d.orphan_check for d in report.divergence if d.table == "items")
+    assert all(c.ran for c in checks.values()), checks

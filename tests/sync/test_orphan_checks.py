@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from cesar.sync import divergence
 from tests.helpers import CliResult
 from tests.sync.helpers import BYPASS, Pair, child_env, superuser
 
@@ -156,16 +157,21 @@ def test_symmetric_deletes_are_reported_once_the_delete_counters_move(synced: Pa
     assert _divergent(synced.sync()) == 4  # and again: the last search found some
 
 
+def _without_counters(pair: Pair) -> None:
+    """Both sides' new sessions keep no table counters (like CockroachDB: no fingerprint)."""
+    for side in ("local", "cluster"):
+        with superuser(pair, side) as su:
+            db = su.execute("SELECT current_database()").fetchone()
+            assert db is not None
+            su.execute(f'ALTER DATABASE "{db[0]}" SET track_counts = off')
+
+
 @pytest.mark.parametrize("how", ["bound elapsed", "bound 0"])
 def test_symmetric_deletes_without_counters_are_reported_once_the_bound_elapses(
         synced: Pair, how: str) -> None:
     """A server that keeps no counters (track_counts off; CockroachDB has none either): only
     the bound brings the search back."""
-    for side in ("local", "cluster"):
-        with superuser(synced, side) as su:
-            db = su.execute("SELECT current_database()").fetchone()
-            assert db is not None
-            su.execute(f'ALTER DATABASE "{db[0]}" SET track_counts = off')
+    _without_counters(synced)
     _items(synced, "local", 10)
     synced.sync()
     synced.sync()
@@ -235,3 +241,30 @@ def test_without_migration_019_every_run_searches(synced: Pair) -> None:
     assert _divergent(report) == 4
     checks = next(d.orphan_check for d in report.divergence if d.table == "items")
     assert all(c.ran for c in checks.values()), checks
+
+
+def test_a_table_that_turns_busy_during_the_check_is_searched_after_all(
+        synced: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quiet when the check starts (so only counted), busy when it ends (so the counts do not
+    compare): the search runs after all and finds the rows deleted behind the capture."""
+    _without_counters(synced)
+    _items(synced, "local", 10)
+    synced.sync()
+    synced.sync()
+    with synced.connect("local") as conn:
+        conn.execute(BYPASS)
+        conn.execute("DELETE FROM items WHERE id IN (SELECT id FROM items ORDER BY id LIMIT 3)")
+    real_count = divergence._count
+    written = []
+
+    def count_then_write(conn: Any, spec: Any) -> int:
+        rows = real_count(conn, spec)
+        if spec.name == "items" and not written:  # a writer's captured insert, committed now
+            written.append(1)
+            synced.sql("cluster", "INSERT INTO items (id, val) VALUES (gen_random_uuid(), 'w')")
+        return rows
+
+    monkeypatch.setattr(divergence, "_count", count_then_write)
+    report = synced.sync()
+    assert written and synced.pending("cluster") == 1  # busy at the end of the check
+    assert _divergent(report) == 3

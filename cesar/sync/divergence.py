@@ -229,7 +229,7 @@ class _Side:
             if check.ran:
                 self._search(spec, prints.get(spec.name))
             else:
-                self.rows[spec.name] = _count(self.conn, spec)
+                self.rows[spec.name] = count_rows(self.conn, spec)
 
     def search_late(self, names: set[str]) -> None:
         """Tables that became busy during the check, searched after all (their counts no
@@ -244,7 +244,7 @@ class _Side:
             self._search(spec, prints.get(spec.name))
 
     def _search(self, spec: TableSpec, fingerprint: str | None) -> None:
-        rows, gone, started = _orphans(self.conn, spec)
+        rows, gone, started = search_orphans(self.conn, spec)
         self.rows[spec.name], self.gone[spec.name] = rows, gone
         if self.records is None:
             return
@@ -310,13 +310,13 @@ def count_check(local: psycopg.Connection, cluster: psycopg.Connection,
     return found
 
 
-def _count(conn: psycopg.Connection, spec: TableSpec) -> int:
+def count_rows(conn: psycopg.Connection, spec: TableSpec) -> int:
     row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(spec.ident)).fetchone()
     assert row is not None
     return int(row[0])
 
 
-def _orphans(conn: psycopg.Connection, spec: TableSpec) -> tuple[int, int, Any]:
+def search_orphans(conn: psycopg.Connection, spec: TableSpec) -> tuple[int, int, Any]:
     """(rows, live version rows without their row, when the snapshot was taken) of one side,
     in one snapshot. Rows without a version row are not counted as wrong: rows older than the
     capture have none."""

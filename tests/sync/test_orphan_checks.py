@@ -196,7 +196,7 @@ local, cluster = sys.argv[1:3]
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
-divergence._orphans = die
+divergence.search_orphans = die
 from cesar.cli import main
 main(["sync", "run", "--local-url", local, "--remote-url", cluster])
 """
@@ -254,7 +254,7 @@ def test_a_table_that_turns_busy_during_the_check_is_searched_after_all(
     with synced.connect("local") as conn:
         conn.execute(BYPASS)
         conn.execute("DELETE FROM items WHERE id IN (SELECT id FROM items ORDER BY id LIMIT 3)")
-    real_count = divergence._count
+    real_count = divergence.count_rows
     written = []
 
     def count_then_write(conn: Any, spec: Any) -> int:
@@ -264,7 +264,7 @@ def test_a_table_that_turns_busy_during_the_check_is_searched_after_all(
             synced.sql("cluster", "INSERT INTO items (id, val) VALUES (gen_random_uuid(), 'w')")
         return rows
 
-    monkeypatch.setattr(divergence, "_count", count_then_write)
+    monkeypatch.setattr(divergence, "count_rows", count_then_write)
     report = synced.sync()
     assert written and synced.pending("cluster") == 1  # busy at the end of the check
     assert _divergent(report) == 3

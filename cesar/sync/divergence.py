@@ -172,14 +172,15 @@ def _records(conn: psycopg.Connection, names: Sequence[str]) -> dict[str, _Recor
     """The last search per table on this side; None before migration 019."""
     try:
         with conn.transaction():
+            # The age on the side's own clock (both times from it), subtracted here: plain
+            # timestamps read the same way on both engines.
             rows = conn.execute(
-                f"SELECT table_name, extract(epoch FROM now() - checked_at), orphans, "
-                f"fingerprint FROM {RECORDS} WHERE table_name = ANY(%s)",
-                [list(names)]).fetchall()
+                f"SELECT table_name, checked_at, orphans, fingerprint, now() FROM {RECORDS} "
+                "WHERE table_name = ANY(%s)", [list(names)]).fetchall()
     except pgerrors.UndefinedTable:
         return None
-    return {r[0]: _Record(None if r[1] is None else float(r[1]), int(r[2]), r[3])
-            for r in rows}
+    return {r[0]: _Record(None if r[1] is None else (r[4] - r[1]).total_seconds(), int(r[2]),
+                          r[3]) for r in rows}
 
 
 def _decide(busy: bool, record: _Record | None, fingerprint: str | None, *,

@@ -166,7 +166,7 @@ def _without_counters(pair: Pair) -> None:
             su.execute(f'ALTER DATABASE "{db[0]}" SET track_counts = off')
 
 
-@pytest.mark.parametrize("how", ["bound elapsed", "bound 0"])
+@pytest.mark.parametrize("how", ["bound elapsed", "bound 0", "clock set back"])
 def test_symmetric_deletes_without_counters_are_reported_once_the_bound_elapses(
         synced: Pair, how: str) -> None:
     """A server that keeps no counters (track_counts off; CockroachDB has none either): only
@@ -178,6 +178,11 @@ def test_symmetric_deletes_without_counters_are_reported_once_the_bound_elapses(
     _symmetric_delete(synced, 3)
     if how == "bound 0":
         report = synced.sync(orphan_check_seconds=0)
+    elif how == "clock set back":  # the last search is dated in this server's future
+        for side in ("local", "cluster"):
+            synced.sql(side, "UPDATE sync_orphan_checks "
+                             "SET checked_at = checked_at + interval '30 minutes'")
+        report = synced.sync()
     else:
         for side in ("local", "cluster"):  # an hour later, without waiting an hour
             synced.sql(side, "UPDATE sync_orphan_checks "

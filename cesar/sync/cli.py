@@ -83,6 +83,9 @@ def _print_tables(report: Any) -> None:
                        f"{r.repaired_local + r.repaired_cluster:<5} (local {r.repaired_local}, "
                        f"cluster {r.repaired_cluster}) conflicts {r.conflicts} "
                        f"in {r.ranges_differing}/{r.ranges} ranges")
+        if r.orphans_settled:
+            click.echo(f"  reconcile         {r.table:<20} {r.orphans_settled} version rows of "
+                       "keys gone on both sides made tombstones")
 
 
 @sync_group.command("status")

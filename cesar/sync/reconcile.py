@@ -14,23 +14,35 @@ was deleted: no row is dropped on a guess), and of two different rows the cluste
 winner is written to the other side through the same locked apply as the incremental pass,
 over exactly the version the comparison saw (a key written meanwhile is left to the next run),
 and the overwritten image is recorded as a ``repaired`` conflict.
+
+Last, per table and side, the version rows that still say "live" for a key whose row neither
+side has (rows deleted behind the capture on both sides alike, which no range comparison sees:
+both sides agree) become tombstones, keeping their version; the divergence check would
+otherwise report them on every run. Only acknowledged ones: a pending one is a change in
+flight, which the incremental pass moves (as a delete). The update re-checks, under the row's
+lock, that the version row is unchanged and the row still absent, so a writer's concurrent
+insert of that key keeps its version.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
+from psycopg import errors as pgerrors
 from psycopg import sql
 
 from cesar.sync.apply import Outcome, Target, apply_changes
 from cesar.sync.capture import Change
 from cesar.sync.rule import Version, compare
 from cesar.sync.tables import TableSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +56,7 @@ class ReconcileReport:
     repaired_cluster: int = 0  # keys written on the cluster side
     deferred: int = 0
     failed: int = 0
+    orphans_settled: int = 0  # live version rows of keys neither side has, made tombstones
     conflicts_local: int = 0    # recorded in the local database
     conflicts_cluster: int = 0  # recorded in the cluster database
     seconds: float = 0.0
@@ -135,8 +148,61 @@ def reconcile_table(local: psycopg.Connection, cluster: psycopg.Connection, spec
         if hi is None:
             break
         lo = hi
+    check()
+    report.orphans_settled += settle_orphans(sides, spec, target)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+#: One side's acknowledged live version rows whose row is gone on that side.
+_ORPHANS = ("SELECT v.pk, v.version, v.origin FROM sync_versions AS v WHERE v.table_name = {name} "
+            "AND NOT v.deleted AND NOT v.pending AND NOT EXISTS "
+            "(SELECT 1 FROM {t} AS t WHERE t.id = CAST(v.pk AS {pk_type})) ORDER BY v.pk")
+_PRESENT = "SELECT CAST(t.id AS TEXT) FROM {t} AS t WHERE t.id = ANY(CAST(%s AS {pk_type}[]))"
+_SETTLE = ("UPDATE sync_versions AS v SET deleted = true FROM "
+           "(SELECT unnest(CAST(%s AS TEXT[])) AS pk, "
+           "unnest(CAST(%s AS TIMESTAMPTZ[])) AS version, "
+           "unnest(CAST(%s AS TEXT[])) AS origin) AS o "
+           "WHERE v.table_name = {name} AND v.pk = o.pk AND v.version = o.version "
+           "AND v.origin = o.origin AND NOT v.deleted AND NOT v.pending AND NOT EXISTS "
+           "(SELECT 1 FROM {t} AS t WHERE t.id = CAST(v.pk AS {pk_type}))")
+
+
+def settle_orphans(sides: tuple[_Side, _Side], spec: TableSpec,
+                   target: Callable[[str], Target]) -> int:
+    """Make tombstones of the live version rows of keys that neither side has a row of (see
+    the module); returns how many (on a dry run: how many would be)."""
+    names = {"name": sql.Literal(spec.name), "t": spec.ident,
+             "pk_type": sql.SQL(spec.pk_type)}
+    settled = 0
+    for side, other in (sides, sides[::-1]):
+        orphans = side.conn.execute(sql.SQL(_ORPHANS).format(**names)).fetchall()
+        if not orphans:
+            continue
+        present = {pk for (pk,) in other.conn.execute(
+            sql.SQL(_PRESENT).format(**names), [[pk for pk, _, _ in orphans]])}
+        gone = [o for o in orphans if o[0] not in present]
+        if not gone:
+            continue
+        tgt = target(side.name)
+        if tgt.dry_run:
+            settled += len(gone)
+            continue
+        try:
+            with side.conn.transaction():
+                side.conn.execute("SELECT set_config('lock_timeout', %s, true)",
+                                  [f"{tgt.lock_timeout()}ms"])
+                done = side.conn.execute(sql.SQL(_SETTLE).format(**names), [
+                    [pk for pk, _, _ in gone], [v for _, v, _ in gone],
+                    [o for _, _, o in gone]]).rowcount
+                if tgt.fence is not None:
+                    tgt.fence(side.conn)
+        except pgerrors.LockNotAvailable:
+            log.info("%s: a writer holds version rows of keys gone on both sides (%s side); "
+                     "the next --full settles them", spec.name, side.name)
+            continue
+        settled += done
+    return settled
 
 
 def _repair_range(sides: tuple[_Side, _Side], spec: TableSpec, lo: Any, hi: Any,

@@ -212,3 +212,41 @@ def test_writers_on_both_sides_during_a_bulk_run_lose_nothing(synced: Pair) -> N
                           [list(last)]))
     assert {k: got.get(k) for k in last} == last
     assert synced.pending("local") == synced.pending("cluster") == 0
+
+
+def test_a_slow_acknowledgement_does_not_hold_back_the_next_chunk(synced: Pair) -> None:
+    """The source acknowledges chunk N while the target applies chunk N+1: with every
+    acknowledgement on the source held off (a session holds sync_versions in SHARE mode, which
+    their UPDATE waits for), the target still receives a second chunk. Released, the run ends
+    with everything moved and acknowledged once."""
+    fill(synced)
+    before = len(synced.rows("cluster", "items"))
+    holder = synced.connect("local", autocommit=False)
+    holder.execute("LOCK TABLE sync_versions IN SHARE MODE")
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["report"] = synced.sync(**BULK)
+        except BaseException as exc:  # noqa: BLE001 (reported by the test's thread below)
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    landed = 0
+    try:
+        deadline = time.monotonic() + 20
+        while landed < 2000 and time.monotonic() < deadline:
+            landed = int(synced.sql("cluster", "SELECT count(*) FROM items")[0][0]) - before
+            time.sleep(0.05)
+    finally:
+        holder.rollback()
+        holder.close()
+        thread.join(timeout=120)
+    assert landed >= 2000, f"only {landed} rows reached the target while chunk 1 waited"
+    assert "error" not in outcome, outcome.get("error")
+    report = outcome["report"]
+    assert items_report(report).bulk_applied == ROWS  # type: ignore[arg-type]
+    synced.assert_identical()
+    assert versions(synced, "cluster") == versions(synced, "local")
+    assert synced.pending("local") == synced.pending("cluster") == 0

@@ -27,6 +27,10 @@ backlog moves in chunks of ``CESAR_SYNC_BULK_CHUNK`` keys, in key order; per chu
    one of those version rows past the short ``lock_timeout``, the batch path's careful
    acknowledgement (``SKIP LOCKED``) takes over for that chunk.
 
+The chunks move as a pipeline: while the target applies chunk N, the source reads chunk N+1
+(step 1, into a spooled buffer) and acknowledges chunk N-1 (step 3, on a second connection);
+an acknowledgement starts only once its chunk's target transaction has committed.
+
 A chunk whose apply fails (a unique violation from a writer's concurrent insert, a lock wait
 past ``lock_timeout``) is rolled back whole and left to the batch path. Killed at any point, a
 run leaves every unacknowledged key pending: the next run finds the target already holding that

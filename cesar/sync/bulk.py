@@ -64,6 +64,11 @@ WRITTEN = sql.Identifier("cesar_sync_written")
 ACKED = sql.Identifier("cesar_sync_acked")
 #: What the source waits, at most, for a writer's lock while acknowledging a chunk at once.
 ACK_LOCK_TIMEOUT = "200ms"
+#: The memory a bulk statement's sorts, hashes and trigger transition tables may use before
+#: spilling to temporary files: at the default 4MB a chunk of 100,000 keys spilled in the
+#: source's read (hash join), the target's insert (its transition tables, the event log's
+#: included) and the acknowledgement (hash join); set per transaction, never for the session.
+WORK_MEM = "64MB"
 #: What a chunk read ahead keeps in memory; beyond that its bytes wait in a temporary file.
 SPOOL_BYTES = 64 * 1024 * 1024
 COPY_BLOCK = 1024 * 1024
@@ -149,15 +154,18 @@ def read_chunk(source: psycopg.Connection, spec: TableSpec, after: str,
                chunk: int) -> Chunk | None:
     """Step 1 for the next ``chunk`` pending upserts after ``after`` (None: there are none).
     The bytes are kept in memory up to SPOOL_BYTES, beyond that in a temporary file."""
-    count, last = _bounds(source, spec, after, chunk)
-    if count == 0 or last is None:
-        return None
     # Closed by the caller once applied (it outlives this function).
     data: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
     try:
-        with source.cursor().copy(_read_query(spec, after, last)) as out:
-            for block in out:
-                data.write(block)
+        with source.transaction():
+            source.execute("SELECT set_config('work_mem', %s, true)", [WORK_MEM])
+            count, last = _bounds(source, spec, after, chunk)
+            if count == 0 or last is None:
+                data.close()
+                return None
+            with source.cursor().copy(_read_query(spec, after, last)) as out:
+                for block in out:
+                    data.write(block)
     except BaseException:
         data.close()
         raise
@@ -171,7 +179,8 @@ def apply_chunk(piece: Chunk, target: Target, spec: TableSpec) -> int:
     conn = target.conn
     with conn.transaction():
         conn.execute("SELECT set_config('cesar.sync_apply', 'on', true), "
-                     "set_config('lock_timeout', %s, true)", [f"{target.lock_timeout()}ms"])
+                     "set_config('lock_timeout', %s, true), set_config('work_mem', %s, true)",
+                     [f"{target.lock_timeout()}ms", WORK_MEM])
         conn.execute(sql.SQL(
             "CREATE TEMPORARY TABLE IF NOT EXISTS {} (pk TEXT, version TIMESTAMPTZ, "
             "origin TEXT) ON COMMIT PRESERVE ROWS").format(WRITTEN))
@@ -240,7 +249,8 @@ def acknowledge_chunk(source: psycopg.Connection, spec: TableSpec, written: byte
     try:
         with source.transaction():
             source.execute("SELECT set_config('lock_timeout', %s, true), "
-                           "set_config('synchronous_commit', 'off', true)", [ACK_LOCK_TIMEOUT])
+                           "set_config('synchronous_commit', 'off', true), "
+                           "set_config('work_mem', %s, true)", [ACK_LOCK_TIMEOUT, WORK_MEM])
             _load_acked(source, written)
             done = source.execute(sql.SQL(
                 "UPDATE sync_versions AS v SET pending = false FROM {} AS a "

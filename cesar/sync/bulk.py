@@ -327,4 +327,10 @@ def move(source: psycopg.Connection, target: Target, spec: TableSpec, *, chunk: 
             for future in (reading, acking):
                 if future is not None:
                     future.cancel()
+            pool.shutdown(wait=True)
+            # A chunk read ahead and never applied (the run stopped): its buffer goes now.
+            if reading is not None and not reading.cancelled() and reading.exception() is None:
+                ahead = reading.result()
+                if ahead is not None:
+                    ahead.data.close()
     return result

@@ -27,6 +27,10 @@ backlog moves in chunks of ``CESAR_SYNC_BULK_CHUNK`` keys, in key order; per chu
    one of those version rows past the short ``lock_timeout``, the batch path's careful
    acknowledgement (``SKIP LOCKED``) takes over for that chunk.
 
+The chunks move as a pipeline: while the target applies chunk N, the source reads chunk N+1
+(step 1, into a spooled buffer) and acknowledges chunk N-1 (step 3, on a second connection);
+an acknowledgement starts only once its chunk's target transaction has committed.
+
 A chunk whose apply fails (a unique violation from a writer's concurrent insert, a lock wait
 past ``lock_timeout``) is rolled back whole and left to the batch path. Killed at any point, a
 run leaves every unacknowledged key pending: the next run finds the target already holding that
@@ -36,9 +40,12 @@ version (the same write: acknowledged, nothing written twice).
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import IO
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -57,6 +64,14 @@ WRITTEN = sql.Identifier("cesar_sync_written")
 ACKED = sql.Identifier("cesar_sync_acked")
 #: What the source waits, at most, for a writer's lock while acknowledging a chunk at once.
 ACK_LOCK_TIMEOUT = "200ms"
+#: The memory a bulk statement's sorts, hashes and trigger transition tables may use before
+#: spilling to temporary files: at the default 4MB a chunk of 100,000 keys spilled in the
+#: source's read (hash join), the target's insert (its transition tables, the event log's
+#: included) and the acknowledgement (hash join); set per transaction, never for the session.
+WORK_MEM = "64MB"
+#: What a chunk read ahead keeps in memory; beyond that its bytes wait in a temporary file.
+SPOOL_BYTES = 64 * 1024 * 1024
+COPY_BLOCK = 1024 * 1024
 
 
 @dataclass
@@ -90,49 +105,82 @@ def _read_query(spec: TableSpec, after: str, last: str) -> sql.Composed:
         after=sql.Literal(after), last=sql.Literal(last))
 
 
-def _merge_queries(spec: TableSpec) -> list[sql.Composed]:
+def _merge_queries(spec: TableSpec) -> list[tuple[sql.Composed, bool]]:
     """The statements that write every key applying without a conflict, in a writer's lock
-    order (the row, then its version row), recording each in WRITTEN (key, version, origin)."""
+    order (the row, then its version row), recording each in WRITTEN (key, version, origin);
+    each with whether its row count is the number of keys it recorded there."""
     staged = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c.name))
                                 for c in spec.columns)
     names = {"name": sql.Literal(spec.name), "stage": STAGE, "t": spec.ident,
              "cols": spec.column_list, "staged": staged, "updates": spec.update_list,
              "written": WRITTEN}
-    return [sql.SQL(q).format(**names) for q in (
+    return [(sql.SQL(q).format(**names), records) for q, records in (
         # The rows the target has of these keys, locked first, as a writer locks them.
-        "SELECT count(*) FROM (SELECT 1 FROM {t} AS t JOIN {stage} AS s ON t.id = s.id "
-        "FOR UPDATE OF t) AS locked",
+        ("SELECT count(*) FROM (SELECT 1 FROM {t} AS t JOIN {stage} AS s ON t.id = s.id "
+         "FOR UPDATE OF t) AS locked", False),
         # Keys whose version row is acknowledged and older: the incoming version, not pending
         # (re-checked against the latest committed version row, which is locked by the update).
-        "WITH newer AS (UPDATE sync_versions AS v SET version = s.sync_version, "
-        "origin = s.sync_origin, deleted = false, pending = false FROM {stage} AS s "
-        "WHERE v.table_name = {name} AND v.pk = s.sync_pk AND NOT v.pending "
-        "AND (v.version < s.sync_version OR (v.version = s.sync_version "
-        "AND v.origin COLLATE \"C\" < s.sync_origin COLLATE \"C\")) "
-        "RETURNING v.pk, v.version, v.origin) "
-        "INSERT INTO {written} SELECT pk, version, origin FROM newer",
-        "INSERT INTO {t} ({cols}) SELECT {staged} FROM {stage} AS s JOIN {written} AS w "
-        "ON w.pk = s.sync_pk ON CONFLICT (id) DO UPDATE SET {updates}",
+        ("WITH newer AS (UPDATE sync_versions AS v SET version = s.sync_version, "
+         "origin = s.sync_origin, deleted = false, pending = false FROM {stage} AS s "
+         "WHERE v.table_name = {name} AND v.pk = s.sync_pk AND NOT v.pending "
+         "AND (v.version < s.sync_version OR (v.version = s.sync_version "
+         "AND v.origin COLLATE \"C\" < s.sync_origin COLLATE \"C\")) "
+         "RETURNING v.pk, v.version, v.origin) "
+         "INSERT INTO {written} SELECT pk, version, origin FROM newer", True),
+        ("INSERT INTO {t} ({cols}) SELECT {staged} FROM {stage} AS s JOIN {written} AS w "
+         "ON w.pk = s.sync_pk ON CONFLICT (id) DO UPDATE SET {updates}", False),
         # Keys the target has never seen: the row first, then its version row.
-        "WITH fresh AS (INSERT INTO {t} ({cols}) SELECT {staged} FROM {stage} AS s "
-        "WHERE NOT EXISTS (SELECT 1 FROM sync_versions AS v WHERE v.table_name = {name} "
-        "AND v.pk = s.sync_pk) ON CONFLICT (id) DO NOTHING RETURNING id), "
-        "versions AS (INSERT INTO sync_versions (table_name, pk, version, origin, deleted, "
-        "pending) SELECT {name}, s.sync_pk, s.sync_version, s.sync_origin, false, false "
-        "FROM {stage} AS s JOIN fresh AS f ON f.id = s.id "
-        "ON CONFLICT (table_name, pk) DO NOTHING RETURNING pk, version, origin) "
-        "INSERT INTO {written} SELECT pk, version, origin FROM versions",
+        ("WITH fresh AS (INSERT INTO {t} ({cols}) SELECT {staged} FROM {stage} AS s "
+         "WHERE NOT EXISTS (SELECT 1 FROM sync_versions AS v WHERE v.table_name = {name} "
+         "AND v.pk = s.sync_pk) ON CONFLICT (id) DO NOTHING RETURNING id), "
+         "versions AS (INSERT INTO sync_versions (table_name, pk, version, origin, deleted, "
+         "pending) SELECT {name}, s.sync_pk, s.sync_version, s.sync_origin, false, false "
+         "FROM {stage} AS s JOIN fresh AS f ON f.id = s.id "
+         "ON CONFLICT (table_name, pk) DO NOTHING RETURNING pk, version, origin) "
+         "INSERT INTO {written} SELECT pk, version, origin FROM versions", True),
     )]
 
 
-def apply_chunk(source: psycopg.Connection, target: Target, spec: TableSpec, after: str,
-                last: str) -> int:
-    """Steps 1 and 2 for the keys in (``after``, ``last``]: returns how many were written (their
-    keys and versions are then in the target session's WRITTEN table)."""
+@dataclass
+class Chunk:
+    """One chunk read from the source: the keys in (``after``, ``last``] and their COPY bytes."""
+    after: str
+    last: str
+    count: int
+    data: IO[bytes]
+
+
+def read_chunk(source: psycopg.Connection, spec: TableSpec, after: str,
+               chunk: int) -> Chunk | None:
+    """Step 1 for the next ``chunk`` pending upserts after ``after`` (None: there are none).
+    The bytes are kept in memory up to SPOOL_BYTES, beyond that in a temporary file."""
+    # Closed by the caller once applied (it outlives this function).
+    data: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
+    try:
+        with source.transaction():
+            source.execute("SELECT set_config('work_mem', %s, true)", [WORK_MEM])
+            count, last = _bounds(source, spec, after, chunk)
+            if count == 0 or last is None:
+                data.close()
+                return None
+            with source.cursor().copy(_read_query(spec, after, last)) as out:
+                for block in out:
+                    data.write(block)
+    except BaseException:
+        data.close()
+        raise
+    data.seek(0)
+    return Chunk(after, last, count, data)
+
+
+def apply_chunk(piece: Chunk, target: Target, spec: TableSpec) -> int:
+    """Step 2 for one chunk read: returns how many keys were written (their keys and versions
+    are then in the target session's WRITTEN table)."""
     conn = target.conn
     with conn.transaction():
         conn.execute("SELECT set_config('cesar.sync_apply', 'on', true), "
-                     "set_config('lock_timeout', %s, true)", [f"{target.lock_timeout()}ms"])
+                     "set_config('lock_timeout', %s, true), set_config('work_mem', %s, true)",
+                     [f"{target.lock_timeout()}ms", WORK_MEM])
         conn.execute(sql.SQL(
             "CREATE TEMPORARY TABLE IF NOT EXISTS {} (pk TEXT, version TIMESTAMPTZ, "
             "origin TEXT) ON COMMIT PRESERVE ROWS").format(WRITTEN))
@@ -141,11 +189,10 @@ def apply_chunk(source: psycopg.Connection, target: Target, spec: TableSpec, aft
             "CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT CAST(NULL AS TEXT) AS sync_pk, "
             "CAST(NULL AS TIMESTAMPTZ) AS sync_version, CAST(NULL AS TEXT) AS sync_origin, "
             "{} FROM {} WITH NO DATA").format(STAGE, spec.column_list, spec.ident))
-        with source.cursor().copy(_read_query(spec, after, last)) as out, \
-                conn.cursor().copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(
-                    STAGE)) as into:
-            for data in out:
-                into.write(data)
+        with conn.cursor().copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(
+                STAGE)) as into:
+            while block := piece.data.read(COPY_BLOCK):
+                into.write(block)
         conn.execute(sql.SQL("ANALYZE {}").format(STAGE))
         for fk in spec.parents:
             # A row whose parent is not on the target yet (a writer committed both after the
@@ -155,34 +202,56 @@ def apply_chunk(source: psycopg.Connection, target: Target, spec: TableSpec, aft
                 "DELETE FROM {stage} AS s WHERE s.{c} IS NOT NULL AND NOT EXISTS "
                 "(SELECT 1 FROM {p} AS p WHERE p.id = s.{c})").format(
                 stage=STAGE, c=sql.Identifier(fk.column), p=sql.Identifier(fk.parent)))
-        for query in _merge_queries(spec):
-            conn.execute(query)
-        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(WRITTEN)).fetchone()
+        written = 0
+        for query, records in _merge_queries(spec):
+            cur = conn.execute(query)
+            if records:
+                written += max(cur.rowcount, 0)
         if target.fence is not None:
             target.fence(conn)
-    return int(row[0]) if row else 0
+    return written
 
 
-def acknowledge_chunk(source: psycopg.Connection, target: Target, spec: TableSpec,
+def written_rows(target: Target) -> tuple[bytes, datetime | None]:
+    """What the target committed for the last chunk (WRITTEN, as COPY bytes) and the newest
+    version among it: taken before the target's session moves on to the next chunk."""
+    conn = target.conn
+    newest = conn.execute(sql.SQL("SELECT max(version) FROM {}").format(WRITTEN)).fetchone()
+    data = bytearray()
+    with conn.cursor().copy(sql.SQL("COPY {} TO STDOUT (FORMAT BINARY)").format(
+            WRITTEN)) as out:
+        for block in out:
+            data += block
+    return bytes(data), newest[0] if newest else None
+
+
+def _load_acked(source: psycopg.Connection, written: bytes) -> None:
+    source.execute(sql.SQL(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS {} (pk TEXT, version TIMESTAMPTZ, "
+        "origin TEXT) ON COMMIT DELETE ROWS").format(ACKED))
+    with source.cursor().copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(
+            ACKED)) as into:
+        into.write(written)
+
+
+def acknowledge_chunk(source: psycopg.Connection, spec: TableSpec, written: bytes,
                       fence: Callable[[psycopg.Connection], None] | None,
-                      retry: dict[str, float]) -> tuple[int, datetime | None]:
-    """Step 3: clear ``pending`` on the source for what the target committed (WRITTEN).
-    Returns how many were acknowledged and the newest version among them."""
-    newest = target.conn.execute(sql.SQL("SELECT max(version) FROM {}").format(WRITTEN)
-                                 ).fetchone()
-    position = newest[0] if newest else None
+                      retry: dict[str, float]) -> int:
+    """Step 3: clear ``pending`` on the source for what the target committed (``written``,
+    from written_rows). Returns how many were acknowledged.
+
+    Committed with ``synchronous_commit = off``: an acknowledgement lost in a crash of the
+    source leaves its keys pending, and the next run finds the target holding their versions
+    (acknowledged then, nothing written twice); a later commit on the source is durable only
+    with every earlier one (the WAL is flushed in order), so nothing built on a lost
+    acknowledgement survives it. The target's chunk, which the acknowledgement vouches for, is
+    committed synchronously before this starts."""
     try:
         with source.transaction():
-            source.execute("SELECT set_config('lock_timeout', %s, true)", [ACK_LOCK_TIMEOUT])
-            source.execute(sql.SQL(
-                "CREATE TEMPORARY TABLE IF NOT EXISTS {} (pk TEXT, version TIMESTAMPTZ, "
-                "origin TEXT) ON COMMIT DELETE ROWS").format(ACKED))
-            with target.conn.cursor().copy(sql.SQL("COPY {} TO STDOUT (FORMAT BINARY)").format(
-                    WRITTEN)) as out, \
-                    source.cursor().copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(
-                        ACKED)) as into:
-                for data in out:
-                    into.write(data)
+            source.execute("SELECT set_config('lock_timeout', %s, true), "
+                           "set_config('synchronous_commit', 'off', true), "
+                           "set_config('work_mem', %s, true)", [ACK_LOCK_TIMEOUT, WORK_MEM])
+            _load_acked(source, written)
             done = source.execute(sql.SQL(
                 "UPDATE sync_versions AS v SET pending = false FROM {} AS a "
                 "WHERE v.table_name = %s AND v.pk = a.pk AND v.pending "
@@ -190,48 +259,78 @@ def acknowledge_chunk(source: psycopg.Connection, target: Target, spec: TableSpe
                 [spec.name]).rowcount
             if fence is not None:
                 fence(source)
-        return done, position
+        return done
     except (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected):
         pass
     # A writer holds some of them: the careful acknowledgement, batch by batch.
-    changes = [Change(pk, version, origin, False, None) for pk, version, origin in
-               target.conn.execute(sql.SQL("SELECT pk, version, origin FROM {} ORDER BY pk")
-                                   .format(WRITTEN)).fetchall()]
+    with source.transaction():
+        _load_acked(source, written)
+        rows = source.execute(sql.SQL("SELECT pk, version, origin FROM {} ORDER BY pk")
+                              .format(ACKED)).fetchall()
+    changes = [Change(pk, version, origin, False, None) for pk, version, origin in rows]
     done = 0
     for i in range(0, len(changes), 5000):
         done += capture.acknowledge(source, spec, changes[i:i + 5000], fence=fence,
                                     **retry)
-    return done, position
+    return done
 
 
 def move(source: psycopg.Connection, target: Target, spec: TableSpec, *, chunk: int,
          check: Callable[[], None], fence: Callable[[psycopg.Connection], None] | None,
-         retry: dict[str, float], progress: Callable[[str], None]) -> BulkResult:
-    """The whole backlog of pending upserts of ``spec``, chunk by chunk (see the module)."""
+         retry: dict[str, float], progress: Callable[[str], None],
+         ack_source: psycopg.Connection) -> BulkResult:
+    """The whole backlog of pending upserts of ``spec``, chunk by chunk (see the module), as a
+    pipeline: while the target applies chunk N, the source reads chunk N+1 (on ``source``) and
+    acknowledges chunk N-1 (on ``ack_source``, a second connection to the same database)."""
     result = BulkResult()
-    after = ""
-    while True:
-        check()
-        count, last = _bounds(source, spec, after, chunk)
-        if count == 0 or last is None:
-            break
-        result.chunks += 1
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cesar-bulk") as pool:
+        reading: Future[Chunk | None] | None = pool.submit(read_chunk, source, spec, "", chunk)
+        acking: Future[int] | None = None
         try:
-            written = apply_chunk(source, target, spec, after, last)
-        except ROW_ERRORS as exc:
-            # Whole chunk rolled back: its keys are still pending and take the batch path.
-            result.left_to_batches += 1
-            log.info("bulk chunk of %s after %r left to the batch path: %s", spec.name, after,
-                     first_line(exc))
-            written = 0
-        if written:
-            acked, position = acknowledge_chunk(source, target, spec, fence, retry)
-            result.applied += written
-            result.acknowledged += acked
-            if position is not None and (result.position is None or position > result.position):
-                result.position = position
-            progress(f"  bulk {spec.name}: {result.applied} rows so far")
-        if count < chunk:
-            break
-        after = last
+            while reading is not None:
+                check()
+                piece = reading.result()
+                reading = None
+                if piece is None:
+                    break
+                if piece.count == chunk:
+                    reading = pool.submit(read_chunk, source, spec, piece.last, chunk)
+                result.chunks += 1
+                try:
+                    written = apply_chunk(piece, target, spec)
+                except ROW_ERRORS as exc:
+                    # Whole chunk rolled back: its keys are still pending and take the batch
+                    # path.
+                    result.left_to_batches += 1
+                    log.info("bulk chunk of %s after %r left to the batch path: %s", spec.name,
+                             piece.after, first_line(exc))
+                    written = 0
+                finally:
+                    piece.data.close()
+                if not written:
+                    continue
+                data, position = written_rows(target)
+                if acking is not None:
+                    result.acknowledged += acking.result()
+                    acking = None
+                # Only now: the target's transaction of this chunk has committed.
+                acking = pool.submit(acknowledge_chunk, ack_source, spec, data, fence, retry)
+                result.applied += written
+                if position is not None and (result.position is None
+                                             or position > result.position):
+                    result.position = position
+                progress(f"  bulk {spec.name}: {result.applied} rows so far")
+            if acking is not None:
+                result.acknowledged += acking.result()
+                acking = None
+        finally:
+            for future in (reading, acking):
+                if future is not None:
+                    future.cancel()
+            pool.shutdown(wait=True)
+            # A chunk read ahead and never applied (the run stopped): its buffer goes now.
+            if reading is not None and not reading.cancelled() and reading.exception() is None:
+                ahead = reading.result()
+                if ahead is not None:
+                    ahead.data.close()
     return result

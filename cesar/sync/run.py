@@ -499,7 +499,8 @@ class Run:
         started = time.perf_counter()
         result = bulk.move(self.sides[src].conn, self._target(dst, tr.direction, spec.name),
                            spec, chunk=self.sync.bulk_chunk, check=self._check_lease,
-                           fence=self._fence, retry=self.retry, progress=self.progress)
+                           fence=self._fence, retry=self.retry, progress=self.progress,
+                           ack_source=self._ack_conn(src))
         tr.applied += result.applied
         tr.bulk_applied += result.applied
         tr.acknowledged += result.acknowledged

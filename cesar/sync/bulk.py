@@ -178,8 +178,12 @@ def apply_chunk(piece: Chunk, target: Target, spec: TableSpec) -> int:
     are then in the target session's WRITTEN table)."""
     conn = target.conn
     with conn.transaction():
+        # The chunk commits durably whatever the target's own setting: its acknowledgement on
+        # the source follows the commit, and a chunk lost after it would never move again.
         conn.execute("SELECT set_config('cesar.sync_apply', 'on', true), "
-                     "set_config('lock_timeout', %s, true), set_config('work_mem', %s, true)",
+                     "set_config('lock_timeout', %s, true), set_config('work_mem', %s, true), "
+                     "CASE WHEN current_setting('synchronous_commit') = 'off' "
+                     "THEN set_config('synchronous_commit', 'on', true) END",
                      [f"{target.lock_timeout()}ms", WORK_MEM])
         conn.execute(sql.SQL(
             "CREATE TEMPORARY TABLE IF NOT EXISTS {} (pk TEXT, version TIMESTAMPTZ, "

@@ -143,7 +143,8 @@ RECORDS = "sync_orphan_checks"
 #: own; its cumulative count of deleted rows (every DELETE, captured or not: the counters are
 #: bumped after the deleting transaction is visible, and are read before the search's
 #: snapshot, so a delete the search did not see changes the fingerprint the next run reads);
-#: when the counters last started from zero (a reset, a restart after a crash). Nothing when
+#: when the counters last started from zero (a reset, a server restart; a crash restart of
+#: the backends keeps the postmaster's start time: the bound covers it). Nothing when
 #: the server keeps no counters (track_counts off): the bound alone then applies.
 FINGERPRINTS = """
 SELECT c.relname, concat_ws(':', pg_relation_filenode(c.oid),
@@ -250,11 +251,14 @@ class _Side:
         if self.records is None:
             return
         # Only now, after the search finished: a run killed during it leaves the last record.
+        # A record only moves forward: a run paused past its lease that wakes up after a newer
+        # search (a takeover's) cannot put its older "nothing found" over that one's finding.
         self.conn.execute(
             f"INSERT INTO {RECORDS} (table_name, checked_at, orphans, fingerprint) "
             "VALUES (%s, %s, %s, %s) ON CONFLICT (table_name) DO UPDATE SET "
             "checked_at = excluded.checked_at, orphans = excluded.orphans, "
-            "fingerprint = excluded.fingerprint",
+            f"fingerprint = excluded.fingerprint WHERE {RECORDS}.checked_at <= "
+            "excluded.checked_at",
             [spec.name, started, gone, fingerprint])
 
 

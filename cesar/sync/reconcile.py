@@ -19,8 +19,8 @@ Last, per table and side, the version rows that still say "live" for a key whose
 side has (rows deleted behind the capture on both sides alike, which no range comparison sees:
 both sides agree) become tombstones, keeping their version; the divergence check would
 otherwise report them on every run. Only acknowledged ones: a pending one is a change in
-flight, which the incremental pass moves (as a delete). The update re-checks, under the row's
-lock, that the version row is unchanged and the row still absent, so a writer's concurrent
+flight, which the incremental pass moves (as a delete). The update re-checks, under the
+version row's lock, that it is unchanged and the row still absent, so a writer's concurrent
 insert of that key keeps its version.
 """
 
@@ -197,9 +197,10 @@ def settle_orphans(sides: tuple[_Side, _Side], spec: TableSpec,
                     [o for _, _, o in gone]]).rowcount
                 if tgt.fence is not None:
                     tgt.fence(side.conn)
-        except pgerrors.LockNotAvailable:
-            log.info("%s: a writer holds version rows of keys gone on both sides (%s side); "
-                     "the next --full settles them", spec.name, side.name)
+        except (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected,
+                pgerrors.SerializationFailure):
+            log.info("%s: a writer holds or took version rows of keys gone on both sides (%s "
+                     "side); the next --full settles them", spec.name, side.name)
             continue
         settled += done
     return settled

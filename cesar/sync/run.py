@@ -603,6 +603,7 @@ class Run:
             first.repaired_cluster += again.repaired_cluster
             first.conflicts_local += again.conflicts_local
             first.conflicts_cluster += again.conflicts_cluster
+            first.orphans_settled += again.orphans_settled
             first.failed = again.failed  # a key that failed fails again: counted once
             first.deferred = again.deferred  # what is still left for the next run
             first.seconds += again.seconds

@@ -4,10 +4,12 @@ divergence check stops reporting them; what is in flight or written meanwhile ke
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from typing import Any
 
-from tests.sync.helpers import BYPASS, Pair
+from tests.sync.helpers import BYPASS, Pair, superuser
 
 
 def _items(pair: Pair, n: int) -> list[str]:
@@ -106,3 +108,45 @@ def test_a_writer_inserting_a_settled_key_meanwhile_keeps_its_version(synced: Pa
         now = _versions(synced, side, keys)
         assert [now[k][2] for k in keys[1:]] == [True, True], side
         assert now[keys[0]][2] is False, side
+
+
+def test_a_writer_committing_while_the_settle_waits_for_it_keeps_its_version(
+        synced: Pair) -> None:
+    """The settle's update waits for the writer's lock on the version row, the writer commits
+    its insert of the key, and the update, re-checking the row it waited for, leaves it: the
+    key stays live (a tombstone over it would delete the row on the next runs)."""
+    keys = _items(synced, 3)
+    synced.sync()
+    for side in ("local", "cluster"):
+        _delete_behind_capture(synced, side, keys)
+    errors: list[BaseException] = []
+    with synced.connect("local", autocommit=False) as writer:
+        writer.execute("INSERT INTO items (id, val) VALUES (CAST(%s AS UUID), 'again')",
+                       [keys[0]])
+
+        def commit_once_the_settle_waits() -> None:
+            try:
+                deadline = time.monotonic() + 60
+                with superuser(synced, "local") as su:  # sees other roles' queries
+                    su.autocommit = True
+                    while not su.execute(
+                            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                            "AND query LIKE 'UPDATE sync_versions AS v SET deleted%'").fetchall():
+                        assert time.monotonic() < deadline, "the settle never waited for it"
+                        time.sleep(0.02)
+                writer.commit()
+            except BaseException as exc:  # reported by the test's thread
+                errors.append(exc)
+
+        committer = threading.Thread(target=commit_once_the_settle_waits)
+        committer.start()
+        report = synced.sync(full=True, orphan_check_seconds=0, lock_timeout_ms=30_000)
+        committer.join()
+    assert not errors, errors
+    # The other two on each side: by the cluster's turn the writer's row is committed locally.
+    assert _settled(report) == 4
+    assert _versions(synced, "local", keys)[keys[0]][2:] == (False, True)
+    synced.sync()
+    for side in ("local", "cluster"):
+        assert synced.sql(side, "SELECT val FROM items WHERE id = CAST(%s AS UUID)",
+                          [keys[0]]) == [("again",)], side

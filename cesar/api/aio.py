@@ -1,5 +1,6 @@
 """The API's hot reads on the event loop: psycopg's async pool, no worker thread per request
-(``CESAR_API_READ_PATH=async``; the default is still the threaded path, see ReadSettings).
+(``CESAR_API_READ_PATH=async``, the default; ``threads`` keeps the threaded path, see
+ReadSettings).
 
 ``/agents``, ``/agents/{id}`` and the API-key lookup run here. Per request that is one pooled
 connection checked out on the event loop, one autocommit statement (prepared on each connection
@@ -35,7 +36,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -88,7 +88,6 @@ class AsyncReads:
             max_lifetime=s.pool_max_lifetime,
             kwargs={**connect_kwargs(s), "autocommit": True},
             check=self._check,
-            reset=self._stamp,
             name=f"cesar-async-{endpoint.name}",
             open=False,
         )
@@ -106,11 +105,7 @@ class AsyncReads:
         for pool in self.pools:
             await pool.close()
 
-    # ---------------------------------------------------------------- the pool's callbacks
-    async def _stamp(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Called as a connection goes back to the pool: remember when."""
-        self._returned[conn] = time.monotonic()
-
+    # ---------------------------------------------------------------- the pool's callback
     async def _check(self, conn: psycopg.AsyncConnection[Any]) -> None:
         if conn.broken or conn.closed:
             raise psycopg.OperationalError("the connection is broken")
@@ -128,23 +123,29 @@ class AsyncReads:
         return "primary", self.pool, self.database.endpoint
 
     async def _run(self, which: str, pool: AsyncConnectionPool,
-                   queries: Sequence[tuple[str, Sequence[Any]]]) -> list[list[dict[str, Any]]]:
-        async with pool.connection() as conn:
-            self._in_use[which] += 1
-            try:
-                out = []
-                async with conn.cursor(row_factory=dict_row) as cur:
-                    for query, params in queries:
-                        await cur.execute(query, params,  # type: ignore[arg-type]
-                                          prepare=self.prepare or None)
-                        out.append(await cur.fetchall())
-                return out
-            finally:
-                self._in_use[which] -= 1
+                   queries: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
+        # getconn/putconn rather than pool.connection(): that context manager also enters the
+        # connection's own (a lock, and a COMMIT check that autocommit makes moot), and a pool
+        # with a reset callback returns each connection through its worker task, a hop per
+        # request. The time a connection comes back is stamped here instead (see _check).
+        conn = await pool.getconn()
+        self._in_use[which] += 1
+        try:
+            out = []
+            async with conn.cursor() as cur:
+                for query, params in queries:
+                    await cur.execute(query, params,  # type: ignore[arg-type]
+                                      prepare=self.prepare or None)
+                    out.append(await cur.fetchall())
+            return out
+        finally:
+            self._in_use[which] -= 1
+            self._returned[conn] = time.monotonic()
+            await pool.putconn(conn)
 
     async def fetch(self, queries: Sequence[tuple[str, Sequence[Any]]], *,
-                    read_only: bool = True) -> list[list[dict[str, Any]]]:
-        """Run read-only ``queries`` on one pooled connection; their rows as dicts.
+                    read_only: bool = True) -> list[list[tuple[Any, ...]]]:
+        """Run read-only ``queries`` on one pooled connection; their rows as tuples.
 
         A connection error makes the pool check its idle connections, then the reads run once
         more (they change nothing); a second error propagates (503 upstream)."""
@@ -205,7 +206,7 @@ class AsyncReads:
     async def lookup_key(self, digest: str) -> keys.KeyRecord | None:
         """:func:`cesar.keys.lookup` on the primary (a revocation is read where it is made)."""
         (rows,) = await self.fetch([(keys.LOOKUP, (digest,))], read_only=False)
-        return keys.record_of(tuple(rows[0].values())) if rows else None
+        return keys.record_of(rows[0]) if rows else None
 
 
 # ------------------------------------------------------------------------------ settings
@@ -213,18 +214,19 @@ READ_PATHS = ("async", "async-checked", "async-unprepared", "threads")
 
 
 class ReadSettings(BaseSettings):
-    """``CESAR_API_READ_PATH``: how the hot reads run. ``threads`` (the default: the threaded
-    pool, one worker thread per request), ``async`` as above, and two variants of it to measure
-    each lever (``invoke bench --suite api_levers``): ``async-checked`` (a round trip at every
-    checkout), ``async-unprepared`` (psycopg's default of preparing a statement after its fifth
-    use). The default stays ``threads`` until ``async`` is measured faster: on the shared
-    2-core machine it was not (docs/performance.md)."""
+    """``CESAR_API_READ_PATH``: how the hot reads run. ``async`` (the default) as above,
+    ``threads`` (the threaded pool, one worker thread per request), and two variants of
+    ``async`` to measure each lever (``invoke bench --suite api_levers``): ``async-checked`` (a
+    round trip at every checkout), ``async-unprepared`` (psycopg's default of preparing a
+    statement after its fifth use). ``async`` is the default since it was measured on an idle
+    machine: about twice the ``/agents`` requests per second of ``threads`` on one worker
+    (docs/performance.md); under heavy CPU contention the threaded one did better."""
 
     model_config = SettingsConfigDict(env_prefix="CESAR_API_", env_file=ENV_FILES,
                                       env_file_encoding="utf-8", extra="ignore", frozen=True)
 
     read_path: Literal["async", "async-checked", "async-unprepared", "threads"] = Field(
-        "threads", description="CESAR_API_READ_PATH: " + ", ".join(READ_PATHS))
+        "async", description="CESAR_API_READ_PATH: " + ", ".join(READ_PATHS))
 
 
 def load_read_settings() -> ReadSettings:

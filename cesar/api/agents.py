@@ -11,7 +11,7 @@ the event loop instead of parking threads on the pool.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Annotated, Any, TypeVar
 
@@ -140,6 +140,10 @@ async def _one_async(reads: AsyncReads, agent_id: uuid.UUID) -> bytes | None:
     return ROWS.encode(rows[0]) if rows else None
 
 
+async def _read(reads: AsyncReads, key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
+    return await (reads.coalescer.run(key, read) if reads.coalesce else read())
+
+
 @router.get("/agents", response_model=AgentPage, responses=UNAVAILABLE,
             summary="List the agents, a page at a time")
 async def list_agents(
@@ -149,7 +153,8 @@ async def list_agents(
 ) -> Response:
     reads: AsyncReads | None = request.app.state.reads
     if reads is not None:
-        body = await _page_async(reads, limit, offset)
+        body = await _read(reads, ("page", limit, offset),
+                           lambda: _page_async(reads, limit, offset))
     else:
         body = await in_thread(request, _page, request.app.state.database, limit, offset)
     return Response(body, media_type="application/json")
@@ -165,7 +170,7 @@ async def get_agent(
 ) -> Response:
     reads: AsyncReads | None = request.app.state.reads
     if reads is not None:
-        body = await _one_async(reads, agent_id)
+        body = await _read(reads, ("one", agent_id), lambda: _one_async(reads, agent_id))
     else:
         body = await in_thread(request, _one, request.app.state.database, agent_id)
     if body is None:

@@ -9,7 +9,8 @@ on the same server minutes apart at most. So each lever is measured on its own:
 - ``threads``: the threaded pool, a worker-thread hop and a check round trip per request;
 - ``async-checked``: the async pool, still a check round trip per checkout;
 - ``async-unprepared``: no check round trip, statements prepared after their fifth use;
-- ``async``: no check round trip, statements prepared from their first use (the default).
+- ``async``: no check round trip, statements prepared from their first use, rows read as
+  tuples and each distinct row encoded once (the default).
 
 The key lookup is cached per worker (``CESAR_API_KEY_CACHE_SECONDS``, 2 s) in every row; the
 ``threads`` row with ``--no-key-cache`` shows what the cache saves (a lookup per request), and

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
+from pydantic import TypeAdapter
 
 from cesar.api import agents, aio
 from cesar.api.models import Agent, AgentPage
@@ -30,6 +31,11 @@ NAMES = ['Quote "q" and back\\slash', "Tab\tnew\nline\x01ctl\x1f", "Ünïcödé 
 #: 00:30 and 01:30 UTC on 2026-10-25 are both 02:30 in Berlin (+02:00, then +01:00).
 FOLD_FIRST, FOLD_SECOND = "2026-10-25 00:30:00+00", "2026-10-25 01:30:00+00"
 ZONES = ("UTC", "Europe/Berlin", "America/St_Johns", "Asia/Kathmandu")
+COLUMNS = "id, name, mob_alias, role, status, created_at, updated_at"
+ORDERED = f"SELECT {COLUMNS} FROM agents ORDER BY name, id LIMIT %s OFFSET %s"
+#: The rows as the route reads them: the page's columns, then the total.
+WITH_TOTAL = (f"SELECT {COLUMNS}, count(*) OVER () FROM agents ORDER BY name, id "
+              "LIMIT %s OFFSET %s")
 
 
 def _add_agents(url: str) -> list[uuid.UUID]:
@@ -49,20 +55,20 @@ def _reference_page(url: str, zone: str, limit: int, offset: int) -> bytes:
     """The page as the response model encodes it, from rows read in session time zone ``zone``."""
     with psycopg.connect(url, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
         cur.execute(sql.SQL("SET TimeZone = {}").format(sql.Literal(zone)))
-        rows = cur.execute(agents._PAGE, (limit, offset)).fetchall()
-        total = cur.execute(agents._COUNT).fetchone()["count"]  # type: ignore[index]
+        rows = cur.execute(ORDERED, (limit, offset)).fetchall()
+        total = cur.execute("SELECT count(*) AS n FROM agents").fetchone()["n"]  # type: ignore[index]
     end = offset + len(rows)
     page = {"items": rows, "total": total, "limit": limit, "offset": offset,
             "next_offset": end if end < total else None}
-    adapter: Any = agents.TypeAdapter(AgentPage)
+    adapter: Any = TypeAdapter(AgentPage)
     return adapter.dump_json(adapter.validate_python(page))  # type: ignore[no-any-return]
 
 
 def _rows(url: str, zone: str, limit: int, offset: int) -> tuple[list[Any], int]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("SET TimeZone = {}").format(sql.Literal(zone)))
-        rows = conn.execute(agents._PAGE, (limit, offset)).fetchall()
-        total = conn.execute(agents._COUNT).fetchone()[0]  # type: ignore[index]
+        rows = conn.execute(WITH_TOTAL, (limit, offset)).fetchall()
+        total = conn.execute("SELECT count(*) FROM agents").fetchone()[0]  # type: ignore[index]
     return rows, total
 
 
@@ -134,8 +140,8 @@ def test_each_read_path_answers_the_models_bytes(berlin_db: tuple[str, list[uuid
 def _one_agent_matches(server: ApiServer, client: httpx.Client, url: str,
                        agent_id: uuid.UUID) -> None:
     with psycopg.connect(url, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(agents._ONE, (agent_id,)).fetchone()
-    adapter: Any = agents.TypeAdapter(Agent)
+        row = cur.execute(f"SELECT {COLUMNS} FROM agents WHERE id = %s", (agent_id,)).fetchone()
+    adapter: Any = TypeAdapter(Agent)
     got = client.get(f"{server.url}/agents/{agent_id}")
     assert got.status_code == 200
     assert got.content == adapter.dump_json(adapter.validate_python(row))

@@ -1,9 +1,12 @@
 """The API's hot reads on the event loop: psycopg's async pool, no worker thread per request
-(``CESAR_API_READ_PATH=async``; the default is still the threaded path, see ReadSettings).
+(``CESAR_API_READ_PATH=async``, the default; ``threads`` keeps the threaded path, see
+ReadSettings).
 
 ``/agents``, ``/agents/{id}`` and the API-key lookup run here. Per request that is one pooled
 connection checked out on the event loop, one autocommit statement (prepared on each connection
-by the server after its first use: ``prepare=True``), and no thread hop. The rest of the
+by the server after its first use: ``prepare=True``), and no thread hop; identical ``/agents``
+reads in flight together share one query that started after each of them arrived
+(:class:`Coalescer`). The rest of the
 service (the ``/health`` probe, the batched usage writes, the commands) keeps the threaded pool
 of :class:`cesar.db.Database`.
 
@@ -28,14 +31,14 @@ once (the old one is closed).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any, Literal, TypeVar
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,21 +51,68 @@ from cesar.errors import OperationFailed
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: A connection idle longer than this is checked with a round trip before use.
 CHECK_IDLE_SECONDS = 2.0
+
+
+class Coalescer:
+    """Identical reads in flight together share one query that started after each arrived.
+
+    A read that arrives while the same read (same key) is running does not join it: that
+    query may have taken its snapshot before a write the newcomer has already seen committed.
+    It waits for the running one to end and joins the next, which starts once, for every read
+    that arrived meanwhile; so every answer comes from a query that began after its request
+    arrived, and a write acknowledged before a request is in its answer. Under load (50
+    clients asking for the same page) one query serves a whole batch; alone, a read runs at
+    once as before. A request that goes away does not cancel the query the others wait for."""
+
+    def __init__(self) -> None:
+        self._running: dict[Hashable, asyncio.Future[Any]] = {}
+        self._next: dict[Hashable, asyncio.Future[Any]] = {}
+
+    async def run(self, key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
+        batch = self._next.get(key)
+        if batch is None:
+            batch = asyncio.ensure_future(self._start(key, self._running.get(key), read))
+            batch.add_done_callback(_retrieved)
+            self._next[key] = batch
+        return await asyncio.shield(batch)  # type: ignore[no-any-return]
+
+    async def _start(self, key: Hashable, running: asyncio.Future[Any] | None,
+                     read: Callable[[], Awaitable[T]]) -> T:
+        if running is not None:
+            await asyncio.wait([running])  # its outcome is its own readers'
+        this = self._next.pop(key)  # arrivals from now on make the next batch
+        self._running[key] = this
+        try:
+            return await read()
+        finally:
+            if self._running.get(key) is this:
+                del self._running[key]
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """An exception no reader waited for (all went away) is not logged as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 class AsyncReads:
     """One async pool per endpoint the API reads from (the primary, and the read replica)."""
 
     def __init__(self, database: Database, *, check_idle: float | None = CHECK_IDLE_SECONDS,
-                 prepare: bool = True) -> None:
+                 prepare: bool = True, coalesce: bool = True) -> None:
         self.database = database
         self.settings = database.settings
         #: None: a round trip at every checkout (psycopg_pool's own check), for comparison.
         self.check_idle = check_idle
         #: False: leave preparing to psycopg's default threshold (after 5 uses).
         self.prepare = prepare
+        #: False: every read runs its own query (:class:`Coalescer`), for comparison.
+        self.coalesce = coalesce
+        self.coalescer = Coalescer()
         self._returned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         self.pool = self._make_pool(database.endpoint)
         self.read_pool = (self._make_pool(database.route.read_replica)
@@ -88,7 +138,6 @@ class AsyncReads:
             max_lifetime=s.pool_max_lifetime,
             kwargs={**connect_kwargs(s), "autocommit": True},
             check=self._check,
-            reset=self._stamp,
             name=f"cesar-async-{endpoint.name}",
             open=False,
         )
@@ -106,11 +155,7 @@ class AsyncReads:
         for pool in self.pools:
             await pool.close()
 
-    # ---------------------------------------------------------------- the pool's callbacks
-    async def _stamp(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Called as a connection goes back to the pool: remember when."""
-        self._returned[conn] = time.monotonic()
-
+    # ---------------------------------------------------------------- the pool's callback
     async def _check(self, conn: psycopg.AsyncConnection[Any]) -> None:
         if conn.broken or conn.closed:
             raise psycopg.OperationalError("the connection is broken")
@@ -128,23 +173,29 @@ class AsyncReads:
         return "primary", self.pool, self.database.endpoint
 
     async def _run(self, which: str, pool: AsyncConnectionPool,
-                   queries: Sequence[tuple[str, Sequence[Any]]]) -> list[list[dict[str, Any]]]:
-        async with pool.connection() as conn:
-            self._in_use[which] += 1
-            try:
-                out = []
-                async with conn.cursor(row_factory=dict_row) as cur:
-                    for query, params in queries:
-                        await cur.execute(query, params,  # type: ignore[arg-type]
-                                          prepare=self.prepare or None)
-                        out.append(await cur.fetchall())
-                return out
-            finally:
-                self._in_use[which] -= 1
+                   queries: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
+        # getconn/putconn rather than pool.connection(): that context manager also enters the
+        # connection's own (a lock, and a COMMIT check that autocommit makes moot), and a pool
+        # with a reset callback returns each connection through its worker task, a hop per
+        # request. The time a connection comes back is stamped here instead (see _check).
+        conn = await pool.getconn()
+        self._in_use[which] += 1
+        try:
+            out = []
+            async with conn.cursor() as cur:
+                for query, params in queries:
+                    await cur.execute(query, params,  # type: ignore[arg-type]
+                                      prepare=self.prepare or None)
+                    out.append(await cur.fetchall())
+            return out
+        finally:
+            self._in_use[which] -= 1
+            self._returned[conn] = time.monotonic()
+            await pool.putconn(conn)
 
     async def fetch(self, queries: Sequence[tuple[str, Sequence[Any]]], *,
-                    read_only: bool = True) -> list[list[dict[str, Any]]]:
-        """Run read-only ``queries`` on one pooled connection; their rows as dicts.
+                    read_only: bool = True) -> list[list[tuple[Any, ...]]]:
+        """Run read-only ``queries`` on one pooled connection; their rows as tuples.
 
         A connection error makes the pool check its idle connections, then the reads run once
         more (they change nothing); a second error propagates (503 upstream)."""
@@ -205,26 +256,29 @@ class AsyncReads:
     async def lookup_key(self, digest: str) -> keys.KeyRecord | None:
         """:func:`cesar.keys.lookup` on the primary (a revocation is read where it is made)."""
         (rows,) = await self.fetch([(keys.LOOKUP, (digest,))], read_only=False)
-        return keys.record_of(tuple(rows[0].values())) if rows else None
+        return keys.record_of(rows[0]) if rows else None
 
 
 # ------------------------------------------------------------------------------ settings
-READ_PATHS = ("async", "async-checked", "async-unprepared", "threads")
+READ_PATHS = ("async", "async-checked", "async-unprepared", "async-uncoalesced", "threads")
 
 
 class ReadSettings(BaseSettings):
-    """``CESAR_API_READ_PATH``: how the hot reads run. ``threads`` (the default: the threaded
-    pool, one worker thread per request), ``async`` as above, and two variants of it to measure
-    each lever (``invoke bench --suite api_levers``): ``async-checked`` (a round trip at every
-    checkout), ``async-unprepared`` (psycopg's default of preparing a statement after its fifth
-    use). The default stays ``threads`` until ``async`` is measured faster: on the shared
-    2-core machine it was not (docs/performance.md)."""
+    """``CESAR_API_READ_PATH``: how the hot reads run. ``async`` (the default) as above,
+    ``threads`` (the threaded pool, one worker thread per request), and variants of ``async``
+    to measure each lever (``invoke bench --suite api_levers``): ``async-checked`` (a round
+    trip at every checkout), ``async-unprepared`` (psycopg's default of preparing a statement
+    after its fifth use), ``async-uncoalesced`` (a query per request, see :class:`Coalescer`).
+    ``async`` is the default since it was measured on an idle machine: more ``/agents``
+    requests per second than ``threads`` on one worker (docs/performance.md); under heavy CPU
+    contention the threaded one did better."""
 
     model_config = SettingsConfigDict(env_prefix="CESAR_API_", env_file=ENV_FILES,
                                       env_file_encoding="utf-8", extra="ignore", frozen=True)
 
-    read_path: Literal["async", "async-checked", "async-unprepared", "threads"] = Field(
-        "threads", description="CESAR_API_READ_PATH: " + ", ".join(READ_PATHS))
+    read_path: Literal["async", "async-checked", "async-unprepared", "async-uncoalesced",
+                       "threads"] = Field(
+        "async", description="CESAR_API_READ_PATH: " + ", ".join(READ_PATHS))
 
 
 def load_read_settings() -> ReadSettings:
@@ -238,5 +292,6 @@ async def open_reads(database: Database, settings: ReadSettings) -> AsyncReads |
     reads = AsyncReads(database,
                        check_idle=None if settings.read_path == "async-checked"
                        else CHECK_IDLE_SECONDS,
-                       prepare=settings.read_path != "async-unprepared")
+                       prepare=settings.read_path != "async-unprepared",
+                       coalesce=settings.read_path != "async-uncoalesced")
     return await reads.open()

@@ -9,7 +9,10 @@ on the same server minutes apart at most. So each lever is measured on its own:
 - ``threads``: the threaded pool, a worker-thread hop and a check round trip per request;
 - ``async-checked``: the async pool, still a check round trip per checkout;
 - ``async-unprepared``: no check round trip, statements prepared after their fifth use;
-- ``async``: no check round trip, statements prepared from their first use (the default).
+- ``async-uncoalesced``: no check round trip, prepared from the first use, a query per request;
+- ``async``: the same, and identical reads in flight together share one query that began after
+  each arrived (the default; rows are read as tuples and each distinct row encoded once on
+  every path).
 
 The key lookup is cached per worker (``CESAR_API_KEY_CACHE_SECONDS``, 2 s) in every row; the
 ``threads`` row with ``--no-key-cache`` shows what the cache saves (a lookup per request), and
@@ -33,7 +36,7 @@ from dataclasses import asdict
 from cesar.bench import api
 from cesar.dev.embedded import free_port
 
-PATHS = ("threads", "async-checked", "async-unprepared", "async")
+PATHS = ("threads", "async-checked", "async-unprepared", "async-uncoalesced", "async")
 TARGET_RATIO = 2.0
 
 

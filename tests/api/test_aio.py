@@ -95,5 +95,5 @@ def test_a_bad_read_path_is_one_line_and_exit_2(migrated_url: str, tmp_path: Pat
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
         "cesar: error: CESAR_API_READ_PATH='fibers' is not valid: Input should be 'async', "
-        "'async-checked', 'async-unprepared' or 'threads'; fix it in the environment, .env or "
-        ".env.cockroach"]
+        "'async-checked', 'async-unprepared', 'async-uncoalesced' or 'threads'; fix it in the "
+        "environment, .env or .env.cockroach"]

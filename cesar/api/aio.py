@@ -279,6 +279,9 @@ class ReadSettings(BaseSettings):
     read_path: Literal["async", "async-checked", "async-unprepared", "async-uncoalesced",
                        "threads"] = Field(
         "async", description="CESAR_API_READ_PATH: " + ", ".join(READ_PATHS))
+    gc: Literal["tuned", "default"] = Field(
+        "tuned", description="CESAR_API_GC: tuned (start-up objects frozen, young collections "
+        "rarer: cesar/api/worker_gc.py) or default (CPython's collector as it is)")
 
 
 def load_read_settings() -> ReadSettings:

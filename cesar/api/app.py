@@ -25,7 +25,16 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cesar import __version__, metrics
-from cesar.api import accesslog, agents, aio, auth, conflicts, credentials, dashboard
+from cesar.api import (
+    accesslog,
+    agents,
+    aio,
+    auth,
+    conflicts,
+    credentials,
+    dashboard,
+    worker_gc,
+)
 from cesar.api import events as events_routes
 from cesar.api import runs as work_runs
 from cesar.api import tasks as work_tasks
@@ -63,7 +72,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # password rotation reaches new connections without a restart (cesar/rotate/rotator.py).
     database = Database(settings, reloadable=app.state.settings is None).open(wait=False)
     # The hot reads (/agents, the key lookup) on the event loop: cesar/api/aio.py.
-    reads = await aio.open_reads(database, app.state.read_settings or aio.load_read_settings())
+    read_settings = app.state.read_settings or aio.load_read_settings()
+    reads = await aio.open_reads(database, read_settings)
     app.state.reads = reads
     pools: list[Any] = [p for p in (database.pool, database.read_pool) if p is not None]
     watcher = metrics.PoolWatcher([*pools, *(reads.pools if reads else [])]).start()
@@ -81,9 +91,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     follower = credentials.CredentialFollower(database, reads).start()
     log.info("serving the %s database %s (%s)", database.endpoint.name,
              database.endpoint.masked, settings.environment)
+    # Last, once everything start-up allocates exists: cesar/api/worker_gc.py.
+    restore_gc = worker_gc.tune(read_settings.gc)
     try:
         yield
     finally:
+        restore_gc()
         try:
             await follower.stop()
             app.state.events.stop()

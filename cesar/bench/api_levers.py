@@ -58,6 +58,9 @@ def main(argv: list[str]) -> int:
                         "(one write per access line)")
     parser.add_argument("--no-access-log", action="store_true",
                         help="also a row per read path with `cesar api --no-access-log`")
+    parser.add_argument("--gc-default", action="store_true",
+                        help="also a row per read path with CPython's collector as it is "
+                        "(CESAR_API_GC=default)")
     parser.add_argument("--load-generator", choices=api.GENERATORS, default="wrk",
                         help="wrk (default; Debian package wrk) or python")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -74,6 +77,9 @@ def main(argv: list[str]) -> int:
     if args.no_access_log:
         variants += [(f"{p}, no access log", {"CESAR_API_READ_PATH": p}, ("--no-access-log",))
                      for p in paths]
+    if args.gc_default:
+        variants += [(f"{p}, gc default", {"CESAR_API_READ_PATH": p, "CESAR_API_GC": "default"},
+                      ()) for p in paths]
     if args.no_key_cache:
         variants.append(("threads, key cache off",
                          {"CESAR_API_READ_PATH": "threads", "CESAR_API_KEY_CACHE_SECONDS": "0"},

@@ -80,4 +80,10 @@ def test_a_reader_that_goes_away_leaves_the_shared_query_to_the_others() -> None
         assert await asyncio.gather(*later[1:]) == ["answer 2", "answer 2"]
         assert later[0].cancelled() and queries == 2
 
-    asyncio.run(scenario())
+    # A loop of its own, not asyncio.run(): that leaves the main thread's policy with no
+    # current loop, and later tests (Pulumi's mocks) ask for one.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()

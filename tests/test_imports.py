@@ -70,6 +70,16 @@ def _canonical(name: str) -> str:
     return name
 
 
+def _import_base(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The absolute module a ``from ... import`` in ``module`` names (relative ones resolved)."""
+    base = node.module or ""
+    if not node.level:
+        return base
+    me = module.split(".")
+    anchor = me[: len(me) - node.level + is_package]
+    return ".".join([*anchor, base] if base else anchor)
+
+
 def imports_of(path: Path) -> set[str]:
     """Every module ``path`` imports, by its current name."""
     tree = _tree(path)
@@ -78,11 +88,8 @@ def imports_of(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                me = _module_name(path).split(".")
-                anchor = me[: len(me) - node.level + (path.name == "__init__.py")]
-                base = ".".join([*anchor, base] if base else anchor)
+            base = _import_base(node, _module_name(path) if node.level else "",
+                                path.name == "__init__.py")
             found.add(base)
             for alias in node.names:
                 if _is_module(f"{base}.{alias.name}") or f"{base}.{alias.name}" in MOVED:
@@ -149,11 +156,7 @@ def _raw_imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                me = module.split(".")
-                anchor = me[: len(me) - node.level + is_package]
-                base = ".".join([*anchor, base] if base else anchor)
+            base = _import_base(node, module, is_package)
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
         elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)

@@ -7,7 +7,6 @@ where the URL came from while keeping the driver's exception as its cause."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -20,43 +19,24 @@ from cesar.errors import OperationFailed
 from cesar.rotate.stores import EnvFileStore
 from cesar.sync import run as sync_run
 from cesar.sync.tables import load_sync_settings
-from tests.helpers import PgStack, make_settings
+from tests.helpers import CliResult, PgStack, make_settings, run_in_process
 
 #: Every command that takes ``--url`` for the database it works on.
 URL_COMMANDS = [("keys", "list"), ("dispatch", "--dry-run"), ("events", "status"),
                 ("migrate", "status"), ("doctor",)]
 
 
-@dataclass
-class Result:
-    code: int
-    err: str
-
-
 @pytest.fixture
 def cesar(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-          tmp_path: Path) -> Callable[..., Result]:
-    from cesar.cli import main
-
+          tmp_path: Path) -> Callable[..., CliResult]:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CESAR_STATE_DIR", str(tmp_path / "state"))
-
-    def run(*args: str) -> Result:
-        capsys.readouterr()
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        else:
-            code = 0
-        return Result(code, capsys.readouterr().err)
-
-    return run
+    return lambda *args: run_in_process(capsys, args)
 
 
 @pytest.mark.parametrize("command", URL_COMMANDS, ids=" ".join)
 def test_a_url_flag_that_is_not_a_postgresql_url_is_named(
-        cesar: Callable[..., Result], command: tuple[str, ...]) -> None:
+        cesar: Callable[..., CliResult], command: tuple[str, ...]) -> None:
     result = cesar(*command, "--url", "mysql://app:s3cret@db.example/cesar")
     assert result.code == 2, result
     assert result.err.splitlines() == [
@@ -66,7 +46,7 @@ def test_a_url_flag_that_is_not_a_postgresql_url_is_named(
 
 @pytest.mark.parametrize("command", URL_COMMANDS, ids=" ".join)
 def test_outside_development_every_url_flag_must_be_verify_full(
-        cesar: Callable[..., Result], fresh_db: str, monkeypatch: pytest.MonkeyPatch,
+        cesar: Callable[..., CliResult], fresh_db: str, monkeypatch: pytest.MonkeyPatch,
         command: tuple[str, ...]) -> None:
     """A reachable database without TLS: a flag's URL is refused before any connection, like a
     variable's would be."""

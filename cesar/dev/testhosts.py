@@ -231,12 +231,14 @@ def up(count: int = 2, *, owner: str = "invoke", sync_hosts: int = 1,
             _boot(run, host)
         progress(f"booting {count} hosts in {run.subnet} (run {run.id})")
         pg_urls = _database(run, progress)
+        # The hosts finish booting before the builds start: a build's burst of processes and
+        # threads competing with the boot once left a unit failed at boot (CI, 2026-11-30).
+        for host in run.hosts:
+            wait_ready(run, host, keys, progress)
         progress("building the wheelhouse the hosts install from")
         wheelhouse.build(run.path / "wheelhouse", project_dir=REPO)
         progress("building the dashboard's export the web host serves")
         web.build(run.path / "web")
-        for host in run.hosts:
-            _wait_ready(run, host, keys)
         progress(f"{count} hosts up in {time.monotonic() - started:.1f} s: "
                  + ", ".join(f"{h.name}={h.address}" for h in run.hosts))
         run.inventory = str(_write_inventory(run, keys, pg_urls, sync_hosts))
@@ -379,10 +381,16 @@ def ssh_options(key: Path, known_hosts: Path) -> list[str]:
             "-o", "ConnectTimeout=3"]
 
 
-def _wait_ready(run: Run, host: Host, keys: Keys) -> None:
-    """SSH answers and systemd reports the boot finished with no failed unit."""
+def wait_ready(run: Run, host: Host, keys: Keys | None = None,
+               progress: Progress = _quiet) -> None:
+    """SSH answers and systemd reports the boot finished with no failed unit.
+
+    A unit that failed at boot is the base image's (no role has run yet), so it is started once
+    more, and why it failed is reported; if it fails again, or another unit fails, the run stops
+    with each failed unit's result and the last lines of its journal."""
     deadline = time.monotonic() + BOOT_TIMEOUT
     ssh = ssh_command(run, host, keys)
+    retried: set[str] = set()
     while True:
         if host.pid is not None and not _alive(host.pid):
             raise OperationFailed(
@@ -395,16 +403,44 @@ def _wait_ready(run: Run, host: Host, keys: Keys) -> None:
         if state == "running":
             return
         if state == "degraded":
-            failed = subprocess.run([*ssh, "systemctl", "--failed", "--plain", "--no-legend"],
-                                    capture_output=True, text=True, timeout=30).stdout
-            raise OperationFailed(f"{host.name} booted degraded; failed units: "
-                                  + " ".join(line.split()[0] for line in failed.splitlines()))
+            failed = failed_units(ssh)
+            why = "; ".join(unit_diagnosis(ssh, unit) for unit in failed)
+            if not failed or retried.issuperset(failed):
+                raise OperationFailed(f"{host.name} booted degraded; failed units: "
+                                      + (" ".join(failed) or "none listed") + f". {why}")
+            progress(f"{host.name}: failed at boot, starting again: {why}")
+            subprocess.run([*ssh, "systemctl", "reset-failed", *failed],
+                           capture_output=True, text=True, timeout=30)
+            subprocess.run([*ssh, "systemctl", "start", *failed],
+                           capture_output=True, text=True, timeout=BOOT_TIMEOUT)
+            retried.update(failed)
+            continue
         if time.monotonic() > deadline:
             raise OperationFailed(
                 f"{host.name} ({host.address}) not ready after {BOOT_TIMEOUT:.0f} s "
                 f"(last answer: {(probe.stderr or state).strip()[:200]!r})"
             )
         time.sleep(0.5)
+
+
+def failed_units(ssh: list[str]) -> list[str]:
+    """The host's failed units, by name."""
+    out = subprocess.run([*ssh, "systemctl", "--failed", "--plain", "--no-legend"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def unit_diagnosis(ssh: list[str], unit: str) -> str:
+    """One line on why ``unit`` failed: systemd's result and exit status, and the last lines of
+    its journal for this boot."""
+    show = subprocess.run([*ssh, "systemctl", "show", unit, "--property",
+                           "Result,ExecMainCode,ExecMainStatus"],
+                          capture_output=True, text=True, timeout=30).stdout.split()
+    journal = subprocess.run([*ssh, "journalctl", "--boot", "--unit", unit, "--lines", "4",
+                              "--no-pager", "--output", "cat"],
+                             capture_output=True, text=True, timeout=30).stdout
+    lines = " | ".join(line.strip() for line in journal.splitlines() if line.strip())
+    return f"{unit} ({', '.join(show)}): {lines[-400:] or 'no journal lines'}"
 
 
 def _write_inventory(run: Run, keys: Keys, db: dict[str, str], sync_hosts: int) -> Path:

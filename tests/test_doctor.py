@@ -6,7 +6,6 @@ server with an older CockroachDB release's ``version()`` string."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -15,14 +14,7 @@ import pytest
 from cesar import doctor, migrate
 from cesar.errors import OperationFailed
 from cesar.sync.tables import SYNCED_TABLES
-from tests.helpers import PgStack, make_settings
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
+from tests.helpers import CliResult, PgStack, make_settings, run_in_process
 
 
 @pytest.fixture(scope="module")
@@ -53,26 +45,13 @@ def broken(pg_stack: PgStack, fresh_db: str) -> tuple[str, Callable[[str], None]
 
 @pytest.fixture
 def cesar(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-          tmp_path: Path) -> Callable[..., Result]:
-    from cesar.cli import main
-
+          tmp_path: Path) -> Callable[..., CliResult]:
+    """``cesar ARGS`` in this process, in an empty directory (no .env files)."""
     monkeypatch.chdir(tmp_path)
-
-    def run(*args: str) -> Result:
-        capsys.readouterr()
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        else:  # pragma: no cover
-            code = 0
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    return run
+    return lambda *args: run_in_process(capsys, args)
 
 
-def _refusal(result: Result) -> str:
+def _refusal(result: CliResult) -> str:
     lines = [line for line in result.err.splitlines() if line.strip()]
     assert result.code == 1, result
     assert len(lines) == 1 and lines[0].startswith("cesar: error: capability "), result.err
@@ -85,7 +64,7 @@ def _check(url: str, version_text: str | None = None) -> doctor.Report:
 
 
 def test_a_migrated_postgresql_database_has_every_capability(
-        cesar: Callable[..., Result], migrated: str) -> None:
+        cesar: Callable[..., CliResult], migrated: str) -> None:
     result = cesar("doctor", "--url", migrated)
     assert result.code == 0, result
     names = [c.name for c in doctor.CAPABILITIES]
@@ -96,7 +75,7 @@ def test_a_migrated_postgresql_database_has_every_capability(
 
 
 def test_json_lists_each_capability_with_its_minimum_and_source(
-        cesar: Callable[..., Result], migrated: str) -> None:
+        cesar: Callable[..., CliResult], migrated: str) -> None:
     import json
 
     data = json.loads(cesar("doctor", "--url", migrated, "--json").out)
@@ -130,7 +109,7 @@ def test_json_lists_each_capability_with_its_minimum_and_source(
      "permission denied for table agents (SQLSTATE 42501); the sync's locked apply"),
 ])
 def test_each_missing_capability_is_refused_in_one_line(
-        cesar: Callable[..., Result], broken: tuple[str, Callable[[str], None]],
+        cesar: Callable[..., CliResult], broken: tuple[str, Callable[[str], None]],
         breakage: str, expected: str, pg_stack: PgStack) -> None:
     url, as_superuser = broken
     assert cesar("doctor", "--url", url).code == 0  # the same database, before
@@ -182,7 +161,7 @@ def test_a_timeout_or_a_lost_connection_is_not_a_missing_capability(
 
 
 def test_md5_password_encryption_still_accepts_the_pre_hashed_verifiers_rotation_sends(
-        cesar: Callable[..., Result], broken: tuple[str, Callable[[str], None]]) -> None:
+        cesar: Callable[..., CliResult], broken: tuple[str, Callable[[str], None]]) -> None:
     # password_encryption only hashes cleartext passwords; a SCRAM verifier is stored as given.
     import json
 
@@ -289,7 +268,7 @@ def test_read_committed_refusal_names_the_cluster_setting(migrated: str) -> None
 
 
 def test_outside_development_the_url_must_be_verify_full(
-        cesar: Callable[..., Result], migrated: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        cesar: Callable[..., CliResult], migrated: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ENVIRONMENT", "production")
     result = cesar("doctor", "--url", migrated)
     assert result.code == 2 and "--url has sslmode=disable" in result.err

@@ -9,7 +9,6 @@ so a refusal proves the policy ran before anything was sent.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -17,44 +16,28 @@ import pytest
 
 from cesar import db
 from cesar.errors import ConfigError
-from tests.helpers import PgStack, make_settings
+from tests.helpers import CliResult, PgStack, make_settings, run_in_process
 
 SAFE_REMOTE = ("postgresql://app:pw@db.cesar.invalid:26257/cesar"
                "?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt")
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
 
 @pytest.fixture
 def cesar(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-          tmp_path: Path) -> Callable[..., Result]:
+          tmp_path: Path) -> Callable[..., CliResult]:
     """``cesar ARGS`` in this process, in an empty directory (no .env files)."""
-    from cesar.cli import main
-
     monkeypatch.chdir(tmp_path)
 
-    def run(*args: str, env: dict[str, str]) -> Result:
+    def run(*args: str, env: dict[str, str]) -> CliResult:
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        capsys.readouterr()
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        else:  # pragma: no cover - main always exits
-            code = 0
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
+        return run_in_process(capsys, args)
 
     return run
 
 
-def _one_error_line(result: Result, *needles: str) -> str:
+def _one_error_line(result: CliResult, *needles: str) -> str:
     lines = [line for line in result.err.splitlines() if line.strip()]
     assert result.code == 2, result
     assert len(lines) == 1 and lines[0].startswith("cesar: error: "), result.err
@@ -72,7 +55,7 @@ def _tables(url: str) -> set[str]:
 
 @pytest.mark.parametrize("environment", ["staging", "production"])
 def test_migrate_up_url_without_verify_full_is_refused_before_connecting(
-        cesar: Callable[..., Result], fresh_db: str, environment: str) -> None:
+        cesar: Callable[..., CliResult], fresh_db: str, environment: str) -> None:
     assert "sslmode=disable" in fresh_db  # a server that would accept this very URL
     result = cesar("migrate", "up", "--url", fresh_db,
                    env={"ENVIRONMENT": environment, "COCKROACH_DB_URL": SAFE_REMOTE})
@@ -84,7 +67,7 @@ def test_migrate_up_url_without_verify_full_is_refused_before_connecting(
 
 
 def test_sync_run_remote_url_without_verify_full_is_refused(
-        cesar: Callable[..., Result], pg_stack: PgStack, fresh_db: str) -> None:
+        cesar: Callable[..., CliResult], pg_stack: PgStack, fresh_db: str) -> None:
     # The local side is exempt (loopback); the remote one never is, even on loopback.
     result = cesar("sync", "run", "--local-url", pg_stack.local_url, "--remote-url", fresh_db,
                    env={"ENVIRONMENT": "production", "COCKROACH_DB_URL": SAFE_REMOTE})
@@ -93,7 +76,7 @@ def test_sync_run_remote_url_without_verify_full_is_refused(
 
 
 def test_sync_status_remote_url_without_verify_full_is_refused(
-        cesar: Callable[..., Result], pg_stack: PgStack, fresh_db: str) -> None:
+        cesar: Callable[..., CliResult], pg_stack: PgStack, fresh_db: str) -> None:
     result = cesar("sync", "status", "--local-url", pg_stack.local_url, "--remote-url",
                    fresh_db.replace("sslmode=disable", "sslmode=require"),
                    env={"ENVIRONMENT": "staging", "COCKROACH_DB_URL": SAFE_REMOTE})
@@ -101,7 +84,7 @@ def test_sync_status_remote_url_without_verify_full_is_refused(
 
 
 def test_sync_run_remote_local_url_without_verify_full_is_refused(
-        cesar: Callable[..., Result]) -> None:
+        cesar: Callable[..., CliResult]) -> None:
     remote_local = "postgresql://app:pw@10.20.1.9:5432/cesar_local?sslmode=prefer"
     result = cesar("sync", "run", "--local-url", remote_local, "--remote-url", SAFE_REMOTE,
                    env={"ENVIRONMENT": "staging"})
@@ -110,7 +93,7 @@ def test_sync_run_remote_local_url_without_verify_full_is_refused(
 
 
 def test_local_db_url_off_host_without_verify_full_is_refused_by_every_command(
-        cesar: Callable[..., Result]) -> None:
+        cesar: Callable[..., CliResult]) -> None:
     env = {"ENVIRONMENT": "production", "COCKROACH_DB_URL": SAFE_REMOTE,
            "LOCAL_DB_URL": "postgresql://app:pw@db-local.cesar.invalid/cesar_local"}
     for args in (("status",), ("sync", "run"), ("migrate", "status")):

@@ -285,16 +285,38 @@ class Run:
 
     # ---------------------------------------------------------------- plumbing
     def _open(self) -> None:
-        for endpoint in resolve_endpoints(self.settings, self.options.local_url,
-                                          self.options.remote_url):
-            try:
-                conn = connect(endpoint, self.settings, self.sync)
-            except CredentialRefused:
-                # Read a moment ago, and already replaced by a rotation whose grace period
-                # has ended since: read once more.
-                endpoint = self._resolve_again(endpoint) or endpoint
-                conn = connect(endpoint, self.settings, self.sync)
-            self.sides[endpoint.name] = Side(endpoint, conn, engines.of(conn))
+        """Both sides' connections, opened at the same time (the cluster's is a remote
+        server's TLS handshake). A failure is reported for the first side in order (local,
+        then cluster); a connection already open is kept in ``sides`` for :meth:`close`."""
+        endpoints = resolve_endpoints(self.settings, self.options.local_url,
+                                      self.options.remote_url)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cesar-sync-open") as pool:
+            later = [pool.submit(self._open_side, e) for e in endpoints[1:]]
+            opened = [self._capture(self._open_side, endpoints[0])]
+            opened += [self._capture(f.result) for f in later]
+        for result in opened:
+            if isinstance(result, Side):
+                self.sides[result.endpoint.name] = result
+        for result in opened:
+            if isinstance(result, BaseException):
+                raise result
+
+    @staticmethod
+    def _capture(call: Callable[..., Side], *args: object) -> Side | BaseException:
+        try:
+            return call(*args)
+        except Exception as exc:  # noqa: BLE001 - raised by _open, in the sides' order
+            return exc
+
+    def _open_side(self, endpoint: db.Endpoint) -> Side:
+        try:
+            conn = connect(endpoint, self.settings, self.sync)
+        except CredentialRefused:
+            # Read a moment ago, and already replaced by a rotation whose grace period has
+            # ended since: read once more.
+            endpoint = self._resolve_again(endpoint) or endpoint
+            conn = connect(endpoint, self.settings, self.sync)
+        return Side(endpoint, conn, engines.of(conn))
 
     def _connect(self, role: str) -> psycopg.Connection:
         """Another connection to a side while the run goes on (the lease heartbeat's, the

@@ -11,6 +11,7 @@ between the two sides, lacks the capture trigger, or comes before a table it ref
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Annotated
@@ -188,31 +189,29 @@ def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: Engine
         "ORDER BY table_name, ordinal_position", [list(names)],
     ).fetchall():
         cols.setdefault(table, []).append(Column(column, data_type))
+    # The primary keys, and the tables whose id alone is UNIQUE besides a (crdb_region, id)
+    # key: the sync's upserts name `ON CONFLICT (id)`. CockroachDB enforces that uniqueness
+    # itself on a REGIONAL BY ROW table (its key is implicitly partitioned by region);
+    # PostgreSQL needs a constraint. One query for both: every catalog read is a round trip
+    # to the cluster.
     pks: dict[str, list[str]] = {}
-    for table, column in conn.execute(
-        "SELECT tc.table_name, kcu.column_name "
+    unique_cols: dict[tuple[str, str], list[str]] = {}
+    for table, kind, constraint, column in conn.execute(
+        "SELECT tc.table_name, tc.constraint_type, tc.constraint_name, kcu.column_name "
         "FROM information_schema.table_constraints AS tc "
         "JOIN information_schema.key_column_usage AS kcu "
         "  ON kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema "
         " AND kcu.table_name = tc.table_name "
-        "WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = current_schema() "
-        "  AND tc.table_name = ANY(%s) ORDER BY tc.table_name, kcu.ordinal_position",
+        "WHERE tc.constraint_type IN ('PRIMARY KEY', 'UNIQUE') "
+        "  AND tc.table_schema = current_schema() AND tc.table_name = ANY(%s) "
+        "ORDER BY tc.table_name, tc.constraint_name, kcu.ordinal_position",
         [list(names)],
     ).fetchall():
-        pks.setdefault(table, []).append(column)
-    # Tables whose id alone is UNIQUE besides a (crdb_region, id) key: the sync's upserts name
-    # `ON CONFLICT (id)`. CockroachDB enforces that uniqueness itself on a REGIONAL BY ROW table
-    # (its key is implicitly partitioned by region); PostgreSQL needs a constraint.
-    unique_id = {str(t) for (t,) in conn.execute(
-        "SELECT tc.table_name FROM information_schema.table_constraints AS tc "
-        "JOIN information_schema.key_column_usage AS kcu "
-        "  ON kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema "
-        " AND kcu.table_name = tc.table_name "
-        "WHERE tc.constraint_type = 'UNIQUE' AND tc.table_schema = current_schema() "
-        "  AND tc.table_name = ANY(%s) "
-        "GROUP BY tc.table_name, tc.constraint_name HAVING count(*) = 1 "
-        "   AND max(kcu.column_name) = 'id'", [list(names)],
-    ).fetchall()}
+        if kind == "PRIMARY KEY":
+            pks.setdefault(table, []).append(column)
+        else:
+            unique_cols.setdefault((table, constraint), []).append(column)
+    unique_id = {str(t) for (t, _), columns in unique_cols.items() if columns == ["id"]}
     # CockroachDB lists triggers in pg_trigger only from v25.3 (cockroachdb/cockroach#147248),
     # with tgenabled always 'A'; `cesar doctor` checks it (docs/cockroachdb.md).
     triggers = {
@@ -227,17 +226,10 @@ def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: Engine
     if engine.statement_capture:
         for table, problem in statement_capture_gaps(conn, names).items():
             triggers[table] = problem
+    # Foreign keys between tables (the order inserts are applied in), and among them the
+    # single-column ones to a table's id, with their column (for holding back a child whose
+    # parent has not arrived yet). information_schema: the same on both engines.
     refs: dict[str, set[str]] = {}
-    for table, referenced in conn.execute(
-        "SELECT tc.table_name, ccu.table_name FROM information_schema.table_constraints AS tc "
-        "JOIN information_schema.constraint_column_usage AS ccu "
-        "  ON ccu.constraint_name = tc.constraint_name AND ccu.table_schema = tc.table_schema "
-        "WHERE tc.constraint_type = 'FOREIGN KEY' AND tc.table_schema = current_schema() "
-        "  AND tc.table_name = ANY(%s)", [list(names)],
-    ).fetchall():
-        refs.setdefault(table, set()).add(referenced)
-    # Single-column foreign keys to a table's id, with their column (for holding back a child
-    # whose parent has not arrived yet). information_schema: the same on both engines.
     fk_cols: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
     for table, constraint, column, referenced, ref_column in conn.execute(
         "SELECT tc.table_name, tc.constraint_name, kcu.column_name, ccu.table_name, "
@@ -250,6 +242,7 @@ def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: Engine
         "WHERE tc.constraint_type = 'FOREIGN KEY' AND tc.table_schema = current_schema() "
         "  AND tc.table_name = ANY(%s)", [list(names)],
     ).fetchall():
+        refs.setdefault(table, set()).add(referenced)
         fk_cols.setdefault((table, constraint), set()).add((column, referenced, ref_column))
     fks = [(table, *next(iter(cols))) for (table, _), cols in sorted(fk_cols.items())
            if len(cols) == 1]
@@ -349,8 +342,11 @@ def validate(local: psycopg.Connection, remote: psycopg.Connection, names: Seque
         raise ConfigError("CESAR_SYNC_TABLES is empty: name at least one table")
     if len(set(names)) != len(names):
         raise ConfigError(f"CESAR_SYNC_TABLES names a table twice: {', '.join(names)}")
-    cats = {"local": _catalog(local, names, engines[0]),
-            "cluster": _catalog(remote, names, engines[1])}
+    # The two sides' catalogs are read at the same time, each on its own connection: the
+    # cluster is a remote server, and a run's validation costs its round trips, not the sum.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cesar-sync-catalog") as pool:
+        remote_catalog = pool.submit(_catalog, remote, names, engines[1])
+        cats = {"local": _catalog(local, names, engines[0]), "cluster": remote_catalog.result()}
     for side, cat in cats.items():
         _check_side(side, names, cat)
     local_cols, remote_cols = cats["local"]["columns"], cats["cluster"]["columns"]

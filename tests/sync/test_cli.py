@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import pytest
@@ -76,6 +77,27 @@ def test_an_unreachable_database_fails_with_one_line(pair: Pair,
     assert r.err.startswith("cesar: error: cannot connect to the cluster database "
                             "postgresql://cesar_app_a:***@127.0.0.1:1/nowhere")
     assert "secret" not in r.err
+
+
+def test_the_sides_connect_together_yet_fail_in_order(pair: Pair,
+                                                      cli: Callable[..., CliResult]) -> None:
+    """Both sides are opened at the same time: with both unreachable the error still names
+    the local side (the first), and a cluster connection opened while the local one failed is
+    closed, not left behind."""
+    dead = "postgresql://cesar_app_a:secret@127.0.0.1:1/nowhere?sslmode=disable"
+    r = sync_run(cli, pair, local=dead, cluster=dead.replace("nowhere", "elsewhere"))
+    assert r.code == 1
+    assert r.err.startswith("cesar: error: cannot connect to the local database "
+                            "postgresql://cesar_app_a:***@127.0.0.1:1/nowhere"), r.err
+    r = sync_run(cli, pair, local=dead)
+    assert r.code == 1 and "cannot connect to the local database" in r.err, r.err
+    # A backend ends a moment after its client closed: wait for that, not for a leak.
+    deadline = time.monotonic() + 10
+    while (left := pair.sql("cluster", "SELECT count(*) FROM pg_stat_activity WHERE "
+                            "application_name = 'cesar-sync' AND datname = current_database()")
+           ) != [(0,)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == [(0,)], left
 
 
 def test_a_database_without_the_sync_tables(pair: Pair, fresh_db: str,

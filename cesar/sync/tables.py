@@ -364,8 +364,15 @@ def validate(local: psycopg.Connection, remote: psycopg.Connection, names: Seque
             )
         pk_type = mine["id"]
         specs.append(TableSpec(name, tuple(local_cols[name]), pk_type))
-    refs = cats["local"]["refs"]
-    assert isinstance(refs, dict)
+    # Both sides' foreign keys: a constraint either side has is one a write to that side must
+    # respect (a side may have lost one, or gained one by hand or by a migration in flight).
+    refs: dict[str, set[str]] = {}
+    fks: set[tuple[str, str, str, str]] = set()
+    for cat in cats.values():
+        assert isinstance(cat["refs"], dict) and isinstance(cat["fks"], list)
+        for table, parents in cat["refs"].items():
+            refs.setdefault(table, set()).update(parents)
+        fks.update(cat["fks"])
     position = {n: i for i, n in enumerate(names)}
     for name in names:
         for parent in sorted(refs.get(name, set())):
@@ -374,7 +381,7 @@ def validate(local: psycopg.Connection, remote: psycopg.Connection, names: Seque
                     f"CESAR_SYNC_TABLES lists {name!r} before {parent!r}, which it references; "
                     "list parents first (inserts are applied in that order)"
                 )
-    return _with_foreign_keys(specs, cats["local"]["fks"])
+    return _with_foreign_keys(specs, sorted(fks))
 
 
 def _with_foreign_keys(specs: list[TableSpec], found: object) -> list[TableSpec]:

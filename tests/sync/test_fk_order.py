@@ -106,6 +106,34 @@ def test_a_child_written_with_its_parent_during_a_run_waits_for_it(
     assert server_log() == []
 
 
+def test_a_foreign_key_only_the_target_has_is_waited_for_too(
+        synced: Pair, server_log: Callable[[], list[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The foreign keys a run holds rows back for are both sides': here only the cluster (the
+    target) has the constraint, the source has lost it."""
+    pair = synced
+    [(constraint,)] = pair.sql(
+        "local", "SELECT conname FROM pg_constraint WHERE contype = 'f' "
+                 "AND conrelid = 'agent_capabilities'::regclass")
+    pair.sql("local", f"ALTER TABLE agent_capabilities DROP CONSTRAINT {constraint}")
+    new_capability(pair, "local", "a9e5c0de-0001-4000-8000-000000000001")
+    written: dict[str, str] = {}
+
+    def writer() -> None:  # after the agents pass has read: parent and child, committed
+        written["agent"] = new_agent(pair, "local")
+        written["cap"] = new_capability(pair, "local", written["agent"])
+
+    ran = hook_read(monkeypatch, "agent_capabilities", False, writer)
+    report = pair.sync()
+    assert ran == [1]
+    assert server_log() == [], "the run's write failed on the target's foreign key"
+    assert report.failed == 0 and failed_conflicts(pair) == []
+    monkeypatch.undo()
+    pair.sync()
+    pair.assert_identical()
+    assert pair.pending("local") == 0 and pair.pending("cluster") == 0
+
+
 def test_a_parent_deleted_with_its_child_during_a_run_waits_for_it(
         synced: Pair, server_log: Callable[[], list[str]],
         monkeypatch: pytest.MonkeyPatch) -> None:

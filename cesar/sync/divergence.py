@@ -21,7 +21,7 @@ and TRUNCATE (which no row trigger sees) refused on PostgreSQL.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -338,18 +338,33 @@ def search_orphans(conn: psycopg.Connection, spec: TableSpec) -> tuple[int, int,
     return int(row[0]), int(row[1]), row[2]
 
 
-def record(conns: Iterable[psycopg.Connection], found: Sequence[Found]) -> None:
+def record(conns: Iterable[psycopg.Connection], found: Sequence[Found], *,
+           fence: Callable[[psycopg.Connection], None] | None = None) -> None:
+    """The findings, on each side in one transaction; ``fence`` (the run's lease) first, so
+    that a run paused past its lease cannot write its older finding over a newer one."""
     if not found:
         return
     for conn in conns:
-        for f in found:
-            conn.execute(
-                "INSERT INTO sync_divergence (table_name, divergent_rows, method, local_rows, "
-                "cluster_rows, checked_at) VALUES (%s, %s, %s, %s, %s, now()) "
-                "ON CONFLICT (table_name) DO UPDATE SET divergent_rows = excluded.divergent_rows, "
-                "method = excluded.method, local_rows = excluded.local_rows, "
-                "cluster_rows = excluded.cluster_rows, checked_at = excluded.checked_at",
-                [f.table, f.divergent_rows, f.method, f.local_rows, f.cluster_rows])
+        with conn.transaction():
+            if fence is not None:
+                fence(conn)
+            _record_side(conn, found)
+
+
+def _record_side(conn: psycopg.Connection, found: Sequence[Found]) -> None:
+    """Every table's finding in one statement (the same form as the state rows')."""
+    conn.execute(
+        "INSERT INTO sync_divergence (table_name, divergent_rows, method, local_rows, "
+        "cluster_rows, checked_at) "
+        "SELECT unnest(CAST(%s AS TEXT[])), unnest(CAST(%s AS BIGINT[])), "
+        "unnest(CAST(%s AS TEXT[])), unnest(CAST(%s AS BIGINT[])), "
+        "unnest(CAST(%s AS BIGINT[])), now() "
+        "ON CONFLICT (table_name) DO UPDATE SET divergent_rows = excluded.divergent_rows, "
+        "method = excluded.method, local_rows = excluded.local_rows, "
+        "cluster_rows = excluded.cluster_rows, checked_at = excluded.checked_at",
+        [[f.table for f in found], [f.divergent_rows for f in found],
+         [f.method for f in found], [f.local_rows for f in found],
+         [f.cluster_rows for f in found]])
 
 
 def read(conn: psycopg.Connection) -> list[dict[str, Any]]:

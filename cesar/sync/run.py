@@ -687,8 +687,13 @@ class Run:
             rows.append(state.StateRow(tr.table, tr.direction, now, tr.error is None,
                                        tr.position, moved, conflicts, p.total, p.oldest,
                                        tr.error))
+        # Fenced like the moves: a run paused past its lease must not write its older
+        # figures over those of the run that took over (status, /health and /metrics read
+        # them).
         for side in self.sides.values():
-            state.write_state(side.conn, rows)
+            with side.conn.transaction():
+                self._fence(side.conn)
+                state.write_state(side.conn, rows)
         self._check_divergence(specs, report, set(after["local"]) | set(after["cluster"]))
 
     def _record_refusal(self, specs: list[TableSpec], error: str) -> None:
@@ -732,7 +737,8 @@ class Run:
                 counted.orphan_check if counted else {})
         report.divergence = sorted(found.values(), key=lambda f: f.table)
         try:
-            divergence.record([s.conn for s in self.sides.values()], report.divergence)
+            divergence.record([s.conn for s in self.sides.values()], report.divergence,
+                              fence=self._fence)
         except psycopg.errors.UndefinedTable:  # reported in this run's summary all the same
             log.warning("sync_divergence is missing: run `cesar migrate up` (012_sync_safety) "
                         "so that status, /health and /metrics show divergence")

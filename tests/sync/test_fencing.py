@@ -23,7 +23,9 @@ from tests.sync.helpers import Pair, child_env
 #: `cesar sync run` that stops itself the first time it reaches ``point`` (apply: a batch is
 #: about to be applied on the target; acknowledge: the target committed, the source is not yet
 #: acknowledged; in-acknowledge: inside the acknowledging transaction, its rows updated and
-#: locked, before its fence; slow-apply: hold the lease for a minute, to be killed).
+#: locked, before its fence; save-state: the run's moves are done, its sync_state rows not yet
+#: written; record: its divergence found, not yet recorded; slow-apply: hold the lease for a
+#: minute, to be killed).
 #: The stop is sent to the calling thread, so that it stops right there: a signal sent to the
 #: process is taken by its main thread, and the caller ran on for a moment (into a transaction,
 #: on a loaded machine) before the stop reached it.
@@ -50,6 +52,12 @@ elif point == "in-acknowledge":
     def inside(conn, spec, changes, fence=None, **kwargs):
         return real_ack(conn, spec, changes, fence=pause_before(fence), **kwargs)
     capture.acknowledge = inside
+elif point == "save-state":
+    from cesar.sync import state
+    state.write_state = pause_before(state.write_state)
+elif point == "record":
+    from cesar.sync import divergence
+    divergence.record = pause_before(divergence.record)
 elif point == "slow-apply":
     real = run.apply_changes
     def slow(*args, **kwargs):
@@ -191,3 +199,56 @@ def test_a_run_paused_inside_its_acknowledgement_reports_the_lost_lease(runs: Ru
     assert "Traceback" not in err
     assert pair.pending("local") == 5
     finish_second(second, pair)
+
+
+def test_a_paused_run_s_late_state_does_not_overwrite_the_run_that_took_over(
+        runs: Runs) -> None:
+    """What `cesar sync status`, /health and /metrics read (sync_state) is written under the
+    lease too: a run paused before writing it, once another run took over and wrote its own,
+    writes nothing and says it lost the lease."""
+    pair = runs.pair
+    write_rows(pair)
+    first = runs.start("save-state", 1)
+    wait_stopped(first, "the run")  # the 5 rows moved and acknowledged; its state not written
+    pair.sql("cluster", "INSERT INTO items (id, val) VALUES (gen_random_uuid(), 'late')")
+    time.sleep(1.5)  # the first run's lease of 1 s has expired (database clock)
+    second = pair.sync(wait=30)
+    assert second.moved == 1
+    query = ("SELECT direction, rows_last_run, updated_at FROM sync_state "
+             "WHERE table_name = 'items' ORDER BY direction")
+    newer = {side: pair.sql(side, query) for side in ("local", "cluster")}
+    assert [r[:2] for r in newer["local"]] == [("cluster_to_local", 1), ("local_to_cluster", 0)]
+
+    os.kill(first.pid, signal.SIGCONT)
+    _, err = first.communicate(timeout=60)
+
+    assert first.returncode == 1, err
+    assert "lost the sync lease" in err and "Traceback" not in err
+    assert {side: pair.sql(side, query) for side in ("local", "cluster")} == newer
+
+
+def test_a_paused_run_s_late_divergence_record_does_not_hide_a_newer_finding(
+        runs: Runs) -> None:
+    """A run paused with "no divergence" in hand, while a row is deleted behind the capture
+    and the run that took over records it: the late record does not overwrite that finding
+    (the alert and /health would have cleared until the next run)."""
+    pair = runs.pair
+    write_rows(pair)
+    pair.sync()
+    first = runs.start("record", 1)
+    wait_stopped(first, "the run")  # it has counted: the sides agree; nothing recorded yet
+    pair.sql("cluster", "ALTER TABLE items DISABLE TRIGGER USER")
+    pair.sql("cluster", "DELETE FROM items WHERE id = (SELECT id FROM items LIMIT 1)")
+    pair.sql("cluster", "ALTER TABLE items ENABLE TRIGGER USER")
+    time.sleep(1.5)  # the first run's lease of 1 s has expired (database clock)
+    pair.sync(wait=30)
+    found = "SELECT divergent_rows FROM sync_divergence WHERE table_name = 'items'"
+    assert pair.sql("cluster", found) == [(1,)]
+
+    os.kill(first.pid, signal.SIGCONT)
+    _, err = first.communicate(timeout=60)
+
+    assert first.returncode == 1, err
+    assert "lost the sync lease" in err and "Traceback" not in err
+    assert pair.sql("cluster", found) == [(1,)]
+    assert pair.sql("local", found) == [(1,)]

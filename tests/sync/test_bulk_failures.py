@@ -17,6 +17,7 @@ import pytest
 
 from cesar.errors import OperationFailed
 from cesar.sync import bulk
+from cesar.sync.run import ANALYZE_AFTER_ROWS
 from tests.helpers import CliResult, require
 from tests.sync.helpers import Pair, superuser
 from tests.sync.test_bulk import BULK, ROWS, fill, items_report, versions
@@ -37,6 +38,11 @@ def items_state(pair: Pair, side: str) -> tuple[int, int, object]:
     rows = pair.sql(side, "SELECT rows_last_run, rows_total, position FROM sync_state "
                           "WHERE table_name = 'items' AND direction = 'local_to_cluster'")
     return rows[0] if rows else (0, 0, None)
+
+
+def manual_analyzes(pair: Pair, side: str) -> int:
+    return int(pair.sql(side, "SELECT analyze_count FROM pg_stat_user_tables "
+                              "WHERE relname = 'sync_versions'")[0][0])
 
 
 @contextlib.contextmanager
@@ -68,6 +74,7 @@ def test_a_table_error_on_a_later_chunk_keeps_the_committed_chunks_counted(synce
                    "FOR EACH ROW EXECUTE FUNCTION refuse_late_keys()")
     before = {side: items_state(synced, side) for side in ("local", "cluster")}
     on_target = len(synced.rows("cluster", "items"))
+    analyzed = manual_analyzes(synced, "local")
 
     with pytest.raises(OperationFailed, match="sync of items"):
         synced.sync(**BULK)
@@ -82,6 +89,10 @@ def test_a_table_error_on_a_later_chunk_keeps_the_committed_chunks_counted(synce
         assert rows_total - before[side][1] == landed, side
         assert position == newest, side
     assert synced.pending("local") == ROWS - CHUNK  # the first chunk was acknowledged
+    # ... and counted: the run ANALYZEs the source's version rows after as many
+    # acknowledgements (run.ANALYZE_AFTER_ROWS), which it reads from its report.
+    assert CHUNK >= ANALYZE_AFTER_ROWS
+    assert manual_analyzes(synced, "local") == analyzed + 1
 
     with superuser(synced, "cluster") as su:
         su.execute("DROP TRIGGER refuse_late_keys ON items")

@@ -38,9 +38,10 @@ version (the same write: acknowledged, nothing written twice).
 
 What a chunk committed is counted as it commits, in the caller's ``BulkResult``: a failure on a
 later chunk (raised to the caller) leaves the counts of the earlier ones in the run's report.
-A chunk that cannot be kept in its temporary file (a missing or read-only ``TMPDIR``, a full
-disk) stops the bulk path for its table with one warning; its keys, and every key after it,
-are still pending and move by the batch path (which keeps nothing on disk) in the same run.
+A chunk that cannot be kept in its temporary file (the temporary directory removed or made
+read-only during the run, a full disk) stops the bulk path for its table with one warning; its
+keys, and every key after it, are still pending and move by the batch path (which keeps
+nothing on disk) in the same run.
 """
 
 from __future__ import annotations

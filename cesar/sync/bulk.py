@@ -35,10 +35,18 @@ A chunk whose apply fails (a unique violation from a writer's concurrent insert,
 past ``lock_timeout``) is rolled back whole and left to the batch path. Killed at any point, a
 run leaves every unacknowledged key pending: the next run finds the target already holding that
 version (the same write: acknowledged, nothing written twice).
+
+What a chunk committed is counted as it commits, in the caller's ``BulkResult``: a failure on a
+later chunk (raised to the caller) leaves the counts of the earlier ones in the run's report.
+A chunk that cannot be kept in its temporary file (the temporary directory removed or made
+read-only during the run, a full disk) stops the bulk path for its table with one warning; its
+keys, and every key after it, are still pending and move by the batch path (which keeps
+nothing on disk) in the same run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Callable
@@ -72,6 +80,28 @@ WORK_MEM = "64MB"
 #: What a chunk read ahead keeps in memory; beyond that its bytes wait in a temporary file.
 SPOOL_BYTES = 64 * 1024 * 1024
 COPY_BLOCK = 1024 * 1024
+
+
+class SpoolFailed(Exception):
+    """A chunk's bytes could not be written to, or read back from, its temporary file."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(first_line(cause))
+        self.cause = cause
+
+
+def _discard(data: IO[bytes]) -> None:
+    # Closing flushes what a failed write left buffered, which fails the same way; the file is
+    # unlinked already, so nothing is left behind.
+    with contextlib.suppress(OSError):
+        data.close()
+
+
+def _tempdir() -> str:
+    try:
+        return tempfile.gettempdir()
+    except OSError:  # none of the usual directories is usable either
+        return "none usable"
 
 
 @dataclass
@@ -153,9 +183,11 @@ class Chunk:
 def read_chunk(source: psycopg.Connection, spec: TableSpec, after: str,
                chunk: int) -> Chunk | None:
     """Step 1 for the next ``chunk`` pending upserts after ``after`` (None: there are none).
-    The bytes are kept in memory up to SPOOL_BYTES, beyond that in a temporary file."""
+    The bytes are kept in memory up to SPOOL_BYTES, beyond that in a temporary file; raises
+    SpoolFailed when that file cannot be written (the source's connection is left idle)."""
     # Closed by the caller once applied (it outlives this function).
     data: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
+    failed: OSError | None = None
     try:
         with source.transaction():
             source.execute("SELECT set_config('work_mem', %s, true)", [WORK_MEM])
@@ -165,11 +197,23 @@ def read_chunk(source: psycopg.Connection, spec: TableSpec, after: str,
                 return None
             with source.cursor().copy(_read_query(spec, after, last)) as out:
                 for block in out:
-                    data.write(block)
+                    if failed is not None:
+                        # The rest is read and dropped: the COPY ends by itself, where leaving
+                        # it would take a cancel request, which can reach the next statement.
+                        continue
+                    try:
+                        data.write(block)
+                    except OSError as exc:
+                        failed = exc
+        if failed is not None:
+            raise SpoolFailed(failed) from failed
+        try:
+            data.seek(0)  # flushes what the file still buffers
+        except OSError as exc:
+            raise SpoolFailed(exc) from exc
     except BaseException:
-        data.close()
+        _discard(data)
         raise
-    data.seek(0)
     return Chunk(after, last, count, data)
 
 
@@ -195,7 +239,15 @@ def apply_chunk(piece: Chunk, target: Target, spec: TableSpec) -> int:
             "{} FROM {} WITH NO DATA").format(STAGE, spec.column_list, spec.ident))
         with conn.cursor().copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(
                 STAGE)) as into:
-            while block := piece.data.read(COPY_BLOCK):
+            while True:
+                try:
+                    block = piece.data.read(COPY_BLOCK)
+                except OSError as exc:
+                    # Raised inside the COPY: the server is told it failed, and the chunk's
+                    # transaction rolls back whole (its keys stay pending).
+                    raise SpoolFailed(exc) from exc
+                if not block:
+                    break
                 into.write(block)
         conn.execute(sql.SQL("ANALYZE {}").format(STAGE))
         for fk in spec.parents:
@@ -279,22 +331,38 @@ def acknowledge_chunk(source: psycopg.Connection, spec: TableSpec, written: byte
     return done
 
 
+def _spool_warning(spec: TableSpec, exc: SpoolFailed) -> None:
+    log.warning("the bulk path of %s stopped and the rest of its backlog moves by the batch "
+                "path: a chunk could not be kept in a temporary file (%s); point TMPDIR at a "
+                "writable directory with free space (now: %s) to keep the bulk path's speed",
+                spec.name, exc, _tempdir())
+
+
 def move(source: psycopg.Connection, target: Target, spec: TableSpec, *, chunk: int,
          check: Callable[[], None], fence: Callable[[psycopg.Connection], None] | None,
          retry: dict[str, float], progress: Callable[[str], None],
-         ack_source: psycopg.Connection) -> BulkResult:
+         ack_source: psycopg.Connection, result: BulkResult) -> None:
     """The whole backlog of pending upserts of ``spec``, chunk by chunk (see the module), as a
     pipeline: while the target applies chunk N, the source reads chunk N+1 (on ``source``) and
-    acknowledges chunk N-1 (on ``ack_source``, a second connection to the same database)."""
-    result = BulkResult()
+    acknowledges chunk N-1 (on ``ack_source``, a second connection to the same database).
+
+    Each chunk's counts are added to ``result`` once it has committed (the target's apply,
+    then the source's acknowledgement), so that they are there when this raises: the caller
+    reads ``result`` in a ``finally``. A chunk that cannot be spooled ends the bulk path
+    normally (a warning): whatever is still pending is the batch path's."""
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cesar-bulk") as pool:
         reading: Future[Chunk | None] | None = pool.submit(read_chunk, source, spec, "", chunk)
         acking: Future[int] | None = None
         try:
             while reading is not None:
                 check()
-                piece = reading.result()
-                reading = None
+                try:
+                    piece = reading.result()
+                except SpoolFailed as exc:
+                    _spool_warning(spec, exc)
+                    break
+                finally:
+                    reading = None
                 if piece is None:
                     break
                 if piece.count == chunk:
@@ -309,20 +377,25 @@ def move(source: psycopg.Connection, target: Target, spec: TableSpec, *, chunk: 
                     log.info("bulk chunk of %s after %r left to the batch path: %s", spec.name,
                              piece.after, first_line(exc))
                     written = 0
+                except SpoolFailed as exc:
+                    result.left_to_batches += 1
+                    _spool_warning(spec, exc)
+                    break
                 finally:
-                    piece.data.close()
+                    _discard(piece.data)
                 if not written:
                     continue
+                # Committed on the target: counted now, whatever fails after this.
+                result.applied += written
                 data, position = written_rows(target)
+                if position is not None and (result.position is None
+                                             or position > result.position):
+                    result.position = position
                 if acking is not None:
                     result.acknowledged += acking.result()
                     acking = None
                 # Only now: the target's transaction of this chunk has committed.
                 acking = pool.submit(acknowledge_chunk, ack_source, spec, data, fence, retry)
-                result.applied += written
-                if position is not None and (result.position is None
-                                             or position > result.position):
-                    result.position = position
                 progress(f"  bulk {spec.name}: {result.applied} rows so far")
             if acking is not None:
                 result.acknowledged += acking.result()
@@ -332,9 +405,12 @@ def move(source: psycopg.Connection, target: Target, spec: TableSpec, *, chunk: 
                 if future is not None:
                     future.cancel()
             pool.shutdown(wait=True)
+            # An acknowledgement that was running when the loop stopped has committed by now
+            # (or failed): what it acknowledged is counted like any other.
+            if acking is not None and not acking.cancelled() and acking.exception() is None:
+                result.acknowledged += acking.result()
             # A chunk read ahead and never applied (the run stopped): its buffer goes now.
             if reading is not None and not reading.cancelled() and reading.exception() is None:
                 ahead = reading.result()
                 if ahead is not None:
-                    ahead.data.close()
-    return result
+                    _discard(ahead.data)

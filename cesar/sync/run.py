@@ -519,17 +519,21 @@ class Run:
     def _bulk(self, src: str, dst: str, spec: TableSpec, tr: TableReport) -> None:
         """The bulk path first (cesar/sync/bulk.py); the batch path then moves what it left."""
         started = time.perf_counter()
-        result = bulk.move(self.sides[src].conn, self._target(dst, tr.direction, spec.name),
-                           spec, chunk=self.sync.bulk_chunk, check=self._check_lease,
-                           fence=self._fence, retry=self.retry, progress=self.progress,
-                           ack_source=self._ack_conn(src))
-        tr.applied += result.applied
-        tr.bulk_applied += result.applied
-        tr.acknowledged += result.acknowledged
-        if result.position is not None and (tr.position is None
-                                            or result.position > tr.position):
-            tr.position = result.position
-        tr.seconds += time.perf_counter() - started
+        result = bulk.BulkResult()
+        try:
+            bulk.move(self.sides[src].conn, self._target(dst, tr.direction, spec.name),
+                      spec, chunk=self.sync.bulk_chunk, check=self._check_lease,
+                      fence=self._fence, retry=self.retry, progress=self.progress,
+                      ack_source=self._ack_conn(src), result=result)
+        finally:
+            # Also when a later chunk failed: the chunks counted so far are committed.
+            tr.applied += result.applied
+            tr.bulk_applied += result.applied
+            tr.acknowledged += result.acknowledged
+            if result.position is not None and (tr.position is None
+                                                or result.position > tr.position):
+                tr.position = result.position
+            tr.seconds += time.perf_counter() - started
 
     def _move(self, src: str, dst: str, spec: TableSpec, deleted: bool,
               tr: TableReport) -> None:

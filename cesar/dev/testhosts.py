@@ -385,42 +385,49 @@ def wait_ready(run: Run, host: Host, keys: Keys | None = None,
                progress: Progress = _quiet) -> None:
     """SSH answers and systemd reports the boot finished with no failed unit.
 
-    A unit that failed at boot is the base image's (no role has run yet), so it is started once
-    more, and why it failed is reported; if it fails again, or another unit fails, the run stops
-    with each failed unit's result and the last lines of its journal."""
+    A unit that failed at boot is the base image's (no role has run yet), so each is started
+    once more, and why it failed is reported (systemd's result and the last lines of its
+    journal: at boot, before any role wrote a secret); if one fails a second time, the run
+    stops with that diagnosis. Meant for a host that has just booted."""
     deadline = time.monotonic() + BOOT_TIMEOUT
     ssh = ssh_command(run, host, keys)
     retried: set[str] = set()
-    while True:
-        if host.pid is not None and not _alive(host.pid):
-            raise OperationFailed(
-                f"{host.name}: systemd-nspawn exited during boot; see "
-                f"{run.path / (host.name + '.console.log')}"
-            )
-        probe = subprocess.run([*ssh, "systemctl", "is-system-running", "--wait"],
-                               capture_output=True, text=True, timeout=BOOT_TIMEOUT)
-        state = probe.stdout.strip()
-        if state == "running":
-            return
-        if state == "degraded":
-            failed = failed_units(ssh)
-            why = "; ".join(unit_diagnosis(ssh, unit) for unit in failed)
-            if not failed or retried.issuperset(failed):
-                raise OperationFailed(f"{host.name} booted degraded; failed units: "
-                                      + (" ".join(failed) or "none listed") + f". {why}")
-            progress(f"{host.name}: failed at boot, starting again: {why}")
-            subprocess.run([*ssh, "systemctl", "reset-failed", *failed],
-                           capture_output=True, text=True, timeout=30)
-            subprocess.run([*ssh, "systemctl", "start", *failed],
-                           capture_output=True, text=True, timeout=BOOT_TIMEOUT)
-            retried.update(failed)
-            continue
-        if time.monotonic() > deadline:
-            raise OperationFailed(
-                f"{host.name} ({host.address}) not ready after {BOOT_TIMEOUT:.0f} s "
-                f"(last answer: {(probe.stderr or state).strip()[:200]!r})"
-            )
-        time.sleep(0.5)
+    try:
+        while True:
+            if host.pid is not None and not _alive(host.pid):
+                raise OperationFailed(
+                    f"{host.name}: systemd-nspawn exited during boot; see "
+                    f"{run.path / (host.name + '.console.log')}"
+                )
+            left = max(deadline - time.monotonic(), 1.0)
+            probe = subprocess.run([*ssh, "systemctl", "is-system-running", "--wait"],
+                                   capture_output=True, text=True, timeout=left)
+            state = probe.stdout.strip()
+            if state == "running":
+                return
+            if state == "degraded":
+                failed = failed_units(ssh)
+                why = "; ".join(unit_diagnosis(ssh, unit) for unit in failed)
+                if not failed or retried.intersection(failed):
+                    raise OperationFailed(f"{host.name} booted degraded; failed units: "
+                                          + (" ".join(failed) or "none listed") + f". {why}")
+                progress(f"{host.name}: failed at boot, starting again: {why}")
+                subprocess.run([*ssh, "systemctl", "reset-failed", *failed],
+                               capture_output=True, text=True, timeout=30)
+                subprocess.run([*ssh, "systemctl", "start", *failed], capture_output=True,
+                               text=True, timeout=max(deadline - time.monotonic(), 1.0))
+                retried.update(failed)
+                continue
+            if time.monotonic() > deadline:
+                raise OperationFailed(
+                    f"{host.name} ({host.address}) not ready after {BOOT_TIMEOUT:.0f} s "
+                    f"(last answer: {(probe.stderr or state).strip()[:200]!r})"
+                )
+            time.sleep(0.5)
+    except subprocess.TimeoutExpired as exc:
+        raise OperationFailed(f"{host.name} ({host.address}) not ready after "
+                              f"{BOOT_TIMEOUT:.0f} s: `{' '.join(exc.cmd[-3:])}` did not "
+                              "answer in time") from None
 
 
 def failed_units(ssh: list[str]) -> list[str]:

@@ -359,10 +359,12 @@ def move(source: psycopg.Connection, target: Target, spec: TableSpec, *, chunk: 
                 try:
                     piece = reading.result()
                 except SpoolFailed as exc:
+                    reading = None
                     _spool_warning(spec, exc)
                     break
-                finally:
-                    reading = None
+                # Only once it has answered: interrupted while waiting, the read-ahead is
+                # still ``reading``, and the ``finally`` below frees its buffer.
+                reading = None
                 if piece is None:
                     break
                 if piece.count == chunk:

@@ -30,6 +30,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
+from cesar import db
 from cesar.console import first_line
 from cesar.sync.capture import pending_summary
 from cesar.sync.tables import TableSpec
@@ -339,16 +340,22 @@ def search_orphans(conn: psycopg.Connection, spec: TableSpec) -> tuple[int, int,
 
 
 def record(conns: Iterable[psycopg.Connection], found: Sequence[Found], *,
-           fence: Callable[[psycopg.Connection], None] | None = None) -> None:
-    """The findings, on each side in one transaction; ``fence`` (the run's lease) first, so
-    that a run paused past its lease cannot write its older finding over a newer one."""
+           fence: Callable[[psycopg.Connection], None] | None = None,
+           retry: dict[str, float] | None = None) -> None:
+    """The findings, on each side in one transaction (retried on a serialization failure with
+    ``retry``, :func:`cesar.db.run_transaction`'s arguments); ``fence`` (the run's lease)
+    first, so that a run paused past its lease cannot write its older finding over a newer
+    one."""
     if not found:
         return
+
+    def write(conn: psycopg.Connection) -> None:
+        if fence is not None:
+            fence(conn)
+        _record_side(conn, found)
+
     for conn in conns:
-        with conn.transaction():
-            if fence is not None:
-                fence(conn)
-            _record_side(conn, found)
+        db.run_transaction(conn, write, **(retry or {}))
 
 
 def _record_side(conn: psycopg.Connection, found: Sequence[Found]) -> None:
@@ -356,9 +363,9 @@ def _record_side(conn: psycopg.Connection, found: Sequence[Found]) -> None:
     conn.execute(
         "INSERT INTO sync_divergence (table_name, divergent_rows, method, local_rows, "
         "cluster_rows, checked_at) "
-        "SELECT unnest(CAST(%s AS TEXT[])), unnest(CAST(%s AS BIGINT[])), "
-        "unnest(CAST(%s AS TEXT[])), unnest(CAST(%s AS BIGINT[])), "
-        "unnest(CAST(%s AS BIGINT[])), now() "
+        "SELECT unnest(CAST(%b AS TEXT[])), unnest(CAST(%b AS BIGINT[])), "
+        "unnest(CAST(%b AS TEXT[])), unnest(CAST(%b AS BIGINT[])), "
+        "unnest(CAST(%b AS BIGINT[])), now() "
         "ON CONFLICT (table_name) DO UPDATE SET divergent_rows = excluded.divergent_rows, "
         "method = excluded.method, local_rows = excluded.local_rows, "
         "cluster_rows = excluded.cluster_rows, checked_at = excluded.checked_at",

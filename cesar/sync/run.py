@@ -305,7 +305,7 @@ class Run:
     def _capture(call: Callable[..., Side], *args: object) -> Side | BaseException:
         try:
             return call(*args)
-        except Exception as exc:  # noqa: BLE001 - raised by _open, in the sides' order
+        except BaseException as exc:  # noqa: BLE001 - raised by _open, in the sides' order
             return exc
 
     def _open_side(self, endpoint: db.Endpoint) -> Side:
@@ -694,15 +694,27 @@ class Run:
         # Fenced like the moves: a run paused past its lease must not write its older
         # figures over those of the run that took over (status, /health and /metrics read
         # them).
+        def write(conn: psycopg.Connection) -> None:
+            self._fence(conn)
+            state.write_state(conn, rows)
+
         for side in self.sides.values():
-            with side.conn.transaction():
-                self._fence(side.conn)
-                state.write_state(side.conn, rows)
+            db.run_transaction(side.conn, write, **self.retry)
         self._check_divergence(specs, report, set(after["local"]) | set(after["cluster"]))
 
     def _record_refusal(self, specs: list[TableSpec], error: str) -> None:
         """A run refused before moving anything: ``sync_state.last_error`` says why, so
         `cesar sync status` and /health show it (the lag keeps growing meanwhile)."""
+        try:
+            holder = lease.read(self.sides["cluster"].conn)
+        except psycopg.Error:
+            holder = None
+        if holder is not None and holder.seconds_left > 0:
+            # Another run is under way: its figures are the current ones (this run never held
+            # the lease, so it cannot fence its write).
+            log.warning("not recording the refusal in sync_state: %s holds the sync lease",
+                        holder.describe())
+            return
         now = datetime.now(UTC)
         pending = {role: capture.pending_summary(s.conn) for role, s in self.sides.items()}
         rows = [state.StateRow(spec.name, direction, now, False, None, 0, 0,
@@ -742,7 +754,7 @@ class Run:
         report.divergence = sorted(found.values(), key=lambda f: f.table)
         try:
             divergence.record([s.conn for s in self.sides.values()], report.divergence,
-                              fence=self._fence)
+                              fence=self._fence, retry=self.retry)
         except psycopg.errors.UndefinedTable:  # reported in this run's summary all the same
             log.warning("sync_divergence is missing: run `cesar migrate up` (012_sync_safety) "
                         "so that status, /health and /metrics show divergence")

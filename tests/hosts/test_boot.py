@@ -54,7 +54,7 @@ def probe(host_run: testhosts.Run) -> Iterator[Callable[[int], testhosts.Host]]:
     finally:
         _ssh(host_run, host,
              f"systemctl stop {UNIT}; rm -f /etc/systemd/system/{UNIT} /run/cesar-boot-probe; "
-             f"systemctl daemon-reload; systemctl reset-failed")
+             f"systemctl daemon-reload; systemctl reset-failed {UNIT}")
         assert _ssh(host_run, host, "systemctl is-system-running --wait").stdout.strip() \
             == "running"
 

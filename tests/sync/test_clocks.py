@@ -58,3 +58,26 @@ def test_a_clock_refusal_is_recorded_for_status_and_health(skewed_pair: Pair) ->
     skewed_pair.sync()  # within the default bound: the error is cleared
     assert skewed_pair.sql("local", "SELECT DISTINCT last_error FROM sync_state "
                                     "WHERE table_name = 'items'") == [(None,)]
+
+
+def test_a_refusal_while_another_run_holds_the_lease_leaves_its_figures(
+        skewed_pair: Pair) -> None:
+    """A second operator's run refused for the clocks (it never takes the lease) does not
+    write its refusal over the state of the run that holds the lease."""
+    from cesar.sync import lease
+
+    skewed_pair.sync()  # paired; sync_state written, no error
+    query = "SELECT DISTINCT last_error FROM sync_state WHERE table_name = 'items'"
+    with skewed_pair.connect("cluster") as conn:
+        held = lease.SyncLease.acquire(conn, lambda: skewed_pair.connect("cluster"),
+                                       seconds=60, wait=0)
+        try:
+            with pytest.raises(OperationFailed, match="clocks"):
+                skewed_pair.sync(max_clock_skew_ms=1000)
+            for side in ("local", "cluster"):
+                assert skewed_pair.sql(side, query) == [(None,)], side
+        finally:
+            held.release()
+    with pytest.raises(OperationFailed, match="clocks"):  # no run under way: recorded
+        skewed_pair.sync(max_clock_skew_ms=1000)
+    assert "CESAR_SYNC_MAX_CLOCK_SKEW_MS=1000" in skewed_pair.sql("local", query)[0][0]

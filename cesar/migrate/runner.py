@@ -995,13 +995,13 @@ class Runner:
 
             db.run_transaction(self.conn, settle, **self._retry)
         what = "migration" if step.direction == "up" else "rollback"
-        if progressed:
-            state = (f"{first_statements(done)} stay done and the next run resumes at statement "
-                     f"{st.index}")
+        if done:
+            state = (f"{first_statements(done)} {'stays' if done == 1 else 'stay'} done and the "
+                     f"next run resumes at statement {st.index}")
         elif step.direction == "down":
-            state = f"nothing more was rolled back and {m.name} stays as it was"
+            state = f"nothing was rolled back and {m.name} stays as it was"
         else:
-            state = f"nothing more of {m.name} was applied"
+            state = "nothing of it was applied"
         cmd = "up" if step.direction == "up" else "down"
         tries = plural(wait.attempt, "attempt")
         raise MigrationFailed(

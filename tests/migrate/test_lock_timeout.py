@@ -163,7 +163,7 @@ def test_when_the_retries_run_out_nothing_is_applied_or_recorded(
     assert "after 2 attempts" in line and "lock_timeout 0.3 s" in line
     assert "AccessExclusiveLock on agents" in line
     assert f"pid {holder_pid}" in line and HOLDER_APP in line
-    assert "`cesar migrate up` again" in line
+    assert "nothing of it was applied" in line and "`cesar migrate up` again" in line
     assert _columns(fresh_db, "agents", "lock_note") == 0
     assert query(fresh_db, "SELECT to_regclass('lock_side')") == [(None,)]
     assert _tracked(fresh_db, name) == []
@@ -191,7 +191,7 @@ def test_per_statement_keeps_what_ran_and_resumes_at_the_blocked_statement(
     line = result.err.strip()
     assert len(line.splitlines()) == 1 and "gave up at statement 2" in line
     assert "after 1 attempt," in line
-    assert "statement 1 stay done and the next run resumes at statement 2" in line
+    assert "statement 1 stays done and the next run resumes at statement 2" in line
     assert query(fresh_db, "SELECT to_regclass('lock_side') IS NOT NULL") == [(True,)]
     assert _columns(fresh_db, "agents", "lock_note") == 0
     assert _tracked(fresh_db, name) == [("failed", 1, True)]

@@ -9,6 +9,7 @@ out nothing may be half applied or recorded.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -21,7 +22,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.helpers import PgStack, child_env, query
+from cesar import migrate
+from cesar.db import engines
+from tests.helpers import PgStack, child_env, make_settings, query
 from tests.migrate.helpers import finish, wait_until
 
 ALTER = "ALTER TABLE agents ADD COLUMN IF NOT EXISTS lock_note TEXT;\n"
@@ -238,3 +241,60 @@ def test_bad_lock_settings_are_one_line_exit_2(
     assert len(line.splitlines()) == 1 and line.startswith("cesar: error: ") and named in line
     assert "Traceback" not in result.err
     assert query(fresh_db, "SELECT to_regclass('schema_migrations')") == [(None,)]
+
+
+@pytest.mark.parametrize("mode", ["transactional", "per-statement"])
+def test_a_rollback_that_runs_out_of_retries_leaves_the_migration_applied(
+    fresh_db: str, migrations: Path, runner_for, cli, mode: str,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = _add(migrations, ALTER)
+    runner_for(fresh_db).up()
+    before = _tracked(fresh_db, name)
+    assert before == [("succeeded", 1, False)]
+    monkeypatch.setenv("CESAR_MIGRATE_LOCK_TIMEOUT", "0.3")
+    monkeypatch.setenv("CESAR_MIGRATE_LOCK_RETRIES", "0")
+    with holding_agents(fresh_db, 15) as holder:
+        result = cli("down", "--url", fresh_db, "--migrations-dir", str(migrations),
+                     "--mode", mode)
+        assert holder.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    assert result.code == 1, result.out + result.err
+    line = result.err.strip()
+    assert len(line.splitlines()) == 1 and f"rollback {name} gave up at statement 1" in line
+    assert f"nothing was rolled back and {name} stays as it was" in line
+    assert "`cesar migrate down` again" in line
+    assert _columns(fresh_db, "agents", "lock_note") == 1
+    assert _tracked(fresh_db, name) == before
+    assert query(fresh_db, "SELECT holder FROM schema_migrations WHERE name = %s",
+                 [name]) == [(None,)]
+    again = cli("down", "--url", fresh_db, "--migrations-dir", str(migrations), "--mode", mode)
+    assert again.code == 0, again.err
+    assert _columns(fresh_db, "agents", "lock_note") == 0
+
+
+class _NoLockView(migrate.Runner):
+    """The runner on an engine that cannot say who holds a lock (CockroachDB's case), with
+    PostgreSQL standing in for the rest."""
+
+    def traits(self) -> engines.Engine:
+        return dataclasses.replace(super().traits(), lock_waits_query=None)
+
+
+def test_without_a_view_of_the_holder_the_give_up_still_says_what_to_do(
+    fresh_db: str, migrations: Path, runner_for
+) -> None:
+    runner_for(fresh_db).up()
+    name = _add(migrations, ALTER)
+    settings = make_settings()
+    with migrate.connect(fresh_db, settings) as conn:
+        runner = _NoLockView(conn, connect=lambda: migrate.connect(fresh_db, settings),
+                             migrations_dir=migrations, lock_timeout=0.3, lock_retries=1,
+                             settings=settings)
+        with holding_agents(fresh_db, 15), pytest.raises(migrate.MigrationFailed) as failed:
+            runner.up()
+    message = str(failed.value)
+    assert f"migration {name} gave up at statement 1" in message
+    assert "a lock whose holder was not seen" in message and "pid" not in message
+    assert [w.waited for w in runner.lock_waits] == [None, None]
+    assert _tracked(fresh_db, name) == []
+    assert _columns(fresh_db, "agents", "lock_note") == 0

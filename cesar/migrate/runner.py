@@ -836,6 +836,7 @@ class Runner:
         # the first statement may have run already: the last run was killed after sending it,
         # or the server could not say whether it committed (40003)
         in_doubt = step.resume in ("interrupted", IN_DOUBT)
+        own_timeout = any(_OWN_LOCK_TIMEOUT.match(s.sql) for s in statements)
         for st in statements[start:]:
             lease.check()
             t0 = time.perf_counter()
@@ -851,7 +852,8 @@ class Runner:
                         # its progress record is fenced and fails.
                         def alone(st: Statement = st) -> None:
                             lease.check(self.conn)
-                            self._execute_implicit(st)
+                            with self._online(st, own_timeout):
+                                self._execute_implicit(st)
 
                         self._lock_retrying(step, mode, statements, alone)
                     except _StatementError as err:
@@ -959,6 +961,23 @@ class Runner:
                 f"{attempt}/{self.lock_retries} in {wait.retry_in:g} s")
             time.sleep(wait.retry_in or 0)
             attempt += 1
+
+    @contextmanager
+    def _online(self, st: Statement, own_timeout: bool) -> Iterator[None]:
+        """Run ``st`` without the runner's lock_timeout when it is one of the statements that
+        can only run outside a transaction (``CREATE INDEX CONCURRENTLY`` and its kin): they
+        wait for older transactions by design without blocking the application, and one that
+        gave up would leave an invalid index behind, which ``IF NOT EXISTS`` then skips. A
+        file that sets its own lock_timeout keeps it."""
+        if st.no_transaction is None or own_timeout or not self.lock_timeout:
+            yield
+            return
+        self.conn.execute(locks.setting(0))  # type: ignore[arg-type]
+        try:
+            yield
+        finally:
+            if not (self.conn.closed or self.conn.broken):
+                self.conn.execute(locks.setting(self.lock_timeout))  # type: ignore[arg-type]
 
     def _timeout_text(self, statements: list[Statement]) -> str:
         if any(_OWN_LOCK_TIMEOUT.match(st.sql) for st in statements):

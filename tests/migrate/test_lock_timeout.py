@@ -40,11 +40,15 @@ def _add(migrations: Path, up: str, name: str = "900_lock_note") -> str:
 
 
 @contextmanager
-def holding_agents(url: str, seconds: float) -> Iterator[psycopg.Connection]:
-    """An open transaction that read ``agents`` (ACCESS SHARE until it ends). Ended after
-    ``seconds`` at the latest, so that a runner without a lock timeout still finishes."""
+def holding_agents(url: str, seconds: float, *, write: bool = False
+                   ) -> Iterator[psycopg.Connection]:
+    """An open transaction that read ``agents`` (ACCESS SHARE until it ends), or with ``write``
+    also wrote to it (ROW EXCLUSIVE). Ended after ``seconds`` at the latest, so that a runner
+    without a lock timeout still finishes."""
     conn = psycopg.connect(url, application_name=HOLDER_APP)
     conn.execute("SELECT count(*) FROM agents").fetchall()
+    if write:
+        conn.execute("UPDATE agents SET name = name WHERE false")
     lock = threading.Lock()
 
     def release() -> None:
@@ -298,3 +302,21 @@ def test_without_a_view_of_the_holder_the_give_up_still_says_what_to_do(
     assert [w.waited for w in runner.lock_waits] == [None, None]
     assert _tracked(fresh_db, name) == []
     assert _columns(fresh_db, "agents", "lock_note") == 0
+
+
+def test_an_online_index_build_waits_for_old_transactions_instead_of_giving_up(
+    fresh_db: str, migrations: Path, runner_for, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CREATE INDEX CONCURRENTLY waits for the transactions that write the table without
+    blocking anyone; one that gave up would leave an invalid index that IF NOT EXISTS skips."""
+    runner_for(fresh_db).up()
+    name = _add(migrations, "-- cesar:no-transaction\n"
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS agents_lock_note_idx ON agents (name);\n")
+    monkeypatch.setenv("CESAR_MIGRATE_LOCK_TIMEOUT", "0.3")
+    monkeypatch.setenv("CESAR_MIGRATE_LOCK_RETRIES", "0")
+    with holding_agents(fresh_db, 3, write=True):
+        result = cli("up", "--url", fresh_db, "--migrations-dir", str(migrations))
+    assert result.code == 0, result.out + result.err
+    assert query(fresh_db, "SELECT indisvalid FROM pg_index "
+                           "WHERE indexrelid = 'agents_lock_note_idx'::regclass") == [(True,)]
+    assert _tracked(fresh_db, name) == [("succeeded", 1, False)]

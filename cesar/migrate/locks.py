@@ -51,6 +51,13 @@ def setting(lock_timeout: float) -> str:
     return f"SET lock_timeout = '{ms}ms'"
 
 
+def idle_setting(seconds: float) -> str:
+    """``idle_in_transaction_session_timeout`` of ``seconds`` (PostgreSQL 9.6+; CockroachDB
+    v20.2+, cockroachdb/cockroach#52938): the server ends a session whose transaction was left
+    idle that long, releasing the locks it held."""
+    return f"SET idle_in_transaction_session_timeout = '{max(1, round(seconds * 1000))}ms'"
+
+
 def backoff(retry: int, lock_timeout: float) -> float:
     """Seconds to wait before retry ``retry`` (1-based): doubling from the lock timeout (at least
     half a second), capped, so that a holder that stays has the table to itself most of the

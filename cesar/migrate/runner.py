@@ -742,6 +742,11 @@ class Runner:
         # For the migration's statements (a SET in the file comes later and wins); the session
         # reset after the migration ends it.
         self.conn.execute(locks.setting(self.lock_timeout))  # type: ignore[arg-type]
+        # A runner paused inside a migration's transaction would keep the tables it locked
+        # locked; past its lease it can never commit (it is fenced), so the server ends that
+        # transaction then. The runner never idles in a transaction otherwise.
+        with suppress(psycopg.Error):
+            self.conn.execute(locks.idle_setting(self.lease_seconds))  # type: ignore[arg-type]
         started = time.perf_counter()
         if effective == "transactional":
             ran = self._transactional(step, statements, started)

@@ -24,6 +24,9 @@ import pytest
 
 from cesar import migrate
 from cesar.db import engines
+from cesar.errors import OperationFailed
+from cesar.migrate import runner as runner_module
+from cesar.migrate.sql import Statement
 from tests.helpers import PgStack, child_env, make_settings, query
 from tests.migrate.helpers import finish, wait_until
 
@@ -320,3 +323,59 @@ def test_an_online_index_build_waits_for_old_transactions_instead_of_giving_up(
     assert query(fresh_db, "SELECT indisvalid FROM pg_index "
                            "WHERE indexrelid = 'agents_lock_note_idx'::regclass") == [(True,)]
     assert _tracked(fresh_db, name) == [("succeeded", 1, False)]
+
+
+
+def test_a_runner_paused_inside_its_transaction_does_not_keep_the_tables_it_locked(
+    fresh_db: str, migrations: Path, runner_for, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runner that stops between two statements of a transactional migration (a pause, a
+    stall: to the server, a session idle in its transaction) holds the first statement's table
+    lock; past its lease it can never commit, so that lock must not outlive the lease."""
+    runner_for(fresh_db).up()
+    query(fresh_db, SIDE)
+    name = _add(migrations, "ALTER TABLE lock_side ADD COLUMN IF NOT EXISTS note TEXT;\n" + ALTER)
+    pause = 8.0
+    paused, resumed = threading.Event(), threading.Event()
+    execute = runner_module._execute
+
+    def pausing(conn: psycopg.Connection, st: Statement) -> None:
+        if st.index == 2 and not paused.is_set():
+            paused.set()
+            time.sleep(pause)  # the runner's process does nothing; its transaction stays open
+            resumed.set()
+        execute(conn, st)
+
+    monkeypatch.setattr(runner_module, "_execute", pausing)
+    runner = runner_for(fresh_db, lease_seconds=2, lock_timeout=1)
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            runner.up()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert paused.wait(30)
+    answered: list[bool] = []
+
+    def read() -> None:
+        with psycopg.connect(fresh_db, autocommit=True) as conn:
+            conn.execute("SELECT count(*) FROM lock_side").fetchall()
+        answered.append(not resumed.is_set())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=pause + 10)
+    thread.join(timeout=60)
+    assert answered == [True], "lock_side stayed locked for as long as the runner was paused"
+    assert outcome and isinstance(outcome[0], OperationFailed), outcome
+    assert "lost the connection" in str(outcome[0])
+    monkeypatch.setattr(runner_module, "_execute", execute)
+    runner_for(fresh_db).up()
+    assert _columns(fresh_db, "agents", "lock_note") == 1
+    assert _columns(fresh_db, "lock_side", "note") == 1
+    assert _tracked(fresh_db, name) == [("succeeded", 2, False)]

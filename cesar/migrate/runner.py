@@ -637,6 +637,13 @@ class Runner:
         self._held = lease
         try:
             yield lease
+        except psycopg.Error as exc:
+            # A runner paused inside a transaction past its lease finds its session ended by
+            # the server (idle_in_transaction_session_timeout, set per migration): say so.
+            lost = lease.explain(exc)
+            if lost is not None:
+                raise lost from None
+            raise
         finally:
             self._held = None
             if self._watch is not None:

@@ -16,6 +16,7 @@ and transaction age of a blocker are read: never its query text, which can hold 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -36,9 +37,10 @@ MAX_BACKOFF = 30.0
 
 
 def validate(lock_timeout: float, lock_retries: int) -> None:
-    if lock_timeout < 0:
-        raise ConfigError(f"--lock-timeout {lock_timeout:g} is negative; use 0 to wait for locks "
-                          "without limit, or a number of seconds (CESAR_MIGRATE_LOCK_TIMEOUT)")
+    if not math.isfinite(lock_timeout) or lock_timeout < 0:
+        raise ConfigError(f"--lock-timeout {lock_timeout:g} is not a number of seconds; use 0 to "
+                          "wait for locks without limit, or a positive number of seconds "
+                          "(CESAR_MIGRATE_LOCK_TIMEOUT)")
     if lock_retries < 0:
         raise ConfigError(f"--lock-retries {lock_retries} is negative; use 0 to give up at the "
                           "first lock timeout (CESAR_MIGRATE_LOCK_RETRIES)")

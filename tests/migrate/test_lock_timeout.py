@@ -231,7 +231,10 @@ def test_a_files_own_lock_timeout_wins(
 
 
 @pytest.mark.parametrize(("args", "env", "named"), [
-    (["--lock-timeout", "-1"], {}, "--lock-timeout -1 is negative"),
+    (["--lock-timeout", "-1"], {}, "--lock-timeout -1 is not a number of seconds"),
+    (["--lock-timeout", "nan"], {}, "--lock-timeout nan is not a number of seconds"),
+    (["--lock-timeout", "inf"], {}, "--lock-timeout inf is not a number of seconds"),
+    ([], {"CESAR_MIGRATE_LOCK_TIMEOUT": "nan"}, "CESAR_MIGRATE_LOCK_TIMEOUT"),
     (["--lock-retries", "-2"], {}, "--lock-retries -2 is negative"),
     ([], {"CESAR_MIGRATE_LOCK_TIMEOUT": "soon"}, "CESAR_MIGRATE_LOCK_TIMEOUT='soon'"),
     ([], {"CESAR_MIGRATE_LOCK_RETRIES": "-1"}, "CESAR_MIGRATE_LOCK_RETRIES='-1'"),

@@ -89,6 +89,14 @@ class Settings(BaseSettings):
     # (cesar/migrate/regions.py); per environment, like --regional-by-row.
     regional_by_row: bool = Field(False, validation_alias=_alias("CESAR_REGIONAL_BY_ROW"))
 
+    # `cesar migrate up/down`: how long one statement of a migration may wait for a lock before
+    # its attempt is rolled back and retried (seconds; 0 waits forever), and how many retries.
+    # A DDL statement waiting for its lock queues every later reader of the table behind it.
+    migrate_lock_timeout: float = Field(
+        3.0, ge=0, validation_alias=_alias("CESAR_MIGRATE_LOCK_TIMEOUT"))
+    migrate_lock_retries: int = Field(
+        5, ge=0, validation_alias=_alias("CESAR_MIGRATE_LOCK_RETRIES"))
+
 
 M = TypeVar("M", bound=BaseSettings)
 

@@ -104,6 +104,15 @@ class Engine:
     #: is stored as given (CockroachDB, default true:
     #: https://www.cockroachlabs.com/docs/stable/cluster-settings); PostgreSQL always stores it.
     pre_hashed_password_setting: str | None = field(default=None, kw_only=True)
+    #: What one session (its pid, the query's only parameter) is waiting for and who holds
+    #: it: (lock type, mode, relation, then per blocking session pid, login, application,
+    #: state, seconds its transaction has been open), one row per blocker. PostgreSQL:
+    #: ``pg_locks`` with ``pg_blocking_pids`` (any role may read both) and
+    #: ``pg_stat_activity``, whose state and ``xact_start`` only a member of the holder's role
+    #: or of ``pg_read_all_stats`` sees (NULL otherwise); never the query text. None on
+    #: CockroachDB: its schema changes take no table lock that queues readers, and its row
+    #: lock waits have no per-session pid to ask about.
+    lock_waits_query: str | None = field(default=None, kw_only=True)
 
     @property
     def default_mode(self) -> Mode:
@@ -135,6 +144,13 @@ POSTGRESQL = Engine(
     visible_columns_filter="",
     statement_capture=True,
     implicit_unique_id=False,
+    lock_waits_query=(
+        "SELECT w.locktype, w.mode, w.relation::regclass::text, b.pid, b.usename::text, "
+        "b.application_name, b.state, extract(epoch FROM now() - b.xact_start)::float8 "
+        "FROM pg_locks w "
+        "LEFT JOIN LATERAL unnest(pg_blocking_pids(w.pid)) AS blocker(pid) ON true "
+        "LEFT JOIN pg_stat_activity b ON b.pid = blocker.pid "
+        "WHERE w.pid = %s AND NOT w.granted ORDER BY b.xact_start NULLS LAST"),
 )
 COCKROACHDB = Engine(
     name="cockroachdb",

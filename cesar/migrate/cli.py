@@ -51,6 +51,21 @@ def _lease_options(fn: F) -> F:
     return fn
 
 
+def _lock_options(fn: F) -> F:
+    fn = click.option(
+        "--lock-retries", type=int, default=None, metavar="N",
+        help="How many times a migration that gave up waiting for a lock is rolled back and "
+             "tried again. Default: CESAR_MIGRATE_LOCK_RETRIES, else 5.",
+    )(fn)
+    fn = click.option(
+        "--lock-timeout", type=float, default=None, metavar="SECONDS",
+        help="How long one statement may wait for a lock (a table a long transaction holds) "
+             "before its attempt is rolled back, so the application's queries do not queue "
+             "behind it; 0 waits forever. Default: CESAR_MIGRATE_LOCK_TIMEOUT, else 3.",
+    )(fn)
+    return fn
+
+
 def _mode_option(fn: F) -> F:
     return click.option(
         "--mode", type=click.Choice(migrate.MODES), default="auto", show_default=True,
@@ -86,18 +101,20 @@ def migrate_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_mode_option
 @_lease_options
+@_lock_options
 @click.option("--reason", default=None, help="Recorded with each migration's event.")
 @click.option("--regional-by-row/--no-regional-by-row", default=None,
               help="Then make the synced tables REGIONAL BY ROW (CockroachDB with regions only; "
                    "nothing on PostgreSQL). Default: CESAR_REGIONAL_BY_ROW, else off.")
 def up_cmd(url: str | None, migrations_dir: Path | None, dry_run: bool, as_json: bool,
-           mode: str, lease_seconds: float, wait_seconds: float, reason: str | None,
-           regional_by_row: bool | None) -> int:
+           mode: str, lease_seconds: float, wait_seconds: float, lock_timeout: float | None,
+           lock_retries: int | None, reason: str | None, regional_by_row: bool | None) -> int:
     """Apply every pending migration, in order."""
     if regional_by_row is None:
         regional_by_row = load_settings().regional_by_row
     with _runner(url, migrations_dir, "up", as_json, mode=mode, lease_seconds=lease_seconds,
-                 wait_seconds=wait_seconds, reason=reason) as runner:
+                 wait_seconds=wait_seconds, reason=reason, lock_timeout=lock_timeout,
+                 lock_retries=lock_retries) as runner:
         report = runner.up(dry_run=dry_run, regional_by_row=regional_by_row)
     return _finish_run(report, as_json)
 
@@ -112,13 +129,15 @@ def up_cmd(url: str | None, migrations_dir: Path | None, dry_run: bool, as_json:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_mode_option
 @_lease_options
+@_lock_options
 @click.option("--reason", default=None, help="Recorded with each rollback's event.")
 def down_cmd(url: str | None, migrations_dir: Path | None, steps: int | None, to: str | None,
              dry_run: bool, as_json: bool, mode: str, lease_seconds: float, wait_seconds: float,
-             reason: str | None) -> int:
+             lock_timeout: float | None, lock_retries: int | None, reason: str | None) -> int:
     """Roll back migrations with their down files, newest first."""
     with _runner(url, migrations_dir, "down", as_json, mode=mode, lease_seconds=lease_seconds,
-                 wait_seconds=wait_seconds, reason=reason) as runner:
+                 wait_seconds=wait_seconds, reason=reason, lock_timeout=lock_timeout,
+                 lock_retries=lock_retries) as runner:
         report = runner.down(steps=steps, to=to, dry_run=dry_run)
     return _finish_run(report, as_json)
 

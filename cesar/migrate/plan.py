@@ -127,7 +127,7 @@ def make_plan(migrations: list[Migration], tracked: dict[str, Tracked] | None) -
                 "in order, so renumber it after the last applied one"
             )
             continue
-        step = Step(m, "up")
+        step = Step(m, "up", previous=row)
         if row is not None and row.status in ("failed", "running"):
             step.resume = "failed" if row.status == "failed" else "interrupted"
             if in_doubt_row(row):

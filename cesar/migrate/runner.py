@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, TypeVar
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -51,6 +51,7 @@ from cesar.console import first_line
 from cesar.credentials import APP_ROLE
 from cesar.db import engines
 from cesar.errors import ConfigError, OperationFailed
+from cesar.migrate import locks
 from cesar.migrate import regions as migrate_regions
 from cesar.migrate.files import (
     DEFAULT_DIR,
@@ -108,6 +109,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Mode = Literal["auto", "transactional", "per-statement"]
 MODES: tuple[Mode, ...] = ("auto", "transactional", "per-statement")
@@ -189,6 +192,8 @@ class RunReport:
     lease: LeaseInfo | None = None
     steps: list[Step] = field(default_factory=list)
     locality: LocalityPlan | None = None  # with --regional-by-row
+    lock_timeout: float | None = None  # seconds each statement may wait for a lock (0: no limit)
+    lock_waits: list[locks.LockWait] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         plan = self.plan
@@ -225,6 +230,8 @@ class RunReport:
             "lease": self.lease.as_dict() if self.lease else None,
             "seconds": round(self.seconds, 3),
             "regional_by_row": self.locality.as_dict() if self.locality else None,
+            "lock_timeout_s": self.lock_timeout,
+            "lock_waits": [w.as_dict() for w in self.lock_waits],
         }
 
 
@@ -257,6 +264,8 @@ class Runner:
         identity: Identity | None = None,
         settings: Settings | None = None,
         group_role: str = APP_ROLE,
+        lock_timeout: float | None = None,
+        lock_retries: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
@@ -282,6 +291,11 @@ class Runner:
         s = settings or Settings(_env_file=None)  # type: ignore[call-arg]
         self._retry = {"max_attempts": s.retry_max_attempts, "base_delay": s.retry_base_delay,
                        "max_delay": s.retry_max_delay}
+        self.lock_timeout = s.migrate_lock_timeout if lock_timeout is None else lock_timeout
+        self.lock_retries = s.migrate_lock_retries if lock_retries is None else lock_retries
+        locks.validate(self.lock_timeout, self.lock_retries)
+        self.lock_waits: list[locks.LockWait] = []  # this run's, for the report
+        self._watch: locks.LockWatch | None = None
         self.group_role = group_role
         self._assume_group_role()
 
@@ -342,7 +356,8 @@ class Runner:
             report.seconds = time.perf_counter() - started
             return report
         plan.raise_problems()
-        report = RunReport("up", False, self.mode, plan)
+        report = RunReport("up", False, self.mode, plan, lock_timeout=self.lock_timeout,
+                           lock_waits=self.lock_waits)
         for step in plan.pending:  # a file that cannot be parsed stops the run before it starts
             step.migration.statements("up")
         if not plan.pending:  # the no-op: one read, no lease, no write
@@ -457,7 +472,8 @@ class Runner:
                                lease=self.lease_info() if plan.tables_exist else None)
             report.seconds = time.perf_counter() - started
             return report
-        report = RunReport("down", False, self.mode, plan)
+        report = RunReport("down", False, self.mode, plan, lock_timeout=self.lock_timeout,
+                           lock_waits=self.lock_waits)
         for step in targets:
             step.migration.statements("down")
         if not targets:
@@ -621,8 +637,17 @@ class Runner:
         self._held = lease
         try:
             yield lease
+        except psycopg.Error as exc:
+            # A runner paused inside a transaction past its lease finds its session ended by
+            # the server (idle_in_transaction_session_timeout, set per migration): say so.
+            lost = lease.explain(exc)
+            if lost is not None:
+                raise lost from None
+            raise
         finally:
             self._held = None
+            if self._watch is not None:
+                self._watch.close()
             lease.release()
 
     def _tune_session(self) -> None:
@@ -721,6 +746,14 @@ class Runner:
             count += f": the file is for {script.engine} only"
         self.progress(f"{verb} {m.name} ({effective}, {count}{resume})")
         self._lease_held().renew(migration=m.name)  # `lock status` names what is being applied
+        # For the migration's statements (a SET in the file comes later and wins); the session
+        # reset after the migration ends it.
+        self.conn.execute(locks.setting(self.lock_timeout))  # type: ignore[arg-type]
+        # A runner paused inside a migration's transaction would keep the tables it locked
+        # locked; past its lease it can never commit (it is fenced), so the server ends that
+        # transaction then. The runner never idles in a transaction otherwise.
+        with suppress(psycopg.Error):
+            self.conn.execute(locks.idle_setting(self.lease_seconds))  # type: ignore[arg-type]
         started = time.perf_counter()
         if effective == "transactional":
             ran = self._transactional(step, statements, started)
@@ -750,7 +783,9 @@ class Runner:
             return True
 
         try:
-            return db.run_transaction(self.conn, work, **self._retry)
+            return self._lock_retrying(
+                step, "transactional", statements,
+                lambda: db.run_transaction(self.conn, work, **self._retry))
         except _StatementError as err:
             self._statement_failed(step, "transactional", statements, err, done=0)
             raise AssertionError("unreachable") from None
@@ -813,6 +848,7 @@ class Runner:
         # the first statement may have run already: the last run was killed after sending it,
         # or the server could not say whether it committed (40003)
         in_doubt = step.resume in ("interrupted", IN_DOUBT)
+        own_timeout = any(_OWN_LOCK_TIMEOUT.match(s.sql) for s in statements)
         for st in statements[start:]:
             lease.check()
             t0 = time.perf_counter()
@@ -826,8 +862,12 @@ class Runner:
                         # stops here. The window left (docs/sync.md, "The lease"): from this check's
                         # answer to the statement reaching the server, for this one statement;
                         # its progress record is fenced and fails.
-                        lease.check(self.conn)
-                        self._execute_implicit(st)
+                        def alone(st: Statement = st) -> None:
+                            lease.check(self.conn)
+                            with self._online(st, own_timeout):
+                                self._execute_implicit(st)
+
+                        self._lock_retrying(step, mode, statements, alone)
                     except _StatementError as err:
                         if not (in_doubt and _already_done(st, err.error)):
                             raise
@@ -853,7 +893,9 @@ class Runner:
                         self._record_progress(conn, step, statements, st.index)
 
                     try:
-                        db.run_transaction(self.conn, dml, **self._retry)
+                        self._lock_retrying(step, mode, statements,
+                                            lambda dml=dml: db.run_transaction(  # type: ignore[misc]
+                                                self.conn, dml, **self._retry))
                     except psycopg.Error as exc:
                         if exc.sqlstate != STATEMENT_COMPLETION_UNKNOWN or self.conn.broken:
                             raise
@@ -890,6 +932,116 @@ class Runner:
                     raise
                 time.sleep(min(float(self._retry["max_delay"]),
                                float(self._retry["base_delay"]) * 2 ** (attempt - 1)))
+
+    # -- lock waits: each attempt waits at most lock_timeout, then rolls back and tries again
+    def _watcher(self) -> locks.LockWatch:
+        if self._watch is None:
+            t = self.lock_timeout
+            self._watch = locks.LockWatch(
+                self.connect, self.traits().lock_waits_query,
+                grace=min(0.2, t / 3) if t else 0.2, interval=min(0.25, t / 3) if t else 0.25)
+        return self._watch
+
+    def _lock_retrying(self, step: Step, mode: str, statements: list[Statement],
+                       attempt_fn: Callable[[], T]) -> T:
+        """``attempt_fn()`` (one statement, or a transactional migration's whole transaction),
+        again after a pause each time one of the migration's statements gave up waiting for a
+        lock (55P03), at most ``lock_retries`` times. Each failed attempt was rolled back by the
+        server, which lets the readers and writers queued behind it through."""
+        watch = self._watcher()
+        attempt = 1
+        while True:
+            with watch.watching(self.conn.info.backend_pid):
+                try:
+                    return attempt_fn()
+                except _StatementError as err:
+                    if err.error.sqlstate != locks.LOCK_NOT_AVAILABLE or self.conn.broken:
+                        raise
+                    error = err
+            st = error.statement
+            last = attempt > self.lock_retries
+            wait = locks.LockWait(
+                step.name, step.direction, st.index, st.line, attempt, self.lock_timeout,
+                watch.seen, None if last else locks.backoff(attempt, self.lock_timeout),
+                kept=0 if mode == "transactional" else st.index - 1)
+            self.lock_waits.append(wait)
+            if last:
+                self._lock_exhausted(step, mode, statements, error, wait)
+            self.progress(
+                f"  [{st.index}/{len(statements)}] line {st.line}: gave up waiting for a lock "
+                f"after {self._timeout_text(statements)}: {wait.describe()}; rolled back, retry "
+                f"{attempt}/{self.lock_retries} in {wait.retry_in:g} s")
+            time.sleep(wait.retry_in or 0)
+            attempt += 1
+
+    @contextmanager
+    def _online(self, st: Statement, own_timeout: bool) -> Iterator[None]:
+        """Run ``st`` without the runner's lock_timeout when it is one of the statements that
+        can only run outside a transaction (``CREATE INDEX CONCURRENTLY`` and its kin): they
+        wait for older transactions by design without blocking the application, and one that
+        gave up would leave an invalid index behind, which ``IF NOT EXISTS`` then skips. A
+        file that sets its own lock_timeout keeps it."""
+        if st.no_transaction is None or own_timeout or not self.lock_timeout:
+            yield
+            return
+        self.conn.execute(locks.setting(0))  # type: ignore[arg-type]
+        try:
+            yield
+        finally:
+            if not (self.conn.closed or self.conn.broken):
+                self.conn.execute(locks.setting(self.lock_timeout))  # type: ignore[arg-type]
+
+    def _timeout_text(self, statements: list[Statement]) -> str:
+        if any(_OWN_LOCK_TIMEOUT.match(st.sql) for st in statements):
+            return "the file's own lock_timeout"
+        return f"lock_timeout {self.lock_timeout:g} s" if self.lock_timeout else \
+            "a lock request that does not wait (NOWAIT)"
+
+    def _lock_exhausted(self, step: Step, mode: str, statements: list[Statement],
+                        err: _StatementError, wait: locks.LockWait) -> NoReturn:
+        """No retry left: settle the tracking row so that the next run simply tries again, record
+        a ``fail`` event, and raise the one line that says who held the lock."""
+        st, exc, m = err.statement, err.error, step.migration
+        done = wait.kept
+        detail = {"direction": step.direction, "mode": mode, "sqlstate": exc.sqlstate,
+                  "message": first_line(exc), "statement": st.index, "line": st.line,
+                  "file": str(m.path(step.direction)), "statements_done": done,
+                  "lock_timeout_s": self.lock_timeout, "attempts": wait.attempt,
+                  "waited_for": wait.waited.as_dict() if wait.waited else None}
+        progressed = mode != "transactional" and done > step.start
+        if progressed:
+            # Statements of this run stay done: recorded as a failure the next run resumes
+            # after, without `repair` (the file is not at fault).
+            self._record_failure(step, mode, statements, st, exc, done=done, resumable=True)
+        else:
+            def settle(conn: psycopg.Connection) -> None:
+                self._lease_held().check(conn)
+                if mode != "transactional":  # the claim committed: back to what it was
+                    if step.previous is not None:
+                        _restore_row(conn, step.previous)
+                    else:
+                        conn.execute(f"DELETE FROM {TRACKING_TABLE} WHERE name = %s "
+                                     "AND holder = %s", [m.name, self.identity.holder])
+                insert_event(conn, self.identity, "fail", m.name, self.reason, detail)
+
+            db.run_transaction(self.conn, settle, **self._retry)
+        what = "migration" if step.direction == "up" else "rollback"
+        if done:
+            state = (f"{first_statements(done)} {'stays' if done == 1 else 'stay'} done and the "
+                     f"next run resumes at statement {st.index}")
+        elif step.direction == "down":
+            state = f"nothing was rolled back and {m.name} stays as it was"
+        else:
+            state = "nothing of it was applied"
+        cmd = "up" if step.direction == "up" else "down"
+        tries = plural(wait.attempt, "attempt")
+        raise MigrationFailed(
+            f"{what} {m.name} gave up at statement {st.index} ({m.path(step.direction)}:"
+            f"{st.line}) after {tries}, each waiting {self._timeout_text(statements)} for "
+            f"{wait.describe()}; {state}; end that transaction or wait for it to finish, then "
+            f"run `cesar migrate {cmd}` again (or wait longer: --lock-timeout SECONDS, "
+            "--lock-retries N)"
+        ) from None
 
     def _statement_failed(self, step: Step, mode: str, statements: list[Statement],
                           err: _StatementError, *, done: int) -> NoReturn:
@@ -1000,7 +1152,7 @@ class Runner:
 
     def _record_failure(self, step: Step, mode: str, statements: list[Statement],
                         st: Statement, exc: psycopg.Error, *, done: int,
-                        in_doubt: bool = False) -> None:
+                        in_doubt: bool = False, resumable: bool = False) -> None:
         """Write the failure down (in its own transaction, the migration's having failed).
 
         ``in_doubt``: the statement may have committed (40003), so the row says how far the
@@ -1058,7 +1210,7 @@ class Runner:
                      "progress": prefix_checksum(statements, done), "sqlstate": exc.sqlstate,
                      "message": message, "statement": st.index, "line": st.line,
                      "host": self.identity.host, "version": __version__,
-                     "resumable": in_doubt},
+                     "resumable": in_doubt or resumable},
                 )
             insert_event(conn, self.identity, "fail", m.name, self.reason, detail)
 
@@ -1132,6 +1284,10 @@ def _already_done(st: Statement, exc: psycopg.Error) -> bool:
     if st.keyword in ("CREATE", "ALTER", "COMMENT", "GRANT") and exc.sqlstate in _DUPLICATE:
         return True
     return st.keyword in ("DROP", "ALTER") and exc.sqlstate in _UNDEFINED
+
+
+#: A migration's statement that sets its own lock_timeout (it then wins over the runner's).
+_OWN_LOCK_TIMEOUT = re.compile(r"\s*SET\s+(?:SESSION\s+|LOCAL\s+)?lock_timeout\b", re.I)
 
 
 class _StatementError(Exception):

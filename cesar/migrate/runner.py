@@ -104,7 +104,8 @@ __all__ = [
     "APPLIED_STATUSES", "DEFAULT_DIR", "EVENTS_TABLE", "LEASE_TABLE", "MODES", "PACKAGED_DIR",
     "TRACKING_TABLE", "LocalityPlan", "Migration", "MigrationFailed", "Plan", "RunReport",
     "Runner", "Step",
-    "Tracked", "apply_all", "connect", "load", "make_plan", "migration_names", "open_runner",
+    "Tracked", "apply_all", "connect", "execute_statement", "load", "make_plan",
+    "migration_names", "open_runner",
     "plural", "resolve_dir", "sha256_file", "summary",
 ]
 
@@ -777,7 +778,7 @@ class Runner:
             if not self._claim(conn, step, "transactional", statements):
                 return False
             for st in statements:
-                _execute(conn, st)
+                execute_statement(conn, st)
             self.finish_step(conn, step, "transactional", len(statements), started)
             lease.check(conn)  # fenced last: the lease row is held FOR SHARE only to the commit
             return True
@@ -889,7 +890,7 @@ class Runner:
                 else:
                     def dml(conn: psycopg.Connection, st: Statement = st) -> None:
                         lease.check()
-                        _execute(conn, st)
+                        execute_statement(conn, st)
                         self._record_progress(conn, step, statements, st.index)
 
                     try:
@@ -925,7 +926,7 @@ class Runner:
         attempts = int(self._retry["max_attempts"])
         for attempt in range(1, attempts + 1):
             try:
-                _execute(self.conn, st)
+                execute_statement(self.conn, st)
                 return
             except pgerrors.SerializationFailure:
                 if attempt == attempts:
@@ -1361,7 +1362,7 @@ def _restore_row(conn: psycopg.Connection, row: Tracked) -> None:
                  "WHERE name = %(name)s", {**values, "name": row.name})  # type: ignore[arg-type]
 
 
-def _execute(conn: psycopg.Connection, st: Statement) -> None:
+def execute_statement(conn: psycopg.Connection, st: Statement) -> None:
     """Run one statement of a migration; its failure becomes a :class:`_StatementError`
     (40001 stays as it is, for the retry around it)."""
     try:

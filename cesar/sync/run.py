@@ -694,12 +694,8 @@ class Run:
         # Fenced like the moves: a run paused past its lease must not write its older
         # figures over those of the run that took over (status, /health and /metrics read
         # them).
-        def write(conn: psycopg.Connection) -> None:
-            self._fence(conn)
-            state.write_state(conn, rows)
-
         for side in self.sides.values():
-            db.run_transaction(side.conn, write, **self.retry)
+            state.save_state(side.conn, rows, self._fence, self.retry)
         self._check_divergence(specs, report, set(after["local"]) | set(after["cluster"]))
 
     def _record_refusal(self, specs: list[TableSpec], error: str) -> None:

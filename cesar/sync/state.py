@@ -11,7 +11,7 @@ every run, so ``GET /health`` on either side and ``cesar sync status`` read the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,6 +20,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg.rows import dict_row
 
+from cesar import db
 from cesar.errors import ConfigError
 
 ROLES = ("local", "cluster")
@@ -170,3 +171,15 @@ def conflict_counts(conn: psycopg.Connection) -> dict[str, dict[str, int]]:
     ).fetchall():
         out.setdefault(table, {})[resolution] = int(count)
     return out
+
+
+def save_state(conn: psycopg.Connection, rows: Sequence[StateRow],
+               fence: Callable[[psycopg.Connection], None], retry: dict[str, float]) -> None:
+    """:func:`write_state` in a transaction of its own that ``fence`` (the run's lease) guards:
+    a run paused past its lease cannot write its older figures over a newer run's. Retried on
+    a serialization failure (``retry``: :func:`cesar.db.run_transaction`'s arguments)."""
+    def write(c: psycopg.Connection) -> None:
+        fence(c)
+        write_state(c, rows)
+
+    db.run_transaction(conn, write, **retry)

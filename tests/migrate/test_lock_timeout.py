@@ -340,7 +340,7 @@ def test_a_runner_paused_inside_its_transaction_does_not_keep_the_tables_it_lock
     name = _add(migrations, "ALTER TABLE lock_side ADD COLUMN IF NOT EXISTS note TEXT;\n" + ALTER)
     pause = 8.0
     paused, resumed = threading.Event(), threading.Event()
-    execute = runner_module._execute
+    execute = runner_module.execute_statement
 
     def pausing(conn: psycopg.Connection, st: Statement) -> None:
         if st.index == 2 and not paused.is_set():
@@ -349,7 +349,7 @@ def test_a_runner_paused_inside_its_transaction_does_not_keep_the_tables_it_lock
             resumed.set()
         execute(conn, st)
 
-    monkeypatch.setattr(runner_module, "_execute", pausing)
+    monkeypatch.setattr(runner_module, "execute_statement", pausing)
     runner = runner_for(fresh_db, lease_seconds=2, lock_timeout=1)
     outcome: list[BaseException | None] = []
 
@@ -377,7 +377,7 @@ def test_a_runner_paused_inside_its_transaction_does_not_keep_the_tables_it_lock
     assert answered == [True], "lock_side stayed locked for as long as the runner was paused"
     assert outcome and isinstance(outcome[0], OperationFailed), outcome
     assert "lost the connection" in str(outcome[0])
-    monkeypatch.setattr(runner_module, "_execute", execute)
+    monkeypatch.setattr(runner_module, "execute_statement", execute)
     runner_for(fresh_db).up()
     assert _columns(fresh_db, "agents", "lock_note") == 1
     assert _columns(fresh_db, "lock_side", "note") == 1

@@ -6,6 +6,7 @@ Fixtures live in conftest.py beside this file.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,3 +122,26 @@ def function_calls(conn: psycopg.Connection[Any], functions: tuple[str, ...], st
         after = conn.execute(count, [list(functions)]).fetchone()
     assert before is not None and after is not None
     return int(after[0]) - int(before[0])
+
+
+# ------------------------------------------------------------ the bulk path's tests
+#: Small enough for a test: 2,500 rows are three chunks.
+BULK = {"bulk_threshold": 1000, "bulk_chunk": 1000}
+ROWS = 2500
+
+
+def fill(pair: Pair, side: str = "local", n: int = ROWS, val: str = "bulk") -> list[str]:
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    pair.sql(side, "INSERT INTO items (id, val, n, doc) SELECT i, %s, 7, "
+                   "jsonb_build_object('k', i::TEXT) FROM unnest(%s::uuid[]) AS i", [val, ids])
+    return ids
+
+
+def versions(pair: Pair, side: str) -> dict[str, tuple]:
+    return {pk: (v, o, d) for pk, v, o, d in pair.sql(
+        side, "SELECT pk, version, origin, deleted FROM sync_versions "
+              "WHERE table_name = 'items'")}
+
+
+def items_report(report, direction: str = "local_to_cluster"):  # type: ignore[no-untyped-def]
+    return next(t for t in report.tables if t.table == "items" and t.direction == direction)

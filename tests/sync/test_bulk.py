@@ -15,28 +15,7 @@ import uuid
 
 import psycopg
 
-from tests.sync.helpers import Pair, child_env
-
-#: Small enough for a test: 2,500 rows are three chunks.
-BULK = {"bulk_threshold": 1000, "bulk_chunk": 1000}
-ROWS = 2500
-
-
-def fill(pair: Pair, side: str = "local", n: int = ROWS, val: str = "bulk") -> list[str]:
-    ids = [str(uuid.uuid4()) for _ in range(n)]
-    pair.sql(side, "INSERT INTO items (id, val, n, doc) SELECT i, %s, 7, "
-                   "jsonb_build_object('k', i::TEXT) FROM unnest(%s::uuid[]) AS i", [val, ids])
-    return ids
-
-
-def versions(pair: Pair, side: str) -> dict[str, tuple]:
-    return {pk: (v, o, d) for pk, v, o, d in pair.sql(
-        side, "SELECT pk, version, origin, deleted FROM sync_versions "
-              "WHERE table_name = 'items'")}
-
-
-def items_report(report, direction: str = "local_to_cluster"):  # type: ignore[no-untyped-def]
-    return next(t for t in report.tables if t.table == "items" and t.direction == direction)
+from tests.sync.helpers import BULK, ROWS, Pair, child_env, fill, items_report, versions
 
 
 def test_a_large_backlog_moves_in_bulk_with_its_exact_versions(synced: Pair) -> None:

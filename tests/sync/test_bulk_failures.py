@@ -19,8 +19,7 @@ from cesar.errors import OperationFailed
 from cesar.sync import bulk
 from cesar.sync.run import ANALYZE_AFTER_ROWS
 from tests.helpers import CliResult, require
-from tests.sync.helpers import Pair, superuser
-from tests.sync.test_bulk import BULK, ROWS, fill, items_report, versions
+from tests.sync.helpers import BULK, ROWS, Pair, fill, items_report, superuser, versions
 
 CHUNK = BULK["bulk_chunk"]
 

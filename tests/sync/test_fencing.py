@@ -53,7 +53,8 @@ elif point == "in-acknowledge":
         return real_ack(conn, spec, changes, fence=pause_before(fence), **kwargs)
     capture.acknowledge = inside
 elif point == "save-state":
-    run.Run._save_state = pause_before(run.Run._save_state)
+    from cesar.sync import state
+    state.save_state = pause_before(state.save_state)
 elif point == "record":
     from cesar.sync import divergence
     divergence.record = pause_before(divergence.record)

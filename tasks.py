@@ -47,9 +47,14 @@ def status(c, json=False):
         "mode": "auto, transactional or per-statement (default auto: from the engine).",
         "regional_by_row": "Then make the synced tables REGIONAL BY ROW (CockroachDB with "
                            "regions; default: CESAR_REGIONAL_BY_ROW).",
+        "lock_timeout": "Seconds a statement waits for a lock before its attempt rolls back "
+                        "(default: CESAR_MIGRATE_LOCK_TIMEOUT, 3; 0 waits forever).",
+        "lock_retries": "Attempts after the first one that gave up waiting for a lock "
+                        "(default: CESAR_MIGRATE_LOCK_RETRIES, 5).",
     }
 )
-def migrate(c, dry_run=False, url="", status=False, json=False, mode="", regional_by_row=False):
+def migrate(c, dry_run=False, url="", status=False, json=False, mode="", regional_by_row=False,
+            lock_timeout="", lock_retries=""):
     """Apply pending schema migrations (`cesar migrate up`); idempotent."""
     common = [*(["--url", url] if url else []), *(["--json"] if json else [])]
     if status:
@@ -57,7 +62,9 @@ def migrate(c, dry_run=False, url="", status=False, json=False, mode="", regiona
         return
     cesar("migrate", "up", *common, *(["--dry-run"] if dry_run else []),
           *(["--mode", mode] if mode else []),
-          *(["--regional-by-row"] if regional_by_row else []))
+          *(["--regional-by-row"] if regional_by_row else []),
+          *(["--lock-timeout", str(lock_timeout)] if lock_timeout != "" else []),
+          *(["--lock-retries", str(lock_retries)] if lock_retries != "" else []))
 
 
 @task(

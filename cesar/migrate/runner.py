@@ -1027,13 +1027,7 @@ class Runner:
 
             db.run_transaction(self.conn, settle, **self._retry)
         what = "migration" if step.direction == "up" else "rollback"
-        if done:
-            state = (f"{first_statements(done)} {'stays' if done == 1 else 'stay'} done and the "
-                     f"next run resumes at statement {st.index}")
-        elif step.direction == "down":
-            state = f"nothing was rolled back and {m.name} stays as it was"
-        else:
-            state = "nothing of it was applied"
+        state = _what_stays(step, done, st.index)
         cmd = "up" if step.direction == "up" else "down"
         tries = plural(wait.attempt, "attempt")
         raise MigrationFailed(
@@ -1247,13 +1241,7 @@ class Runner:
         m = step.migration
         path = m.path(step.direction)
         what = "migration" if step.direction == "up" else "rollback"
-        if kept:
-            state = (f"{first_statements(kept)} {'stays' if kept == 1 else 'stay'} done and the "
-                     f"next run resumes at statement {st.index}")
-        elif step.direction == "down":
-            state = f"nothing was rolled back and {m.name} stays applied"
-        else:
-            state = "nothing of it was applied"
+        state = _what_stays(step, kept, st.index)
         cmd = "up" if step.direction == "up" else "down"
         baseline = (f"; if its objects already exist, `cesar migrate mark-applied {m.name} "
                     "--reason TEXT`" if step.direction == "up" and not kept
@@ -1371,6 +1359,16 @@ def execute_statement(conn: psycopg.Connection, st: Statement) -> None:
         raise
     except psycopg.Error as exc:
         raise _StatementError(st, exc) from exc
+
+
+def _what_stays(step: Step, kept: int, index: int) -> str:
+    """What a failed migration left: the statements that stay done, or nothing."""
+    if kept:
+        return (f"{first_statements(kept)} {'stays' if kept == 1 else 'stay'} done and the "
+                f"next run resumes at statement {index}")
+    if step.direction == "down":
+        return f"nothing was rolled back and {step.migration.name} stays applied"
+    return "nothing of it was applied"
 
 
 def _done(n: int) -> str:

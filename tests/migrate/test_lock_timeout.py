@@ -271,7 +271,7 @@ def test_a_rollback_that_runs_out_of_retries_leaves_the_migration_applied(
     assert result.code == 1, result.out + result.err
     line = result.err.strip()
     assert len(line.splitlines()) == 1 and f"rollback {name} gave up at statement 1" in line
-    assert f"nothing was rolled back and {name} stays as it was" in line
+    assert f"nothing was rolled back and {name} stays applied" in line
     assert "`cesar migrate down` again" in line
     assert _columns(fresh_db, "agents", "lock_note") == 1
     assert _tracked(fresh_db, name) == before

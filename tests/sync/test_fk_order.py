@@ -79,10 +79,11 @@ def failed_conflicts(pair: Pair) -> list[dict[str, Any]]:
             if c["resolution"] == "failed"]
 
 
-def test_a_child_written_with_its_parent_during_a_run_waits_for_it(
-        synced: Pair, server_log: Callable[[], list[str]],
+def child_written_with_its_parent_during_a_run(
+        pair: Pair, server_log: Callable[[], list[str]],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    pair = synced
+    """A parent and its child committed on the local side after the run's agents pass has
+    read: the child waits for its parent, no write fails, the next run moves both."""
     # Something of the child table is pending when the run starts, so its pass runs.
     new_capability(pair, "local", "a9e5c0de-0001-4000-8000-000000000001")
     written: dict[str, str] = {}
@@ -106,32 +107,22 @@ def test_a_child_written_with_its_parent_during_a_run_waits_for_it(
     assert server_log() == []
 
 
+def test_a_child_written_with_its_parent_during_a_run_waits_for_it(
+        synced: Pair, server_log: Callable[[], list[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    child_written_with_its_parent_during_a_run(synced, server_log, monkeypatch)
+
+
 def test_a_foreign_key_only_the_target_has_is_waited_for_too(
         synced: Pair, server_log: Callable[[], list[str]],
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The foreign keys a run holds rows back for are both sides': here only the cluster (the
     target) has the constraint, the source has lost it."""
-    pair = synced
-    [(constraint,)] = pair.sql(
+    [(constraint,)] = synced.sql(
         "local", "SELECT conname FROM pg_constraint WHERE contype = 'f' "
                  "AND conrelid = 'agent_capabilities'::regclass")
-    pair.sql("local", f"ALTER TABLE agent_capabilities DROP CONSTRAINT {constraint}")
-    new_capability(pair, "local", "a9e5c0de-0001-4000-8000-000000000001")
-    written: dict[str, str] = {}
-
-    def writer() -> None:  # after the agents pass has read: parent and child, committed
-        written["agent"] = new_agent(pair, "local")
-        written["cap"] = new_capability(pair, "local", written["agent"])
-
-    ran = hook_read(monkeypatch, "agent_capabilities", False, writer)
-    report = pair.sync()
-    assert ran == [1]
-    assert server_log() == [], "the run's write failed on the target's foreign key"
-    assert report.failed == 0 and failed_conflicts(pair) == []
-    monkeypatch.undo()
-    pair.sync()
-    pair.assert_identical()
-    assert pair.pending("local") == 0 and pair.pending("cluster") == 0
+    synced.sql("local", f"ALTER TABLE agent_capabilities DROP CONSTRAINT {constraint}")
+    child_written_with_its_parent_during_a_run(synced, server_log, monkeypatch)
 
 
 def test_a_parent_deleted_with_its_child_during_a_run_waits_for_it(

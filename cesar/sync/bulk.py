@@ -70,6 +70,15 @@ log = logging.getLogger(__name__)
 STAGE = sql.Identifier("cesar_sync_stage")
 WRITTEN = sql.Identifier("cesar_sync_written")
 ACKED = sql.Identifier("cesar_sync_acked")
+#: Joins of a chunk's keys to a whole table (the source's read of the rows, the target's rows
+#: locked first and its acknowledged-and-older version rows) as one index probe per key: the
+#: planner otherwise hashes the whole table for every chunk, so a chunk's cost grew with the
+#: rows already there (at 1,000,000 rows: 0.2 s for the first chunk's lock, 1.0 s for the
+#: tenth; docs/performance.md). Transaction-local; set back to the server's own value before
+#: a statement whose join has no index to probe (``RESTORE_JOINS``).
+PROBE_JOINS = ("set_config('enable_hashjoin', 'off', true), "
+               "set_config('enable_mergejoin', 'off', true)")
+RESTORE_JOINS = ("SET LOCAL enable_hashjoin TO DEFAULT", "SET LOCAL enable_mergejoin TO DEFAULT")
 #: What the source waits, at most, for a writer's lock while acknowledging a chunk at once.
 ACK_LOCK_TIMEOUT = "200ms"
 #: The memory a bulk statement's sorts, hashes and trigger transition tables may use before
@@ -135,6 +144,11 @@ def _read_query(spec: TableSpec, after: str, last: str) -> sql.Composed:
         after=sql.Literal(after), last=sql.Literal(last))
 
 
+#: How many of _merge_queries' statements (the first ones) join the staged keys to a whole
+#: table through its index; the later ones join two chunk-sized tables without one.
+PROBED_STATEMENTS = 2
+
+
 def _merge_queries(spec: TableSpec) -> list[tuple[sql.Composed, bool]]:
     """The statements that write every key applying without a conflict, in a writer's lock
     order (the row, then its version row), recording each in WRITTEN (key, version, origin);
@@ -190,7 +204,7 @@ def read_chunk(source: psycopg.Connection, spec: TableSpec, after: str,
     failed: OSError | None = None
     try:
         with source.transaction():
-            source.execute("SELECT set_config('work_mem', %s, true)", [WORK_MEM])
+            source.execute(f"SELECT set_config('work_mem', %s, true), {PROBE_JOINS}", [WORK_MEM])
             count, last = _bounds(source, spec, after, chunk)
             if count == 0 or last is None:
                 data.close()
@@ -259,7 +273,11 @@ def apply_chunk(piece: Chunk, target: Target, spec: TableSpec) -> int:
                 "(SELECT 1 FROM {p} AS p WHERE p.id = s.{c})").format(
                 stage=STAGE, c=sql.Identifier(fk.column), p=sql.Identifier(fk.parent)))
         written = 0
-        for query, records in _merge_queries(spec):
+        conn.execute(f"SELECT {PROBE_JOINS}")
+        for i, (query, records) in enumerate(_merge_queries(spec)):
+            if i == PROBED_STATEMENTS:
+                for restore in RESTORE_JOINS:
+                    conn.execute(restore)
             cur = conn.execute(query)
             if records:
                 written += max(cur.rowcount, 0)
@@ -292,7 +310,7 @@ def _load_acked(source: psycopg.Connection, written: bytes) -> None:
 
 def acknowledge_chunk(source: psycopg.Connection, spec: TableSpec, written: bytes,
                       fence: Callable[[psycopg.Connection], None] | None,
-                      retry: dict[str, float]) -> int:
+                      retry: dict[str, float], keys: tuple[str, str]) -> int:
     """Step 3: clear ``pending`` on the source for what the target committed (``written``,
     from written_rows). Returns how many were acknowledged.
 
@@ -301,7 +319,9 @@ def acknowledge_chunk(source: psycopg.Connection, spec: TableSpec, written: byte
     (acknowledged then, nothing written twice); a later commit on the source is durable only
     with every earlier one (the WAL is flushed in order), so nothing built on a lost
     acknowledgement survives it. The target's chunk, which the acknowledgement vouches for, is
-    committed synchronously before this starts."""
+    committed synchronously before this starts. ``keys``: the chunk's (after, last] key range,
+    read on this same database, which holds every written key: it lets the update read the
+    chunk's version rows by their primary key instead of every pending one of the table."""
     try:
         with source.transaction():
             source.execute("SELECT set_config('lock_timeout', %s, true), "
@@ -311,8 +331,9 @@ def acknowledge_chunk(source: psycopg.Connection, spec: TableSpec, written: byte
             done = source.execute(sql.SQL(
                 "UPDATE sync_versions AS v SET pending = false FROM {} AS a "
                 "WHERE v.table_name = %s AND v.pk = a.pk AND v.pending "
-                "AND v.version = a.version AND v.origin = a.origin").format(ACKED),
-                [spec.name]).rowcount
+                "AND v.version = a.version AND v.origin = a.origin "
+                "AND v.pk > %s AND v.pk <= %s").format(ACKED),
+                [spec.name, *keys]).rowcount
             if fence is not None:
                 fence(source)
         return done
@@ -397,7 +418,8 @@ def move(source: psycopg.Connection, target: Target, spec: TableSpec, *, chunk: 
                     result.acknowledged += acking.result()
                     acking = None
                 # Only now: the target's transaction of this chunk has committed.
-                acking = pool.submit(acknowledge_chunk, ack_source, spec, data, fence, retry)
+                acking = pool.submit(acknowledge_chunk, ack_source, spec, data, fence, retry,
+                                     (piece.after, piece.last))
                 progress(f"  bulk {spec.name}: {result.applied} rows so far")
             if acking is not None:
                 result.acknowledged += acking.result()

@@ -4,7 +4,9 @@ On a scratch database of the embedded server (``invoke up`` first), migrated wit
 migration, three tables of the shape of ``agents``: ``agents`` itself (PostgreSQL's
 statement-level capture, migration 017, and the event log's capture, 016/018), the same with the
 event log's capture off (``sync_only``: the sync's own share), a copy with 011's row-level
-trigger (what CockroachDB runs, and PostgreSQL before 017), and a copy without capture. The
+trigger (what CockroachDB runs, and PostgreSQL before 017), a copy whose only capture is one
+keyed row per new row (``floor``: the least a capture that records each change durably can
+cost), and a copy without capture. The
 same ``INSERT ... SELECT`` of ``--rows`` rows goes into each, in turn, ``--rounds`` times
 (interleaved, so that the machine's load falls on all alike). Prints each time and the ratios
 to the insert without capture.
@@ -36,8 +38,18 @@ INSERT = ("INSERT INTO {} (id, name, mob_alias, role) SELECT gen_random_uuid(), 
 ROW_TRIGGER = ("CREATE TRIGGER sync_capture AFTER INSERT OR UPDATE OR DELETE ON agents_row "
                "FOR EACH ROW WHEN (current_setting('cesar.sync_apply', true) IS DISTINCT FROM "
                "'on') EXECUTE FUNCTION sync_capture()")
+#: ``floor``: the least any capture that keeps one durable, keyed row per change can cost: the
+#: plain insert plus, in one statement-level trigger, one (table, key) row per new row into a
+#: table with only its primary key, in key order. No version, origin or pending index: what
+#: is left when everything the sync records about a change is taken away but the change itself.
+FLOOR = ("CREATE TABLE floor_keys (table_name TEXT, pk TEXT, PRIMARY KEY (table_name, pk)); "
+         "CREATE FUNCTION floor_capture() RETURNS TRIGGER AS $$ BEGIN "
+         "INSERT INTO floor_keys SELECT TG_TABLE_NAME, n.id::TEXT FROM floor_new AS n ORDER BY 2; "
+         "RETURN NULL; END; $$ LANGUAGE plpgsql; "
+         "CREATE TRIGGER floor_capture AFTER INSERT ON agents_floor REFERENCING NEW TABLE AS "
+         "floor_new FOR EACH STATEMENT EXECUTE FUNCTION floor_capture()")
 TABLES = {"plain": "agents_plain", "statement": "agents", "row": "agents_row",
-          "sync_only": "agents"}
+          "sync_only": "agents", "floor": "agents_floor"}
 #: ``sync_only``: ``agents`` with the event log's capture (migrations 016/018) switched off for
 #: that insert, in its transaction: the sync's own share of what ``statement`` costs.
 EVENT_TRIGGERS = ("SELECT tgname FROM pg_trigger WHERE tgrelid = 'agents'::regclass "
@@ -71,6 +83,8 @@ def main(argv: list[str]) -> int:
             conn.execute("CREATE TABLE agents_row (LIKE agents INCLUDING ALL)")
             conn.execute(ROW_TRIGGER)
             conn.execute("CREATE TABLE agents_plain (LIKE agents INCLUDING ALL)")
+            conn.execute("CREATE TABLE agents_floor (LIKE agents INCLUDING ALL)")
+            conn.execute(FLOOR)
             for i in range(args.rounds):
                 for kind, table in TABLES.items():
                     events = [r[0] for r in conn.execute(EVENT_TRIGGERS)] if (

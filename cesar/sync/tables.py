@@ -233,11 +233,12 @@ def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: Engine
     # referential_constraints are keyed by (schema, name), so two tables' same-named
     # constraints would be crossed there. The columns are paired by position (conkey[1] with
     # confkey[1]; a key of several columns only orders the tables). Plain joins, an array
-    # subscript and array_length: on CockroachDB conkey/confkey are INT2[] like
-    # PostgreSQL's since v21.1 (cockroachdb/cockroach#56975), confkey holds the key's own
-    # columns since v2.1 (#31610). There conkey holds column IDs, which differ from
-    # pg_attribute.attnum after a rewriting ALTER COLUMN TYPE (#174715): such a column is not
-    # named (LEFT JOIN), so its key still orders the tables but is left to the database.
+    # subscript and array_length, on both engines: on CockroachDB conkey/confkey are INT2[]
+    # since v21.1 (cockroachdb/cockroach#56975) and confkey holds only the key's columns since
+    # v2.1 (cockroachdb/cockroach#31610). There conkey holds column IDs, which differ from
+    # pg_attribute.attnum after a rewriting ALTER COLUMN TYPE (cockroachdb/cockroach#174715):
+    # such a column is not named (LEFT JOIN), so its key orders the tables but is left to the
+    # database, like a key of several columns.
     refs: dict[str, set[str]] = {}
     fks: list[tuple[str, str, str, str]] = []
     for table, width, referenced, column, ref_column in conn.execute(

@@ -227,25 +227,37 @@ def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: Engine
         for table, problem in statement_capture_gaps(conn, names).items():
             triggers[table] = problem
     # Foreign keys between tables (the order inserts are applied in), and among them the
-    # single-column ones to a table's id, with their column (for holding back a child whose
-    # parent has not arrived yet). information_schema: the same on both engines.
+    # single-column ones, with their column (for holding back a child whose parent has not
+    # arrived yet). Read from pg_constraint, one row per constraint: a foreign key's name is
+    # unique only per table, and information_schema's constraint_column_usage and
+    # referential_constraints are keyed by (schema, name), so two tables' same-named
+    # constraints would be crossed there. The columns are paired by position (conkey[1] with
+    # confkey[1]; a key of several columns only orders the tables). Plain joins, an array
+    # subscript and array_length, on both engines: on CockroachDB conkey/confkey are INT2[]
+    # since v21.1 (cockroachdb/cockroach#56975) and confkey holds only the key's columns since
+    # v2.1 (cockroachdb/cockroach#31610). There conkey holds column IDs, which differ from
+    # pg_attribute.attnum after a rewriting ALTER COLUMN TYPE (cockroachdb/cockroach#174715):
+    # such a column is not named (LEFT JOIN), so its key orders the tables but is left to the
+    # database, like a key of several columns.
     refs: dict[str, set[str]] = {}
-    fk_cols: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
-    for table, constraint, column, referenced, ref_column in conn.execute(
-        "SELECT tc.table_name, tc.constraint_name, kcu.column_name, ccu.table_name, "
-        "ccu.column_name FROM information_schema.table_constraints AS tc "
-        "JOIN information_schema.key_column_usage AS kcu "
-        "  ON kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema "
-        " AND kcu.table_name = tc.table_name "
-        "JOIN information_schema.constraint_column_usage AS ccu "
-        "  ON ccu.constraint_name = tc.constraint_name AND ccu.table_schema = tc.table_schema "
-        "WHERE tc.constraint_type = 'FOREIGN KEY' AND tc.table_schema = current_schema() "
-        "  AND tc.table_name = ANY(%s)", [list(names)],
+    fks: list[tuple[str, str, str, str]] = []
+    for table, width, referenced, column, ref_column in conn.execute(
+        "SELECT c.relname, array_length(k.conkey, 1), p.relname, a.attname, pa.attname "
+        "FROM pg_catalog.pg_constraint AS k "
+        "JOIN pg_catalog.pg_class AS c ON c.oid = k.conrelid "
+        "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
+        "JOIN pg_catalog.pg_class AS p ON p.oid = k.confrelid "
+        " AND p.relnamespace = c.relnamespace "
+        "LEFT JOIN pg_catalog.pg_attribute AS a ON a.attrelid = k.conrelid "
+        " AND a.attnum = k.conkey[1] AND NOT a.attisdropped "
+        "LEFT JOIN pg_catalog.pg_attribute AS pa ON pa.attrelid = k.confrelid "
+        " AND pa.attnum = k.confkey[1] AND NOT pa.attisdropped "
+        "WHERE k.contype = 'f' AND n.nspname = current_schema() AND c.relname = ANY(%s)",
+        [list(names)],
     ).fetchall():
         refs.setdefault(table, set()).add(referenced)
-        fk_cols.setdefault((table, constraint), set()).add((column, referenced, ref_column))
-    fks = [(table, *next(iter(cols))) for (table, _), cols in sorted(fk_cols.items())
-           if len(cols) == 1]
+        if width == 1 and column is not None and ref_column is not None:
+            fks.append((table, column, referenced, ref_column))
     for table, key in pks.items():
         if key == [REGION_COLUMN, "id"]:  # the partition column is not synced
             cols[table] = [c for c in cols.get(table, []) if c.name != REGION_COLUMN]

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from cesar.sync import capture
+from cesar.sync.tables import validate
 from tests.sync.helpers import Pair
 
 FK_ERROR = "violates foreign key constraint"
@@ -209,9 +210,14 @@ def test_the_bulk_path_leaves_a_child_without_its_parent_to_the_next_run(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The same race on the bulk path (COPY and set-based statements): the chunk does not fail
     on the constraint; the child without its parent waits, everything else moves."""
+    bulk_child_written_with_its_parent_during_a_run(synced, server_log, monkeypatch)
+
+
+def bulk_child_written_with_its_parent_during_a_run(
+        pair: Pair, server_log: Callable[[], list[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from cesar.sync import bulk
 
-    pair = synced
     pair.settings = pair.settings.model_copy(update={"bulk_threshold": 1})
     old = new_capability(pair, "local", "a9e5c0de-0002-4000-8000-000000000002")
     real = bulk.move
@@ -286,3 +292,99 @@ def test_a_full_reconcile_deletes_a_parent_and_its_child_in_one_run(synced: Pair
     assert synced.sql("local", "SELECT count(*) FROM agents WHERE id = %s", [agent]) == [(0,)]
     synced.assert_identical()
     assert server_log() == [] and failed_conflicts(synced) == []
+
+
+# ------------------------------------------------ foreign keys that share a name
+SEEDED_AGENT = "a9e5c0de-0001-4000-8000-000000000001"
+
+
+def name_alike(pair: Pair, keys: list[tuple[str, str]], name: str = "fk_parent") -> None:
+    """On both sides, rename each table's foreign key to ``parent`` to ``name``: legal, as a
+    constraint's name is unique only per table."""
+    for side in ("local", "cluster"):
+        for table, parent in keys:
+            [(old,)] = pair.sql(
+                side, "SELECT conname FROM pg_constraint WHERE contype = 'f' "
+                      "AND conrelid = %s::regclass AND confrelid = %s::regclass", [table, parent])
+            pair.sql(side, f"ALTER TABLE {table} RENAME CONSTRAINT {old} TO {name}")
+
+
+def new_task(pair: Pair, side: str) -> str:
+    task = str(uuid.uuid4())
+    pair.sql(side, "INSERT INTO tasks (id, title, requested_by) VALUES (%s, 'fk', 'fk')",
+             [task])
+    return task
+
+
+def new_assignment(pair: Pair, side: str, task: str) -> str:
+    assignment = str(uuid.uuid4())
+    pair.sql(side, "INSERT INTO task_assignments (id, task_id, agent_id) VALUES (%s, %s, %s)",
+             [assignment, task, SEEDED_AGENT])
+    return assignment
+
+
+def test_a_child_waits_for_its_parent_when_two_foreign_keys_share_a_name(
+        synced: Pair, server_log: Callable[[], list[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """task_assignments -> tasks and agent_runs -> agents, both named fk_parent on both sides:
+    each key is still read as the single-column key it is, so an assignment written with its
+    task during a run waits for the task (read by constraint name alone, each looked like a
+    key of two columns to two tables, and the assignment's write failed on the constraint)."""
+    pair = synced
+    name_alike(pair, [("task_assignments", "tasks"), ("agent_runs", "agents")])
+    # Something of the child table is pending when the run starts, so its pass runs.
+    new_assignment(pair, "local", new_task(pair, "local"))
+    written: dict[str, str] = {}
+
+    def writer() -> None:  # after the tasks pass has read: parent and child, committed
+        written["task"] = new_task(pair, "local")
+        written["assignment"] = new_assignment(pair, "local", written["task"])
+
+    ran = hook_read(monkeypatch, "task_assignments", False, writer)
+    report = pair.sync()
+    assert ran == [1]
+
+    assert server_log() == [], "the run's write failed on the target's foreign key"
+    assert report.failed == 0 and failed_conflicts(pair) == []
+    monkeypatch.undo()
+    pair.sync()
+    pair.assert_identical()
+    assert pair.pending("local") == 0 and pair.pending("cluster") == 0
+    assert pair.sql("cluster", "SELECT task_id::TEXT FROM task_assignments WHERE id = %s",
+                    [written["assignment"]]) == [(written["task"],)]
+    assert server_log() == []
+
+
+def test_same_named_foreign_keys_add_no_edge_between_tables(synced: Pair) -> None:
+    """agent_capabilities -> agents and task_assignments -> tasks renamed alike on both sides:
+    validation finds exactly the foreign keys it found before the rename. (Read by name alone,
+    agent_capabilities seemed to reference tasks, which comes after it, and every run was
+    refused.)"""
+    pair = synced
+    names = pair.settings.tables
+
+    def edges() -> set[tuple[str, str, str]]:
+        with pair.connect("local") as local, pair.connect("cluster") as cluster:
+            specs = validate(local, cluster, names)
+        return {(fk.child, fk.column, fk.parent) for s in specs for fk in s.parents}
+
+    before = edges()
+    assert ("agent_capabilities", "agent_id", "agents") in before
+    assert ("task_assignments", "task_id", "tasks") in before
+    name_alike(pair, [("agent_capabilities", "agents"), ("task_assignments", "tasks")])
+
+    assert edges() == before
+    assert pair.sync().failed == 0
+
+
+def test_the_bulk_path_respects_a_foreign_key_only_the_target_has(
+        synced: Pair, server_log: Callable[[], list[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bulk path's staging filter uses both sides' foreign keys too: the source has lost
+    the constraint, the target (the cluster) has it; the child written with its parent during
+    the run is left to the next run instead of failing the chunk on the target."""
+    [(constraint,)] = synced.sql(
+        "local", "SELECT conname FROM pg_constraint WHERE contype = 'f' "
+                 "AND conrelid = 'agent_capabilities'::regclass")
+    synced.sql("local", f"ALTER TABLE agent_capabilities DROP CONSTRAINT {constraint}")
+    bulk_child_written_with_its_parent_during_a_run(synced, server_log, monkeypatch)

@@ -656,7 +656,12 @@ class Run:
                 local, cluster, spec, range_size=self.sync.range_size, target=target,
                 batch_size=self.sync.batch_size, check=self._check_lease)
 
-        reports = {spec.name: one(spec) for spec in specs}
+        reports: dict[str, reconcile.ReconcileReport] = {}
+        for spec in specs:
+            # In the run's report at once: a run that fails on a later table still reports
+            # what this one repaired (the second pass below adds to the same object).
+            reports[spec.name] = one(spec)
+            report.reconcile.append(reports[spec.name])
         for spec in reversed(specs):
             first = reports[spec.name]
             if not first.deferred:
@@ -671,7 +676,6 @@ class Run:
             first.deferred = again.deferred  # what is still left for the next run
             first.seconds += again.seconds
         for rr in reports.values():
-            report.reconcile.append(rr)
             if rr.ranges_differing:
                 self.progress(f"  reconcile {rr.table}: {rr.ranges_differing} of {rr.ranges} "
                               f"ranges differ, {rr.repaired_local + rr.repaired_cluster} rows "

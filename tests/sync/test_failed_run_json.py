@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.helpers import CliResult
-from tests.sync.helpers import Pair, superuser
+from tests.sync.helpers import Pair, bypass, superuser
 
 ROWS, BATCH = 30, 10
 
@@ -174,3 +174,30 @@ def test_a_successful_run_says_ok(synced: Pair, cli: Callable[..., CliResult]) -
     assert set(report) == FIELDS | {"ok", "error"}
     assert report["ok"] is True and report["error"] is None
     assert report["moved"] == 1 and report["summary"].startswith("sync done in ")
+
+
+def test_a_full_run_that_fails_in_its_reconcile_reports_the_tables_repaired(
+        synced: Pair, cli: Callable[..., CliResult]) -> None:
+    """``--full`` repairs ``agents`` (a row changed behind the capture), then its session is
+    ended while it repairs ``items``: the report still has the agents repair it committed."""
+    bypass(synced, "cluster", ("UPDATE agents SET role = 'drifted' WHERE name = 'CESAR'", []))
+    bypass(synced, "local", ("INSERT INTO items (id, val) VALUES (gen_random_uuid(), 'x')", []))
+    with superuser(synced, "cluster") as su:
+        su.execute("CREATE FUNCTION end_session() RETURNS trigger LANGUAGE plpgsql "
+                   "SECURITY DEFINER AS $$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); "
+                   "RETURN NEW; END $$")
+        su.execute("CREATE TRIGGER end_session BEFORE INSERT ON items "
+                   "FOR EACH ROW EXECUTE FUNCTION end_session()")
+
+    r = run_json(cli, synced, "--full")
+
+    report = failed_report(r)
+    assert report["full"] is True and "57P01" in report["error"]
+    repaired = {x["table"]: x["repaired_local"] + x["repaired_cluster"]
+                for x in report["reconcile"]}
+    assert repaired.get("agents") == 1 and "items" not in repaired
+    assert report["moved"] == 1
+    roles = {side: synced.sql(side, "SELECT role FROM agents WHERE name = 'CESAR'")
+             for side in ("local", "cluster")}
+    assert roles["local"] == roles["cluster"]  # the repair committed
+    assert synced.rows("cluster", "items") == {}

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.helpers import CliResult
-from tests.sync.helpers import Pair, bypass, superuser
+from tests.sync.helpers import SKEW_SECONDS, Pair, bypass, superuser
 
 ROWS, BATCH = 30, 10
 
@@ -201,3 +201,18 @@ def test_a_full_run_that_fails_in_its_reconcile_reports_the_tables_repaired(
              for side in ("local", "cluster")}
     assert roles["local"] == roles["cluster"]  # the repair committed
     assert synced.rows("cluster", "items") == {}
+
+
+def test_a_run_refused_for_its_clocks(skewed_pair: Pair, cli: Callable[..., CliResult],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster's server is SKEW_SECONDS ahead, past a bound of 1 s: a failed run (it is
+    recorded in sync_state too), with the skew it measured."""
+    monkeypatch.setenv("CESAR_SYNC_MAX_CLOCK_SKEW_MS", "1000")
+    skewed_pair.sql("local", "INSERT INTO items (id, val) VALUES (gen_random_uuid(), 'x')")
+
+    report = failed_report(run_json(cli, skewed_pair))
+
+    assert "CESAR_SYNC_MAX_CLOCK_SKEW_MS=1000" in report["error"]
+    assert abs(report["clock_skew_ms"] / 1000 - SKEW_SECONDS) < 1
+    assert report["tables"] == [] and report["moved"] == 0
+    assert skewed_pair.rows("cluster", "items") == {}

@@ -159,9 +159,8 @@ def test_a_run_that_cannot_reach_a_database_and_bad_usage(
     assert "secret" not in r.out + r.err
     assert report["tables"] == [] and report["moved"] == 0
 
-    for bad in (("--wait", "-1"),):
-        r = run_json(cli, synced, *bad)
-        assert (r.code, r.out) == (2, ""), r
+    r = run_json(cli, synced, "--wait", "-1")
+    assert (r.code, r.out) == (2, ""), r
     r = run_json(cli, synced, cluster=synced.local_url)  # the same database twice
     assert r.code == 2 and r.out == "" and "lead to the same database" in r.err
 

@@ -17,8 +17,8 @@ import psycopg
 
 from cesar import __version__
 from cesar.config import load_settings
-from cesar.console import emit_json, fail, first_line
-from cesar.errors import CesarError
+from cesar.console import emit_json, fail
+from cesar.errors import CesarError, describe
 
 
 class LazyGroup(click.Group):
@@ -182,23 +182,18 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         fail(exc.format_message(), exc.exit_code)
     except click.Abort:
         fail("aborted", 1)
-    except CesarError as exc:
+    except (CesarError, psycopg.Error) as exc:
         if debug:
             raise
-        fail(str(exc), exc.exit_code)
-    except psycopg.Error as exc:
-        if debug:
-            raise
-        fail(f"database error: {first_line(exc)} (SQLSTATE {exc.sqlstate or '?'})", 1)
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
+        fail(*describe(exc))
+    except KeyboardInterrupt as exc:
+        fail(*describe(exc))
     except BrokenPipeError:
         sys.exit(1)
     except Exception as exc:  # the last line of defence: still one line, still an exit code
         if debug:
             raise
-        fail(f"internal error: {type(exc).__name__}: {exc} (rerun with CESAR_DEBUG=1 for the "
-             "traceback and report it)", 1)
+        fail(*describe(exc))
 
 
 def ready() -> NoReturn:

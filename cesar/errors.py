@@ -28,3 +28,21 @@ class OperationFailed(CesarError):
 
 class RetryExhausted(OperationFailed):
     """A transaction kept failing with SQLSTATE 40001 past the retry bound."""
+
+
+def describe(exc: BaseException) -> tuple[str, int]:
+    """The one line (without ``cesar: error:``) and the exit code the command line gives
+    ``exc``: what ``cesar.cli.main`` prints, and what a command's ``--json`` report repeats
+    in its ``error`` field, so the two never differ."""
+    import psycopg
+
+    from cesar.console import first_line
+
+    if isinstance(exc, CesarError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, psycopg.Error):
+        return f"database error: {first_line(exc)} (SQLSTATE {exc.sqlstate or '?'})", 1
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", 130
+    return (f"internal error: {type(exc).__name__}: {exc} (rerun with CESAR_DEBUG=1 for the "
+            "traceback and report it)", 1)

@@ -9,7 +9,7 @@ import click
 from cesar.config import load_settings
 from cesar.console import emit_json as _emit
 from cesar.console import fail
-from cesar.errors import ConfigError
+from cesar.errors import ConfigError, describe
 from cesar.sync.tables import load_sync_settings
 
 
@@ -44,7 +44,8 @@ def run_cmd(local_url: str | None, remote_url: str | None, full: bool, dry_run: 
             wait: float, tables: str | None, as_json: bool, quiet: bool) -> None:
     """One complete pass in both directions, then exit: 0 done, 1 failed, 2 bad usage.
 
-    Rows that cannot be applied are recorded in sync_conflicts and do not fail the run."""
+    Rows that cannot be applied are recorded in sync_conflicts and do not fail the run. With
+    --json a failed run (exit 1) still prints its report, with ok false and the error."""
     from cesar.sync import run
 
     if wait < 0:
@@ -55,8 +56,14 @@ def run_cmd(local_url: str | None, remote_url: str | None, full: bool, dry_run: 
         if not as_json and not quiet:
             click.echo(line, err=True)
 
-    report = run.run(load_settings(), load_sync_settings(),
+    runner = run.Run(load_settings(), load_sync_settings(),
                      run.Options(local_url, remote_url, full, dry_run, wait, chosen), progress)
+    try:
+        report = runner.execute()
+    except BaseException as exc:
+        if as_json:
+            _emit_failed(runner.report, exc)
+        raise  # the one line on stderr and the exit code, as without --json
     if as_json:
         _emit(report.as_dict())
         return
@@ -68,6 +75,16 @@ def run_cmd(local_url: str | None, remote_url: str | None, full: bool, dry_run: 
     if not quiet:
         _print_tables(report)
     click.echo(report.summary())
+
+
+def _emit_failed(report: Any, exc: BaseException) -> None:
+    """The report of a run that failed: what it had committed, ``ok`` false and the line the
+    command prints on stderr. Bad usage or configuration (exit 2) is not a run: no report."""
+    message, code = describe(exc)
+    if code == ConfigError.exit_code or isinstance(exc, BrokenPipeError):
+        return
+    report.error = message
+    _emit(report.as_dict())
 
 
 def _print_tables(report: Any) -> None:

@@ -92,7 +92,7 @@ class TableReport:
     acknowledged: int = 0
     bulk_applied: int = 0  # of applied: by the bulk path (cesar/sync/bulk.py)
     position: datetime | None = None
-    pending_after: int = 0
+    pending_after: int | None = 0  # None: not measured (a run that failed before its state)
     oldest_pending_at: datetime | None = None
     seconds: float = 0.0
     error: str | None = None
@@ -131,6 +131,9 @@ class RunReport:
     clock_skew_ms: float | None = None  # the cluster's clock minus the local database's
     divergence: list[divergence.Found] = field(default_factory=list)
     truncate_guarded: list[str] = field(default_factory=list)  # guards added by this run
+    #: Why the run failed (the command line's one line), None when it did not: the counts
+    #: are then what it committed before it stopped.
+    error: str | None = None
 
     @property
     def moved(self) -> int:
@@ -166,10 +169,13 @@ class RunReport:
                 for d in differ) + " (run `cesar sync run --full`; see docs/sync.md)")
         what = "full sync" if self.full else "sync"
         prefix = "dry run, nothing changed: " if self.dry_run else ""
+        if self.error is not None:
+            return f"{prefix}{what} failed after {self.seconds:.2f} s: {', '.join(parts)}"
         return f"{prefix}{what} done in {self.seconds:.2f} s: {', '.join(parts)}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "ok": self.error is None, "error": self.error,
             "summary": self.summary(), "dry_run": self.dry_run, "full": self.full,
             "first_pairing": self.first_pairing,
             "in_progress": self.in_progress, "local": self.local, "cluster": self.cluster,
@@ -282,6 +288,10 @@ class Run:
         self.budget = LockBudget(float(sync.lock_wait_budget_ms))
         self._credentials_stamp = db.credential_files_stamp(settings)
         self._credentials_lock = threading.Lock()
+        #: Built as the run goes: when :meth:`execute` raises, it holds what the run had done
+        #: (committed) by then, for a report of the failed run.
+        self.report = RunReport(dry_run=options.dry_run, full=options.full)
+        self._pending_measured = False
 
     # ---------------------------------------------------------------- plumbing
     def _open(self) -> None:
@@ -290,6 +300,8 @@ class Run:
         then cluster); a connection already open is kept in ``sides`` for :meth:`close`."""
         endpoints = resolve_endpoints(self.settings, self.options.local_url,
                                       self.options.remote_url)
+        # Named in the report also when a side cannot be reached (masked: no password).
+        self.report.local, self.report.cluster = endpoints[0].masked, endpoints[1].masked
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cesar-sync-open") as pool:
             later = [pool.submit(self._open_side, e) for e in endpoints[1:]]
             opened = [self._capture(self._open_side, endpoints[0])]
@@ -413,13 +425,22 @@ class Run:
 
     # ---------------------------------------------------------------- steps
     def execute(self) -> RunReport:
+        try:
+            return self._execute()
+        except BaseException:
+            if not self._pending_measured:
+                # Measured as the run saves its state: unknown for a run stopped before.
+                for tr in self.report.tables:
+                    tr.pending_after, tr.oldest_pending_at = None, None
+            raise
+
+    def _execute(self) -> RunReport:
         started = time.perf_counter()
         opts = self.options
-        report = RunReport(dry_run=opts.dry_run, full=opts.full)
+        report = self.report
         try:
             self._open()
             local, cluster = self.sides["local"], self.sides["cluster"]
-            report.local, report.cluster = local.masked, cluster.masked
             nodes = {r: state.read_node(s.conn, r, s.masked) for r, s in self.sides.items()}
             first = state.check_pair(nodes["local"], nodes["cluster"], repair=opts.full,
                                      sources=(local.endpoint.variable,
@@ -441,11 +462,11 @@ class Run:
                         seconds=self.sync.lease_seconds, wait=opts.wait)
                 except lease.LeaseBusy as busy:
                     holder = lease.Holder.of(busy.info)
+                    report.in_progress = holder.as_dict()
                     if opts.wait:
                         raise OperationFailed(
                             f"another sync run still holds the lease after {opts.wait:g} s: "
                             f"{holder.describe()}") from None
-                    report.in_progress = holder.as_dict()
                     return report
                 # The local side's writes are fenced too: it learns this run's token.
                 self.lease.install(local.conn)
@@ -502,8 +523,11 @@ class Run:
                     if not deleted and self._bulk_applies(src, dst, p.rows):
                         self._bulk(src, dst, spec, tr)
                     self._move(src, dst, spec, deleted, tr)
-                except SESSION_GONE:
-                    raise  # a database or this run's session is gone: nothing else can move
+                except (*SESSION_GONE, lease.LeaseLost) as exc:
+                    # A database or this run's session is gone, or the lease: nothing else can
+                    # move. The table it was moving is marked in the failed run's report.
+                    tr.error = first_line(exc)
+                    raise
                 except psycopg.Error as exc:
                     # One table's failure (its SQL, not a row: rows are split out and recorded)
                     # must not hold back the others: record it, go on, fail the run at the end.
@@ -540,7 +564,11 @@ class Run:
         """Move one kind of pending change of one table, batch by batch, as a pipeline: while
         the target applies batch N, the source reads batch N+1 and acknowledges batch N-1 (on a
         second connection). Each acknowledgement still starts only after its batch's target
-        transaction has committed."""
+        transaction has committed.
+
+        A batch is counted in ``tr`` as soon as its target transaction has committed, and its
+        acknowledgement once that has: so when a later step fails, the report of the failed
+        run (and the ``sync_state`` saved from it) counts exactly what is on the target."""
         started = time.perf_counter()
         source = self.sides[src].conn
         target = self._target(dst, tr.direction, spec.name)
@@ -553,10 +581,13 @@ class Run:
             return capture.acknowledge(self._ack_conn(src), spec, settled, fence=self._fence,
                                        **self.retry)
 
+        def acknowledged(future: Future[int]) -> None:
+            tr.acknowledged += future.result()
+
         last_note = started
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cesar-sync") as pool:
             pending_read: Future[list[capture.Change]] | None = pool.submit(read, "")
-            pending_ack: tuple[Future[int], Outcome] | None = None
+            pending_ack: Future[int] | None = None
             try:
                 while pending_read is not None:
                     self._check_lease()
@@ -567,26 +598,32 @@ class Run:
                     if not changes:
                         break
                     outcome = apply_changes(target, spec, changes)
+                    tr.add(outcome, 0)  # committed on the target (a dry run: what it would do)
                     if pending_ack is not None:
-                        tr.add(pending_ack[1], pending_ack[0].result())
-                        pending_ack = None
+                        done, pending_ack = pending_ack, None
+                        acknowledged(done)
                     if self.options.dry_run:
-                        tr.add(outcome, 0)
                         self._simulate(tr, spec, outcome)
                     else:
-                        pending_ack = (pool.submit(ack, outcome.settled), outcome)
+                        pending_ack = pool.submit(ack, outcome.settled)
                     if time.perf_counter() - last_note > 2:
                         last_note = time.perf_counter()
-                        self.progress(f"  {tr.direction} {spec.name}: "
-                                      f"{tr.applied + len(outcome.applied)} rows so far")
+                        self.progress(f"  {tr.direction} {spec.name}: {tr.applied} rows so far")
                 if pending_ack is not None:
-                    tr.add(pending_ack[1], pending_ack[0].result())
-                    pending_ack = None
+                    done, pending_ack = pending_ack, None
+                    acknowledged(done)
             finally:
-                for future in (pending_read, pending_ack[0] if pending_ack else None):
-                    if future is not None:
-                        future.cancel()
-        tr.seconds += time.perf_counter() - started
+                if pending_read is not None:
+                    pending_read.cancel()
+                if pending_ack is not None and not pending_ack.cancel():
+                    # Already running when a later step failed: it commits or fails on its
+                    # own; what it committed is counted (its failure is not the run's error).
+                    try:
+                        acknowledged(pending_ack)
+                    except Exception as exc:  # noqa: BLE001 - the run is failing already
+                        log.warning("the acknowledgement of a %s batch of %s did not commit: %s",
+                                    tr.direction, spec.name, first_line(exc))
+                tr.seconds += time.perf_counter() - started  # also of a failed table
 
     def _simulate(self, tr: TableReport, spec: TableSpec, outcome: Outcome) -> None:
         """Dry run: remember what the first direction would have done (see Target)."""
@@ -619,7 +656,12 @@ class Run:
                 local, cluster, spec, range_size=self.sync.range_size, target=target,
                 batch_size=self.sync.batch_size, check=self._check_lease)
 
-        reports = {spec.name: one(spec) for spec in specs}
+        reports: dict[str, reconcile.ReconcileReport] = {}
+        for spec in specs:
+            # In the run's report at once: a run that fails on a later table still reports
+            # what this one repaired (the second pass below adds to the same object).
+            reports[spec.name] = one(spec)
+            report.reconcile.append(reports[spec.name])
         for spec in reversed(specs):
             first = reports[spec.name]
             if not first.deferred:
@@ -634,7 +676,6 @@ class Run:
             first.deferred = again.deferred  # what is still left for the next run
             first.seconds += again.seconds
         for rr in reports.values():
-            report.reconcile.append(rr)
             if rr.ranges_differing:
                 self.progress(f"  reconcile {rr.table}: {rr.ranges_differing} of {rr.ranges} "
                               f"ranges differ, {rr.repaired_local + rr.repaired_cluster} rows "
@@ -691,6 +732,7 @@ class Run:
             rows.append(state.StateRow(tr.table, tr.direction, now, tr.error is None,
                                        tr.position, moved, conflicts, p.total, p.oldest,
                                        tr.error))
+        self._pending_measured = True
         # Fenced like the moves: a run paused past its lease must not write its older
         # figures over those of the run that took over (status, /health and /metrics read
         # them).

@@ -258,6 +258,7 @@ def _catalog(conn: psycopg.Connection, names: Sequence[str], engine: Engine
         refs.setdefault(table, set()).add(referenced)
         if width == 1 and column is not None and ref_column is not None:
             fks.append((table, column, referenced, ref_column))
+    fks.sort()  # the catalog's order is not defined: the same keys, the same order, every run
     for table, key in pks.items():
         if key == [REGION_COLUMN, "id"]:  # the partition column is not synced
             cols[table] = [c for c in cols.get(table, []) if c.name != REGION_COLUMN]

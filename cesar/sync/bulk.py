@@ -70,13 +70,14 @@ log = logging.getLogger(__name__)
 STAGE = sql.Identifier("cesar_sync_stage")
 WRITTEN = sql.Identifier("cesar_sync_written")
 ACKED = sql.Identifier("cesar_sync_acked")
-#: Joins of a chunk's keys to a whole table (the source's read of the rows, the target's rows
-#: locked first and its acknowledged-and-older version rows) as one index probe per key: the
-#: planner otherwise hashes the whole table for every chunk, so a chunk's cost grew with the
-#: rows already there (at 1,000,000 rows: 0.2 s for the first chunk's lock, 1.0 s for the
-#: tenth; docs/performance.md). Transaction-local; set back to the server's own value before
-#: a statement whose join has no index to probe (``RESTORE_JOINS``).
-PROBE_JOINS = ("set_config('enable_hashjoin', 'off', true), "
+#: Joins of a chunk's keys to a whole table (the source's read of the rows; on the target the
+#: parents looked up, the rows locked first, the acknowledged-and-older version rows and the
+#: keys never seen) as one index probe per key: the planner otherwise hashes the whole table for
+#: every chunk, so a chunk's cost grew with the rows already there (at 1,000,000 rows: 0.2 s
+#: for the first chunk's lock, 1.0 s for the tenth; docs/performance.md). Transaction-local;
+#: set back to the server's own values (``RESTORE_JOINS``) for a statement that joins two
+#: chunk-sized tables with no index between them.
+PROBE_JOINS = ("SELECT set_config('enable_hashjoin', 'off', true), "
                "set_config('enable_mergejoin', 'off', true)")
 RESTORE_JOINS = ("SET LOCAL enable_hashjoin TO DEFAULT", "SET LOCAL enable_mergejoin TO DEFAULT")
 #: What the source waits, at most, for a writer's lock while acknowledging a chunk at once.
@@ -144,24 +145,20 @@ def _read_query(spec: TableSpec, after: str, last: str) -> sql.Composed:
         after=sql.Literal(after), last=sql.Literal(last))
 
 
-#: How many of _merge_queries' statements (the first ones) join the staged keys to a whole
-#: table through its index; the later ones join two chunk-sized tables without one.
-PROBED_STATEMENTS = 2
-
-
-def _merge_queries(spec: TableSpec) -> list[tuple[sql.Composed, bool]]:
+def _merge_queries(spec: TableSpec) -> list[tuple[sql.Composed, bool, bool]]:
     """The statements that write every key applying without a conflict, in a writer's lock
     order (the row, then its version row), recording each in WRITTEN (key, version, origin);
-    each with whether its row count is the number of keys it recorded there."""
+    each with whether its row count is the number of keys it recorded there, and whether its
+    joins probe an index per key (PROBE_JOINS) or run as the planner likes."""
     staged = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c.name))
                                 for c in spec.columns)
     names = {"name": sql.Literal(spec.name), "stage": STAGE, "t": spec.ident,
              "cols": spec.column_list, "staged": staged, "updates": spec.update_list,
              "written": WRITTEN}
-    return [(sql.SQL(q).format(**names), records) for q, records in (
+    return [(sql.SQL(q).format(**names), records, probe) for q, records, probe in (
         # The rows the target has of these keys, locked first, as a writer locks them.
         ("SELECT count(*) FROM (SELECT 1 FROM {t} AS t JOIN {stage} AS s ON t.id = s.id "
-         "FOR UPDATE OF t) AS locked", False),
+         "FOR UPDATE OF t) AS locked", False, True),
         # Keys whose version row is acknowledged and older: the incoming version, not pending
         # (re-checked against the latest committed version row, which is locked by the update).
         ("WITH newer AS (UPDATE sync_versions AS v SET version = s.sync_version, "
@@ -170,10 +167,12 @@ def _merge_queries(spec: TableSpec) -> list[tuple[sql.Composed, bool]]:
          "AND (v.version < s.sync_version OR (v.version = s.sync_version "
          "AND v.origin COLLATE \"C\" < s.sync_origin COLLATE \"C\")) "
          "RETURNING v.pk, v.version, v.origin) "
-         "INSERT INTO {written} SELECT pk, version, origin FROM newer", True),
+         "INSERT INTO {written} SELECT pk, version, origin FROM newer", True, True),
+        # WRITTEN has no index: two chunk-sized tables, joined as the planner likes.
         ("INSERT INTO {t} ({cols}) SELECT {staged} FROM {stage} AS s JOIN {written} AS w "
-         "ON w.pk = s.sync_pk ON CONFLICT (id) DO UPDATE SET {updates}", False),
-        # Keys the target has never seen: the row first, then its version row.
+         "ON w.pk = s.sync_pk ON CONFLICT (id) DO UPDATE SET {updates}", False, False),
+        # Keys the target has never seen: the row first, then its version row (the join back
+        # to the staged rows probes the stage's index on id).
         ("WITH fresh AS (INSERT INTO {t} ({cols}) SELECT {staged} FROM {stage} AS s "
          "WHERE NOT EXISTS (SELECT 1 FROM sync_versions AS v WHERE v.table_name = {name} "
          "AND v.pk = s.sync_pk) ON CONFLICT (id) DO NOTHING RETURNING id), "
@@ -181,7 +180,7 @@ def _merge_queries(spec: TableSpec) -> list[tuple[sql.Composed, bool]]:
          "pending) SELECT {name}, s.sync_pk, s.sync_version, s.sync_origin, false, false "
          "FROM {stage} AS s JOIN fresh AS f ON f.id = s.id "
          "ON CONFLICT (table_name, pk) DO NOTHING RETURNING pk, version, origin) "
-         "INSERT INTO {written} SELECT pk, version, origin FROM versions", True),
+         "INSERT INTO {written} SELECT pk, version, origin FROM versions", True, True),
     )]
 
 
@@ -204,7 +203,8 @@ def read_chunk(source: psycopg.Connection, spec: TableSpec, after: str,
     failed: OSError | None = None
     try:
         with source.transaction():
-            source.execute(f"SELECT set_config('work_mem', %s, true), {PROBE_JOINS}", [WORK_MEM])
+            source.execute("SELECT set_config('work_mem', %s, true)", [WORK_MEM])
+            source.execute(PROBE_JOINS)
             count, last = _bounds(source, spec, after, chunk)
             if count == 0 or last is None:
                 data.close()
@@ -263,7 +263,9 @@ def apply_chunk(piece: Chunk, target: Target, spec: TableSpec) -> int:
                 if not block:
                     break
                 into.write(block)
+        conn.execute(sql.SQL("CREATE INDEX ON {} (id)").format(STAGE))
         conn.execute(sql.SQL("ANALYZE {}").format(STAGE))
+        conn.execute(PROBE_JOINS)
         for fk in spec.parents:
             # A row whose parent is not on the target yet (a writer committed both after the
             # parent's pass): left to the batch path, which holds it for the next run, instead
@@ -272,12 +274,12 @@ def apply_chunk(piece: Chunk, target: Target, spec: TableSpec) -> int:
                 "DELETE FROM {stage} AS s WHERE s.{c} IS NOT NULL AND NOT EXISTS "
                 "(SELECT 1 FROM {p} AS p WHERE p.id = s.{c})").format(
                 stage=STAGE, c=sql.Identifier(fk.column), p=sql.Identifier(fk.parent)))
-        written = 0
-        conn.execute(f"SELECT {PROBE_JOINS}")
-        for i, (query, records) in enumerate(_merge_queries(spec)):
-            if i == PROBED_STATEMENTS:
-                for restore in RESTORE_JOINS:
-                    conn.execute(restore)
+        written, probing = 0, True
+        for query, records, probe in _merge_queries(spec):
+            if probe != probing:
+                for setting in ((PROBE_JOINS,) if probe else RESTORE_JOINS):
+                    conn.execute(setting)
+                probing = probe
             cur = conn.execute(query)
             if records:
                 written += max(cur.rowcount, 0)

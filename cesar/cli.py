@@ -180,7 +180,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
             click.echo(exc.ctx.get_usage(), err=True)
         fail(exc.format_message(), exc.exit_code)
-    except click.Abort:
+    except click.Abort as exc:
+        # Ctrl-C inside a command reaches here as click's Abort: say what it was, with the
+        # shell's exit code for SIGINT, as a --json report of the same run says.
+        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            fail(*describe(KeyboardInterrupt()))
         fail("aborted", 1)
     except (CesarError, psycopg.Error) as exc:
         if debug:

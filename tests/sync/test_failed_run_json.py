@@ -5,13 +5,17 @@ the one line on stderr and the exit code as without ``--json``. Bad usage prints
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.helpers import CliResult
+from tests.helpers import CliResult, child_env
 from tests.sync.helpers import SKEW_SECONDS, Pair, bypass, superuser
 
 ROWS, BATCH = 30, 10
@@ -144,6 +148,35 @@ def test_a_run_that_finds_the_lease_held(synced: Pair, cli: Callable[..., CliRes
     assert report["in_progress"]["holder"] == "elsewhere:4242:feedbeef"
     assert report["tables"] == [] and report["moved"] == 0
     assert synced.pending("local") == 1  # nothing moved
+
+
+def test_a_run_interrupted_while_it_waits_says_so_on_both_streams(synced: Pair) -> None:
+    """Ctrl-C (a real SIGINT) while the run waits for another's lease: the report says
+    ``interrupted``, the stderr line says the same, and the exit code is the shell's for SIGINT
+    (130), as docs/sync.md says."""
+    hold_lease(synced, 60)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cesar.cli", "sync", "run", "--json", "--wait", "30",
+         "--local-url", synced.local_url, "--remote-url", synced.cluster_url],
+        env=child_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        # Waiting: it has read the lease at least once (its session is on the cluster).
+        while not synced.sql("cluster", "SELECT 1 FROM pg_stat_activity "
+                             "WHERE application_name LIKE 'cesar-sync%%'"):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert err.strip().splitlines()[-1] == "cesar: error: interrupted", err
+    report = json.loads(out)
+    assert report["ok"] is False and report["error"] == "interrupted", report
+    assert "Traceback" not in out + err
 
 
 def test_a_run_that_cannot_reach_a_database_and_bad_usage(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import sql
 
 from cesar.sync import capture
 from cesar.sync.tables import validate
@@ -81,19 +82,25 @@ def failed_conflicts(pair: Pair) -> list[dict[str, Any]]:
 
 
 def child_written_with_its_parent_during_a_run(
-        pair: Pair, server_log: Callable[[], list[str]],
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A parent and its child committed on the local side after the run's agents pass has
-    read: the child waits for its parent, no write fails, the next run moves both."""
+        pair: Pair, server_log: Callable[[], list[str]], monkeypatch: pytest.MonkeyPatch,
+        child: tuple[str, str] = ("agent_capabilities", "agent_id"),
+        new_parent: Callable[[Pair, str], str] | None = None,
+        new_child: Callable[[Pair, str, str], str] | None = None,
+        pending_parent: str = "a9e5c0de-0001-4000-8000-000000000001") -> None:
+    """A parent and its child committed on the local side after the run's parent pass has
+    read: the child waits for its parent, no write fails, the next run moves both.
+    ``child``: the child table and its key column (agent_capabilities.agent_id unless told)."""
+    new_parent = new_parent or new_agent
+    new_child = new_child or new_capability
     # Something of the child table is pending when the run starts, so its pass runs.
-    new_capability(pair, "local", "a9e5c0de-0001-4000-8000-000000000001")
+    new_child(pair, "local", pending_parent)
     written: dict[str, str] = {}
 
-    def writer() -> None:  # after the agents pass has read: parent and child, committed
-        written["agent"] = new_agent(pair, "local")
-        written["cap"] = new_capability(pair, "local", written["agent"])
+    def writer() -> None:  # after the parent's pass has read: parent and child, committed
+        written["parent"] = new_parent(pair, "local")
+        written["child"] = new_child(pair, "local", written["parent"])
 
-    ran = hook_read(monkeypatch, "agent_capabilities", False, writer)
+    ran = hook_read(monkeypatch, child[0], False, writer)
     report = pair.sync()
     assert ran == [1]
 
@@ -103,8 +110,9 @@ def child_written_with_its_parent_during_a_run(
     pair.sync()
     pair.assert_identical()
     assert pair.pending("local") == 0 and pair.pending("cluster") == 0
-    assert pair.sql("cluster", "SELECT agent_id::TEXT FROM agent_capabilities WHERE id = %s",
-                    [written["cap"]]) == [(written["agent"],)]
+    assert pair.sql("cluster", sql.SQL("SELECT {}::TEXT FROM {} WHERE id = %s").format(
+        sql.Identifier(child[1]), sql.Identifier(child[0])),
+        [written["child"]]) == [(written["parent"],)]
     assert server_log() == []
 
 
@@ -330,29 +338,10 @@ def test_a_child_waits_for_its_parent_when_two_foreign_keys_share_a_name(
     each key is still read as the single-column key it is, so an assignment written with its
     task during a run waits for the task (read by constraint name alone, each looked like a
     key of two columns to two tables, and the assignment's write failed on the constraint)."""
-    pair = synced
-    name_alike(pair, [("task_assignments", "tasks"), ("agent_runs", "agents")])
-    # Something of the child table is pending when the run starts, so its pass runs.
-    new_assignment(pair, "local", new_task(pair, "local"))
-    written: dict[str, str] = {}
-
-    def writer() -> None:  # after the tasks pass has read: parent and child, committed
-        written["task"] = new_task(pair, "local")
-        written["assignment"] = new_assignment(pair, "local", written["task"])
-
-    ran = hook_read(monkeypatch, "task_assignments", False, writer)
-    report = pair.sync()
-    assert ran == [1]
-
-    assert server_log() == [], "the run's write failed on the target's foreign key"
-    assert report.failed == 0 and failed_conflicts(pair) == []
-    monkeypatch.undo()
-    pair.sync()
-    pair.assert_identical()
-    assert pair.pending("local") == 0 and pair.pending("cluster") == 0
-    assert pair.sql("cluster", "SELECT task_id::TEXT FROM task_assignments WHERE id = %s",
-                    [written["assignment"]]) == [(written["task"],)]
-    assert server_log() == []
+    name_alike(synced, [("task_assignments", "tasks"), ("agent_runs", "agents")])
+    child_written_with_its_parent_during_a_run(
+        synced, server_log, monkeypatch, ("task_assignments", "task_id"), new_task,
+        new_assignment, pending_parent=new_task(synced, "local"))
 
 
 def test_same_named_foreign_keys_add_no_edge_between_tables(synced: Pair) -> None:

@@ -74,6 +74,16 @@ def test_unparseable_url_names_the_variable(bad: str, tmp_path) -> None:
         db.route(make_settings(local_db_url=bad, state_dir=tmp_path))
 
 
+@pytest.mark.parametrize("url", ["postgresql://u:se%zzcret@h/db",
+                                 "postgresql://u@h/db?password=se%zzcret",
+                                 "postgresql://u:p@h/db?se%zzcret"])
+def test_an_unparseable_url_never_shows_its_password(url: str) -> None:
+    """libpq's own message quotes the part it could not read: here the password."""
+    with pytest.raises(ConfigError, match="LOCAL_DB_URL cannot be parsed") as info:
+        urls.parse(url, "LOCAL_DB_URL")
+    assert "zzcret" not in str(info.value)
+
+
 def test_mask_hides_passwords() -> None:
     assert urls.mask("postgresql://u:s3cr%40t@h:5/db?sslmode=disable") == (
         "postgresql://u:***@h:5/db?sslmode=disable"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg.conninfo
@@ -20,8 +21,11 @@ def parse(url: str, variable: str) -> dict[str, str]:
     try:
         return psycopg.conninfo.conninfo_to_dict(url)  # type: ignore[return-value]
     except psycopg.ProgrammingError as exc:
+        # libpq quotes the part it could not read, which may be the password: hidden.
+        reason = re.sub(r'"[^"]*"', '"..."', first_line(exc))
         raise ConfigError(
-            f"{variable} cannot be parsed ({first_line(exc)}); check its syntax"
+            f"{variable} cannot be parsed ({reason}); check its syntax, and percent-encode "
+            "reserved characters in the password"
         ) from None
 
 

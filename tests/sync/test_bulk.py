@@ -36,6 +36,30 @@ def test_a_large_backlog_moves_in_bulk_with_its_exact_versions(synced: Pair) -> 
     assert versions(synced, "cluster") == versions(synced, "local")
 
 
+def test_a_chunk_of_new_keys_still_updates_the_few_the_target_knows(synced: Pair) -> None:
+    """A chunk skips the statements for keys the target already has a version row of when it
+    has none in the chunk's key range: a key it does know, at either end of a chunk or inside
+    one, is still updated by the bulk path, not left to the batch path."""
+    known = ["00000000-0000-4000-8000-000000000000",   # the lowest key of the first chunk
+             "80000000-0000-4000-8000-000000000000",   # inside the second
+             "ffffffff-ffff-4fff-bfff-ffffffffffff"]   # the highest key of the last
+    synced.sql("local", "INSERT INTO items (id, val) SELECT k, 'first' "
+                        "FROM unnest(%s::uuid[]) AS k", [known])
+    synced.sync(**BULK)
+    assert synced.pending("local") == 0 and len(synced.rows("cluster", "items")) == len(known)
+    fill(synced)
+    synced.sql("local", "UPDATE items SET val = 'again' WHERE id = ANY(%s::uuid[])", [known])
+
+    report = synced.sync(**BULK)
+
+    tr = items_report(report)
+    assert tr.bulk_applied == ROWS + len(known), tr
+    assert report.conflicts == 0 and report.failed == 0
+    synced.assert_identical()
+    assert versions(synced, "cluster") == versions(synced, "local")
+    assert synced.pending("local") == synced.pending("cluster") == 0
+
+
 def test_conflicting_versions_are_decided_and_recorded_as_by_the_batch_path(synced: Pair
                                                                              ) -> None:
     ids = fill(synced)

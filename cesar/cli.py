@@ -183,8 +183,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except click.Abort as exc:
         # Ctrl-C inside a command reaches here as click's Abort: say what it was, with the
         # shell's exit code for SIGINT, as a --json report of the same run says.
-        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
-            fail(*describe(KeyboardInterrupt()))
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, KeyboardInterrupt):  # Terminated (SIGTERM) too
+            fail(*describe(cause))
         fail("aborted", 1)
     except (CesarError, psycopg.Error) as exc:
         if debug:

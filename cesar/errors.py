@@ -7,6 +7,12 @@ operation that failed. Nothing else prints a traceback to an operator.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
 
 class CesarError(Exception):
     """Base of all operator-facing errors. ``exit_code`` is what the CLI exits with."""
@@ -30,6 +36,34 @@ class RetryExhausted(OperationFailed):
     """A transaction kept failing with SQLSTATE 40001 past the retry bound."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM inside :func:`sigterm_unwinds`. A KeyboardInterrupt, so that it unwinds as
+    Ctrl-C does: psycopg cancels the query in progress, transactions roll back, leases are
+    released in their ``finally``."""
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Inside, SIGTERM (``timeout``, ``systemctl stop``) raises :class:`Terminated` in the main
+    thread instead of ending the process where it stands: the command cleans up as on Ctrl-C,
+    prints what it prints for a failure (a ``--json`` report too) and exits 143. A second
+    SIGTERM while it cleans up ends the process at once. Outside the main thread (where no
+    handler can be set) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def describe(exc: BaseException) -> tuple[str, int]:
     """The one line (without ``cesar: error:``) and the exit code the command line gives
     ``exc``: what ``cesar.cli.main`` prints, and what a command's ``--json`` report repeats
@@ -42,6 +76,8 @@ def describe(exc: BaseException) -> tuple[str, int]:
         return str(exc), exc.exit_code
     if isinstance(exc, psycopg.Error):
         return f"database error: {first_line(exc)} (SQLSTATE {exc.sqlstate or '?'})", 1
+    if isinstance(exc, Terminated):
+        return "terminated (SIGTERM)", 128 + signal.SIGTERM
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", 130
     return (f"internal error: {type(exc).__name__}: {exc} (rerun with CESAR_DEBUG=1 for the "

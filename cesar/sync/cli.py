@@ -9,7 +9,7 @@ import click
 from cesar.config import load_settings
 from cesar.console import emit_json as _emit
 from cesar.console import fail
-from cesar.errors import ConfigError, describe
+from cesar.errors import ConfigError, describe, sigterm_unwinds
 from cesar.sync.tables import load_sync_settings
 
 
@@ -59,7 +59,10 @@ def run_cmd(local_url: str | None, remote_url: str | None, full: bool, dry_run: 
     runner = run.Run(load_settings(), load_sync_settings(),
                      run.Options(local_url, remote_url, full, dry_run, wait, chosen), progress)
     try:
-        report = runner.execute()
+        # The cron wrapper's ``timeout`` ends a pass with SIGTERM: the run releases its lease
+        # (the next pass need not wait for it to expire) and says so, instead of vanishing.
+        with sigterm_unwinds():
+            report = runner.execute()
     except BaseException as exc:
         if as_json:
             _emit_failed(runner.report, exc)

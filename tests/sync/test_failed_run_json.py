@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from tests.helpers import CliResult, child_env
-from tests.sync.helpers import SKEW_SECONDS, Pair, bypass, superuser
+from tests.sync.helpers import SKEW_SECONDS, Pair, bypass, items_report, superuser
 
 ROWS, BATCH = 30, 10
 
@@ -177,6 +177,70 @@ def test_a_run_interrupted_while_it_waits_says_so_on_both_streams(synced: Pair) 
     report = json.loads(out)
     assert report["ok"] is False and report["error"] == "interrupted", report
     assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("path", ["batch", "bulk"])
+def test_a_run_ended_by_sigterm_mid_apply_releases_its_lease_and_says_so(synced: Pair,
+                                                                         path: str) -> None:
+    """SIGTERM (the cron wrapper's ``timeout``) while the run's apply is blocked on the target:
+    the query is cancelled, the batch or chunk rolls back, the lease is released (the next run
+    starts at once, not when it expires), and the run says so on both streams, exit 143. On
+    the bulk path the first chunk of 1,000 has committed (and its acknowledgement, running
+    beside the stalled second chunk, finishes): the report counts it, and only the rest is
+    left pending."""
+    rows, first = (2500, 1000) if path == "bulk" else (ROWS, 0)  # first: before it stalls
+    ids = [r[0] for r in synced.sql("local", "INSERT INTO items (id, val) SELECT "
+                                             "gen_random_uuid(), 'late' FROM generate_series(1, "
+                                             "%s) RETURNING id::TEXT", [rows])]
+    before = int(synced.sql("cluster", "SELECT count(*) FROM items")[0][0])
+    with superuser(synced, "cluster") as su:
+        su.execute("CREATE FUNCTION stall() RETURNS TRIGGER LANGUAGE plpgsql AS $$ BEGIN "
+                   f"IF (SELECT count(*) FROM items) > {before + first} THEN "
+                   "PERFORM pg_sleep(60); END IF; RETURN NULL; END $$")
+        su.execute("CREATE TRIGGER stall AFTER INSERT ON items FOR EACH STATEMENT "
+                   "EXECUTE FUNCTION stall()")
+    bulk = ({"CESAR_SYNC_BULK_THRESHOLD": "1000", "CESAR_SYNC_BULK_CHUNK": "1000"}
+            if path == "bulk" else {})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cesar.cli", "sync", "run", "--json",
+         "--local-url", synced.local_url, "--remote-url", synced.cluster_url],
+        env={**child_env(), "CESAR_SYNC_TABLES": "items", "CESAR_SYNC_LEASE_SECONDS": "300",
+             **bulk}, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def stalled() -> int:  # every session's wait is visible to the superuser only
+        with superuser(synced, "cluster") as su:
+            row = su.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = "
+                             "'PgSleep' AND datname = current_database()").fetchone()
+        return int(row[0]) if row else 0
+
+    try:
+        deadline = time.monotonic() + 60
+        while not stalled():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, (out, err)
+    assert err.strip().splitlines()[-1] == "cesar: error: terminated (SIGTERM)", err
+    report = json.loads(out)
+    assert report["ok"] is False and report["error"] == "terminated (SIGTERM)", report
+    assert "Traceback" not in out + err
+    assert stalled() == 0  # cancelled, not left running
+    assert synced.sql("cluster", "SELECT count(*) FROM sync_lease")[0][0] == 0
+    moved = table(report, "items", "local_to_cluster")
+    assert moved["applied"] == moved["acknowledged"] == first, moved
+    assert synced.pending("local") == rows - first
+    assert int(synced.sql("cluster", "SELECT count(*) FROM items")[0][0]) == before + first
+
+    with superuser(synced, "cluster") as su:
+        su.execute("DROP TRIGGER stall ON items")
+    again = synced.sync()  # fails if the lease were still held (its helper says so)
+    assert items_report(again).applied == rows - first
+    synced.assert_identical()
+    assert set(ids) <= set(synced.rows("cluster", "items"))
 
 
 def test_a_run_that_cannot_reach_a_database_and_bad_usage(

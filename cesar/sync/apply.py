@@ -146,14 +146,31 @@ def _vtext(v: Version | None) -> str:
 
 # ------------------------------------------------------------------------- entry point
 def apply_changes(target: Target, spec: TableSpec, changes: Sequence[Change],
-                  expect: dict[str, Version | None] | None = None) -> Outcome:
+                  expect: dict[str, Version | None] | None = None, *,
+                  committed: Outcome | None = None) -> Outcome:
     """Apply ``changes`` (one table) to the target; never raises for a bad or busy row.
 
     ``expect`` (the reconcile's repairs): the target version each key had when the reconcile
     compared it; the change is applied over exactly that version (whatever the rule says, since
-    the reconcile has decided), and deferred if the key changed since."""
+    the reconcile has decided), and deferred if the key changed since.
+
+    ``committed``: each part's outcome is merged into it once that part is settled (its
+    transaction committed, or its failure recorded). A batch split to find a bad row commits
+    in parts: when a later part raises (its session ended), what the earlier parts committed is
+    there for the caller to count."""
     if not changes:
         return Outcome()
+    return _apply_parts(target, spec, changes, expect, committed)
+
+
+def _apply_parts(target: Target, spec: TableSpec, changes: Sequence[Change],
+                 expect: dict[str, Version | None] | None,
+                 committed: Outcome | None) -> Outcome:
+    def settled(out: Outcome) -> Outcome:
+        if committed is not None:
+            committed.merge(out)
+        return out
+
     started = time.monotonic()
     try:
         out = db.run_transaction(
@@ -169,20 +186,24 @@ def apply_changes(target: Target, spec: TableSpec, changes: Sequence[Change],
             target = replace(target, nowait=True)
         if len(changes) > 1:
             half = len(changes) // 2
-            first = apply_changes(target, spec, changes[:half], expect)
-            return first.merge(apply_changes(target, spec, changes[half:], expect))
+            first = _apply_parts(target, spec, changes[:half], expect, committed)
+            return first.merge(_apply_parts(target, spec, changes[half:], expect, committed))
         if isinstance(exc, BUSY_ERRORS):
-            return Outcome(deferred=list(changes))
-        return Outcome(failed=list(changes),
-                       conflicts=_record_failure(target, spec, changes[0], first_line(exc),
-                                                 getattr(exc, "sqlstate", None)))
+            return settled(Outcome(deferred=list(changes)))
+        return settled(Outcome(failed=list(changes),
+                               conflicts=_record_failure(target, spec, changes[0],
+                                                         first_line(exc),
+                                                         getattr(exc, "sqlstate", None))))
     # Outside the batch's handler: the batch has committed, and a failure to record a refused
     # key must never make the committed batch be applied again in halves.
-    if not target.dry_run:
-        for ch in out.failed:
-            if ch.pk in out.refused:
-                out.conflicts += _record_failure(target, spec, ch, out.refused[ch.pk],
-                                                 FOREIGN_KEY_VIOLATION)
+    try:
+        if not target.dry_run:
+            for ch in out.failed:
+                if ch.pk in out.refused:
+                    out.conflicts += _record_failure(target, spec, ch, out.refused[ch.pk],
+                                                     FOREIGN_KEY_VIOLATION)
+    finally:
+        settled(out)  # committed, whether or not its refused keys could be recorded
     return out
 
 

@@ -597,7 +597,14 @@ class Run:
                         pending_read = pool.submit(read, changes[-1].pk)
                     if not changes:
                         break
-                    outcome = apply_changes(target, spec, changes)
+                    committed = Outcome()
+                    try:
+                        outcome = apply_changes(target, spec, changes, committed=committed)
+                    except BaseException:
+                        # The parts of a split batch that committed before a later part
+                        # ended the session: on the target, so counted.
+                        tr.add(committed, 0)
+                        raise
                     tr.add(outcome, 0)  # committed on the target (a dry run: what it would do)
                     if pending_ack is not None:
                         done, pending_ack = pending_ack, None

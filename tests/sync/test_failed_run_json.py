@@ -123,6 +123,47 @@ def test_a_run_that_fails_mid_way_reports_what_it_committed(
     synced.assert_identical()
 
 
+def test_a_split_batch_whose_second_half_ends_the_session_counts_its_first_half(
+        synced: Pair, cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch) -> None:
+    """One batch of ten; a row of its second half is refused (a check violation), so the batch
+    is split to find it: the first half commits, then the second half's session is ended. The
+    first half is on the target and counted as applied."""
+    monkeypatch.setenv("CESAR_SYNC_BATCH_SIZE", str(BATCH))
+    synced.sql("local", "INSERT INTO items (id, val) SELECT gen_random_uuid(), 'x' "
+                        "FROM generate_series(1, %s)", [BATCH])
+    keys = [k for (k,) in synced.sql("local", "SELECT pk FROM sync_versions WHERE "
+                                              "table_name = 'items' AND pending ORDER BY pk")]
+    bad = keys[BATCH // 2 + 2]  # in the second half
+    with superuser(synced, "cluster") as su:
+        su.execute("CREATE SEQUENCE bad_row_tries")
+        su.execute("CREATE FUNCTION bad_row() RETURNS trigger LANGUAGE plpgsql "
+                   "SECURITY DEFINER AS $$ BEGIN "
+                   f"IF NEW.id::TEXT = '{bad}' THEN "
+                   "IF nextval('bad_row_tries') = 1 THEN RAISE EXCEPTION 'bad row for the test' "
+                   "USING ERRCODE = 'check_violation'; END IF; "
+                   "PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN NEW; END $$")
+        su.execute("CREATE TRIGGER bad_row BEFORE INSERT ON items "
+                   "FOR EACH ROW EXECUTE FUNCTION bad_row()")
+
+    r = run_json(cli, synced)
+
+    report = failed_report(r)
+    assert report["error"] == ("database error: terminating connection due to administrator "
+                               "command (SQLSTATE 57P01)")
+    on_target = len(synced.rows("cluster", "items"))
+    assert on_target == BATCH // 2  # the first half committed, the second rolled back
+    assert table(report, "items", "local_to_cluster")["applied"] == on_target
+    assert report["moved"] >= on_target
+
+    with superuser(synced, "cluster") as su:
+        su.execute("DROP TRIGGER bad_row ON items")
+        su.execute("DELETE FROM sync_lease")  # its session was ended: it could not release it
+    again = run_json(cli, synced)
+    assert again.code == 0, again.err
+    assert table(json.loads(again.out), "items", "local_to_cluster")["applied"] == BATCH - on_target
+    synced.assert_identical()
+
+
 def hold_lease(pair: Pair, seconds: float) -> None:
     pair.sql("cluster", "INSERT INTO sync_lease (id, holder, host, pid, expires_at) VALUES "
                         "(1, 'elsewhere:4242:feedbeef', 'elsewhere', 4242, "

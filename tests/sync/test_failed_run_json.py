@@ -191,6 +191,34 @@ def test_a_run_that_finds_the_lease_held(synced: Pair, cli: Callable[..., CliRes
     assert synced.pending("local") == 1  # nothing moved
 
 
+def stop_when(proc: subprocess.Popen[str], ready: Callable[[], object], sig: int, *,
+              settle: float = 0.0) -> tuple[str, str]:
+    """Send ``sig`` to ``proc`` once ``ready()`` is true (within 60 s) and ``settle`` seconds
+    later; what it printed on stdout and stderr."""
+    try:
+        deadline = time.monotonic() + 60
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(settle)
+        proc.send_signal(sig)
+        return proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def signalled_report(proc: subprocess.Popen[str], out: str, err: str, code: int,
+                     message: str) -> dict[str, Any]:
+    """The report of a run a signal stopped: ``message`` on both streams, exit ``code``."""
+    assert proc.returncode == code, (out, err)
+    assert err.strip().splitlines()[-1] == f"cesar: error: {message}", err
+    report = json.loads(out)
+    assert report["ok"] is False and report["error"] == message, report
+    assert "Traceback" not in out + err
+    return dict(report)
+
+
 def test_a_run_interrupted_while_it_waits_says_so_on_both_streams(synced: Pair) -> None:
     """Ctrl-C (a real SIGINT) while the run waits for another's lease: the report says
     ``interrupted``, the stderr line says the same, and the exit code is the shell's for SIGINT
@@ -200,24 +228,11 @@ def test_a_run_interrupted_while_it_waits_says_so_on_both_streams(synced: Pair) 
         [sys.executable, "-m", "cesar.cli", "sync", "run", "--json", "--wait", "30",
          "--local-url", synced.local_url, "--remote-url", synced.cluster_url],
         env=child_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        # Waiting: it has read the lease at least once (its session is on the cluster).
-        while not synced.sql("cluster", "SELECT 1 FROM pg_stat_activity "
-                             "WHERE application_name LIKE 'cesar-sync%%'"):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.1)
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, (out, err)
-    assert err.strip().splitlines()[-1] == "cesar: error: interrupted", err
-    report = json.loads(out)
-    assert report["ok"] is False and report["error"] == "interrupted", report
-    assert "Traceback" not in out + err
+    # Waiting: it has read the lease at least once (its session is on the cluster).
+    out, err = stop_when(proc, lambda: synced.sql(
+        "cluster", "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'cesar-sync%%'"),
+        signal.SIGINT, settle=0.5)
+    signalled_report(proc, out, err, 130, "interrupted")
 
 
 @pytest.mark.parametrize("path", ["batch", "bulk"])
@@ -254,21 +269,8 @@ def test_a_run_ended_by_sigterm_mid_apply_releases_its_lease_and_says_so(synced:
                              "'PgSleep' AND datname = current_database()").fetchone()
         return int(row[0]) if row else 0
 
-    try:
-        deadline = time.monotonic() + 60
-        while not stalled():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 143, (out, err)
-    assert err.strip().splitlines()[-1] == "cesar: error: terminated (SIGTERM)", err
-    report = json.loads(out)
-    assert report["ok"] is False and report["error"] == "terminated (SIGTERM)", report
-    assert "Traceback" not in out + err
+    out, err = stop_when(proc, stalled, signal.SIGTERM)
+    report = signalled_report(proc, out, err, 143, "terminated (SIGTERM)")
     assert stalled() == 0  # cancelled, not left running
     assert synced.sql("cluster", "SELECT count(*) FROM sync_lease")[0][0] == 0
     moved = table(report, "items", "local_to_cluster")

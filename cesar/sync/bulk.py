@@ -16,7 +16,7 @@ backlog moves in chunks of ``CESAR_SYNC_BULK_CHUNK`` keys, in key order; per chu
    - keys whose target version row is not pending and older than the incoming version (a
      change the target has already acknowledged an older version of): updated. When the
      target has no version row at all between the chunk's lowest and highest key (a first
-     copy), these statements would find nothing and are not run.
+     copy), the statements for these would find nothing and are not run.
 
    Every other key (the target holds the same version, a newer one, an unsent change of its
    own, a row older than the capture, or a writer holds it) is left pending on the source and
@@ -171,8 +171,10 @@ def _merge_queries(spec: TableSpec) -> list[Merge]:
     return [Merge(sql.SQL(q).format(**names), records, probe, known)
             for q, records, probe, known in (
         # The rows the target has of these keys, locked first, as a writer locks them.
+        # Always: rows older than the capture have no version row, and a writer's delete of
+        # one must wait for this chunk rather than commit under its insert.
         ("SELECT count(*) FROM (SELECT 1 FROM {t} AS t JOIN {stage} AS s ON t.id = s.id "
-         "FOR UPDATE OF t) AS locked", False, True, True),
+         "FOR UPDATE OF t) AS locked", False, True, False),
         # Keys whose version row is acknowledged and older: the incoming version, not pending
         # (re-checked against the latest committed version row, which is locked by the update).
         ("WITH newer AS (UPDATE sync_versions AS v SET version = s.sync_version, "
@@ -186,30 +188,37 @@ def _merge_queries(spec: TableSpec) -> list[Merge]:
         ("INSERT INTO {t} ({cols}) SELECT {staged} FROM {stage} AS s JOIN {written} AS w "
          "ON w.pk = s.sync_pk ON CONFLICT (id) DO UPDATE SET {updates}", False, False, True),
         # Keys the target has never seen: the row first, then its version row (the join back
-        # to the staged rows probes the stage's index on id).
+        # to the staged rows probes the stage's index on id). A version row that a writer
+        # committed after this statement's snapshot (it inserted, or deleted, that key on the
+        # target meanwhile) is a unique violation, not skipped: skipped, the row just inserted
+        # would stand under the writer's version. The chunk rolls back to the batch path.
         ("WITH fresh AS (INSERT INTO {t} ({cols}) SELECT {staged} FROM {stage} AS s "
          "WHERE NOT EXISTS (SELECT 1 FROM sync_versions AS v WHERE v.table_name = {name} "
          "AND v.pk = s.sync_pk) ON CONFLICT (id) DO NOTHING RETURNING id), "
          "versions AS (INSERT INTO sync_versions (table_name, pk, version, origin, deleted, "
          "pending) SELECT {name}, s.sync_pk, s.sync_version, s.sync_origin, false, false "
          "FROM {stage} AS s JOIN fresh AS f ON f.id = s.id "
-         "ON CONFLICT (table_name, pk) DO NOTHING RETURNING pk, version, origin) "
+         "RETURNING pk, version, origin) "
          "INSERT INTO {written} SELECT pk, version, origin FROM versions", True, True, False),
     )]
 
 
 def _knows_keys(conn: psycopg.Connection, spec: TableSpec) -> bool:
     """Whether the target has any version row between the chunk's lowest and highest staged
-    key (by the target's own collation; one index range probe). None on a first copy: then
-    only the fresh keys' statement can write anything. Skipping the others is safe whatever
-    happens meanwhile: they write only version rows that are acknowledged, which nothing but
-    this run (it holds the lease) writes, and a key they would have written stays pending for
-    the batch path."""
-    row = conn.execute(sql.SQL(
-        "SELECT EXISTS (SELECT 1 FROM sync_versions AS v, "
-        "(SELECT min(sync_pk) AS lo, max(sync_pk) AS hi FROM {stage}) AS r "
-        "WHERE v.table_name = {name} AND v.pk >= r.lo AND v.pk <= r.hi)").format(
-        stage=STAGE, name=sql.Literal(spec.name))).fetchone()
+    key (by the target's own collation). None on a first copy: then the two statements that
+    update acknowledged version rows and their rows have nothing to write. Skipping them is
+    safe whatever happens meanwhile: they write only version rows that are acknowledged, which
+    nothing but this run (it holds the lease) writes, and a key they would have written stays
+    pending for the batch path."""
+    bounds = conn.execute(sql.SQL("SELECT min(sync_pk), max(sync_pk) FROM {}").format(
+        STAGE)).fetchone()
+    if bounds is None or bounds[0] is None:
+        return False
+    # The bounds as values, not a join: the planner then reads the version rows' primary key
+    # from the low bound, where a join to an aggregate could be planned as a scan of them all.
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM sync_versions WHERE table_name = %s AND pk >= %s "
+        "AND pk <= %s)", [spec.name, bounds[0], bounds[1]]).fetchone()
     return bool(row and row[0])
 
 

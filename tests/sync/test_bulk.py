@@ -15,7 +15,7 @@ import uuid
 
 import psycopg
 
-from tests.sync.helpers import BULK, ROWS, Pair, child_env, fill, items_report, versions
+from tests.sync.helpers import BULK, ROWS, Pair, child_env, fill, items_report, superuser, versions
 
 
 def test_a_large_backlog_moves_in_bulk_with_its_exact_versions(synced: Pair) -> None:
@@ -57,6 +57,53 @@ def test_a_chunk_of_new_keys_still_updates_the_few_the_target_knows(synced: Pair
     assert report.conflicts == 0 and report.failed == 0
     synced.assert_identical()
     assert versions(synced, "cluster") == versions(synced, "local")
+    assert synced.pending("local") == synced.pending("cluster") == 0
+
+
+def test_a_key_a_target_writer_inserts_and_deletes_under_a_chunk_stays_deleted(synced: Pair
+                                                                              ) -> None:
+    """The fresh keys' statement reads which keys the target has no version row of in its
+    snapshot; a writer on the target then inserts and deletes one of them (its version row
+    says deleted) before the statement reaches it. The row must not be inserted under the
+    writer's version: the chunk goes to the batch path, and the delete, the key's last write,
+    wins on both sides."""
+    ids = sorted(fill(synced, n=1500))
+    key = ids[len(ids) // 2]
+    with superuser(synced, "cluster") as su:
+        # The chunk's insert sleeps at its first row, after its snapshot was taken.
+        su.execute("CREATE FUNCTION slow_chunk() RETURNS TRIGGER LANGUAGE plpgsql AS $$ BEGIN "
+                   "IF current_setting('cesar.sync_apply', true) = 'on' AND "
+                   "current_setting('test.slept', true) IS DISTINCT FROM 'yes' THEN "
+                   "PERFORM set_config('test.slept', 'yes', true); PERFORM pg_sleep(3); "
+                   "END IF; RETURN NEW; END $$")
+        su.execute("CREATE TRIGGER slow_chunk BEFORE INSERT ON items FOR EACH ROW "
+                   "EXECUTE FUNCTION slow_chunk()")
+    outcome: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("report", synced.sync(
+        bulk_threshold=1000, bulk_chunk=5000)))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with superuser(synced, "cluster") as su:  # sees every session's wait
+                row = su.execute("SELECT count(*) FROM pg_stat_activity WHERE "
+                                 "wait_event = 'PgSleep'").fetchone()
+            if row and row[0]:
+                break
+            assert thread.is_alive() and time.monotonic() < deadline, outcome
+            time.sleep(0.05)
+        synced.sql("cluster", "INSERT INTO items (id, val) VALUES (%s, 'cluster')", [key])
+        synced.sql("cluster", "DELETE FROM items WHERE id = %s", [key])
+    finally:
+        thread.join(timeout=120)
+    assert "report" in outcome, "the run did not finish"
+    with superuser(synced, "cluster") as su:
+        su.execute("DROP TRIGGER slow_chunk ON items")
+    for _ in range(2):
+        synced.sync()
+    synced.assert_identical()
+    assert key not in synced.rows("local", "items")
+    assert len(synced.rows("cluster", "items")) >= len(ids) - 1
     assert synced.pending("local") == synced.pending("cluster") == 0
 
 

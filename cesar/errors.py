@@ -46,22 +46,29 @@ class Terminated(KeyboardInterrupt):
 def sigterm_unwinds() -> Iterator[None]:
     """Inside, SIGTERM (``timeout``, ``systemctl stop``) raises :class:`Terminated` in the main
     thread instead of ending the process where it stands: the command cleans up as on Ctrl-C,
-    prints what it prints for a failure (a ``--json`` report too) and exits 143. A second
-    SIGTERM while it cleans up ends the process at once. Outside the main thread (where no
-    handler can be set) it does nothing."""
+    prints what it prints for a failure (a ``--json`` report too) and exits 143. Further
+    SIGTERMs are ignored while it cleans up: coreutils' ``timeout`` sends two (to the child,
+    then to its process group), and the second must not end the clean-up half-way; SIGKILL
+    (``timeout --kill-after``) still ends it. Outside the main thread (where no handler can be
+    set) it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
+    terminated = False
+
     def terminate(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        nonlocal terminated
+        terminated = True
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if not terminated:  # terminated: still ignored while the command reports and exits
+            signal.signal(signal.SIGTERM, previous)
 
 
 def describe(exc: BaseException) -> tuple[str, int]:

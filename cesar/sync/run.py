@@ -91,6 +91,9 @@ class TableReport:
     conflicts: int = 0
     acknowledged: int = 0
     bulk_applied: int = 0  # of applied: by the bulk path (cesar/sync/bulk.py)
+    #: Bulk chunks rolled back whole (a writer's concurrent key, a lock wait) whose keys took
+    #: the batch path instead: the bulk path's speed lost, nothing else.
+    bulk_chunks_to_batch: int = 0
     position: datetime | None = None
     pending_after: int | None = 0  # None: not measured (a run that failed before its state)
     oldest_pending_at: datetime | None = None
@@ -553,6 +556,7 @@ class Run:
             # Also when a later chunk failed: the chunks counted so far are committed.
             tr.applied += result.applied
             tr.bulk_applied += result.applied
+            tr.bulk_chunks_to_batch += result.left_to_batches
             tr.acknowledged += result.acknowledged
             if result.position is not None and (tr.position is None
                                                 or result.position > tr.position):

@@ -97,6 +97,7 @@ def test_a_key_a_target_writer_inserts_and_deletes_under_a_chunk_stays_deleted(s
     finally:
         thread.join(timeout=120)
     assert "report" in outcome, "the run did not finish"
+    assert items_report(outcome["report"]).bulk_chunks_to_batch == 1  # its one chunk fell back
     with superuser(synced, "cluster") as su:
         su.execute("DROP TRIGGER slow_chunk ON items")
     for _ in range(2):

@@ -601,15 +601,13 @@ class Run:
                         pending_read = pool.submit(read, changes[-1].pk)
                     if not changes:
                         break
-                    committed = Outcome()
+                    # Each part as it settles: a split batch's parts that committed before a
+                    # later one ended the session are on the target, so counted.
+                    outcome = Outcome()
                     try:
-                        outcome = apply_changes(target, spec, changes, committed=committed)
-                    except BaseException:
-                        # The parts of a split batch that committed before a later part
-                        # ended the session: on the target, so counted.
-                        tr.add(committed, 0)
-                        raise
-                    tr.add(outcome, 0)  # committed on the target (a dry run: what it would do)
+                        apply_changes(target, spec, changes, committed=outcome)
+                    finally:
+                        tr.add(outcome, 0)  # committed (a dry run: what it would do)
                     if pending_ack is not None:
                         done, pending_ack = pending_ack, None
                         acknowledged(done)

@@ -109,6 +109,15 @@ def superuser(pair: Pair, side: str = "local") -> psycopg.Connection[Any]:
     return pair.pg.superuser(str(dbname))
 
 
+def sleeping(pair: Pair, side: str) -> int:
+    """Sessions of ``side``'s database waiting in ``pg_sleep`` (a test's stall), counted as the
+    superuser: another login's waits are hidden from the application's."""
+    with superuser(pair, side) as su:
+        row = su.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+                         "AND datname = current_database()").fetchone()
+    return int(row[0]) if row else 0
+
+
 def function_calls(conn: psycopg.Connection[Any], functions: tuple[str, ...], statement: str,
                    params: Any = None) -> int:
     """How many times the PL/pgSQL ``functions`` ran for ``statement`` (its own transaction;

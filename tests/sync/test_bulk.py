@@ -15,7 +15,17 @@ import uuid
 
 import psycopg
 
-from tests.sync.helpers import BULK, ROWS, Pair, child_env, fill, items_report, superuser, versions
+from tests.sync.helpers import (
+    BULK,
+    ROWS,
+    Pair,
+    child_env,
+    fill,
+    items_report,
+    sleeping,
+    superuser,
+    versions,
+)
 
 
 def test_a_large_backlog_moves_in_bulk_with_its_exact_versions(synced: Pair) -> None:
@@ -84,12 +94,7 @@ def test_a_key_a_target_writer_inserts_and_deletes_under_a_chunk_stays_deleted(s
     thread.start()
     try:
         deadline = time.monotonic() + 30
-        while True:
-            with superuser(synced, "cluster") as su:  # sees every session's wait
-                row = su.execute("SELECT count(*) FROM pg_stat_activity WHERE "
-                                 "wait_event = 'PgSleep'").fetchone()
-            if row and row[0]:
-                break
+        while not sleeping(synced, "cluster"):
             assert thread.is_alive() and time.monotonic() < deadline, outcome
             time.sleep(0.05)
         synced.sql("cluster", "INSERT INTO items (id, val) VALUES (%s, 'cluster')", [key])

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from tests.helpers import CliResult, child_env
-from tests.sync.helpers import SKEW_SECONDS, Pair, bypass, items_report, superuser
+from tests.sync.helpers import SKEW_SECONDS, Pair, bypass, items_report, sleeping, superuser
 
 ROWS, BATCH = 30, 10
 
@@ -263,11 +263,8 @@ def test_a_run_ended_by_sigterm_mid_apply_releases_its_lease_and_says_so(synced:
         env={**child_env(), "CESAR_SYNC_TABLES": "items", "CESAR_SYNC_LEASE_SECONDS": "300",
              **bulk}, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
-    def stalled() -> int:  # every session's wait is visible to the superuser only
-        with superuser(synced, "cluster") as su:
-            row = su.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = "
-                             "'PgSleep' AND datname = current_database()").fetchone()
-        return int(row[0]) if row else 0
+    def stalled() -> int:
+        return sleeping(synced, "cluster")
 
     out, err = stop_when(proc, stalled, signal.SIGTERM)
     report = signalled_report(proc, out, err, 143, "terminated (SIGTERM)")

@@ -87,6 +87,19 @@ def read_pending(conn: psycopg.Connection, spec: TableSpec, *, deleted: bool, af
             for pk, written_at, origin, is_deleted, row in rows]
 
 
+#: ``pending`` as the acknowledgement tests it: the same on this NOT NULL column, but written
+#: so that PostgreSQL's planner cannot prove that the partial index of pending rows (``WHERE
+#: pending``, 010) applies, and probes the primary key once per key (both engines have the
+#: operator). That index's row estimate comes from statistics, and a backlog that arrived
+#: after the last ANALYZE (which saw nothing pending) makes it look nearly empty: the planner
+#: then scanned every pending row of the table for each batch and filtered it against the
+#: batch's keys, and once the statement ran as a generic plan (psycopg prepares it from its
+#: sixth run, PostgreSQL plans it generically from the eleventh) without hashing them. 100,000
+#: pending rows of 1,000,000: 0.2 s an acknowledgement at first, 3.7 s from the eleventh batch
+#: (docs/performance.md, section 2, "Eighth pass").
+STILL_PENDING = "pending IS DISTINCT FROM false"
+
+
 def acknowledge(conn: psycopg.Connection, spec: TableSpec, changes: Sequence[Change],
                 fence: Callable[[psycopg.Connection], None] | None = None, **retry: float) -> int:
     """Clear ``pending`` for the changes the target has committed; returns how many.
@@ -95,7 +108,10 @@ def acknowledge(conn: psycopg.Connection, spec: TableSpec, changes: Sequence[Cha
     ``pending`` and moves next run), and never waiting for a writer: rows locked by an open
     transaction are skipped (``SKIP LOCKED``), they are about to get a newer version anyway.
     ``fence`` runs last in that transaction (the run's lease: a paused run's late
-    acknowledgement fails instead of landing)."""
+    acknowledgement fails instead of landing).
+
+    Its rows are found by the primary key, one probe per key (:data:`STILL_PENDING`), so an
+    acknowledgement costs its batch, never the table's backlog."""
     if not changes:
         return 0
 
@@ -114,7 +130,7 @@ def acknowledge(conn: psycopg.Connection, spec: TableSpec, changes: Sequence[Cha
         c.execute("SELECT set_config('lock_timeout', '200ms', true)")
         rows = c.execute(
             sql.SQL("UPDATE sync_versions SET pending = false WHERE table_name = %(table)s "
-                    "AND {} AND pending RETURNING pk, version, origin").format(
+                    "AND {} AND " + STILL_PENDING + " RETURNING pk, version, origin").format(
                 key_filter("pk", "TEXT[]")),
             {"table": spec.name, "keys": list(sent)},
         ).fetchall()
@@ -130,7 +146,7 @@ def acknowledge(conn: psycopg.Connection, spec: TableSpec, changes: Sequence[Cha
         # that was sent; then clear them.
         held = c.execute(
             sql.SQL("SELECT pk, version, origin FROM sync_versions WHERE table_name = %(table)s "
-                    "AND {} AND pending FOR UPDATE SKIP LOCKED").format(
+                    "AND {} AND " + STILL_PENDING + " FOR UPDATE SKIP LOCKED").format(
                 key_filter("pk", "TEXT[]")),
             {"table": spec.name, "keys": list(sent)},
         ).fetchall()

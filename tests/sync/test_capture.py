@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import psycopg
+
+from cesar.db import engines
+from cesar.sync import capture
+from cesar.sync.tables import validate
 from tests.sync.helpers import Pair
 
 CESAR = "a9e5c0de-0001-4000-8000-000000000001"
@@ -62,3 +67,52 @@ def test_writes_of_the_sync_itself_are_not_captured(pair: Pair) -> None:
     # The setting ends with that transaction: the next write is captured again.
     pair.sql("local", "UPDATE agents SET mob_alias = 'loud' WHERE id = %s", [CESAR])
     assert CESAR in versions(pair, "local")
+
+
+def index_entries_read(conn: psycopg.Connection) -> int:
+    """The index entries this server's scans have returned from sync_versions' indexes, with
+    this session's own counts published first (at the end of the flush request's statement)."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute("SELECT sum(idx_tup_read) FROM pg_stat_user_indexes "
+                       "WHERE relname = 'sync_versions'").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_an_acknowledgement_reads_its_batch_not_the_backlog(synced: Pair) -> None:
+    """A backlog that arrived after the last ANALYZE, which saw nothing pending: each
+    acknowledgement of a batch reads its own keys' index entries, never every pending row of
+    the table, also once the statement runs prepared, as a generic plan (from the eleventh call
+    on one connection: 30 calls here), and also the careful way, taken when a writer holds one
+    of the batch's rows (the 15th call). Before, the first call read all 3,000."""
+    pair, backlog, batch = synced, 3000, 100
+    pair.sql("local", "INSERT INTO agents (id, name, mob_alias, role) SELECT gen_random_uuid(), "
+                      "'agent ' || g, 'alias ' || g, 'ack' FROM generate_series(1, %s) AS g",
+             [backlog])
+    assert pair.sync().moved == backlog
+    pair.sql("local", "ANALYZE sync_versions")
+    pair.sql("local", "UPDATE agents SET mob_alias = mob_alias || ' (changed)' WHERE role = 'ack'")
+    with pair.connect("local") as conn, pair.connect("cluster") as cluster:
+        [spec] = validate(conn, cluster, ("agents",))
+        for setting in engines.of(conn).sync_session_settings:  # as the sync's sessions are
+            conn.execute(setting)  # type: ignore[arg-type]
+        changes = capture.read_pending(conn, spec, deleted=False, after="", limit=backlog)
+        assert len(changes) == backlog
+        read, careful = [], 14 * batch
+        for start in range(0, backlog, batch):
+            part = changes[start:start + batch]
+            before = index_entries_read(conn)
+            if start == careful:
+                with pair.connect("local", autocommit=False) as writer:
+                    writer.execute("SELECT 1 FROM sync_versions WHERE table_name = 'agents' "
+                                   "AND pk = %s FOR UPDATE", [part[0].pk])
+                    assert capture.acknowledge(conn, spec, part) == batch - 1
+            else:
+                assert capture.acknowledge(conn, spec, part) == batch
+            read.append(index_entries_read(conn) - before)
+    # Each key has a few entries (its superseded versions stay in the indexes until a vacuum);
+    # the careful way reads them twice (the statement that gave up, then its own).
+    assert max(read[:careful // batch] + read[careful // batch + 1:]) <= 5 * batch, read
+    assert read[careful // batch] <= 10 * batch, read
+    assert list(capture.pending_summary(pair.connect("local"))) == ["agents"]  # the held key

@@ -88,15 +88,18 @@ def read_pending(conn: psycopg.Connection, spec: TableSpec, *, deleted: bool, af
 
 
 #: ``pending`` as the acknowledgement tests it: the same on this NOT NULL column, but written
-#: so that PostgreSQL's planner cannot prove that the partial index of pending rows (``WHERE
-#: pending``, 010) applies, and probes the primary key once per key (both engines have the
-#: operator). That index's row estimate comes from statistics, and a backlog that arrived
+#: so that PostgreSQL's planner (15 to 18) cannot prove that the partial index of pending rows
+#: (``WHERE pending``, 010) applies, and probes the primary key once per key (both engines have
+#: the operator). That index's row estimate comes from statistics, and a backlog that arrived
 #: after the last ANALYZE (which saw nothing pending) makes it look nearly empty: the planner
 #: then scanned every pending row of the table for each batch and filtered it against the
 #: batch's keys, and once the statement ran as a generic plan (psycopg prepares it from its
 #: sixth run, PostgreSQL plans it generically from the eleventh) without hashing them. 100,000
 #: pending rows of 1,000,000: 0.2 s an acknowledgement at first, 3.7 s from the eleventh batch
-#: (docs/performance.md, section 2, "Eighth pass").
+#: (docs/performance.md, section 2, "Eighth pass"). PostgreSQL's development branch (19)
+#: rewrites ``IS DISTINCT FROM`` of inputs that cannot be null to plain equality, which would
+#: match the partial index again: the statements are also never prepared (``prepare=False``),
+#: so that the worst there is a custom plan, whose keys are a constant array, hashed.
 STILL_PENDING = "pending IS DISTINCT FROM false"
 
 
@@ -132,7 +135,7 @@ def acknowledge(conn: psycopg.Connection, spec: TableSpec, changes: Sequence[Cha
             sql.SQL("UPDATE sync_versions SET pending = false WHERE table_name = %(table)s "
                     "AND {} AND " + STILL_PENDING + " RETURNING pk, version, origin").format(
                 key_filter("pk", "TEXT[]")),
-            {"table": spec.name, "keys": list(sent)},
+            {"table": spec.name, "keys": list(sent)}, prepare=False,
         ).fetchall()
         newer = [pk for pk, version, origin in rows if sent[pk] != (version, origin)]
         if newer:
@@ -148,7 +151,7 @@ def acknowledge(conn: psycopg.Connection, spec: TableSpec, changes: Sequence[Cha
             sql.SQL("SELECT pk, version, origin FROM sync_versions WHERE table_name = %(table)s "
                     "AND {} AND " + STILL_PENDING + " FOR UPDATE SKIP LOCKED").format(
                 key_filter("pk", "TEXT[]")),
-            {"table": spec.name, "keys": list(sent)},
+            {"table": spec.name, "keys": list(sent)}, prepare=False,
         ).fetchall()
         done = [pk for pk, version, origin in held if sent[pk] == (version, origin)]
         if not done:
